@@ -1,0 +1,75 @@
+"""Connection flags shared by every subcommand that talks to Kafka, and their client configuration.
+
+One place decides what ``--bootstrap-servers`` defaults to and how security settings map onto
+librdkafka (confluent-kafka) properties, so every stage connects the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def default_bootstrap() -> str:
+    """``$KAFKA_BOOTSTRAP`` when set, else the local broker's default address."""
+    return os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser, *, bootstrap_default: str | None = "env") -> None:
+    """Add ``--bootstrap-servers`` and the security flags to ``parser``.
+
+    ``bootstrap_default="env"`` (the usual case) resolves ``$KAFKA_BOOTSTRAP`` / 127.0.0.1:9092;
+    ``None`` leaves it unset so a command (``run``) can tell "not given" and start its own broker.
+    """
+    group = parser.add_argument_group("Kafka connection")
+    default = default_bootstrap() if bootstrap_default == "env" else bootstrap_default
+    group.add_argument(
+        "--bootstrap-servers",
+        default=default,
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, else %s)" % DEFAULT_BOOTSTRAP,
+    )
+    group.add_argument(
+        "--security-protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        default=os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+    )
+    group.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    group.add_argument("--sasl-username", default=os.environ.get("KAFKA_SASL_USERNAME"))
+    group.add_argument(
+        "--sasl-password",
+        default=os.environ.get("KAFKA_SASL_PASSWORD"),
+        help="(default: $KAFKA_SASL_PASSWORD; prefer the variable to keep it out of ps)",
+    )
+    group.add_argument("--ssl-ca-location", metavar="PEM", help="CA bundle to verify the brokers")
+    group.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra librdkafka property, repeatable (e.g. --kafka-config socket.timeout.ms=10000)",
+    )
+
+
+def client_config(args: argparse.Namespace) -> dict[str, str]:
+    """librdkafka properties for confluent-kafka clients from the parsed flags."""
+    conf: dict[str, str] = {
+        "bootstrap.servers": args.bootstrap_servers,
+        "security.protocol": args.security_protocol,
+    }
+    if args.sasl_mechanism:
+        conf["sasl.mechanism"] = args.sasl_mechanism
+    if args.sasl_username:
+        conf["sasl.username"] = args.sasl_username
+    if args.sasl_password:
+        conf["sasl.password"] = args.sasl_password
+    if args.ssl_ca_location:
+        conf["ssl.ca.location"] = args.ssl_ca_location
+    for item in args.kafka_config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--kafka-config expects KEY=VALUE, got {item!r}")
+        conf[key.strip()] = value.strip()
+    return conf
