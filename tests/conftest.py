@@ -1,0 +1,3 @@
+"""Shared fixtures: the Kafka broker fixture plugin is loaded for every test package."""
+
+pytest_plugins = ["tests.kafka_fixture"]

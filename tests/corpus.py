@@ -1,0 +1,39 @@
+"""Where the shared ground-truth corpus lives and how to read it.
+
+The corpus (`../shared/testdata/nmsg` next to the repository, in CI too) was made by the real nmsgtool and
+the reference C filter; tests compare against it and never against output our own code produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPUS_DIR = Path(os.environ.get("NMSG_CORPUS_DIR", REPO_ROOT.parent / "shared" / "testdata" / "nmsg"))
+
+#: Every case NAME that has NAME.nmsg, NAME.json, NAME.filtered.nmsg and NAME.expected_counts.json.
+CASES = ("live_resolver", "edge_cases", "sock_m512", "incompressible", "sock_incomp_z")
+#: Cases that also have a zlib variant NAME.z.nmsg.
+ZLIB_CASES = ("live_resolver", "edge_cases")
+#: Cases captured from nmsgtool -s as UDP datagrams (NAME.udp.pcap).
+SOCKET_CASES = ("sock_m512", "sock_incomp_z")
+#: Cases converted from NAME.pcap by nmsgtool -p.
+PCAP_CASES = ("live_resolver", "edge_cases", "incompressible")
+
+
+def path(name: str) -> Path:
+    """Path of a corpus file, e.g. ``path("edge_cases.nmsg")``."""
+    return CORPUS_DIR / name
+
+
+def json_lines(name: str) -> list[dict]:
+    """The objects of an ``nmsgtool -J`` dump, one per line."""
+    with path(name).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def expected_counts(case: str) -> dict[str, int]:
+    """The reference filter's per-name-server selection counts for ``case``."""
+    return json.loads(path(f"{case}.expected_counts.json").read_text(encoding="utf-8"))
