@@ -5,3 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m grpc_tools.protoc -I schemas --python_out=nmsgdns/proto --pyi_out=nmsgdns/proto \
     schemas/nmsg.proto schemas/dnsqr.proto
+python -m grpc_tools.protoc -I schemas --python_out=nmsgdns/proto --pyi_out=nmsgdns/proto \
+    schemas/dnsqr_payload.proto
+# protoc writes absolute imports between generated modules; they live in a package here.
+sed -i 's/^import dnsqr_pb2 as/from . import dnsqr_pb2 as/' nmsgdns/proto/dnsqr_payload_pb2.py

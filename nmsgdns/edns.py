@@ -1,0 +1,177 @@
+"""The EDNS0 rule over one payload: is this base:dnsqr record an EDNS0 failure, and if not, why not.
+
+The rule is the reference filter's (``../shared/docs/edns-rule.md``): a vid 1 / msgtype 9 record is
+selected when its derived ``response`` exists, parses and has no OPT record, and its derived ``query``
+exists, parses and has one. Every record gets exactly one :class:`Verdict`, so a summary can say how many
+were skipped and why, and nothing is dropped without a count.
+
+The standalone filter only needs the verdict and stops at the first check that fails (the response is
+checked first: most responses carry OPT, so most records need one scan). The Faust agent also wants the
+rate's denominator and unanswered EDNS queries, so :func:`judge` with ``detail=True`` scans both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from nmsgdns.dnsqr import derive_query, derive_response, ip_to_text
+from nmsgdns.errors import DnsWireError
+from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
+from nmsgdns.proto.dnsqr_payload_pb2 import DnsqrPayload
+from nmsgdns.proto.dnsqr_pb2 import UDP_UNANSWERED_QUERY, DnsQR
+from nmsgdns.proto.nmsg_pb2 import NmsgPayload
+from nmsgdns.wire import Opt, scan_opt
+
+
+class Verdict(enum.Enum):
+    """Outcome of the rule for one payload; every value but SELECTED is a reason for skipping it."""
+
+    SELECTED = "selected"
+    NOT_DNSQR = "not-dnsqr"
+    UNDECODABLE = "undecodable"
+    NO_RESPONSE = "no-response"
+    RESPONSE_MALFORMED = "response-malformed"
+    RESPONSE_HAS_EDNS = "response-has-edns"
+    NO_QUERY = "no-query"
+    QUERY_MALFORMED = "query-malformed"
+    QUERY_NO_EDNS = "query-no-edns"
+
+
+class _Scan(enum.Enum):
+    """A side of the exchange that could not be scanned (as opposed to an Opt or None)."""
+
+    ABSENT = "absent"
+    MALFORMED = "malformed"
+
+
+def _scan(wire: bytes | None) -> Opt | _Scan | None:
+    if wire is None:
+        return _Scan.ABSENT
+    try:
+        return scan_opt(wire)
+    except DnsWireError:
+        return _Scan.MALFORMED
+
+
+@dataclass(slots=True)
+class Judgement:
+    """The verdict on one payload and what was learnt on the way.
+
+    ``query_opt``/``response_opt`` are the OPT records found (None: that side was absent, malformed, had
+    none, or was not scanned because the verdict was already decided and ``detail`` was off).
+    """
+
+    verdict: Verdict
+    record: DnsQR | None = None
+    query_opt: Opt | None = None
+    response_opt: Opt | None = None
+    response: bytes | None = None
+    edns_answered: bool = False
+    edns_timeout: bool = False
+
+    @property
+    def selected(self) -> bool:
+        return self.verdict is Verdict.SELECTED
+
+    @property
+    def ns_ip(self) -> str | None:
+        """The name server (response_ip) as text, or None when the record has no usable address."""
+        rec = self.record
+        if rec is None or len(rec.response_ip) not in (4, 16):
+            return None
+        return ip_to_text(rec.response_ip)
+
+
+def _undecodable_reason(payload: bytes) -> Verdict:
+    """Why the one-call view did not parse: another message type, or really broken bytes."""
+    try:
+        envelope = NmsgPayload.FromString(payload)
+    except DecodeError:
+        return Verdict.UNDECODABLE
+    if envelope.vid != VID_BASE or envelope.msgtype != MSGTYPE_DNSQR:
+        return Verdict.NOT_DNSQR
+    return Verdict.UNDECODABLE
+
+
+def judge(payload: bytes, *, detail: bool = False) -> Judgement:
+    """Apply the EDNS0 rule to one serialized NmsgPayload.
+
+    With ``detail`` both sides are always scanned, so ``edns_answered`` (an EDNS query whose response
+    parsed: the rate's denominator) and ``edns_timeout`` (an unanswered EDNS query) are filled in.
+    """
+    try:
+        view = DnsqrPayload.FromString(payload)
+    except DecodeError:
+        return Judgement(_undecodable_reason(payload))
+    if view.vid != VID_BASE or view.msgtype != MSGTYPE_DNSQR:
+        return Judgement(Verdict.NOT_DNSQR)
+    rec = view.payload
+
+    response = derive_response(rec)
+    r = _scan(response)
+    if not detail:
+        if r is _Scan.ABSENT:
+            return Judgement(Verdict.NO_RESPONSE, rec)
+        if r is _Scan.MALFORMED:
+            return Judgement(Verdict.RESPONSE_MALFORMED, rec)
+        if r is not None:
+            return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, response_opt=r)
+    q = _scan(derive_query(rec))
+    query_opt = q if isinstance(q, Opt) else None
+    response_opt = r if isinstance(r, Opt) else None
+    if r is _Scan.ABSENT:
+        verdict = Verdict.NO_RESPONSE
+    elif r is _Scan.MALFORMED:
+        verdict = Verdict.RESPONSE_MALFORMED
+    elif r is not None:
+        verdict = Verdict.RESPONSE_HAS_EDNS
+    elif q is _Scan.ABSENT:
+        verdict = Verdict.NO_QUERY
+    elif q is _Scan.MALFORMED:
+        verdict = Verdict.QUERY_MALFORMED
+    elif q is None:
+        verdict = Verdict.QUERY_NO_EDNS
+    else:
+        verdict = Verdict.SELECTED
+    return Judgement(
+        verdict,
+        rec,
+        query_opt=query_opt,
+        response_opt=response_opt,
+        response=response,
+        edns_answered=query_opt is not None and not isinstance(r, _Scan),
+        edns_timeout=query_opt is not None and rec.type == UDP_UNANSWERED_QUERY,
+    )
+
+
+@dataclass
+class EdnsFilter:
+    """The rule applied to a stream of payloads, with the counts a summary needs.
+
+    ``verdicts`` counts every payload seen by its verdict; ``failures_by_ns`` counts selected records
+    per name server (response_ip as text), the ``{ip: n}`` form of the reference's expected counts.
+    """
+
+    verdicts: Counter[Verdict] = field(default_factory=Counter)
+    failures_by_ns: Counter[str] = field(default_factory=Counter)
+
+    def select(self, payload: bytes) -> bool:
+        """Judge ``payload``, count the outcome, and say whether it is an EDNS0 failure."""
+        j = judge(payload)
+        self.verdicts[j.verdict] += 1
+        if j.verdict is Verdict.SELECTED:
+            self.failures_by_ns[j.ns_ip or "?"] += 1
+            return True
+        return False
+
+    @property
+    def seen(self) -> int:
+        return sum(self.verdicts.values())
+
+    @property
+    def selected(self) -> int:
+        return self.verdicts[Verdict.SELECTED]

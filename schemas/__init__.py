@@ -1,0 +1,25 @@
+"""The data contracts of the pipeline's topics, installed as the package ``dnsqr_schemas``.
+
+The ``.avsc`` files beside this module are the published Avro schemas (downstream consumers read them);
+the ``.proto`` files define NMSG and base:dnsqr (code generated into ``nmsgdns/proto``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from fastavro import parse_schema
+
+
+def schema_text(name: str) -> str:
+    """The text of ``NAME.avsc`` as shipped, for publishing the contract."""
+    return resources.files(__name__).joinpath(f"{name}.avsc").read_text(encoding="utf-8")
+
+
+@cache
+def avro_schema(name: str) -> dict[str, Any]:
+    """The parsed (fastavro) schema ``NAME.avsc``; parsed once per process."""
+    return parse_schema(json.loads(schema_text(name)))
