@@ -1,0 +1,140 @@
+"""``dnsqr-edns-filter`` end to end against the reference C filter's output in the shared corpus."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from nmsgdns.cli import main
+from nmsgdns.input import ContainerStreamReader
+from tests import corpus
+
+FILTER = [sys.executable, "-m", "nmsgdns.cli"]
+
+
+def payloads_of(path: Path) -> list[bytes]:
+    with path.open("rb") as fh:
+        return list(ContainerStreamReader(fh, name=str(path)))
+
+
+@pytest.mark.parametrize(
+    "source", [f"{c}.nmsg" for c in corpus.CASES] + [f"{c}.z.nmsg" for c in corpus.ZLIB_CASES]
+)
+def test_file_selection_equals_reference(source: str, tmp_path: Path, capsys) -> None:
+    case = source.split(".")[0]
+    source = corpus.path(source)
+    out, counts = tmp_path / "out.nmsg", tmp_path / "counts.json"
+    assert main(["-r", str(source), "-w", str(out), "--counts-json", str(counts)]) == 0
+    expected = corpus.path(f"{case}.filtered.nmsg")
+    # Same payload bytes in the same order; the reference writes one uncompressed 1 MiB container.
+    assert payloads_of(out) == payloads_of(expected)
+    assert out.read_bytes() == expected.read_bytes()
+    assert json.loads(counts.read_text()) == corpus.expected_counts(case)
+    summary = capsys.readouterr().err
+    assert f"{len(payloads_of(expected))} selected" in summary
+
+
+def test_zlib_output_and_count_limit(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.nmsg"
+    assert main(["-r", str(corpus.path("live_resolver.nmsg")), "-w", str(out), "-z", "-c", "50"]) == 0
+    assert out.read_bytes()[4] & 0x01, "container must carry the zlib flag"
+    assert payloads_of(out) == payloads_of(corpus.path("live_resolver.filtered.nmsg"))[:50]
+
+
+def test_truncated_file_names_offset_and_keeps_what_was_read(tmp_path: Path, capsys) -> None:
+    # A whole file, then a second one cut inside its (only) container.
+    data = corpus.path("edge_cases.nmsg").read_bytes() + corpus.path("live_resolver.nmsg").read_bytes()
+    broken = tmp_path / "broken.nmsg"
+    broken.write_bytes(data[: len(data) - 1000])
+    out = tmp_path / "out.nmsg"
+    assert main(["-r", str(broken), "-w", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.nmsg" in err and "offset" in err
+    # Everything before the damaged container was judged and written.
+    assert payloads_of(out) == payloads_of(corpus.path("edge_cases.filtered.nmsg"))
+
+
+def test_usage_errors(tmp_path: Path, capsys) -> None:
+    assert main(["-r", str(corpus.path("edge_cases.nmsg"))]) == 2
+    assert "No outputs given" in capsys.readouterr().err
+    assert main(["-w", str(tmp_path / "o")]) == 2
+    assert main(["-L", "ipc:///tmp/x", "-w", str(tmp_path / "o")]) == 2
+    assert "not supported" in capsys.readouterr().err
+    missing = tmp_path / "missing.nmsg"
+    assert main(["-r", str(missing), "-w", str(tmp_path / "o")]) == 1
+    assert "missing.nmsg" in capsys.readouterr().err
+
+
+def udp_datagrams(pcap: Path) -> list[bytes]:
+    """The UDP payloads of a capture of nmsgtool -s, in capture order."""
+    out = []
+    with pcap.open("rb") as fh:
+        for _ts, frame in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+                out.append(bytes(ip.data.data))
+    return out
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", corpus.SOCKET_CASES)
+def test_socket_replay_equals_reference(case: str, tmp_path: Path) -> None:
+    datagrams = udp_datagrams(corpus.path(f"{case}.udp.pcap"))
+    port = free_udp_port()
+    out = tmp_path / "out.nmsg"
+    proc = subprocess.Popen(
+        [*FILTER, "-l", f"127.0.0.1/{port}", "-w", str(out), "--counts-json", str(tmp_path / "c.json")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert "listening on" in proc.stderr.readline()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for d in datagrams:
+                tx.sendto(d, ("127.0.0.1", port))
+                time.sleep(0.001)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert payloads_of(out) == payloads_of(corpus.path(f"{case}.filtered.nmsg"))
+    assert json.loads((tmp_path / "c.json").read_text()) == corpus.expected_counts(case)
+    assert "input drops" not in err, "every datagram of nmsgtool's capture is a valid container or fragment"
+
+
+def test_garbage_datagrams_are_counted_not_fatal(tmp_path: Path) -> None:
+    port = free_udp_port()
+    out = tmp_path / "out.nmsg"
+    proc = subprocess.Popen([*FILTER, "-l", f"127.0.0.1/{port}", "-w", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in proc.stderr.readline()
+        good = udp_datagrams(corpus.path("sock_m512.udp.pcap"))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for junk in (b"", b"NMSG", b"garbage" * 10, b"\x00\x00\x01\x00\x78\x9c" + b"\x00" * 40):
+                tx.sendto(junk, ("127.0.0.1", port))
+            for d in good:
+                tx.sendto(d, ("127.0.0.1", port))
+                time.sleep(0.001)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "input drops:" in err
+    assert payloads_of(out) == payloads_of(corpus.path("sock_m512.filtered.nmsg"))
