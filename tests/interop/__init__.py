@@ -1,0 +1,1 @@
+"""Interoperability tests against independent NMSG implementations (need their toolchains)."""
