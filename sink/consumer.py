@@ -1,0 +1,382 @@
+"""The sink's Kafka side: failures topic into a :class:`~sink.files.PartitionFileSet`, committing only what is
+durable.
+
+Offsets are committed by hand (``enable.auto.commit`` off) and only up to the ``next_offset`` of a
+:class:`~sink.files.Durable` the file set returned, i.e. after the file holding those records was renamed
+into place. A crash at any point therefore loses nothing (the uncommitted range is redelivered) and the
+file set's naming and skipping of covered offsets keeps the redelivery from duplicating anything.
+
+On a rebalance the partly filled files of revoked partitions are discarded, not finalized: their range
+is uncommitted, so the next owner rewrites it from the committed offset, and no file can appear for a
+range another consumer is already writing.
+
+A value that is not an ``EdnsFailure`` (Avro does not decode, trailing bytes, payload not a base:dnsqr
+``NmsgPayload``) never stops the sink: it is counted, logged, and copied to a dead-letter topic with the
+reason in its headers; its offset is committed with the records around it once the dead letter is
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from dnsqr_schemas import avro_schema
+from fastavro import schemaless_reader
+from google.protobuf.message import DecodeError
+
+from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
+from nmsgdns.proto.nmsg_pb2 import NmsgPayload
+from sink.files import DEFAULT_PREFIX, Durable, PartitionFileSet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPIC = "dnsqr.edns.failures"
+DEFAULT_GROUP = "dnsqr-sink"
+DEFAULT_DLQ_SUFFIX = ".dlq"
+#: log the first undecodable or stale records one by one, then only every this many (the summary has
+#: the totals)
+_LOG_EVERY = 1000
+_LOG_FIRST = 20
+
+
+class UndecodableValue(ValueError):
+    """A failures-topic value that is not a valid ``EdnsFailure``; the message says why."""
+
+
+def decode_failure_payload(value: bytes | None) -> bytes:
+    """The ``payload`` (serialized NmsgPayload) of an Avro ``EdnsFailure`` value.
+
+    Checks what the files need: the whole value is one record of the published schema, and its payload is
+    a complete base:dnsqr ``NmsgPayload`` (anything else would make a file nmsgtool cannot read back).
+    """
+    if value is None:
+        raise UndecodableValue("null value")
+    stream = io.BytesIO(value)
+    try:
+        record = schemaless_reader(stream, avro_schema("edns_failure"))
+    except Exception as exc:  # fastavro raises many types on bad bytes; all mean "not an EdnsFailure"
+        raise UndecodableValue(f"Avro: {type(exc).__name__}: {exc}") from exc
+    if stream.tell() != len(value):
+        raise UndecodableValue(f"Avro: {len(value) - stream.tell()} trailing bytes after the record")
+    payload = record["payload"]
+    # a upb parse (about 1 us) is cheaper here than the hand walk of nmsgdns.payload, and checks as much
+    envelope = NmsgPayload()
+    try:
+        envelope.ParseFromString(payload)
+    except DecodeError as exc:
+        raise UndecodableValue(f"payload is not an NmsgPayload: {exc}") from exc
+    if not envelope.IsInitialized():
+        raise UndecodableValue("payload is not an NmsgPayload: required fields missing")
+    if (envelope.vid, envelope.msgtype) != (VID_BASE, MSGTYPE_DNSQR):
+        raise UndecodableValue(f"payload is vid {envelope.vid} msgtype {envelope.msgtype}, not base:dnsqr")
+    return payload
+
+
+@dataclass
+class SinkConfig:
+    """Everything a sink run needs; ``kafka`` holds the connection properties (``kafka_config``)."""
+
+    output_dir: Path
+    kafka: dict[str, str]
+    topic: str = DEFAULT_TOPIC
+    group: str = DEFAULT_GROUP
+    dlq_topic: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    rotate_bytes: int = 64 * 1024 * 1024
+    rotate_seconds: float | None = 300.0
+    compress: bool = False
+    #: stop after this many seconds without a record (batch jobs); None runs until signalled
+    idle_exit: float | None = None
+    #: stop after this many records (the rest stays uncommitted for the next run)
+    max_records: int | None = None
+    batch_size: int = 1000
+    poll_timeout: float = 0.25
+    #: extra consumer properties (tests lower session.timeout.ms, for instance)
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """The DLQ topic: given, or the failures topic plus ``.dlq``."""
+        return self.dlq_topic or self.topic + DEFAULT_DLQ_SUFFIX
+
+
+@dataclass
+class SinkStats:
+    """Counters of one run, printed as its summary."""
+
+    records: int = 0
+    undecodable: int = 0
+    dead_lettered: int = 0
+    dead_letter_failed: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    consumer_errors: int = 0
+    #: records of partitions not owned (any more) or at offsets already appended: skipped
+    stale: int = 0
+    files: int = 0
+    payloads: int = 0
+    already_durable: int = 0
+    discarded_partials: int = 0
+
+    def summary(self) -> str:
+        """One line for the operator."""
+        return (
+            f"sink: {self.records} records, {self.payloads} payloads in {self.files} files, "
+            f"{self.already_durable} already in existing files, {self.undecodable} undecodable "
+            f"({self.dead_lettered} dead-lettered, {self.dead_letter_failed} DLQ failures), "
+            f"{self.commits} commits ({self.commit_failures} failed), "
+            f"{self.discarded_partials} partial files discarded on rebalance, "
+            f"{self.consumer_errors} consumer errors, {self.stale} stale records skipped"
+        )
+
+
+class FailureSink:
+    """One sink process: consume, append to files, commit what is durable; :meth:`stop` ends it cleanly."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.stats = SinkStats()
+        self.files = PartitionFileSet(
+            config.output_dir,
+            prefix=config.prefix,
+            rotate_bytes=config.rotate_bytes,
+            rotate_seconds=config.rotate_seconds,
+            compress=config.compress,
+            clock=clock,
+        )
+        self._stopping = False
+        #: partition -> offset to commit (all records below it are durable)
+        self._pending: dict[int, int] = {}
+        #: dead letters produced since the last flush: a commit must wait for their acknowledgement
+        self._unflushed_dead_letters = 0
+        #: when the last record (or the assignment) came; None until partitions are assigned, so the group
+        #: join (seconds) does not count as idle time
+        self._last_activity: float | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish: safe from a signal handler (only sets a flag)."""
+        self._stopping = True
+
+    # -------------------------------------------------------------------------------- main loop
+
+    def run(self) -> SinkStats:
+        """Consume until stopped, idle or at ``max_records``; finalize and commit; return the counters.
+
+        On an exception (disk full, a broken broker connection) open files are discarded and nothing
+        beyond what is already durable is committed, so a restart resumes without loss.
+        """
+        config = self.config
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        consumer = self._consumer = Consumer(self._consumer_config())
+        clean = False
+        try:
+            consumer.subscribe(
+                [config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            while not self._stopping:
+                messages = consumer.consume(config.batch_size, config.poll_timeout)
+                for message in messages:
+                    self._handle(message)
+                    if config.max_records is not None and self.stats.records >= config.max_records:
+                        log.info("reached --max-records %d", config.max_records)
+                        self._stopping = True
+                        break
+                self._note(self.files.expire())
+                self._commit()
+                if config.idle_exit is not None and self._idle_for() >= config.idle_exit:
+                    log.info("no record for %.1f s: finishing", config.idle_exit)
+                    break
+            self._note(self.files.finalize_all())
+            self._commit()
+            clean = True
+        finally:
+            if not clean:
+                self.files.close()
+            self._flush_dead_letters()
+            consumer.close()
+            self._collect_file_stats()
+        return self.stats
+
+    def _idle_for(self) -> float:
+        return 0.0 if self._last_activity is None else self.clock() - self._last_activity
+
+    def _consumer_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            # a new sink group writes the whole topic, not only what arrives after it starts
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            **self.config.kafka,
+            **self.config.consumer_overrides,
+        }
+        # not overridable: offsets are committed by hand, and only once the files are durable
+        conf["group.id"] = self.config.group
+        conf["enable.auto.commit"] = False
+        conf["enable.auto.offset.store"] = False
+        return conf
+
+    def _handle(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            self.stats.consumer_errors += 1
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consumer error: %s", error)
+            return
+        self._last_activity = self.clock()
+        partition, offset = message.partition(), message.offset()
+        if not self.files.accepts(partition, offset):
+            # a record of a partition given up in a rebalance, or one delivered twice: whoever owns the
+            # partition has it (or this process already appended it), so writing it would duplicate it
+            self.stats.stale += 1
+            if self.stats.stale <= _LOG_FIRST or self.stats.stale % _LOG_EVERY == 0:
+                log.warning("skipping stale record %s[%d]@%d", message.topic(), partition, offset)
+            return
+        self.stats.records += 1
+        try:
+            payload: bytes | None = decode_failure_payload(message.value())
+        except UndecodableValue as exc:
+            payload = None
+            self.stats.undecodable += 1
+            if self.stats.undecodable <= _LOG_FIRST or self.stats.undecodable % _LOG_EVERY == 0:
+                log.warning(
+                    "undecodable value at %s[%d]@%d (%d so far): %s",
+                    message.topic(),
+                    partition,
+                    offset,
+                    self.stats.undecodable,
+                    exc,
+                )
+            self._dead_letter(message, str(exc))
+        self._note(self.files.append(partition, offset, payload))
+
+    def _note(self, progress: list[Durable]) -> None:
+        for item in progress:
+            if item.next_offset > self._pending.get(item.partition, -1):
+                self._pending[item.partition] = item.next_offset
+            if item.path is not None:
+                log.info("wrote %s (%d payloads)", item.path.name, item.payloads)
+
+    # -------------------------------------------------------------------------------- commits
+
+    def _commit(self, partitions: set[int] | None = None) -> None:
+        """Commit the durable offsets (of ``partitions`` only, if given), synchronously.
+
+        Synchronous because the next step after a commit may be a revoke or an exit; a failed commit
+        keeps the offsets pending for the next attempt (redelivery after a crash is harmless anyway).
+        """
+        pending = {p: o for p, o in self._pending.items() if partitions is None or p in partitions}
+        if not pending or self._consumer is None:
+            return
+        if not self._flush_dead_letters():
+            log.warning("dead letters not yet acknowledged: commit postponed")
+            return
+        offsets = [TopicPartition(self.config.topic, p, o) for p, o in sorted(pending.items())]
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (will retry): %s", exc)
+            return
+        self.stats.commits += 1
+        for tp in result or offsets:
+            if tp.error is not None:
+                self.stats.commit_failures += 1
+                log.warning("offset commit of partition %d failed: %s", tp.partition, tp.error)
+            elif self._pending.get(tp.partition) == tp.offset:
+                del self._pending[tp.partition]
+
+    # -------------------------------------------------------------------------------- rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.files.adopt(tp.partition)
+        self._last_activity = self.clock()
+        log.info("assigned partitions %s", [tp.partition for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {tp.partition for tp in partitions}
+        self._commit(revoked)
+        self._release(revoked, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # the group has moved on: committing would fail, and another member may already own these
+        self._release({tp.partition for tp in partitions}, "lost")
+
+    def _release(self, partitions: set[int], why: str) -> None:
+        self.files.discard(partitions)
+        for partition in partitions:
+            self._pending.pop(partition, None)
+        log.info("%s partitions %s", why, sorted(partitions))
+
+    # -------------------------------------------------------------------------------- dead letters
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        producer = self._producer
+        if producer is None:
+            producer = self._producer = Producer(
+                {**self.config.kafka, "enable.idempotence": True, "acks": "all", "linger.ms": 50}
+            )
+        headers = [
+            ("dlq.error", reason.encode("utf-8", "replace")),
+            ("dlq.stage", b"sink"),
+            ("dlq.topic", message.topic().encode()),
+            ("dlq.partition", str(message.partition()).encode()),
+            ("dlq.offset", str(message.offset()).encode()),
+            *(message.headers() or []),
+        ]
+        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        while True:
+            try:
+                producer.produce(
+                    self.config.dead_letter_topic,
+                    value=message.value(),
+                    key=message.key(),
+                    headers=headers,
+                    on_delivery=lambda err, _msg: self._dead_letter_done(err, where),
+                )
+                break
+            except BufferError:
+                producer.poll(0.5)
+        self._unflushed_dead_letters += 1
+        producer.poll(0)
+
+    def _dead_letter_done(self, error: KafkaError | None, where: str) -> None:
+        if error is None:
+            self.stats.dead_lettered += 1
+        else:
+            self.stats.dead_letter_failed += 1
+            log.error(
+                "dead letter for %s not delivered to %s: %s", where, self.config.dead_letter_topic, error
+            )
+
+    def _flush_dead_letters(self, timeout: float = 30.0) -> bool:
+        """Wait until every dead letter so far is acknowledged (or failed, which is logged); True if done."""
+        if self._producer is None or not self._unflushed_dead_letters:
+            return True
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            return False
+        self._unflushed_dead_letters = 0
+        return True
+
+    def _collect_file_stats(self) -> None:
+        file_stats = self.files.stats
+        self.stats.files = file_stats.files
+        self.stats.payloads = file_stats.payloads
+        self.stats.already_durable = file_stats.already_durable
+        self.stats.discarded_partials = file_stats.discarded

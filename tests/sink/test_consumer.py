@@ -1,0 +1,321 @@
+"""The sink's consumer logic against a scripted in-memory consumer: decoding, commits, rebalances, DLQ.
+
+The real-broker behaviour is in ``test_sink_kafka.py``; here the Kafka client is replaced so each commit
+can be checked against the files on disk at the moment it is made.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dnsqr_schemas import avro_schema
+from fastavro import schemaless_writer
+
+from nmsgdns.payload import make_payload
+from sink import consumer as sink_consumer
+from sink.consumer import FailureSink, SinkConfig, UndecodableValue, decode_failure_payload
+from sink.files import final_files, parse_final_name
+from tests.sink.helpers import corpus_payloads, failure_value, files_multiset
+
+TOPIC = "failures-test"
+
+
+@pytest.fixture(scope="module")
+def payloads() -> list[bytes]:
+    return corpus_payloads("edge_cases")
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+def test_decode_roundtrip(payloads: list[bytes]) -> None:
+    for payload in payloads:
+        _, value = failure_value(payload)
+        assert decode_failure_payload(value) == payload
+
+
+def _avro(payload: bytes) -> bytes:
+    record = {
+        "time_sec": 1,
+        "time_nsec": 2,
+        "name_server": "192.0.2.1",
+        "resolver": "192.0.2.2",
+        "query_port": 1,
+        "response_port": 53,
+        "proto": 17,
+        "qname": "example.",
+        "qtype": 1,
+        "qclass": 1,
+        "rcode": 0,
+        "kind": "noopt",
+        "query_edns_udp_size": 1232,
+        "query_edns_version": 0,
+        "query_edns_do": False,
+        "payload": payload,
+    }
+    out = io.BytesIO()
+    schemaless_writer(out, avro_schema("edns_failure"), record)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "null value"),
+        (b"", "Avro"),
+        (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", "Avro"),
+        (_avro(make_payload(1, 9, 1, 2, b"")) + b"x", "trailing"),
+        (_avro(b"\xff\xff"), "not an NmsgPayload"),
+        (_avro(b"\x08\x01"), "not an NmsgPayload"),
+        (_avro(make_payload(2, 9, 1, 2, b"")), "not base:dnsqr"),
+    ],
+)
+def test_decode_rejects(value: bytes | None, reason: str) -> None:
+    with pytest.raises(UndecodableValue, match=reason):
+        decode_failure_payload(value)
+
+
+# ------------------------------------------------------------------------------ scripted Kafka
+
+
+class FakeMessage:
+    def __init__(self, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> None:
+        self._partition, self._offset, self._value, self._key = partition, offset, value, key
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> None:
+        return None
+
+
+class FakePartition:
+    def __init__(self, partition: int) -> None:
+        self.topic, self.partition = TOPIC, partition
+
+
+#: a script step: a batch of messages, or ("assign"|"revoke", partitions)
+Step = list[FakeMessage] | tuple[str, list[int]]
+
+
+class FakeConsumer:
+    """Plays a script of batches and rebalances; every commit is checked against the files on disk."""
+
+    script: list[Step] = []
+    output_dir: Path = Path()
+    commits: list[dict[int, int]] = []
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        assert conf["enable.auto.commit"] is False
+        self.callbacks: dict[str, Callable[..., None]] = {}
+
+    def subscribe(self, topics: list[str], **callbacks: Callable[..., None]) -> None:
+        assert topics == [TOPIC]
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        if not self.script:
+            return []
+        step = self.script.pop(0)
+        if isinstance(step, tuple):
+            what, partitions = step
+            self.callbacks["on_" + what](self, [FakePartition(p) for p in partitions])
+            return []
+        return step
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
+        assert asynchronous is False
+        for tp in offsets:
+            durable = self._durable_end(tp.partition)
+            assert tp.offset <= durable, f"commit {tp.offset} of p{tp.partition} beyond files ({durable})"
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+        return offsets
+
+    def _durable_end(self, partition: int) -> int:
+        """The first offset of ``partition`` not yet in a final file nor acknowledged by the DLQ."""
+        done = set(FakeProducer.acknowledged.get(partition, ()))
+        for path in final_files(self.output_dir, "failures", partition):
+            parsed = parse_final_name(path.name)
+            assert parsed is not None
+            done.update(range(parsed.first, parsed.last + 1))
+        end = 0
+        while end in done:
+            end += 1
+        return end
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProducer:
+    """Acknowledges dead letters only when flushed, so a commit that does not wait for them fails."""
+
+    produced: list[tuple[str, bytes | None, dict[str, bytes]]] = []
+    #: partition -> offsets whose dead letter was acknowledged
+    acknowledged: dict[int, list[int]] = {}
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._waiting: list[tuple[dict[str, bytes], Callable[[Any, Any], None]]] = []
+
+    def produce(
+        self, topic: str, *, value: bytes | None, key: bytes | None, headers: Any, on_delivery: Any
+    ) -> None:
+        self.produced.append((topic, value, dict(headers)))
+        self._waiting.append((dict(headers), on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        for headers, callback in self._waiting:
+            partition, offset = int(headers["dlq.partition"]), int(headers["dlq.offset"])
+            self.acknowledged.setdefault(partition, []).append(offset)
+            callback(None, None)
+        self._waiting.clear()
+        return 0
+
+
+@pytest.fixture
+def fake_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[FakeConsumer]:
+    monkeypatch.setattr(sink_consumer, "Consumer", FakeConsumer)
+    monkeypatch.setattr(sink_consumer, "Producer", FakeProducer)
+    FakeConsumer.script = []
+    FakeConsumer.commits = []
+    FakeConsumer.output_dir = tmp_path
+    FakeProducer.produced = []
+    FakeProducer.acknowledged = {}
+    return FakeConsumer
+
+
+def config(tmp_path: Path, **kwargs: Any) -> SinkConfig:
+    kwargs.setdefault("rotate_seconds", None)
+    kwargs.setdefault("idle_exit", 0.05)
+    return SinkConfig(output_dir=tmp_path, kafka={}, topic=TOPIC, **kwargs)
+
+
+def committed(fake: type[FakeConsumer]) -> dict[int, int]:
+    """The last offset committed per partition."""
+    return {p: o for commit in fake.commits for p, o in commit.items()}
+
+
+def messages(partition: int, payloads: list[bytes], start: int = 0) -> list[FakeMessage]:
+    return [FakeMessage(partition, start + i, failure_value(p)[1]) for i, p in enumerate(payloads)]
+
+
+def test_commits_follow_files(tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]) -> None:
+    fake_kafka.script = [
+        ("assign", [0, 1]),
+        messages(0, payloads[:20]),
+        messages(1, payloads[20:]),
+        messages(0, payloads[:10], start=20),
+    ]
+    stats = FailureSink(config(tmp_path, rotate_bytes=2048)).run()
+    assert stats.records == len(payloads) + 10 and stats.undecodable == 0
+    assert files_multiset(tmp_path) == Counter(payloads + payloads[:10])
+    assert committed(fake_kafka) == {0: 30, 1: len(payloads) - 20}
+    assert stats.files == len(final_files(tmp_path, "failures")) > 2
+    assert not [n for n in (p.name for p in tmp_path.iterdir()) if n.endswith(".tmp")]
+
+
+def test_revoke_discards_partial_file(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
+) -> None:
+    fake_kafka.script = [
+        ("assign", [0, 1]),
+        messages(0, payloads[:10]) + messages(1, payloads[10:20]),
+        ("revoke", [0, 1]),
+        ("assign", [1]),
+        messages(1, payloads[10:20]),  # the range was not committed: it comes again
+    ]
+    stats = FailureSink(config(tmp_path)).run()
+    assert stats.discarded_partials == 2
+    assert files_multiset(tmp_path) == Counter(payloads[10:20])
+    assert [p.name for p in final_files(tmp_path, "failures")] == [
+        "failures-p0001-o000000000000-000000000009.nmsg"
+    ]
+    assert committed(fake_kafka) == {1: 10}
+
+
+def test_undecodable_values_go_to_dlq(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
+) -> None:
+    batch = messages(0, payloads[:6])
+    batch[0] = FakeMessage(0, 0, b"garbage", b"k")
+    batch[3] = FakeMessage(0, 3, None)
+    fake_kafka.script = [("assign", [0]), batch]
+    stats = FailureSink(config(tmp_path)).run()
+    assert (stats.records, stats.undecodable, stats.dead_lettered, stats.payloads) == (6, 2, 2, 4)
+    assert files_multiset(tmp_path) == Counter([payloads[1], payloads[2], payloads[4], payloads[5]])
+    # offset 0 was durable at once (no file open), 3 joined the file 1-5
+    assert [p.name for p in final_files(tmp_path, "failures")] == [
+        "failures-p0000-o000000000001-000000000005.nmsg"
+    ]
+    assert committed(fake_kafka) == {0: 6}
+    topics = {topic for topic, _, _ in FakeProducer.produced}
+    assert topics == {TOPIC + ".dlq"}
+    (_, value, headers), (_, null_value, null_headers) = FakeProducer.produced
+    assert value == b"garbage" and null_value is None
+    assert headers["dlq.offset"] == b"0" and headers["dlq.partition"] == b"0"
+    assert b"Avro" in headers["dlq.error"] and null_headers["dlq.error"] == b"null value"
+
+
+def test_max_records_leaves_the_rest_uncommitted(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
+) -> None:
+    fake_kafka.script = [("assign", [0]), messages(0, payloads)]
+    stats = FailureSink(config(tmp_path, idle_exit=None, max_records=7)).run()
+    assert stats.records == 7
+    assert files_multiset(tmp_path) == Counter(payloads[:7])
+    assert committed(fake_kafka) == {0: 7}
+
+
+def test_stop_finalizes_and_commits(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
+) -> None:
+    sink = FailureSink(config(tmp_path, idle_exit=None))
+    batch = messages(0, payloads[:5])
+
+    class StopAfter(FakeMessage):
+        def value(self) -> bytes | None:
+            sink.stop()  # as the SIGTERM handler does, mid-batch
+            return super().value()
+
+    last = batch[-1]
+    batch[-1] = StopAfter(0, last.offset(), last.value())
+    fake_kafka.script = [("assign", [0]), batch, messages(0, payloads[5:], start=5)]
+    stats = sink.run()
+    assert stats.records == 5
+    assert files_multiset(tmp_path) == Counter(payloads[:5])
+    assert committed(fake_kafka) == {0: 5}
+
+
+def test_stale_records_are_skipped(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
+) -> None:
+    """Records of a partition not owned, or at an offset already appended, would duplicate: skipped."""
+    batch = messages(0, payloads[:5]) + messages(2, payloads[5:6]) + messages(0, payloads[3:5], start=3)
+    fake_kafka.script = [("assign", [0]), batch]
+    stats = FailureSink(config(tmp_path)).run()
+    assert (stats.records, stats.stale) == (5, 3)
+    assert files_multiset(tmp_path) == Counter(payloads[:5])
+    assert committed(fake_kafka) == {0: 5}
