@@ -110,6 +110,9 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
     if view.vid != VID_BASE or view.msgtype != MSGTYPE_DNSQR:
         return Judgement(Verdict.NOT_DNSQR)
     rec = view.payload
+    if not rec.HasField("type"):
+        # upb does not enforce proto2 `required`; protobuf-c (libnmsg) refuses such a record.
+        return Judgement(Verdict.UNDECODABLE)
 
     response = derive_response(rec)
     r = _scan(response)
