@@ -17,19 +17,23 @@ def default_bootstrap() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
 
 
-def add_kafka_arguments(parser: argparse.ArgumentParser, *, bootstrap_default: str | None = "env") -> None:
+def add_kafka_arguments(parser: argparse.ArgumentParser, *, embedded_default: bool = False) -> None:
     """Add ``--bootstrap-servers`` and the security flags to ``parser``.
 
-    ``bootstrap_default="env"`` (the usual case) resolves ``$KAFKA_BOOTSTRAP`` / 127.0.0.1:9092;
-    ``None`` leaves it unset so a command (``run``) can tell "not given" and start its own broker.
+    The default is ``$KAFKA_BOOTSTRAP``, else 127.0.0.1:9092; with ``embedded_default`` (``run``, ``demo``)
+    it is ``$KAFKA_BOOTSTRAP``, else None, which the command takes as "start a local broker for the job".
     """
     group = parser.add_argument_group("Kafka connection")
-    default = default_bootstrap() if bootstrap_default == "env" else bootstrap_default
+    if embedded_default:
+        default = os.environ.get("KAFKA_BOOTSTRAP") or None
+        fallback = "start a local broker for the job"
+    else:
+        default, fallback = default_bootstrap(), DEFAULT_BOOTSTRAP
     group.add_argument(
         "--bootstrap-servers",
         default=default,
         metavar="HOST:PORT[,...]",
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, else %s)" % DEFAULT_BOOTSTRAP,
+        help=f"Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, else {fallback})",
     )
     group.add_argument(
         "--security-protocol",

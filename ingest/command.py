@@ -65,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NMSG files, pcaps, UDP sockets, channels or a Kafka topic -> the raw topic",
         description="Read base:dnsqr from nmsgtool-like sources and produce containers to the raw topic.",
     )
+    add_ingest_arguments(parser)
+    add_kafka_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Source, output, replay, capture and operations flags (also the sources of ``dnsqr-pipeline run``)."""
     src = parser.add_argument_group("sources (any number, any mix)")
     src.add_argument(
         "-r",
@@ -201,8 +208,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds between progress log lines when stderr is not a terminal",
     )
     ops.add_argument("--no-progress-bar", action="store_true", help="log lines even on a terminal")
-    add_kafka_arguments(parser)
-    parser.set_defaults(func=main)
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:

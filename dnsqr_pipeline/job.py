@@ -1,0 +1,356 @@
+"""One pipeline job end to end: broker (embedded or given), topics, Faust workers, sink, ingest, results.
+
+``dnsqr-pipeline run`` uses this for jobs such as replaying historical captures. The stages are the same
+processes a long-running deployment uses (``worker`` and ``sink`` subprocesses, ingest in this process),
+so a job exercises exactly what production runs. "Done" is decided from Kafka itself, not from timers:
+
+1. ingest returns once every record is delivered to the raw topic;
+2. the workers' consumer group has committed the end of the raw topic and then of the ns-stats topic;
+3. the sink's group has committed the end of the failures topic (durable files, see ``sink/``);
+4. the aggregator's last snapshot is on the counts topic (its totals add up to what the sink wrote).
+
+Each wait re-reads the end offsets until they stop moving, so records still in flight from a stage that
+committed early cannot be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from fastavro import schemaless_reader
+
+from dnsqr_pipeline import localkafka
+from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
+from dnsqr_schemas import avro_schema
+from ingest.bridge import IngestConfig, IngestSummary, run_ingest
+from nmsgdns.input import ContainerStreamReader
+
+log = logging.getLogger(__name__)
+
+#: How long end offsets must stay unchanged (with the group caught up) before a stage counts as done.
+SETTLE_SECONDS = 2.0
+POLL_SECONDS = 0.5
+
+
+class JobError(RuntimeError):
+    """The job could not finish; the message says which stage and why."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    raw: str
+    failures: str
+    stats: str
+    counts: str
+    raw_dlq: str
+    failures_dlq: str
+
+    @classmethod
+    def named(cls, suffix: str = "") -> Topics:
+        """The contract's topic names, with ``suffix`` appended (a job on a shared broker uses its own)."""
+        return cls(
+            raw=f"dnsqr.raw{suffix}",
+            failures=f"dnsqr.edns.failures{suffix}",
+            stats=f"dnsqr.edns.ns-stats{suffix}",
+            counts=f"dnsqr.edns.ns-counts{suffix}",
+            raw_dlq=f"dnsqr.raw.dlq{suffix}",
+            failures_dlq=f"dnsqr.edns.failures{suffix}.dlq",
+        )
+
+
+@dataclass
+class JobConfig:
+    """What one job needs. ``kafka`` holds the client properties; no bootstrap means an embedded broker."""
+
+    ingest: IngestConfig
+    output_dir: Path
+    kafka: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    partitions: int = 4
+    processing_guarantee: str = "at_least_once"
+    kafka_dir: Path | None = None
+    timeout: float = 600.0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+@dataclass
+class JobResult:
+    ingest: IngestSummary
+    #: name server -> table totals (failures, edns_answered, failure_rate, by_kind, timeouts, ...)
+    totals: dict[str, dict[str, Any]]
+    sink_files: list[Path]
+    sink_records: int
+    elapsed: float
+
+    @property
+    def failures_by_ns(self) -> dict[str, int]:
+        """``{name_server_ip: failures}``, the form of ``dnsqr-edns-filter --counts-json``."""
+        ranked = sorted(self.totals.items(), key=lambda kv: (-kv[1]["failures"], kv[0]))
+        return {ns: t["failures"] for ns, t in ranked if t["failures"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def embedded_kafka(directory: Path | None) -> Iterator[str]:
+    """A single-node broker for the job's duration, on a free port, in ``directory`` or a temp dir."""
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dnsqr-kafka-")))
+        port = free_port()
+        print(f"starting a local Kafka broker on 127.0.0.1:{port} (data in {directory}) ...", file=sys.stderr)
+        layout = localkafka.start(directory, nodes=1, port=port, controller_port=free_port())
+        try:
+            yield layout.bootstrap()
+        finally:
+            localkafka.stop(directory)
+
+
+def _stage_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "dnsqr_pipeline.cli", *argv]
+
+
+def _kafka_flags(kafka: Mapping[str, str]) -> list[str]:
+    flags = ["--bootstrap-servers", kafka["bootstrap.servers"]]
+    for key, value in kafka.items():
+        if key != "bootstrap.servers":
+            flags += ["--kafka-config", f"{key}={value}"]
+    return flags
+
+
+class Stage:
+    """A worker or sink subprocess whose output goes to a log file in the job's log directory."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise JobError(f"{self.name} exited with status {self.proc.returncode}; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %gs; killing it", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    ends = []
+    for p in sorted(meta.partitions):
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        ends.append(TopicPartition(topic, p, high))
+    return ends
+
+
+def wait_caught_up(
+    kafka: Mapping[str, str], group: str, topic: str, stages: list[Stage], deadline: float, what: str
+) -> None:
+    """Wait until ``group`` has committed the end of every partition of ``topic`` and the end is stable."""
+    consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
+    try:
+        stable_since: float | None = None
+        last_ends: list[int] | None = None
+        while True:
+            for stage in stages:
+                stage.check_alive()
+            ends = _end_offsets(consumer, topic)
+            committed = consumer.committed([TopicPartition(t.topic, t.partition) for t in ends], timeout=10)
+            end_values = [t.offset for t in ends]
+            behind = sum(
+                max(0, e.offset - max(c.offset, 0)) for e, c in zip(ends, committed, strict=True)
+            )
+            now = time.monotonic()
+            if behind == 0 and end_values == last_ends:
+                stable_since = stable_since or now
+                if now - stable_since >= SETTLE_SECONDS:
+                    return
+            else:
+                stable_since = None
+            last_ends = end_values
+            if now > deadline:
+                raise JobError(
+                    f"timed out waiting for {what}: group {group} is {behind} records behind on {topic}"
+                )
+            time.sleep(POLL_SECONDS)
+    finally:
+        consumer.close()
+
+
+def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[str, Any]]:
+    """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to the end)."""
+    consumer = Consumer(
+        {**kafka, "group.id": f"dnsqr-run-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+    )
+    schema = avro_schema("ns_counts")
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    try:
+        ends = {(t.partition): t.offset for t in _end_offsets(consumer, topic)}
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + 60
+        while len(done) < len(ends):
+            if time.monotonic() > deadline:
+                raise JobError(f"timed out reading the counts topic {topic}")
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                raise JobError(f"reading {topic}: {msg.error().str()}")
+            value = schemaless_reader(io.BytesIO(msg.value()), schema, None)
+            snapshot_time = value["snapshot_time_ms"]
+            ns = value["name_server"]
+            if ns not in latest or snapshot_time >= latest[ns][0]:
+                latest[ns] = (snapshot_time, value["total"])
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+    finally:
+        consumer.close()
+    return {ns: total for ns, (_t, total) in latest.items()}
+
+
+def count_sink_records(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        with path.open("rb") as fh:
+            total += sum(len(b) for b in ContainerStreamReader(fh, name=str(path)).batches())
+    return total
+
+
+def run_job(cfg: JobConfig) -> JobResult:
+    """Run the whole pipeline once over finite sources and return what it found."""
+    started = time.monotonic()
+    deadline = started + cfg.timeout
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = cfg.output_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        kafka = dict(cfg.kafka)
+        if not kafka.get("bootstrap.servers"):
+            kafka["bootstrap.servers"] = stack.enter_context(embedded_kafka(cfg.kafka_dir))
+            kafka.pop("security.protocol", None)
+            topics, app_id = Topics.named(), "dnsqr-edns"
+        else:
+            # A shared broker may hold other jobs' topics and committed offsets: this job uses its own.
+            topics, app_id = Topics.named(f".run-{cfg.run_id}"), f"dnsqr-edns-run-{cfg.run_id}"
+        sink_group = f"{app_id}-sink"
+        _create_job_topics(kafka, topics, cfg.partitions)
+
+        stages: list[Stage] = []
+
+        def stop_stages() -> None:
+            for stage in reversed(stages):
+                stage.stop()
+
+        stack.callback(stop_stages)
+        common = _kafka_flags(kafka)
+        for i in range(1, cfg.workers + 1):
+            stages.append(Stage(f"worker-{i}", _stage_command(
+                "worker", *common, "--app-id", app_id, "--raw-topic", topics.raw,
+                "--failures-topic", topics.failures, "--stats-topic", topics.stats,
+                "--counts-topic", topics.counts, "--dlq-topic", topics.raw_dlq,
+                "--partitions", str(cfg.partitions), "--processing-guarantee", cfg.processing_guarantee,
+                "--web-port", str(free_port()),
+            ), log_dir))
+        stages.append(Stage("sink", _stage_command(
+            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
+            "--dlq-topic", topics.failures_dlq, "--group", sink_group,
+        ), log_dir))
+        print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
+
+        ingest_cfg = replace(cfg.ingest, kafka=kafka, raw_topic=topics.raw, dlq_topic=topics.raw_dlq)
+        summary = run_ingest(ingest_cfg)
+        print(summary.format(), file=sys.stderr)
+        if not summary.ok:
+            raise JobError("ingest did not deliver every record (see its summary above)")
+
+        print("waiting for the workers and the sink to finish ...", file=sys.stderr)
+        wait_caught_up(kafka, app_id, topics.raw, stages, deadline, "the filter agent")
+        wait_caught_up(kafka, app_id, topics.stats, stages, deadline, "the aggregator")
+        wait_caught_up(kafka, sink_group, topics.failures, stages, deadline, "the sink")
+
+        files = sorted(p for p in cfg.output_dir.glob("*.nmsg") if not p.name.startswith("."))
+        sink_records = count_sink_records(files)
+        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages, deadline)
+    return JobResult(summary, totals, files, sink_records, time.monotonic() - started)
+
+
+def _create_job_topics(kafka: Mapping[str, str], topics: Topics, partitions: int) -> None:
+    specs = [
+        TopicSpec(topics.raw, config=CONTAINER_TOPIC_CONFIG),
+        TopicSpec(topics.failures),
+        TopicSpec(topics.stats),
+        TopicSpec(topics.counts, config={"cleanup.policy": "compact"}),
+        TopicSpec(topics.raw_dlq, partitions=1, config=CONTAINER_TOPIC_CONFIG),
+        TopicSpec(topics.failures_dlq, partitions=1),
+    ]
+    create_topics(admin_client(kafka), specs, bootstrap=kafka["bootstrap.servers"], partitions=partitions)
+
+
+def _wait_for_totals(
+    kafka: Mapping[str, str], topic: str, expected_failures: int, stages: list[Stage], deadline: float
+) -> dict[str, dict[str, Any]]:
+    """The aggregator publishes snapshots on a timer; wait until its totals account for every failure."""
+    while True:
+        totals = read_latest_counts(kafka, topic)
+        if sum(t["failures"] for t in totals.values()) == expected_failures:
+            return totals
+        for stage in stages:
+            stage.check_alive()
+        if time.monotonic() > deadline:
+            got = sum(t["failures"] for t in totals.values())
+            raise JobError(
+                f"the table totals ({got} failures) never matched the sink's files ({expected_failures})"
+            )
+        time.sleep(POLL_SECONDS * 2)
+
+
+def write_counts_json(path: Path, counts: Mapping[str, int]) -> None:
+    path.write_text(json.dumps(dict(counts), indent=1) + "\n", encoding="utf-8")
+
+
+def format_table(totals: Mapping[str, Mapping[str, Any]], top: int = 20) -> str:
+    """Name servers by failures, with their EDNS queries answered and failure rate."""
+    rows = sorted(totals.items(), key=lambda kv: (-kv[1]["failures"], -kv[1]["failure_rate"], kv[0]))[:top]
+    if not rows:
+        return "no name servers seen"
+    width = max(len("name server"), *(len(ns) for ns, _ in rows))
+    lines = [f"{'name server':<{width}}  {'failures':>8}  {'answered':>8}  {'rate':>6}  kinds"]
+    for ns, t in rows:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(t.get("by_kind", {}).items()) if n)
+        lines.append(
+            f"{ns:<{width}}  {t['failures']:>8}  {t['edns_answered']:>8}  {t['failure_rate']:>6.1%}  {kinds}"
+        )
+    if len(totals) > top:
+        lines.append(f"... and {len(totals) - top} more name servers")
+    return "\n".join(lines)
+
