@@ -1,0 +1,163 @@
+"""``dnsqr-pipeline kafka ...``: run a local KRaft Kafka (one node, or three for fault tests).
+
+The actions are thin wrappers over :mod:`dnsqr_pipeline.localkafka`; the state they share lives in the
+cluster directory, so ``start`` takes the shape flags once and the other actions need only ``--dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dnsqr_pipeline import localkafka
+
+
+def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Show a :class:`~dnsqr_pipeline.localkafka.LocalKafkaError` as one message and exit 1, not a traceback:
+    its text already says what went wrong and what to do."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except localkafka.LocalKafkaError as exc:
+            print(f"dnsqr-pipeline kafka: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def _add_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="data, logs and pid files (default: $DNSQR_KAFKA_DIR, else ./var/kafka)",
+    )
+
+
+def _node_arg(parser: argparse.ArgumentParser) -> None:
+    _add_dir(parser)
+    parser.add_argument("node", type=int, help="node number, 1..N")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "kafka",
+        help="run a local Apache Kafka (KRaft, jars from Maven Central) on 127.0.0.1",
+        description="Run a local Apache Kafka in KRaft mode from Maven Central jars, bound to 127.0.0.1.",
+    )
+    actions = parser.add_subparsers(dest="kafka_action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("start", help="start the cluster (formats storage on first use), print bootstrap")
+    _add_dir(p)
+    p.add_argument("--nodes", type=int, choices=(1, 3), help="cluster size (default 1; fixed at first start)")
+    p.add_argument("--port", type=int, help="client port of node 1; node N uses PORT+N-1 (default 9092)")
+    p.add_argument("--controller-port", type=int, help="controller port of node 1 (default PORT+100)")
+    p.add_argument(
+        "--kafka-version",
+        help=f"Kafka version (default: $DNSQR_KAFKA_VERSION, else {localkafka.KAFKA_VERSION})",
+    )
+    p.add_argument("--heap", default=localkafka.DEFAULT_HEAP, help="JVM heap per node (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=localkafka.START_TIMEOUT, help="seconds to wait for it")
+    p.set_defaults(func=_start)
+
+    p = actions.add_parser("stop", help="stop every node cleanly (SIGTERM, then SIGKILL after --timeout)")
+    _add_dir(p)
+    p.add_argument("--timeout", type=float, default=localkafka.STOP_TIMEOUT)
+    p.set_defaults(func=_stop)
+
+    p = actions.add_parser("status", help="say which nodes run; exit 0 all, 1 some, 3 none")
+    _add_dir(p)
+    p.set_defaults(func=_status)
+
+    p = actions.add_parser("kill-node", help="SIGKILL one node (a crash, for fault tests)")
+    _node_arg(p)
+    p.set_defaults(func=_kill_node)
+
+    p = actions.add_parser("stop-node", help="stop one node cleanly")
+    _node_arg(p)
+    p.set_defaults(func=_stop_node)
+
+    p = actions.add_parser("start-node", help="start one node of an existing cluster again")
+    _node_arg(p)
+    p.set_defaults(func=_start_node)
+
+    p = actions.add_parser("fetch", help="resolve the broker jars (cached) and print their directory")
+    p.add_argument(
+        "--kafka-version",
+        help=f"Kafka version (default: $DNSQR_KAFKA_VERSION, else {localkafka.KAFKA_VERSION})",
+    )
+    p.set_defaults(func=_fetch)
+
+
+@_reporting
+def _start(args: argparse.Namespace) -> int:
+    directory = args.dir or localkafka.default_dir()
+    layout = localkafka.start(
+        directory,
+        nodes=args.nodes,
+        port=args.port,
+        controller_port=args.controller_port,
+        version=args.kafka_version,
+        heap=args.heap,
+        timeout=args.timeout,
+    )
+    print(layout.bootstrap())
+    return 0
+
+
+@_reporting
+def _stop(args: argparse.Namespace) -> int:
+    stopped = localkafka.stop(args.dir, timeout=args.timeout)
+    print(f"stopped node(s) {', '.join(map(str, stopped))}" if stopped else "no Kafka node was running")
+    return 0
+
+
+@_reporting
+def _status(args: argparse.Namespace) -> int:
+    directory = (args.dir or localkafka.default_dir()).resolve()
+    layout = localkafka.load_layout(directory)
+    if layout is None:
+        print(f"no Kafka cluster in {directory}")
+        return 3
+    pids = localkafka.status(directory)
+    for node, pid in pids.items():
+        state = f"running (pid {pid})" if pid else "stopped"
+        print(f"node {node}: {localkafka.HOST}:{layout.client_port(node)} {state}")
+    running = sum(pid is not None for pid in pids.values())
+    print(f"Kafka {layout.version}, {layout.nodes} node(s), bootstrap {layout.bootstrap()}")
+    return 0 if running == len(pids) else (1 if running else 3)
+
+
+@_reporting
+def _kill_node(args: argparse.Namespace) -> int:
+    killed = localkafka.stop(args.dir, only=[args.node], kill=True)
+    print(f"killed node {args.node}" if killed else f"node {args.node} was not running")
+    return 0
+
+
+@_reporting
+def _stop_node(args: argparse.Namespace) -> int:
+    stopped = localkafka.stop(args.dir, only=[args.node])
+    print(f"stopped node {args.node}" if stopped else f"node {args.node} was not running")
+    return 0
+
+
+@_reporting
+def _start_node(args: argparse.Namespace) -> int:
+    directory = (args.dir or localkafka.default_dir()).resolve()
+    if localkafka.load_layout(directory) is None:
+        raise localkafka.LocalKafkaError(f"no Kafka cluster in {directory}; run `kafka start` first")
+    layout = localkafka.start(directory, only=[args.node])
+    print(layout.bootstrap([args.node]))
+    return 0
+
+
+@_reporting
+def _fetch(args: argparse.Namespace) -> int:
+    print(localkafka.resolve_jars(args.kafka_version))
+    return 0

@@ -1,0 +1,575 @@
+"""A local Apache Kafka (KRaft) for development, tests and users without Docker.
+
+The machine has Java and Maven but no Kafka package and no Docker engine, so the broker jars come from
+Maven Central (``maven/pom.xml``, resolved once into a per-version cache) and each node runs as
+``java -cp JARS kafka.Kafka server.properties`` in its own process group, combined broker+controller,
+bound to 127.0.0.1 only.
+
+Version choice: Kafka 4.x. Kafka 4.0 removed old protocol versions (KIP-896), which older aiokafka (and
+so Faust) still used; with aiokafka 0.14.0 / faust-streaming 0.15.3 a Faust agent that consumes, commits
+and produces (also with ``processing_guarantee="exactly_once"``) works against this broker: checked
+before choosing, and kept checked by ``test_faust_consumes_and_produces_through_this_broker``. So there
+is no need for the 3.9.x fallback; 4.3.1 is the newest 4.x line with a patch release. ``DNSQR_KAFKA_VERSION``
+or ``--kafka-version`` selects another version should a client need it; 3.9.1 runs too, but brings its
+own log4j 1 binding, so its log goes to node-N/logs/stdout.log only.
+
+Layout of ``--dir`` (default ``$DNSQR_KAFKA_DIR``, else ``./var/kafka``)::
+
+    cluster.json            version, cluster id, node count and ports: later commands need no flags
+    log4j2.properties       the broker logs to node-N/logs/server.log (rotated)
+    node-N/server.properties, node-N/data/, node-N/logs/{server.log,stdout.log}, node-N/kafka.pid
+
+Node N (1-based) listens for clients on ``port + N - 1`` and for the controller quorum on
+``controller_port + N - 1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.3.1"
+DEFAULT_PORT = 9092
+#: far enough from the client ports that a 3-node cluster's client and controller ports never overlap
+CONTROLLER_PORT_OFFSET = 100
+HOST = "127.0.0.1"
+#: small heap: the development box has 2 cores and a 3-node cluster runs three JVMs
+DEFAULT_HEAP = "512m"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+
+class LocalKafkaError(RuntimeError):
+    """A local broker could not be resolved, started or reached; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- jars
+
+
+def kafka_version() -> str:
+    """The Kafka version to run: ``$DNSQR_KAFKA_VERSION`` or the one this module was tested with."""
+    return os.environ.get("DNSQR_KAFKA_VERSION") or KAFKA_VERSION
+
+
+def default_dir() -> Path:
+    """``$DNSQR_KAFKA_DIR`` or ``./var/kafka`` (ignored by git)."""
+    return Path(os.environ.get("DNSQR_KAFKA_DIR") or "var/kafka")
+
+
+def cache_root() -> Path:
+    """Where resolved jars live, shared by every checkout: ``$DNSQR_KAFKA_CACHE`` or the XDG cache."""
+    if os.environ.get("DNSQR_KAFKA_CACHE"):
+        return Path(os.environ["DNSQR_KAFKA_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dnsqr-pipeline"
+
+
+def _pom_bytes() -> bytes:
+    return resources.files("dnsqr_pipeline").joinpath("maven/pom.xml").read_bytes()
+
+
+def jar_dir(version: str | None = None) -> Path:
+    """Cache directory for one Kafka version and one pom (a changed pom must not reuse stale jars)."""
+    digest = hashlib.sha256(_pom_bytes()).hexdigest()[:8]
+    return cache_root() / f"kafka-{version or kafka_version()}-{digest}"
+
+
+def resolve_jars(version: str | None = None) -> Path:
+    """Return the directory holding the broker's jars, running Maven only when it is not cached yet.
+
+    Maven copies into a temporary sibling that is renamed into place, so an interrupted download or two
+    concurrent first runs never leave a half-filled cache that later runs would trust.
+    """
+    version = version or kafka_version()
+    target = jar_dir(version)
+    if (target / ".complete").exists():
+        return target
+    mvn = shutil.which(os.environ.get("MVN") or "mvn")
+    if not mvn:
+        raise LocalKafkaError("Maven (mvn) is needed once to fetch the Kafka jars: apt-get install maven")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".resolve-") as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_bytes(_pom_bytes())
+        libs = Path(tmp) / "libs"
+        cmd = [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ]
+        log.info("resolving Kafka %s jars with Maven into %s", version, target)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+            raise LocalKafkaError(
+                f"Maven could not resolve Kafka {version} (exit {proc.returncode}):\n"
+                + (proc.stdout + proc.stderr)[-3000:]
+            )
+        (libs / ".complete").write_text(version + "\n")
+        try:
+            libs.rename(target)
+        except OSError:
+            if not (target / ".complete").exists():  # lost a race only if the winner finished
+                raise
+    return target
+
+
+def java_command() -> str:
+    """``$JAVA_HOME/bin/java`` when set, else ``java`` on PATH (Kafka 4 needs Java 17+)."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise LocalKafkaError("Java 17+ is needed to run Kafka: apt-get install openjdk-17-jre-headless")
+    return found
+
+
+def java_classpath(libs: Path) -> str:
+    """A JVM class path wildcard over every jar in ``libs``."""
+    return str(libs / "*")
+
+
+# ------------------------------------------------------------------------------------------- layout
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterLayout:
+    """What ``start`` decided once and every later command reads back from ``cluster.json``."""
+
+    directory: Path
+    nodes: int
+    port: int
+    controller_port: int
+    version: str
+    cluster_id: str
+
+    @property
+    def node_ids(self) -> range:
+        return range(1, self.nodes + 1)
+
+    def client_port(self, node: int) -> int:
+        return self.port + node - 1
+
+    def quorum_port(self, node: int) -> int:
+        return self.controller_port + node - 1
+
+    def bootstrap(self, nodes: Iterable[int] | None = None) -> str:
+        """Comma-separated client addresses (of ``nodes``, default all)."""
+        return ",".join(f"{HOST}:{self.client_port(n)}" for n in (nodes or self.node_ids))
+
+    def node_dir(self, node: int) -> Path:
+        return self.directory / f"node-{node}"
+
+    def pid_file(self, node: int) -> Path:
+        return self.node_dir(node) / "kafka.pid"
+
+    def log_file(self, node: int) -> Path:
+        return self.node_dir(node) / "logs" / "server.log"
+
+    def check_node(self, node: int) -> None:
+        if node not in self.node_ids:
+            raise LocalKafkaError(
+                f"no node {node}: the cluster in {self.directory} has nodes 1..{self.nodes}"
+            )
+
+
+def _random_cluster_id() -> str:
+    """A Kafka ``Uuid`` in its text form (URL-safe base64 of 16 bytes), as ``kafka-storage random-uuid``."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka refuses ids that look like command-line options
+            return text
+
+
+def load_layout(directory: Path) -> ClusterLayout | None:
+    """The layout stored in ``directory`` by an earlier ``start``, or None."""
+    meta = directory / "cluster.json"
+    if not meta.exists():
+        return None
+    data = json.loads(meta.read_text())
+    return ClusterLayout(directory=directory, **data)
+
+
+def plan_layout(
+    directory: Path,
+    *,
+    nodes: int | None = None,
+    port: int | None = None,
+    controller_port: int | None = None,
+    version: str | None = None,
+) -> ClusterLayout:
+    """The stored layout, checked against the flags given; or a new one from the flags and defaults.
+
+    A directory is formatted for one cluster id and quorum, so flags that contradict it are an error
+    rather than silently ignored.
+    """
+    directory = directory.resolve()
+    existing = load_layout(directory)
+    if existing:
+        asked = {"nodes": nodes, "port": port, "controller_port": controller_port, "version": version}
+        clashes = [
+            f"{k}={v} (it has {getattr(existing, k)})"
+            for k, v in asked.items()
+            if v is not None and v != getattr(existing, k)
+        ]
+        if clashes:
+            raise LocalKafkaError(
+                f"{directory} already holds a {existing.nodes}-node cluster; asked for "
+                + ", ".join(clashes)
+                + ". Use another --dir, or `kafka stop` and delete the directory."
+            )
+        return existing
+    port = port or DEFAULT_PORT
+    return ClusterLayout(
+        directory=directory,
+        nodes=nodes or 1,
+        port=port,
+        controller_port=controller_port or port + CONTROLLER_PORT_OFFSET,
+        version=version or kafka_version(),
+        cluster_id=_random_cluster_id(),
+    )
+
+
+def server_properties(layout: ClusterLayout, node: int) -> str:
+    """``server.properties`` of one combined broker+controller node.
+
+    Test-friendly choices: internal topics are replicated to every node up to 3, so one node works
+    (and Faust's ``exactly_once`` with it, since the transaction log needs only 1 in-sync replica there)
+    while the 3-node cluster tolerates a lost node; no initial rebalance delay (groups join at once);
+    topic auto-creation stays on because Faust and some clients create internal topics on first use.
+    """
+    n = layout.nodes
+    internal_rf = min(n, 3)
+    min_isr = 1 if n == 1 else 2
+    if n == 1:
+        # dynamic quorum (KIP-853): formatted with --standalone
+        quorum = f"controller.quorum.bootstrap.servers={HOST}:{layout.quorum_port(node)}"
+    else:
+        # a fixed voter set is all the fault tests need and survives restarts without reconfiguration
+        voters = ",".join(f"{i}@{HOST}:{layout.quorum_port(i)}" for i in layout.node_ids)
+        quorum = f"controller.quorum.voters={voters}"
+    lines = [
+        "process.roles=broker,controller",
+        f"node.id={node}",
+        f"listeners=PLAINTEXT://{HOST}:{layout.client_port(node)},CONTROLLER://{HOST}:{layout.quorum_port(node)}",
+        f"advertised.listeners=PLAINTEXT://{HOST}:{layout.client_port(node)}",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        quorum,
+        f"log.dirs={layout.node_dir(node) / 'data'}",
+        f"default.replication.factor={internal_rf}",
+        f"offsets.topic.replication.factor={internal_rf}",
+        f"transaction.state.log.replication.factor={internal_rf}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={internal_rf}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        # development data: keep a day, in small segments, so var/ does not grow without bound
+        "log.retention.hours=24",
+        "log.segment.bytes=104857600",
+        "num.network.threads=2",
+        "num.io.threads=4",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+LOG4J2_PROPERTIES = """\
+# written by dnsqr_pipeline.localkafka: broker logs go to ${sys:kafka.logs.dir}/server.log
+status = warn
+appender.file.type = RollingFile
+appender.file.name = FILE
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def _write_layout(layout: ClusterLayout) -> None:
+    layout.directory.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(layout)
+    del data["directory"]  # the directory is where the file is: the tree can be moved
+    (layout.directory / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
+    (layout.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+    for node in layout.node_ids:
+        (layout.node_dir(node) / "logs").mkdir(parents=True, exist_ok=True)
+        (layout.node_dir(node) / "server.properties").write_text(server_properties(layout, node))
+
+
+def _format_storage(layout: ClusterLayout, libs: Path) -> None:
+    """Format every node's log dirs once (``meta.properties`` marks a formatted one).
+
+    The nodes are formatted in parallel: each run is a JVM start of a few seconds on this 2-core box.
+    """
+    running: dict[int, subprocess.Popen[str]] = {}
+    for node in layout.node_ids:
+        if (layout.node_dir(node) / "data" / "meta.properties").exists():
+            continue
+        cmd = [
+            java_command(),
+            "-Xmx256m",
+            "-cp",
+            java_classpath(libs),
+            f"-Dlog4j2.configurationFile={layout.directory / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={layout.node_dir(node) / 'logs'}",
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            layout.cluster_id,
+            "-c",
+            str(layout.node_dir(node) / "server.properties"),
+        ]
+        if layout.nodes == 1:
+            cmd.append("--standalone")
+        running[node] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failures = []
+    for node, proc in running.items():
+        output, _ = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"formatting node {node} failed (exit {proc.returncode}):\n{output}")
+    if failures:
+        raise LocalKafkaError("\n".join(failures))
+
+
+# ------------------------------------------------------------------------------------------ process
+
+
+def _proc_cmdline(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie; reaps it when it is our own exited child."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def node_pid(layout: ClusterLayout, node: int) -> int | None:
+    """The pid of a running node, or None; a stale pid file (or a reused pid) counts as not running."""
+    try:
+        pid = int(layout.pid_file(node).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _alive(pid):
+        return None
+    cmdline = _proc_cmdline(pid)
+    if cmdline is not None and str(layout.node_dir(node) / "server.properties") not in cmdline:
+        return None
+    return pid
+
+
+def _spawn_node(layout: ClusterLayout, node: int, libs: Path, heap: str) -> int:
+    logs = layout.node_dir(node) / "logs"
+    cmd = [
+        java_command(),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        "-Djava.net.preferIPv4Stack=true",
+        f"-Dlog4j2.configurationFile={layout.directory / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={logs}",
+        "-cp",
+        java_classpath(libs),
+        "kafka.Kafka",
+        str(layout.node_dir(node) / "server.properties"),
+    ]
+    with open(logs / "stdout.log", "ab") as out:
+        # own session: Ctrl-C in the shell (or pytest's) must not kill the broker behind our back,
+        # and stop/kill can signal the whole group
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=layout.node_dir(node),
+        )
+    layout.pid_file(node).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(
+    layout: ClusterLayout, nodes: Iterable[int] | None = None, timeout: float = START_TIMEOUT
+) -> None:
+    """Wait until each of ``nodes`` answers a metadata request and sees every running node's broker.
+
+    Checking through the AdminClient (not just a TCP connect) is what clients need: the port opens
+    before the broker has caught up with the metadata log.
+    """
+    nodes = list(nodes or layout.node_ids)
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        admin = AdminClient(
+            {
+                "bootstrap.servers": layout.bootstrap([node]),
+                "log_level": 0,  # "connection refused" until the node listens is expected, not news
+                "logger": logging.getLogger("localkafka.admin"),
+            }
+        )
+        while True:
+            pid = node_pid(layout, node)
+            if pid is None:
+                raise LocalKafkaError(
+                    f"Kafka node {node} exited during startup; last lines of {layout.log_file(node)}:\n"
+                    + _tail(layout.log_file(node))
+                    + "\n"
+                    + _tail(layout.node_dir(node) / "logs" / "stdout.log")
+                )
+            try:
+                md = admin.list_topics(timeout=2)
+                expected = sum(node_pid(layout, n) is not None for n in layout.node_ids)
+                if node in md.brokers and len(md.brokers) >= expected:
+                    break
+            except Exception:  # not answering yet: librdkafka raises KafkaException while it connects
+                log.debug("node %d not ready yet", node, exc_info=True)
+            if time.monotonic() > deadline:
+                raise LocalKafkaError(
+                    f"Kafka node {node} did not accept connections within {timeout:.0f}s; "
+                    f"see {layout.log_file(node)}"
+                )
+            time.sleep(0.3)
+
+
+def start(
+    directory: Path | None = None,
+    *,
+    nodes: int | None = None,
+    port: int | None = None,
+    controller_port: int | None = None,
+    version: str | None = None,
+    heap: str = DEFAULT_HEAP,
+    only: Iterable[int] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> ClusterLayout:
+    """Start the cluster in ``directory`` (all its nodes, or ``only`` some), formatting it on first use.
+
+    Nodes that already run are left alone, so starting twice is harmless; returns once every node
+    answers.
+    """
+    layout = plan_layout(
+        directory or default_dir(), nodes=nodes, port=port, controller_port=controller_port, version=version
+    )
+    targets = list(only or layout.node_ids)
+    for node in targets:
+        layout.check_node(node)
+    libs = resolve_jars(layout.version)
+    if load_layout(layout.directory) is None:
+        _write_layout(layout)
+    _format_storage(layout, libs)
+    for node in targets:
+        if node_pid(layout, node) is None:
+            pid = _spawn_node(layout, node, libs, heap)
+            log.info("started Kafka node %d (pid %d) on %s:%d", node, pid, HOST, layout.client_port(node))
+    wait_ready(layout, targets, timeout)
+    return layout
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the node is its own session leader: pgid == pid
+
+
+def stop(
+    directory: Path | None = None,
+    *,
+    only: Iterable[int] | None = None,
+    timeout: float = STOP_TIMEOUT,
+    kill: bool = False,
+) -> list[int]:
+    """Stop nodes (all, or ``only`` some): SIGTERM for a clean shutdown, SIGKILL after ``timeout``.
+
+    ``kill=True`` sends SIGKILL at once (a crash, for fault tests). Returns the nodes that were running.
+    Signals go to all nodes first and are waited for together, so a cluster does not stall with its
+    quorum half gone while nodes are stopped one by one.
+    """
+    layout = load_layout((directory or default_dir()).resolve())
+    if layout is None:
+        return []
+    targets = list(only or layout.node_ids)
+    for node in targets:
+        layout.check_node(node)
+    running = {node: pid for node in targets if (pid := node_pid(layout, node)) is not None}
+    for pid in running.values():
+        _signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in running.values()):
+        if time.monotonic() > deadline:
+            for node, pid in running.items():
+                if _alive(pid):
+                    log.warning("Kafka node %d did not stop within %.0fs; killing it", node, timeout)
+                    _signal_group(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
+    for node in running:
+        with contextlib.suppress(FileNotFoundError):
+            layout.pid_file(node).unlink()
+    return list(running)
+
+
+def status(directory: Path | None = None) -> dict[int, int | None]:
+    """``{node: pid or None}`` for the cluster in ``directory`` (empty if there is none)."""
+    layout = load_layout((directory or default_dir()).resolve())
+    if layout is None:
+        return {}
+    return {node: node_pid(layout, node) for node in layout.node_ids}

@@ -1,0 +1,180 @@
+"""Topic administration with the confluent-kafka AdminClient: the pipeline's topics, created idempotently.
+
+Faust does not create an agent's source topic (it logs "Ignoring missing topic" and waits), and
+auto-created topics get the broker's defaults (one partition), so the pipeline's topics are created here,
+before any stage runs, with the partition count that bounds how many workers can share the load.
+
+Every call first asks the cluster for metadata within ``timeout`` so an unreachable broker is reported
+as :class:`BrokerUnreachableError` naming the address, instead of librdkafka retrying forever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+
+#: NMSG containers can reach ~1.3 MB (libnmsg's largest buffer), above Kafka's 1 MB default record limit
+CONTAINER_TOPIC_CONFIG = {"max.message.bytes": "2097152"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create; ``partitions``/``replication_factor`` None take the command's defaults."""
+
+    name: str
+    partitions: int | None = None
+    replication_factor: int | None = None
+    config: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+#: the topics of the architecture's table (../shared/docs/architecture.md), by role
+PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("dnsqr.raw", config=CONTAINER_TOPIC_CONFIG),
+    TopicSpec("dnsqr.edns.failures"),
+    TopicSpec("dnsqr.edns.ns-stats"),
+    # a snapshot per name server and window: only the newest per key matters to a reader
+    TopicSpec("dnsqr.edns.ns-counts", config={"cleanup.policy": "compact"}),
+    TopicSpec("dnsqr.raw.dlq", config=CONTAINER_TOPIC_CONFIG),
+)
+
+
+class TopicAdminError(RuntimeError):
+    """A topic operation failed; the message names the topic and Kafka's reason."""
+
+
+class BrokerUnreachableError(TopicAdminError):
+    """No broker answered within the timeout."""
+
+
+def admin_client(config: Mapping[str, str]) -> AdminClient:
+    """An AdminClient whose librdkafka log lines go to Python logging rather than stderr."""
+    conf = dict(config)
+    conf.setdefault("logger", logging.getLogger("dnsqr_pipeline.topics.librdkafka"))
+    return AdminClient(conf)
+
+
+def check_reachable(admin: AdminClient, bootstrap: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Raise :class:`BrokerUnreachableError` unless the cluster answers a metadata request in ``timeout``."""
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {bootstrap} within {timeout:g}s ({exc.args[0].str()}); "
+            "start one with `dnsqr-pipeline kafka start` or pass --bootstrap-servers"
+        ) from exc
+
+
+def _resolve(
+    spec: TopicSpec, partitions: int, replication_factor: int, config: Mapping[str, str]
+) -> NewTopic:
+    return NewTopic(
+        spec.name,
+        num_partitions=spec.partitions or partitions,
+        replication_factor=spec.replication_factor or replication_factor,
+        config={**config, **spec.config},
+    )
+
+
+def create_topics(
+    admin: AdminClient,
+    specs: Iterable[TopicSpec],
+    *,
+    bootstrap: str = "",
+    partitions: int = 1,
+    replication_factor: int = 1,
+    config: Mapping[str, str] | None = None,
+    grow_partitions: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> dict[str, str]:
+    """Create the topics that do not exist; return ``{name: "created" | "exists" | "grown to N"}``.
+
+    An existing topic is left as it is (idempotent), except that ``grow_partitions`` adds partitions up
+    to the asked count; Kafka cannot shrink a topic. A topic with fewer partitions than asked is logged,
+    since it limits how many workers share the load.
+    """
+    check_reachable(admin, bootstrap, timeout)
+    new = [_resolve(s, partitions, replication_factor, config or {}) for s in specs]
+    if not new:
+        return {}
+    result: dict[str, str] = {}
+    futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
+    for topic in new:
+        try:
+            futures[topic.topic].result(timeout=timeout + 5)
+            result[topic.topic] = "created"
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicAdminError(f"creating topic {topic.topic!r} failed: {err.str()}") from exc
+            result[topic.topic] = "exists"
+    existing = [t for t in new if result[t.topic] == "exists"]
+    if existing:
+        metadata = admin.list_topics(timeout=timeout).topics
+        for topic in existing:
+            have = len(metadata[topic.topic].partitions) if topic.topic in metadata else topic.num_partitions
+            if have >= topic.num_partitions:
+                continue
+            if not grow_partitions:
+                log.warning(
+                    "topic %s has %d partitions, fewer than the %d asked",
+                    topic.topic,
+                    have,
+                    topic.num_partitions,
+                )
+                continue
+            grow = admin.create_partitions(
+                [NewPartitions(topic.topic, topic.num_partitions)], request_timeout=timeout
+            )
+            try:
+                grow[topic.topic].result(timeout=timeout + 5)
+            except KafkaException as exc:
+                raise TopicAdminError(f"growing topic {topic.topic!r} failed: {exc.args[0].str()}") from exc
+            result[topic.topic] = f"grown to {topic.num_partitions}"
+    return result
+
+
+def list_topics(
+    admin: AdminClient, *, bootstrap: str = "", timeout: float = DEFAULT_TIMEOUT, internal: bool = False
+) -> dict[str, int]:
+    """``{name: partition count}``, without Kafka's internal ``__``-prefixed topics unless ``internal``."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {bootstrap} within {timeout:g}s ({exc.args[0].str()})"
+        ) from exc
+    return {
+        name: len(t.partitions)
+        for name, t in sorted(metadata.topics.items())
+        if internal or not name.startswith("__")
+    }
+
+
+def delete_topics(
+    admin: AdminClient, names: Iterable[str], *, bootstrap: str = "", timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, str]:
+    """Delete topics; return ``{name: "deleted" | "missing"}`` (deleting a missing topic is no error)."""
+    check_reachable(admin, bootstrap, timeout)
+    names = list(names)
+    if not names:
+        return {}
+    result: dict[str, str] = {}
+    futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
+    for name in names:
+        try:
+            futures[name].result(timeout=timeout + 5)
+            result[name] = "deleted"
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise TopicAdminError(f"deleting topic {name!r} failed: {err.str()}") from exc
+            result[name] = "missing"
+    return result

@@ -1,0 +1,120 @@
+"""``dnsqr-pipeline topics create|list|delete``: administer the pipeline's topics.
+
+``create`` with no names creates every topic of the pipeline (see :data:`topics.PIPELINE_TOPICS`), so
+one command prepares a cluster before ingest, workers and sink start; running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from confluent_kafka.admin import AdminClient
+
+from dnsqr_pipeline import topics
+from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    config: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--config expects KEY=VALUE, got {item!r}")
+        config[key.strip()] = value.strip()
+    return config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("topics", help="create, list or delete the pipeline's Kafka topics")
+    actions = parser.add_subparsers(dest="topics_action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("create", help="create topics that do not exist yet (default: the pipeline's)")
+    p.add_argument("names", nargs="*", metavar="TOPIC", help="(default: all pipeline topics)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="partitions per topic (default %(default)s); "
+        "the raw topic's count bounds how many workers share the load",
+    )
+    p.add_argument("--replication-factor", type=int, default=1, help="(default %(default)s; 3 on a cluster)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="topic config for each created topic, repeatable (e.g. min.insync.replicas=2)",
+    )
+    p.add_argument(
+        "--grow-partitions",
+        action="store_true",
+        help="add partitions to existing topics that have fewer than --partitions",
+    )
+    p.set_defaults(func=_create)
+
+    p = actions.add_parser("list", help="list topics and their partition counts")
+    p.add_argument("--internal", action="store_true", help="include Kafka's __ topics")
+    p.set_defaults(func=_list)
+
+    p = actions.add_parser("delete", help="delete topics (missing ones are not an error)")
+    p.add_argument("names", nargs="+", metavar="TOPIC")
+    p.set_defaults(func=_delete)
+
+    for action in ("create", "list", "delete"):
+        sub = actions.choices[action]
+        add_kafka_arguments(sub)
+        sub.add_argument(
+            "--timeout",
+            type=float,
+            default=topics.DEFAULT_TIMEOUT,
+            help="seconds to wait for the broker (default %(default)s)",
+        )
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    return topics.admin_client(client_config(args))
+
+
+def _run(args: argparse.Namespace, action: str) -> dict[str, str | int]:
+    admin = _admin(args)
+    common = {"bootstrap": args.bootstrap_servers, "timeout": args.timeout}
+    if action == "create":
+        specs = [topics.TopicSpec(n) for n in args.names] if args.names else list(topics.PIPELINE_TOPICS)
+        return dict(
+            topics.create_topics(
+                admin,
+                specs,
+                partitions=args.partitions,
+                replication_factor=args.replication_factor,
+                config=_key_values(args.config),
+                grow_partitions=args.grow_partitions,
+                **common,
+            )
+        )
+    if action == "list":
+        return dict(topics.list_topics(admin, internal=args.internal, **common))
+    return dict(topics.delete_topics(admin, args.names, **common))
+
+
+def _report(args: argparse.Namespace, action: str) -> int:
+    try:
+        outcome = _run(args, action)
+    except topics.TopicAdminError as exc:
+        print(f"dnsqr-pipeline topics {action}: {exc}", file=sys.stderr)
+        return 1
+    for name, what in outcome.items():
+        print(f"{name}\t{what}")
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    return _report(args, "create")
+
+
+def _list(args: argparse.Namespace) -> int:
+    return _report(args, "list")
+
+
+def _delete(args: argparse.Namespace) -> int:
+    return _report(args, "delete")

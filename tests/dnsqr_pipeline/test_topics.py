@@ -1,0 +1,94 @@
+"""Topic administration: idempotent creation, listing, deletion, and a quick clear error without a broker."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+import uuid
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from dnsqr_pipeline import topics, topics_command
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound and released, so it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    topics_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_unreachable_broker_is_a_clear_and_quick_error() -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    admin = topics.admin_client({"bootstrap.servers": address})
+    began = time.monotonic()
+    with pytest.raises(
+        topics.BrokerUnreachableError, match=f"no Kafka broker answered at {address} within 2s"
+    ):
+        topics.create_topics(admin, [topics.TopicSpec("x")], bootstrap=address, timeout=2)
+    assert time.monotonic() - began < 5
+
+
+def test_cli_reports_unreachable_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    assert _run_cli(["topics", "create", "--bootstrap-servers", address, "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"no Kafka broker answered at {address}" in err
+    assert "kafka start" in err
+
+
+def test_pipeline_topics_are_the_architecture_table() -> None:
+    names = [spec.name for spec in topics.PIPELINE_TOPICS]
+    assert names == [
+        "dnsqr.raw",
+        "dnsqr.edns.failures",
+        "dnsqr.edns.ns-stats",
+        "dnsqr.edns.ns-counts",
+        "dnsqr.raw.dlq",
+    ]
+
+
+@pytest.mark.integration
+def test_create_is_idempotent_and_applies_partitions_and_config(
+    kafka_admin: AdminClient, kafka_bootstrap: str
+) -> None:
+    name = f"test-admin-{uuid.uuid4().hex[:12]}"
+    spec = topics.TopicSpec(name, config={"cleanup.policy": "compact"})
+    common = {"bootstrap": kafka_bootstrap, "partitions": 3, "config": {"retention.ms": "3600000"}}
+    try:
+        assert topics.create_topics(kafka_admin, [spec], **common) == {name: "created"}
+        assert topics.create_topics(kafka_admin, [spec], **common) == {name: "exists"}
+        assert topics.list_topics(kafka_admin, bootstrap=kafka_bootstrap)[name] == 3
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        config = kafka_admin.describe_configs([resource])[resource].result(timeout=10)
+        assert config["cleanup.policy"].value == "compact"
+        assert config["retention.ms"].value == "3600000"
+        grown = topics.create_topics(
+            kafka_admin, [spec], bootstrap=kafka_bootstrap, partitions=5, grow_partitions=True
+        )
+        assert grown == {name: "grown to 5"}
+    finally:
+        assert topics.delete_topics(kafka_admin, [name], bootstrap=kafka_bootstrap) == {name: "deleted"}
+    assert topics.delete_topics(kafka_admin, [name], bootstrap=kafka_bootstrap) == {name: "missing"}
+
+
+@pytest.mark.integration
+def test_cli_create_list_delete(kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"test-cli-{uuid.uuid4().hex[:12]}"
+    conn = ["--bootstrap-servers", kafka_bootstrap]
+    assert _run_cli(["topics", "create", name, "--partitions", "2", *conn]) == 0
+    assert _run_cli(["topics", "create", name, "--partitions", "2", *conn]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}\tcreated", f"{name}\texists"]
+    assert _run_cli(["topics", "list", *conn]) == 0
+    assert f"{name}\t2" in capsys.readouterr().out.splitlines()
+    assert _run_cli(["topics", "delete", name, *conn]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}\tdeleted"]
