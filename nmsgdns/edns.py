@@ -40,6 +40,10 @@ class Verdict(enum.Enum):
     QUERY_MALFORMED = "query-malformed"
     QUERY_NO_EDNS = "query-no-edns"
 
+    # Members are singletons: identity hashing is correct and, unlike Enum's default (which hashes the
+    # name in Python code), costs nothing on the per-record counting path.
+    __hash__ = object.__hash__
+
 
 class _Scan(enum.Enum):
     """A side of the exchange that could not be scanned (as opposed to an Opt or None)."""
@@ -122,7 +126,7 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
         if r is _Scan.MALFORMED:
             return Judgement(Verdict.RESPONSE_MALFORMED, rec)
         if r is not None:
-            return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, response_opt=r)
+            return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, None, r)
     q = _scan(derive_query(rec))
     query_opt = q if isinstance(q, Opt) else None
     response_opt = r if isinstance(r, Opt) else None
@@ -143,11 +147,11 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
     return Judgement(
         verdict,
         rec,
-        query_opt=query_opt,
-        response_opt=response_opt,
-        response=response,
-        edns_answered=query_opt is not None and not isinstance(r, _Scan),
-        edns_timeout=query_opt is not None and rec.type == UDP_UNANSWERED_QUERY,
+        query_opt,
+        response_opt,
+        response,
+        query_opt is not None and not isinstance(r, _Scan),  # edns_answered
+        query_opt is not None and rec.type == UDP_UNANSWERED_QUERY,  # edns_timeout
     )
 
 
@@ -165,8 +169,9 @@ class EdnsFilter:
     def select(self, payload: bytes) -> bool:
         """Judge ``payload``, count the outcome, and say whether it is an EDNS0 failure."""
         j = judge(payload)
-        self.verdicts[j.verdict] += 1
-        if j.verdict is Verdict.SELECTED:
+        verdict = j.verdict
+        self.verdicts[verdict] += 1
+        if verdict is Verdict.SELECTED:
             self.failures_by_ns[j.ns_ip or "?"] += 1
             return True
         return False
