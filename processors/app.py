@@ -1,0 +1,213 @@
+"""The Faust app factory, its settings, and the module-level ``app`` for ``faust -A processors.app worker``.
+
+Everything a worker needs (topic names, partitions, processing guarantee, window size) lives in one frozen
+:class:`Settings`, built from command flags (``dnsqr-pipeline worker``) or from environment variables (the
+``faust`` command, whose own flags cannot carry ours). :func:`create_app` turns settings into a
+:class:`PipelineApp` with the filter agent, the aggregator agent, its tables and the web views installed.
+
+Settings chosen here, and why:
+
+- ``store="memory://"``: the tables are small (a few counters per name server and window) and rebuild from
+  their changelog topics in seconds on restart; RocksDB would add a native dependency and disk state per
+  worker for no gain at this size. Because of that, ``table_standby_replicas=0``: a memory-store standby
+  would put other workers' keys into the same local dict, and the web views (which list the local table)
+  would show them twice across workers.
+- ``processing_guarantee``: ``at_least_once`` by default. Outputs are keyed and the sink is idempotent by
+  offset range, so replays after a crash duplicate nothing downstream. ``exactly_once`` uses Kafka
+  transactions (one transactional producer per input partition); the broker must allow it: three brokers, or
+  ``transaction.state.log.replication.factor=1`` and ``min.isr=1`` on a single node (the local broker does).
+- Producer: large batches and a linger of a few milliseconds, because the filter agent hands the producer
+  whole per-partition batches of failures (see ``filter_agent.py``); requests stay under the broker's default
+  ``message.max.bytes`` (about 1 MB).
+- Consumer: low session timeout and heartbeat interval so a group join (tests, restarts) takes seconds, and
+  a fetch size large enough for containers of ~1000 records.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from dnsqr_pipeline.kafka_config import default_bootstrap
+
+if TYPE_CHECKING:
+    from processors.aggregator import Tables
+    from processors.filter_agent import Output
+
+GUARANTEES = ("at_least_once", "exactly_once")
+
+#: Environment variable for each :class:`Settings` field read by :meth:`Settings.from_env`.
+ENV_PREFIX = "DNSQR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that configures one worker; the defaults are the topic contracts' names."""
+
+    app_id: str = "dnsqr-edns"
+    bootstrap_servers: str = "127.0.0.1:9092"
+    raw_topic: str = "dnsqr.raw"
+    failures_topic: str = "dnsqr.edns.failures"
+    stats_topic: str = "dnsqr.edns.ns-stats"
+    counts_topic: str = "dnsqr.edns.ns-counts"
+    dlq_topic: str = "dnsqr.raw.dlq"
+    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ) and of the
+    #: tables' changelogs; ns-stats and the changelogs must agree (co-partitioning).
+    partitions: int = 4
+    replication_factor: int = 1
+    processing_guarantee: str = "at_least_once"
+    #: tumbling window size for the per-name-server counts, in seconds of record time
+    window_seconds: int = 3600
+    #: windows older than this (wall clock) leave the table; 0 keeps every window. Totals never expire.
+    window_expires_seconds: int = 7 * 86400
+    #: how often the aggregator publishes snapshots of changed name servers to the counts topic
+    snapshot_interval: float = 1.0
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = True
+    session_timeout: float = 6.0
+    heartbeat_interval: float = 1.0
+    #: aiokafka connection settings (security protocol, SASL, SSL); see :func:`broker_credentials`
+    credentials: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``DNSQR_<FIELD>`` variables (e.g. ``DNSQR_RAW_TOPIC``) and ``KAFKA_BOOTSTRAP``.
+
+        This is how ``faust -A processors.app worker`` is configured, since the faust command has no
+        flags for our topics.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"bootstrap_servers": env.get("KAFKA_BOOTSTRAP") or default_bootstrap()}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name == "credentials":
+                continue
+            default = getattr(cls, f.name)
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = type(default)(raw)
+        creds = {
+            key: env[var]
+            for key, var in (
+                ("security_protocol", "KAFKA_SECURITY_PROTOCOL"),
+                ("sasl_mechanism", "KAFKA_SASL_MECHANISM"),
+                ("sasl_username", "KAFKA_SASL_USERNAME"),
+                ("sasl_password", "KAFKA_SASL_PASSWORD"),
+                ("ssl_ca_location", "KAFKA_SSL_CA_LOCATION"),
+            )
+            if env.get(var)
+        }
+        return cls(**values, credentials=creds).validated()
+
+    def validated(self) -> Settings:
+        """Self, after checking the values that would otherwise fail deep inside Faust."""
+        if self.processing_guarantee not in GUARANTEES:
+            raise ValueError(
+                f"processing guarantee must be one of {GUARANTEES}, not {self.processing_guarantee!r}"
+            )
+        if self.partitions < 1 or self.window_seconds <= 0 or self.snapshot_interval <= 0:
+            raise ValueError("partitions, window_seconds and snapshot_interval must be positive")
+        return self
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the command use it)."""
+        return replace(self, **changes).validated()
+
+
+def broker_credentials(credentials: Mapping[str, str]) -> Any:
+    """Faust/aiokafka credentials for the shared Kafka flags; None for plaintext.
+
+    The flags are the same as for the confluent-kafka stages (``kafka_config.py``), so one set of options
+    connects every stage.
+    """
+    protocol = credentials.get("security_protocol", "PLAINTEXT")
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=credentials.get("ssl_ca_location"))
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=credentials.get("sasl_username"),
+            password=credentials.get("sasl_password"),
+            mechanism=credentials.get("sasl_mechanism", "PLAIN"),
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+@dataclass
+class FilterCounters:
+    """What this worker's filter agent has seen; served by the ``/dnsqr/stats`` view."""
+
+    containers: int = 0
+    records: int = 0
+    failures: int = 0
+    dead_letters: int = 0
+    deltas: int = 0
+
+
+class PipelineApp(faust.App):
+    """A Faust app that also carries its :class:`Settings`, the filter's counters and its output."""
+
+    settings: Settings
+    counters: FilterCounters
+    output: Output
+    dnsqr_tables: Tables
+
+
+def create_app(settings: Settings) -> PipelineApp:
+    """Build the app and install the agents, tables and views for ``settings``."""
+    # Imported here: these modules import this one for PipelineApp/Settings.
+    from processors import aggregator, filter_agent, views
+
+    settings = settings.validated()
+    app = PipelineApp(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings.credentials),
+        store="memory://",
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=0,
+        autodiscover=False,
+        web_enabled=settings.web_enabled,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_commit_interval=1.0,
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        producer_max_batch_size=512 * 1024,
+        producer_max_request_size=1_000_000,
+        producer_linger=0.005,
+        producer_acks=-1,
+    )
+    app.settings = settings
+    app.counters = FilterCounters()
+    filter_agent.install(app)
+    app.dnsqr_tables = aggregator.install(app)
+    views.install(app, app.dnsqr_tables)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """Build the module-level ``app`` on first use, from the environment (``faust -A processors.app``).
+
+    Lazy so that importing this module (the ``dnsqr-pipeline`` command, tests) does not create an app
+    nobody runs.
+    """
+    if name == "app":
+        app = create_app(Settings.from_env())
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,98 @@
+"""``dnsqr-pipeline worker`` flags and the environment configuration of ``faust -A processors.app``."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from processors import command
+from processors.app import Settings, broker_credentials, create_app
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["worker", *argv])
+
+
+def test_worker_flags_become_settings() -> None:
+    args = parse(
+        ["--raw-topic", "r", "--failures-topic", "f", "--stats-topic", "s", "--counts-topic", "c",
+         "--processing-guarantee", "exactly_once", "--web-port", "7000", "--partitions", "8",
+         "--bootstrap-servers", "127.0.0.1:1,127.0.0.1:2", "--window-seconds", "600"]
+    )  # fmt: skip
+    settings = command.settings_from_args(args)
+    assert (settings.raw_topic, settings.failures_topic, settings.stats_topic, settings.counts_topic) == (
+        "r",
+        "f",
+        "s",
+        "c",
+    )
+    assert settings.processing_guarantee == "exactly_once"
+    assert (settings.web_port, settings.partitions, settings.window_seconds) == (7000, 8, 600)
+    app = create_app(settings)
+    assert app.conf.processing_guarantee.value == "exactly_once"
+    assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:1", "kafka://127.0.0.1:2"]
+    assert app.conf.web_port == 7000
+    assert app.conf.store.scheme == "memory"
+
+
+def test_defaults_are_the_topic_contracts() -> None:
+    settings = command.settings_from_args(parse([]))
+    assert (settings.raw_topic, settings.failures_topic, settings.dlq_topic) == (
+        "dnsqr.raw", "dnsqr.edns.failures", "dnsqr.raw.dlq"
+    )  # fmt: skip
+    assert settings.counts_topic == "dnsqr.edns.ns-counts"
+    assert settings.processing_guarantee == "at_least_once"
+    assert settings.window_seconds == 3600
+
+
+def test_librdkafka_properties_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        command.settings_from_args(parse(["--kafka-config", "linger.ms=5"]))
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP": "127.0.0.1:9999",
+            "DNSQR_RAW_TOPIC": "raw2",
+            "DNSQR_PARTITIONS": "12",
+            "DNSQR_SNAPSHOT_INTERVAL": "0.5",
+            "DNSQR_WEB_ENABLED": "false",
+            "DNSQR_PROCESSING_GUARANTEE": "exactly_once",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "p",
+        }
+    )
+    assert settings.bootstrap_servers == "127.0.0.1:9999"
+    assert (settings.raw_topic, settings.partitions, settings.snapshot_interval) == ("raw2", 12, 0.5)
+    assert settings.web_enabled is False
+    creds = broker_credentials(settings.credentials)
+    assert (creds.username, creds.password, creds.mechanism.value) == ("u", "p", "PLAIN")
+    with pytest.raises(ValueError):
+        Settings.from_env({"DNSQR_PROCESSING_GUARANTEE": "twice"})
+
+
+def test_module_level_app_for_the_faust_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DNSQR_RAW_TOPIC", "from-env")
+    monkeypatch.delitem(sys.modules, "processors.app", raising=False)
+    import processors.app as module
+
+    app = module.app
+    assert isinstance(app, module.PipelineApp)
+    assert app.settings.raw_topic == "from-env"
+    assert set(app.agents) == {"dnsqr-edns-filter", "dnsqr-ns-aggregator"}
+
+
+def test_faust_cli_finds_the_app() -> None:
+    faust = Path(sys.executable).with_name("faust")
+    out = subprocess.run(
+        [str(faust), "-A", "processors.app", "agents"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "dnsqr-edns-filter" in out and "dnsqr-ns-aggregator" in out

@@ -1,0 +1,49 @@
+"""The failures topic's value: every field of the published Avro contract, payload byte for byte."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from fastavro import parse_schema, schemaless_reader
+
+from dnsqr_schemas import schema_text
+from nmsgdns.classify import classify_failure
+from nmsgdns.edns import judge
+from nmsgdns.payload import payload_time
+from processors.failure_record import decode_failure, encode_failure, failure_dict, ip_text
+from tests import corpus
+from tests.processors.helpers import read_payloads
+
+
+def test_round_trip_with_the_published_schema_for_every_selected_record() -> None:
+    published = parse_schema(json.loads(schema_text("edns_failure")))
+    filtered = read_payloads(corpus.path("edge_cases.filtered.nmsg"))
+    dumps = corpus.json_lines("edge_cases.filtered.json")
+    for payload, dump in zip(filtered, dumps, strict=True):
+        j = judge(payload, detail=True)
+        detail = classify_failure(j.record, j.query_opt, j.response)
+        value = failure_dict(payload, j, detail.kind, detail=detail)
+        data = encode_failure(value)
+        decoded = schemaless_reader(io.BytesIO(data), published, None)
+        assert decoded == decode_failure(data) == value
+        assert decoded["payload"] == payload
+        assert (decoded["time_sec"], decoded["time_nsec"]) == payload_time(payload)
+        assert decoded["name_server"] == dump["message"]["response_ip"]
+        assert decoded["resolver"] == dump["message"]["query_ip"]
+        assert decoded["qname"] == dump["message"].get("qname", "")
+        assert decoded["kind"] == detail.kind
+        assert decoded["query_edns_udp_size"] == j.query_opt.udp_size
+
+
+def test_detail_and_plain_kind_agree() -> None:
+    payload = read_payloads(corpus.path("live_resolver.filtered.nmsg"))[0]
+    j = judge(payload, detail=True)
+    detail = classify_failure(j.record, j.query_opt, j.response)
+    assert failure_dict(payload, j, detail.kind) == failure_dict(payload, j, detail.kind, detail=detail)
+
+
+def test_ip_text() -> None:
+    assert ip_text(bytes([192, 0, 2, 1])) == "192.0.2.1"
+    assert ip_text(bytes(15) + b"\x01") == "::1"
+    assert ip_text(b"\x01\x02") == "0102"

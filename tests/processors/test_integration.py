@@ -1,0 +1,283 @@
+"""The Faust workers against a real broker: corpus containers in, exact failures and counts out.
+
+One run covers every corpus case: all their containers go into one raw topic (plus one undecodable
+container), and the outputs must equal the sum of the reference filter's outputs. Workers run as
+``faust -A processors.app worker`` subprocesses configured through ``DNSQR_*`` variables, the way a Faust
+user runs them; ``dnsqr-pipeline worker`` builds the same app from flags (see test_command.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from processors.aggregator import decode_snapshot
+from processors.failure_record import decode_failure
+from tests import corpus
+from tests.processors.helpers import expected_failures, raw_containers
+
+pytestmark = pytest.mark.integration
+
+FAUST = Path(sys.executable).with_name("faust")
+GARBAGE = b"NMSG\x00\x02\x00\x00\x00\x05hello"
+
+
+def expected_total_failures() -> Counter[bytes]:
+    total: Counter[bytes] = Counter()
+    for case in corpus.CASES:
+        total.update(expected_failures(case))
+    return total
+
+
+def expected_total_counts() -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for case in corpus.CASES:
+        total.update(corpus.expected_counts(case))
+    return dict(total)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Run:
+    """Topic names, a consumer-group id and the workers of one test."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        new_topic: Callable[..., str],
+        raw_partitions: int,
+        guarantee: str = "at_least_once",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.app_id = f"dnsqr-test-{uuid.uuid4().hex[:8]}"
+        self.topics = {
+            key: new_topic(raw_partitions if key == "raw" else 4, prefix=f"test-{key}")
+            for key in ("raw", "failures", "stats", "counts", "dlq")
+        }
+        self.guarantee = guarantee
+        self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP=self.bootstrap,
+            DNSQR_APP_ID=self.app_id,
+            DNSQR_RAW_TOPIC=self.topics["raw"],
+            DNSQR_FAILURES_TOPIC=self.topics["failures"],
+            DNSQR_STATS_TOPIC=self.topics["stats"],
+            DNSQR_COUNTS_TOPIC=self.topics["counts"],
+            DNSQR_DLQ_TOPIC=self.topics["dlq"],
+            DNSQR_PROCESSING_GUARANTEE=self.guarantee,
+            DNSQR_SNAPSHOT_INTERVAL="0.3",
+            DNSQR_WINDOW_EXPIRES_SECONDS="0",
+        )
+        return env
+
+    def start_worker(self, log_dir: Path) -> int:
+        port = free_port()
+        log_path = log_dir / f"worker-{len(self.workers)}.log"
+        proc = subprocess.Popen(
+            [str(FAUST), "-A", "processors.app", "worker", "-l", "info", "--web-port", str(port)],
+            env=self.env(),
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.append((proc, port, log_path))
+        return port
+
+    def stop_workers(self) -> None:
+        for proc, _, _ in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _, _ in self.workers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def wait_group_stable(self, members: int, timeout: float = 60.0) -> None:
+        """Until the workers' group is Stable with ``members`` members, each owning raw partitions."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_workers_alive()
+            with contextlib.suppress(Exception):
+                desc = admin.describe_consumer_groups([self.app_id])[self.app_id].result(5)
+                owners = [
+                    m
+                    for m in desc.members
+                    if any(tp.topic == self.topics["raw"] for tp in m.assignment.topic_partitions)
+                ]
+                if str(desc.state).endswith("STABLE") and len(owners) == members:
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"group {self.app_id} not stable with {members} members; {self.logs()}")
+
+    def check_workers_alive(self) -> None:
+        for proc, _, _ in self.workers:
+            assert proc.poll() is None, f"worker exited {proc.returncode}: {self.logs()}"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for _, _, p in self.workers)
+
+    def produce_corpus(self) -> int:
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+                "compression.type": "lz4",
+            }
+        )
+        n = 0
+        for case in corpus.CASES:
+            for data in raw_containers(case, 150):
+                producer.produce(self.topics["raw"], data)
+                n += 1
+        producer.produce(self.topics["raw"], GARBAGE, key=b"bad")
+        assert producer.flush(30) == 0
+        return n
+
+    def read(self, topic: str, count: int, timeout: float = 90.0) -> list[tuple[bytes | None, bytes, list]]:
+        """The first ``count`` committed records of ``topic``, then a short wait proving no more follow."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        consumer.subscribe([topic])
+        records: list[tuple[bytes | None, bytes, list]] = []
+        deadline = time.monotonic() + timeout
+        settle: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if len(records) >= count:
+                    settle = settle or now + 2.0
+                    if now > settle:
+                        break
+                assert now < deadline, f"{len(records)} of {count} records on {topic}; {self.logs()}"
+                self.check_workers_alive()
+                for msg in consumer.consume(500, 0.5):
+                    assert msg.error() is None, msg.error()
+                    records.append((msg.key(), msg.value(), msg.headers() or []))
+        finally:
+            consumer.close()
+        return records
+
+    def latest_snapshots(self, expect: dict[str, int], timeout: float = 60.0) -> dict[str, int]:
+        """Total failures per name server from the newest snapshot of each key on the counts topic."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([self.topics["counts"]])
+        totals: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for msg in consumer.consume(500, 0.5):
+                    snap = decode_snapshot(msg.value())
+                    totals[snap["name_server"]] = snap["total"]["failures"]
+                current = {ns: n for ns, n in totals.items() if n}
+                if current == expect:
+                    return current
+        finally:
+            consumer.close()
+        return {ns: n for ns, n in totals.items() if n}
+
+
+def web_totals(port: int) -> dict[str, int]:
+    """Failures per name server from one worker's ``/dnsqr/top/`` view (its table partitions)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/dnsqr/top/?n=100000", timeout=5) as resp:
+        return {r["name_server"]: r["failures"] for r in json.load(resp)}
+
+
+def wait_web_totals(port: int, expect: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    got: dict[str, int] = {}
+    while time.monotonic() < deadline and got != expect:
+        with contextlib.suppress(OSError):
+            got = web_totals(port)
+        time.sleep(0.3)
+    return got
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    """The test's runs; their workers are stopped however the test ends."""
+    runs: list[Run] = []
+    yield runs
+    for run in runs:
+        run.stop_workers()
+
+
+def check_outputs(run: Run) -> None:
+    want = expected_total_failures()
+    failures = run.read(run.topics["failures"], sum(want.values()))
+    values = [decode_failure(v) for _, v, _ in failures]
+    assert Counter(v["payload"] for v in values) == want
+    assert all(k == v["name_server"].encode() for (k, _, _), v in zip(failures, values, strict=True))
+    dlq = run.read(run.topics["dlq"], 1, timeout=30)
+    assert [(k, v) for k, v, _ in dlq] == [(b"bad", GARBAGE)]
+    headers = dict(dlq[0][2])
+    assert headers["dnsqr-error"] and headers["dnsqr-error-type"]
+    assert run.latest_snapshots(expected_total_counts()) == expected_total_counts()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_one_worker_exact_failures_counts_and_dead_letter(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, guarantee: str
+) -> None:
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4, guarantee=guarantee)
+    runs.append(run)
+    port = run.start_worker(tmp_path)
+    run.produce_corpus()
+    check_outputs(run)
+    assert wait_web_totals(port, expected_total_counts()) == expected_total_counts()
+
+
+def test_two_workers_one_group_same_result(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4)
+    runs.append(run)
+    ports = [run.start_worker(tmp_path), run.start_worker(tmp_path)]
+    # Produce once both own partitions: a rebalance mid-stream may legitimately replay containers under
+    # at-least-once, and this test is about the split of work, not about duplicates.
+    run.wait_group_stable(2)
+    run.produce_corpus()
+    check_outputs(run)
+    merged: Counter[str] = Counter()
+    for port in ports:
+        merged.update(web_totals(port))
+    assert dict(merged) == expected_total_counts(), "each worker serves its own partitions, together all"
