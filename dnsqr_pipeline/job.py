@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline import localkafka
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: How long end offsets must stay unchanged (with the group caught up) before a stage counts as done.
 SETTLE_SECONDS = 2.0
 POLL_SECONDS = 0.5
+#: Seconds without records (after its partitions are assigned) before the job's sink finishes.
+SINK_IDLE_EXIT = 3
 
 
 class JobError(RuntimeError):
@@ -183,12 +185,20 @@ def wait_caught_up(
         while True:
             for stage in stages:
                 stage.check_alive()
-            ends = _end_offsets(consumer, topic)
-            committed = consumer.committed([TopicPartition(t.topic, t.partition) for t in ends], timeout=10)
+            try:
+                ends = _end_offsets(consumer, topic)
+                wanted = [TopicPartition(t.topic, t.partition) for t in ends]
+                committed = consumer.committed(wanted, timeout=10)
+            except KafkaException as exc:
+                # e.g. NOT_COORDINATOR while a young broker loads its group metadata: ask again
+                log.debug("offsets of %s for %s not available yet: %s", topic, group, exc)
+                ends, committed = [], []
+                behind = -1
+            else:
+                behind = sum(
+                    max(0, e.offset - max(c.offset, 0)) for e, c in zip(ends, committed, strict=True)
+                )
             end_values = [t.offset for t in ends]
-            behind = sum(
-                max(0, e.offset - max(c.offset, 0)) for e, c in zip(ends, committed, strict=True)
-            )
             now = time.monotonic()
             if behind == 0 and end_values == last_ends:
                 stable_since = stable_since or now
@@ -238,6 +248,11 @@ def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[s
     return {ns: total for ns, (_t, total) in latest.items()}
 
 
+def job_files(output_dir: Path) -> list[Path]:
+    """The sink's finished files in ``output_dir`` (temporary files start with a dot)."""
+    return sorted(p for p in output_dir.glob("*.nmsg") if not p.name.startswith("."))
+
+
 def count_sink_records(files: list[Path]) -> int:
     total = 0
     for path in files:
@@ -251,6 +266,8 @@ def run_job(cfg: JobConfig) -> JobResult:
     started = time.monotonic()
     deadline = started + cfg.timeout
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    if job_files(cfg.output_dir):
+        raise JobError(f"{cfg.output_dir} already holds NMSG files of an earlier job; use an empty directory")
     log_dir = cfg.output_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -281,11 +298,7 @@ def run_job(cfg: JobConfig) -> JobResult:
                 "--partitions", str(cfg.partitions), "--processing-guarantee", cfg.processing_guarantee,
                 "--web-port", str(free_port()),
             ), log_dir))
-        stages.append(Stage("sink", _stage_command(
-            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
-            "--dlq-topic", topics.failures_dlq, "--group", sink_group,
-        ), log_dir))
-        print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
+        print(f"started {cfg.workers} worker(s); logs in {log_dir}", file=sys.stderr)
 
         ingest_cfg = replace(cfg.ingest, kafka=kafka, raw_topic=topics.raw, dlq_topic=topics.raw_dlq)
         summary = run_ingest(ingest_cfg)
@@ -293,14 +306,29 @@ def run_job(cfg: JobConfig) -> JobResult:
         if not summary.ok:
             raise JobError("ingest did not deliver every record (see its summary above)")
 
-        print("waiting for the workers and the sink to finish ...", file=sys.stderr)
+        print("waiting for the workers ...", file=sys.stderr)
         wait_caught_up(kafka, app_id, topics.raw, stages, deadline, "the filter agent")
         wait_caught_up(kafka, app_id, topics.stats, stages, deadline, "the aggregator")
-        wait_caught_up(kafka, sink_group, topics.failures, stages, deadline, "the sink")
 
-        files = sorted(p for p in cfg.output_dir.glob("*.nmsg") if not p.name.startswith("."))
+        # The failures topic is complete now. The sink runs as in production, in its own group, and ends
+        # itself once idle: it finalizes its files (fsync, rename) and commits before it exits.
+        print("writing the failures with the sink ...", file=sys.stderr)
+        sink = Stage("sink", _stage_command(
+            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
+            "--dlq-topic", topics.failures_dlq, "--group", sink_group, "--idle-exit", str(SINK_IDLE_EXIT),
+        ), log_dir)
+        stages.append(sink)
+        try:
+            status = sink.proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise JobError(f"the sink did not finish in time; see {sink.log_path}") from None
+        if status != 0:
+            raise JobError(f"the sink exited with status {status}; see {sink.log_path}")
+        wait_caught_up(kafka, sink_group, topics.failures, [], deadline, "the sink's commits")
+
+        files = job_files(cfg.output_dir)
         sink_records = count_sink_records(files)
-        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages, deadline)
+        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages[:-1], deadline)
     return JobResult(summary, totals, files, sink_records, time.monotonic() - started)
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from dnsqr_pipeline.job import JobConfig, JobError, format_table, run_job, write_counts_json
+from dnsqr_pipeline.job import JobConfig, JobError, format_table, job_files, run_job, write_counts_json
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from dnsqr_pipeline.localkafka import LocalKafkaError
 from dnsqr_pipeline.topics import TopicAdminError
@@ -120,6 +120,8 @@ def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
 def demo_main(args: argparse.Namespace) -> int:
     if args.counts_json is None:
         args.counts_json = args.output_dir / "counts.json"
+    for old in job_files(args.output_dir) if args.output_dir.is_dir() else []:
+        old.unlink()  # the demo's own directory: each demo starts afresh
     status = _run(args, IngestConfig(kafka={}, files=[str(SAMPLE)], progress_bar=False))
     if status:
         return status

@@ -141,7 +141,11 @@ class Tables:
         self.totals[ns] = total
         window = add_counts(self.windows[ns].value(), delta)
         self.windows[ns] = window
-        self.pending[(ns, delta["window_start"])] = (window, total)
+        # Re-insert at the end: snapshots go out in insertion order, and the last one of a name server
+        # (whichever window it is for) must carry its newest total, since readers keep the latest.
+        key = (ns, delta["window_start"])
+        self.pending.pop(key, None)
+        self.pending[key] = (window, total)
 
     def take_snapshots(self, window_seconds: int) -> list[tuple[bytes, bytes]]:
         """Encoded snapshots of everything changed since the previous call, keyed by name server."""
