@@ -1,0 +1,125 @@
+"""``dnsqr-pipeline run``/``demo`` end to end on the real broker: ingest, Faust workers, sink, tables.
+
+Every corpus case goes through the whole pipeline; what comes out is compared with the reference C
+filter's selection (``NAME.filtered.nmsg``) and per-name-server counts (``NAME.expected_counts.json``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from fastavro import schemaless_reader
+
+from dnsqr_pipeline.job import JobConfig, JobError, Topics, job_files, run_job
+from dnsqr_schemas import avro_schema
+from ingest.bridge import IngestConfig
+from nmsgdns.input import ContainerStreamReader
+from tests import corpus
+
+pytestmark = pytest.mark.integration
+
+
+def payloads_of(paths: list[Path]) -> Counter[bytes]:
+    out: Counter[bytes] = Counter()
+    for path in paths:
+        with path.open("rb") as fh:
+            out.update(ContainerStreamReader(fh, name=str(path)))
+    return out
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of ``topic`` from the beginning to its current end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.time_ns()}"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        out, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.key(), msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+        assert len(done) == len(ends), f"could not read {topic} to its end"
+        return out
+    finally:
+        consumer.close()
+
+
+def run_case(bootstrap: str, case: str, out_dir: Path, workers: int = 1, partitions: int = 4):
+    cfg = JobConfig(
+        ingest=IngestConfig(kafka={}, files=[str(corpus.path(f"{case}.nmsg"))], progress_bar=False),
+        output_dir=out_dir,
+        kafka={"bootstrap.servers": bootstrap},
+        workers=workers,
+        partitions=partitions,
+        timeout=240,
+    )
+    return cfg, run_job(cfg)
+
+
+@pytest.mark.parametrize("case", corpus.CASES)
+def test_run_equals_reference(case: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+    cfg, result = run_case(kafka_bootstrap, case, tmp_path / "out")
+    expected = payloads_of([corpus.path(f"{case}.filtered.nmsg")])
+    # The sink's files hold exactly the reference selection (as a multiset: partitions reorder).
+    assert payloads_of(result.sink_files) == expected
+    assert result.sink_records == sum(expected.values())
+    # The table's totals equal the reference per-name-server counts.
+    assert result.failures_by_ns == corpus.expected_counts(case)
+    # The failures topic holds the same records, decodable with the published schema, keyed by NS.
+    topic = Topics.named(f".run-{cfg.run_id}").failures
+    schema = avro_schema("edns_failure")
+    raw = read_topic(kafka_bootstrap, topic)
+    records = [(k, schemaless_reader(io.BytesIO(v), schema, None)) for k, v in raw]
+    assert Counter(r["payload"] for _, r in records) == expected
+    assert all(k.decode() == r["name_server"] for k, r in records)
+    assert Counter(r["name_server"] for _, r in records) == corpus.expected_counts(case)
+
+
+def test_two_workers_share_the_work(kafka_bootstrap: str, tmp_path: Path) -> None:
+    _cfg, result = run_case(kafka_bootstrap, "live_resolver", tmp_path / "out", workers=2, partitions=4)
+    assert payloads_of(result.sink_files) == payloads_of([corpus.path("live_resolver.filtered.nmsg")])
+    assert result.failures_by_ns == corpus.expected_counts("live_resolver")
+    logs = [(tmp_path / "out" / "logs" / f"worker-{i}.log").read_text() for i in (1, 2)]
+    assert all("Traceback" not in log for log in logs)
+
+
+def test_run_refuses_a_directory_with_earlier_results(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "failures-p0000-o000000000000-000000000001.nmsg").write_bytes(b"")
+    with pytest.raises(JobError, match="already holds NMSG files"):
+        run_case(kafka_bootstrap, "edge_cases", out)
+    assert len(job_files(out)) == 1
+
+
+def test_demo_starts_its_own_broker_and_matches_the_reference(tmp_path: Path) -> None:
+    """The README's first command, as a user runs it: no broker given, so the job starts one."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnsqr_pipeline.cli", "demo", "--output-dir", str(tmp_path / "demo")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "counts equal the reference C filter's on this sample (598 failures)" in proc.stdout
+    assert (tmp_path / "demo" / "counts.json").exists()
+
+
+def test_run_needs_finite_sources(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnsqr_pipeline.cli", "run", "-l", "127.0.0.1/9", "--output-dir", tmp_path],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "finite sources" in proc.stderr
