@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from dnsqr_schemas import avro_schema
 from fastavro import schemaless_reader
 from google.protobuf.message import DecodeError
 
+from dnsqr_schemas import avro_schema
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from sink.files import DEFAULT_PREFIX, Durable, PartitionFileSet

@@ -17,7 +17,7 @@ def test_endpoint_single_port_and_range() -> None:
     "bad", ["127.0.0.1", "127.0.0.1/", "host/53", "127.0.0.1/70000", "127.0.0.1/9..1", "127.0.0.1/x"]
 )
 def test_endpoint_errors_name_the_input(bad: str) -> None:
-    with pytest.raises(ChannelError, match="expected|not|range"):
+    with pytest.raises(ChannelError, match=r"expected|not|range"):
         parse_endpoint(bad)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnsqr_schemas import avro_schema
 from fastavro import schemaless_writer
 
+from dnsqr_schemas import avro_schema
 from nmsgdns.payload import make_payload
 from sink import consumer as sink_consumer
 from sink.consumer import FailureSink, SinkConfig, UndecodableValue, decode_failure_payload
