@@ -97,7 +97,9 @@ class JobResult:
     totals: dict[str, dict[str, Any]]
     sink_files: list[Path]
     sink_records: int
+    #: seconds for the whole job, and from the start of ingest until every failure was written
     elapsed: float
+    processing: float
 
     @property
     def failures_by_ns(self) -> dict[str, int]:
@@ -301,6 +303,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         print(f"started {cfg.workers} worker(s); logs in {log_dir}", file=sys.stderr)
 
         ingest_cfg = replace(cfg.ingest, kafka=kafka, raw_topic=topics.raw, dlq_topic=topics.raw_dlq)
+        ingest_started = time.monotonic()
         summary = run_ingest(ingest_cfg)
         print(summary.format(), file=sys.stderr)
         if not summary.ok:
@@ -325,11 +328,12 @@ def run_job(cfg: JobConfig) -> JobResult:
         if status != 0:
             raise JobError(f"the sink exited with status {status}; see {sink.log_path}")
         wait_caught_up(kafka, sink_group, topics.failures, [], deadline, "the sink's commits")
+        processing = time.monotonic() - ingest_started
 
         files = job_files(cfg.output_dir)
         sink_records = count_sink_records(files)
         totals = _wait_for_totals(kafka, topics.counts, sink_records, stages[:-1], deadline)
-    return JobResult(summary, totals, files, sink_records, time.monotonic() - started)
+    return JobResult(summary, totals, files, sink_records, time.monotonic() - started, processing)
 
 
 def _create_job_topics(kafka: Mapping[str, str], topics: Topics, partitions: int) -> None:
