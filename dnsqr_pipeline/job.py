@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 #: How long end offsets must stay unchanged (with the group caught up) before a stage counts as done.
 SETTLE_SECONDS = 2.0
 POLL_SECONDS = 0.5
-#: Seconds without records (after its partitions are assigned) before the job's sink finishes.
-SINK_IDLE_EXIT = 3
+#: File rotation of the job's sink: a job's results are durable this long after the last failure arrives.
+SINK_ROTATE_SECONDS = 2
 
 
 class JobError(RuntimeError):
@@ -300,7 +300,16 @@ def run_job(cfg: JobConfig) -> JobResult:
                 "--partitions", str(cfg.partitions), "--processing-guarantee", cfg.processing_guarantee,
                 "--web-port", str(free_port()),
             ), log_dir))
-        print(f"started {cfg.workers} worker(s); logs in {log_dir}", file=sys.stderr)
+        # The sink runs alongside, as in production, in its own group. Its files rotate every
+        # SINK_ROTATE_SECONDS, so what it has consumed becomes durable and committed soon after it stops
+        # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
+        sink = Stage("sink", _stage_command(
+            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
+            "--dlq-topic", topics.failures_dlq, "--group", sink_group,
+            "--rotate-seconds", str(SINK_ROTATE_SECONDS),
+        ), log_dir)
+        stages.append(sink)
+        print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
 
         ingest_cfg = replace(cfg.ingest, kafka=kafka, raw_topic=topics.raw, dlq_topic=topics.raw_dlq)
         ingest_started = time.monotonic()
@@ -309,30 +318,18 @@ def run_job(cfg: JobConfig) -> JobResult:
         if not summary.ok:
             raise JobError("ingest did not deliver every record (see its summary above)")
 
-        print("waiting for the workers ...", file=sys.stderr)
+        print("waiting for the workers and the sink ...", file=sys.stderr)
         wait_caught_up(kafka, app_id, topics.raw, stages, deadline, "the filter agent")
         wait_caught_up(kafka, app_id, topics.stats, stages, deadline, "the aggregator")
-
-        # The failures topic is complete now. The sink runs as in production, in its own group, and ends
-        # itself once idle: it finalizes its files (fsync, rename) and commits before it exits.
-        print("writing the failures with the sink ...", file=sys.stderr)
-        sink = Stage("sink", _stage_command(
-            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
-            "--dlq-topic", topics.failures_dlq, "--group", sink_group, "--idle-exit", str(SINK_IDLE_EXIT),
-        ), log_dir)
-        stages.append(sink)
-        try:
-            status = sink.proc.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise JobError(f"the sink did not finish in time; see {sink.log_path}") from None
-        if status != 0:
-            raise JobError(f"the sink exited with status {status}; see {sink.log_path}")
-        wait_caught_up(kafka, sink_group, topics.failures, [], deadline, "the sink's commits")
+        wait_caught_up(kafka, sink_group, topics.failures, stages, deadline, "the sink")
         processing = time.monotonic() - ingest_started
+        stages.remove(sink)
+        if (status := sink.stop()) != 0:
+            raise JobError(f"the sink exited with status {status}; see {sink.log_path}")
 
         files = job_files(cfg.output_dir)
         sink_records = count_sink_records(files)
-        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages[:-1], deadline)
+        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages, deadline)
     return JobResult(summary, totals, files, sink_records, time.monotonic() - started, processing)
 
 
