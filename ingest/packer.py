@@ -16,10 +16,9 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-import crc32c
-
+from nmsgdns.container import payload_crc
 from nmsgdns.errors import PayloadError
-from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE, payload_data_span, payload_type
+from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE, encode_varint, payload_type
 
 _MAGIC = b"NMSG"
 _FLAGS_NONE_V2 = b"\x00\x02"
@@ -33,32 +32,20 @@ DEFAULT_CONTAINER_RECORDS = 1000
 _DNSQR_PREFIX = bytes((0x08, VID_BASE, 0x10, MSGTYPE_DNSQR))
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 #: ``0x0a`` (field 1, length-delimited) plus the length varint for every payload shorter than 16 KiB:
 #: a list index instead of a varint encode per payload.
-_PREFIX_TABLE = [b"\x0a" + _varint(n) for n in range(1 << 14)]
+_PREFIX_TABLE = [b"\x0a" + encode_varint(n) for n in range(1 << 14)]
 
 
 def _payload_prefix(length: int) -> bytes:
     if length < 16384:
         return _PREFIX_TABLE[length]
-    return b"\x0a" + _varint(length)
+    return b"\x0a" + encode_varint(length)
 
 
 def _crc_field(payload: bytes) -> bytes:
     """``payload_crcs`` entry for one payload: field 2, CRC32C of field 5, byte-swapped as libnmsg does."""
-    start, end = payload_data_span(payload)
-    crc = crc32c.crc32c(memoryview(payload)[start:end])
-    swapped = int.from_bytes(crc.to_bytes(4, "big"), "little")
-    return b"\x10" + _varint(swapped)
+    return b"\x10" + encode_varint(payload_crc(payload))
 
 
 @dataclass(slots=True)

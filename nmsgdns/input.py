@@ -21,7 +21,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from crc32c import crc32c
 
@@ -160,11 +160,11 @@ class _Decoder:
     def __init__(
         self,
         *,
-        max_container_size: int,
-        max_body_size: int,
-        verify_crcs: bool,
-        fragment_timeout: float,
-        clock: Callable[[], float],
+        max_container_size: int = MAX_CONTAINER_SIZE,
+        max_body_size: int = MAX_BODY_SIZE,
+        verify_crcs: bool = True,
+        fragment_timeout: float = FRAGMENT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_container_size = max_container_size
         self.max_body_size = max_body_size
@@ -222,19 +222,10 @@ class ContainerStreamReader(_Decoder):
         stream: BinaryIO,
         *,
         name: str = "<stream>",
-        max_container_size: int = MAX_CONTAINER_SIZE,
-        max_body_size: int = MAX_BODY_SIZE,
-        verify_crcs: bool = True,
-        fragment_timeout: float = FRAGMENT_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            max_container_size=max_container_size,
-            max_body_size=max_body_size,
-            verify_crcs=verify_crcs,
-            fragment_timeout=fragment_timeout,
-            clock=clock,
-        )
+        """``name`` labels errors; ``options`` are the shared decoder options (caps, CRCs, timeouts)."""
+        super().__init__(**options)
         self.name = name
         self._read = getattr(stream, "read1", None) or stream.read
         self._buf = b""
@@ -341,24 +332,8 @@ class DatagramDecoder(_Decoder):
 
     ``sender`` keys fragment reassembly (pass the source address) so two senders that pick the same
     fragment id cannot mix. Call ``expire()`` when idle so stale fragment sets age out without traffic.
+    The constructor's keyword options (size caps, CRC checking, fragment timeout) are the base class's.
     """
-
-    def __init__(
-        self,
-        *,
-        max_container_size: int = MAX_CONTAINER_SIZE,
-        max_body_size: int = MAX_BODY_SIZE,
-        verify_crcs: bool = True,
-        fragment_timeout: float = FRAGMENT_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            max_container_size=max_container_size,
-            max_body_size=max_body_size,
-            verify_crcs=verify_crcs,
-            fragment_timeout=fragment_timeout,
-            clock=clock,
-        )
 
     def feed(self, datagram: bytes, sender: Hashable = None) -> list[bytes]:
         """Payloads completed by this datagram (often none while fragments are pending)."""

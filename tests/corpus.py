@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import dpkt
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS_DIR = Path(os.environ.get("NMSG_CORPUS_DIR", REPO_ROOT.parent / "shared" / "testdata" / "nmsg"))
 
@@ -37,3 +39,14 @@ def json_lines(name: str) -> list[dict]:
 def expected_counts(case: str) -> dict[str, int]:
     """The reference filter's per-name-server selection counts for ``case``."""
     return json.loads(path(f"{case}.expected_counts.json").read_text(encoding="utf-8"))
+
+
+def udp_datagrams(case: str) -> list[bytes]:
+    """The UDP payloads of ``NAME.udp.pcap`` in capture order: the datagrams ``nmsgtool -s`` sent."""
+    out = []
+    with path(f"{case}.udp.pcap").open("rb") as fh:
+        for _ts, frame in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+                out.append(bytes(ip.data.data))
+    return out

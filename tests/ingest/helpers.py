@@ -9,7 +9,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import dpkt
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ingest.bridge import IngestConfig
@@ -26,17 +25,6 @@ def file_payloads(path: Path) -> list[bytes]:
 
 def dnsqr_multiset(payloads: list[bytes]) -> Counter[bytes]:
     return Counter(p for p in payloads if payload_type(p) == (VID_BASE, MSGTYPE_DNSQR))
-
-
-def udp_datagrams(pcap: Path) -> list[bytes]:
-    """UDP payloads of a capture, in order (the datagrams nmsgtool -s sent)."""
-    out = []
-    with pcap.open("rb") as fh:
-        for _ts, frame in dpkt.pcap.Reader(fh):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
-                out.append(bytes(ip.data.data))
-    return out
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[bytes, dict[str, bytes]]]:

@@ -31,7 +31,6 @@ from tests.ingest.helpers import (
     free_udp_port,
     read_topic,
     topic_payloads,
-    udp_datagrams,
 )
 
 pytestmark = pytest.mark.integration
@@ -104,7 +103,7 @@ def _run_live(bridge: Bridge, until: callable, timeout: float = 30.0):
 @pytest.mark.parametrize("case", corpus.SOCKET_CASES)
 def test_udp_datagrams_from_nmsgtool(kafka_bootstrap: str, topics: tuple[str, str], case: str):
     raw, dlq = topics
-    datagrams = udp_datagrams(corpus.path(f"{case}.udp.pcap"))
+    datagrams = corpus.udp_datagrams(case)
     expected = dnsqr_multiset(file_payloads(corpus.path(f"{case}.nmsg")))
     port = free_udp_port()
     bridge = Bridge(config(kafka_bootstrap, raw, dlq, listen=[f"127.0.0.1/{port}"]))
@@ -120,7 +119,7 @@ def test_udp_datagrams_from_nmsgtool(kafka_bootstrap: str, topics: tuple[str, st
 
 def test_bad_datagrams_are_counted_and_dead_lettered(kafka_bootstrap: str, topics: tuple[str, str]):
     raw, dlq = topics
-    good = udp_datagrams(corpus.path("sock_m512.udp.pcap"))
+    good = corpus.udp_datagrams("sock_m512")
     expected = dnsqr_multiset(file_payloads(corpus.path("sock_m512.nmsg")))
     other = make_payload(2, 1, 1700000000, 0, b"not dnsqr")
     mixed = encode_container([other, *list(expected)[:2]])
@@ -158,7 +157,7 @@ def test_kafka_source_in_nmsgtool_format(kafka_bootstrap: str, topics: tuple[str
     # What nmsgtool --writekafka writes: one container per record, here the sock_m512 datagrams (with
     # fragments) and the zlib file's container, plus one record that is no container at all.
     zfile = corpus.path("edge_cases.z.nmsg").read_bytes()
-    values = [*udp_datagrams(corpus.path("sock_m512.udp.pcap")), zfile]
+    values = [*corpus.udp_datagrams("sock_m512"), zfile]
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     for v in values:
         producer.produce(source, v, partition=0)  # fragments of a set must stay in order
@@ -278,7 +277,7 @@ def test_metrics_endpoint(kafka_bootstrap: str, topics: tuple[str, str]):
     raw, dlq = topics
     port = free_udp_port()
     bridge = Bridge(config(kafka_bootstrap, raw, dlq, listen=[f"127.0.0.1/{port}"], metrics_port=0))
-    datagrams = udp_datagrams(corpus.path("sock_m512.udp.pcap"))
+    datagrams = corpus.udp_datagrams("sock_m512")
     scraped = {}
 
     def until() -> bool:
@@ -334,7 +333,7 @@ def test_cli_live_source_stops_on_sigterm_and_prints_summary(kafka_bootstrap: st
     )
     try:
         time.sleep(3)
-        _send_datagrams(port, udp_datagrams(corpus.path("sock_m512.udp.pcap")))
+        _send_datagrams(port, corpus.udp_datagrams("sock_m512"))
         time.sleep(2)
         proc.terminate()
         _, err = proc.communicate(timeout=60)

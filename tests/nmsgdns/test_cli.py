@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import dpkt
 import pytest
 
 from nmsgdns.cli import main
@@ -73,17 +72,6 @@ def test_usage_errors(tmp_path: Path, capsys) -> None:
     assert "missing.nmsg" in capsys.readouterr().err
 
 
-def udp_datagrams(pcap: Path) -> list[bytes]:
-    """The UDP payloads of a capture of nmsgtool -s, in capture order."""
-    out = []
-    with pcap.open("rb") as fh:
-        for _ts, frame in dpkt.pcap.Reader(fh):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
-                out.append(bytes(ip.data.data))
-    return out
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -92,7 +80,7 @@ def free_udp_port() -> int:
 
 @pytest.mark.parametrize("case", corpus.SOCKET_CASES)
 def test_socket_replay_equals_reference(case: str, tmp_path: Path) -> None:
-    datagrams = udp_datagrams(corpus.path(f"{case}.udp.pcap"))
+    datagrams = corpus.udp_datagrams(case)
     port = free_udp_port()
     out = tmp_path / "out.nmsg"
     proc = subprocess.Popen(
@@ -123,7 +111,7 @@ def test_garbage_datagrams_are_counted_not_fatal(tmp_path: Path) -> None:
                             stderr=subprocess.PIPE, text=True)
     try:
         assert "listening on" in proc.stderr.readline()
-        good = udp_datagrams(corpus.path("sock_m512.udp.pcap"))
+        good = corpus.udp_datagrams("sock_m512")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for junk in (b"", b"NMSG", b"garbage" * 10, b"\x00\x00\x01\x00\x78\x9c" + b"\x00" * 40):
                 tx.sendto(junk, ("127.0.0.1", port))
