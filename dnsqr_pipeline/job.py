@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline import localkafka
@@ -197,9 +197,11 @@ def wait_caught_up(
                 ends, committed = [], []
                 behind = -1
             else:
-                behind = sum(
-                    max(0, e.offset - max(c.offset, 0)) for e, c in zip(ends, committed, strict=True)
-                )
+                pairs = zip(ends, committed, strict=True)
+                lagging = [(e, c) for e, c in pairs if max(c.offset, 0) < e.offset]
+                behind = sum(e.offset - max(c.offset, 0) for e, c in lagging)
+                if lagging and not _data_after(kafka, topic, [c for _, c in lagging]):
+                    behind = 0  # only transaction markers (exactly_once) lie between commit and end
             end_values = [t.offset for t in ends]
             now = time.monotonic()
             if behind == 0 and end_values == last_ends:
@@ -216,6 +218,37 @@ def wait_caught_up(
             time.sleep(POLL_SECONDS)
     finally:
         consumer.close()
+
+
+def _data_after(kafka: Mapping[str, str], topic: str, positions: list[TopicPartition]) -> bool:
+    """Whether committed records follow any of ``positions``.
+
+    Under exactly_once the end offset of a partition counts the transactions' commit markers, which no
+    consumer ever commits past, so "committed == end" never holds; reading on from the committed offset
+    (read_committed) to the partition's end tells markers from records.
+    """
+    probe = Consumer({
+        **kafka,
+        "group.id": f"dnsqr-run-probe-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": "read_committed",
+    })
+    try:
+        probe.assign([TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in positions])
+        waiting = {tp.partition for tp in positions}
+        deadline = time.monotonic() + 10
+        while waiting and time.monotonic() < deadline:
+            msg = probe.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                return True
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                waiting.discard(msg.partition())
+        return bool(waiting)
+    finally:
+        probe.close()
 
 
 def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,16 @@ Two tables, both name server -> counts dict (``edns_answered``, ``failures``, ``
   is its ``window_start`` field (the filter already bucketed by record time), not the Kafka timestamp, so
   replaying an old capture fills the windows of its own time.
 
+Exactly once: faust-streaming 0.15.3 sends table changelogs through its plain producer, not through the
+transaction of the source partition (``Topic.publish_message`` passes no ``transactional_id``), so a worker
+killed after a changelog write but before its ns-stats offsets commit leaves the new owner a table that
+already holds deltas it will consume again. Under exactly_once each delta therefore carries its input
+partition and last input offset (headers set by the filter agent; committed deltas of one input partition
+never overlap and arrive in offset order for a name server), and every table value remembers, in
+``applied``, the last offset applied per input partition: a delta at or below it is a replay and is skipped.
+Not under at_least_once: there a replayed input batch may be cut differently, so a delta can partly
+overlap an applied one, and skipping it would lose counts (at-least-once counts may be high, never low).
+
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``) from a timer every
 ``snapshot_interval`` seconds: latest value per (name server, window) since the previous tick, so a burst of
 deltas for one busy name server costs one snapshot, not one per delta.
@@ -39,6 +49,8 @@ if TYPE_CHECKING:
     from processors.app import PipelineApp
 
 CountsDict = dict[str, Any]
+#: key of a table value's {input partition (text): last input offset applied}; exactly_once only
+APPLIED = "applied"
 STATS_CODEC = "dnsqr-ns-stats"
 
 
@@ -66,10 +78,25 @@ def empty_counts() -> CountsDict:
     return {"edns_answered": 0, "failures": 0, "timeouts": 0, "by_kind": {}, "observations": {}}
 
 
-def add_counts(current: Mapping[str, Any], delta: Mapping[str, Any]) -> CountsDict:
+def applied(current: Mapping[str, Any], source: tuple[int, int] | None) -> bool:
+    """Whether the table value ``current`` already includes the delta of ``source`` (partition, offset)."""
+    if source is None:
+        return False
+    done = (current.get(APPLIED) or {}).get(str(source[0]))
+    return done is not None and source[1] <= done
+
+
+def add_counts(
+    current: Mapping[str, Any], delta: Mapping[str, Any], source: tuple[int, int] | None = None
+) -> CountsDict:
     """A new counts dict: ``current`` plus ``delta`` (a table value must be replaced, not mutated, for Faust
-    to write it to the changelog)."""
+    to write it to the changelog); with ``source``, it also records that offset as applied."""
     result = empty_counts()
+    if source is not None or current.get(APPLIED):
+        marks = dict(current.get(APPLIED) or {})
+        if source is not None:
+            marks[str(source[0])] = source[1]
+        result[APPLIED] = marks
     for name in ("edns_answered", "failures", "timeouts"):
         result[name] = current.get(name, 0) + delta.get(name, 0)
     for name in ("by_kind", "observations"):
@@ -89,6 +116,7 @@ def failure_rate(counts: Mapping[str, Any]) -> float:
 def count_values(counts: Mapping[str, Any]) -> CountsDict:
     """``NsCountValues`` for a counts dict (adds the rate)."""
     full = add_counts(empty_counts(), counts)
+    full.pop(APPLIED, None)  # bookkeeping, not a count
     full["failure_rate"] = failure_rate(full)
     return full
 
@@ -118,6 +146,17 @@ def decode_snapshot(data: bytes) -> dict[str, Any]:
     return schemaless_reader(io.BytesIO(data), avro_schema("ns_counts"), None)
 
 
+def delta_source(event: EventT) -> tuple[int, int] | None:
+    """(input partition, last input offset) from a delta's headers; None when absent."""
+    headers = event.headers
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    found = {k: v for k, v in items}
+    try:
+        return int(found["dnsqr-source-partition"]), int(found["dnsqr-source-offset"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _delta_window(event: EventT | None) -> float:
     """The windowed table's clock: the current delta's ``window_start`` (record time)."""
     if event is None:
@@ -134,13 +173,21 @@ class Tables:
     #: (name server, window start) -> (window counts, total counts) changed since the last snapshot
     pending: dict[tuple[str, int], tuple[CountsDict, CountsDict]] = field(default_factory=dict)
 
-    def apply(self, delta: Mapping[str, Any]) -> None:
-        """Add one ``NsStatsDelta`` to both tables (call from the agent only)."""
+    def apply(self, delta: Mapping[str, Any], source: tuple[int, int] | None = None) -> None:
+        """Add one ``NsStatsDelta`` to both tables (call from the agent only).
+
+        ``source`` (input partition, last input offset) makes the update idempotent: a table value that
+        has applied that offset of that partition already is left as it is (see the module doc).
+        """
         ns = delta["name_server"]
-        total = add_counts(self.totals[ns], delta)
-        self.totals[ns] = total
-        window = add_counts(self.windows[ns].value(), delta)
-        self.windows[ns] = window
+        current = self.totals[ns]
+        total = current if applied(current, source) else add_counts(current, delta, source)
+        if total is not current:
+            self.totals[ns] = total
+        current = self.windows[ns].value()
+        window = current if applied(current, source) else add_counts(current, delta, source)
+        if window is not current:
+            self.windows[ns] = window
         # Re-insert at the end: snapshots go out in insertion order, and the last one of a name server
         # (whichever window it is for) must carry its newest total, since readers keep the latest.
         key = (ns, delta["window_start"])
@@ -180,12 +227,13 @@ def install(app: PipelineApp) -> Tables:
         .relative_to(_delta_window)
     )
     tables = Tables(totals, windows)
+    exactly_once = settings.processing_guarantee == "exactly_once"
 
     @app.agent(stats, name="dnsqr-ns-aggregator")
     async def aggregate(stream: StreamT[dict[str, Any]]) -> None:
         """Apply each delta to the tables."""
-        async for delta in stream:
-            tables.apply(delta)
+        async for event in stream.events():
+            tables.apply(event.value, delta_source(event) if exactly_once else None)
 
     @app.task
     async def declare_counts_topic() -> None:

@@ -8,9 +8,18 @@ the producer as whole record batches (:class:`KafkaBatchOutput`), one per destin
 
 Delivery: the batch's events are acknowledged by Faust only after the loop body returns, and the body
 returns only once the broker has acknowledged every output of the batch (acks=all). A crash before that
-re-delivers the containers (at-least-once; outputs are keyed and the sink is idempotent). Under
-``exactly_once`` the outputs go through the transactional producer of the input partition they come from,
-so they commit atomically with that partition's offsets.
+re-delivers the containers (at-least-once; outputs are keyed and the sink is idempotent).
+
+Under ``exactly_once`` the outputs must be in the *same* transaction as the offsets of the events they
+come from. Sending them from the agent body does not achieve that: Faust's commit timer computes the
+offsets to commit (from acknowledged events) and then commits the input partition's transaction, so
+outputs sent while a batch is still unacknowledged are committed with the *previous* offsets; a crash
+before the next commit replays the batch and duplicates them (measured: ~15% of failures duplicated with
+a worker SIGKILLed mid-stream, tests/processors/test_worker_crash.py). So the outputs are held, tagged
+with the input offset they derive from, and sent from Faust's commit path itself (the hook Faust uses for
+its own "attached" messages, called with exactly the offsets about to be committed, before the
+transaction commits). Held outputs of an earlier consumer generation are dropped: after a rebalance Faust
+seeks back to the committed offsets and the events are processed again.
 
 Per-name-server deltas are summed over the whole batch of containers, per input partition and
 (name server, window), before they are sent: the aggregator's cost is per delta event, so it scales with
@@ -26,9 +35,11 @@ import asyncio
 import io
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import Awaitable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -55,6 +66,13 @@ Record = tuple[bytes | None, bytes]
 BATCH_CONTAINERS = 64
 #: ...or what arrived within this many seconds.
 BATCH_SECONDS = 0.5
+
+#: Offset of the last event of each input partition in the batch being processed (exactly_once needs it
+#: to hold outputs until that offset is committed). A context variable rather than a ``send`` argument so
+#: that :class:`Output` implementations that do not care (unit tests) keep their signature.
+batch_offsets: ContextVar[Mapping[TP, int]] = ContextVar("dnsqr_batch_offsets", default=MappingProxyType({}))
+#: Consumer generation the batch being processed was fetched in (exactly_once), for the same reason.
+batch_generation: ContextVar[int | None] = ContextVar("dnsqr_batch_generation", default=None)
 
 
 class Output(Protocol):
@@ -216,7 +234,47 @@ class PartitionBatch:
 
 
 async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
-    """Filter a batch of raw events and send every output; returns when they are durable."""
+    """Filter a batch of raw events and send every output; returns when they are durable (at_least_once) or
+    held for the commit of their offsets (exactly_once)."""
+    generation: int | None = None
+    if app.settings.processing_guarantee == "exactly_once":
+        # Events fetched before the last rebalance can still sit in ``take_events``' buffer; Faust has
+        # sought back to the committed offsets and delivers them again under the new generation, so their
+        # outputs here would be a second copy.
+        generation = app.consumer_generation_id
+        current = [e for e in events if getattr(e.message, "generation_id", None) in (generation, None)]
+        if len(current) < len(events):
+            log.info("skipping %d events fetched before the last rebalance", len(events) - len(current))
+        events = current
+    last: dict[TP, int] = {}
+    for event in events:
+        tp, offset = event.message.tp, event.message.offset
+        if offset > last.get(tp, -1):
+            last[tp] = offset
+    token = batch_offsets.set(last)
+    gen_token = batch_generation.set(generation)
+    try:
+        await _process_events(app, events, clock, last)
+    finally:
+        batch_generation.reset(gen_token)
+        batch_offsets.reset(token)
+
+
+def source_headers(source: TP, offset: int) -> Headers:
+    """Headers of a delta naming the input partition and the last input offset it accounts for.
+
+    Under exactly_once the aggregator uses them to apply each delta once even though Faust writes table
+    changelogs outside the transaction (see ``aggregator.py``).
+    """
+    return [
+        ("dnsqr-source-partition", str(source.partition).encode()),
+        ("dnsqr-source-offset", str(offset).encode()),
+    ]
+
+
+async def _process_events(
+    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, last: Mapping[TP, int]
+) -> None:
     settings = app.settings
     counters = app.counters
     batches: dict[TP, PartitionBatch] = {}
@@ -251,8 +309,21 @@ async def process_events(app: PipelineApp, events: Sequence[EventT], clock: Wind
         counters.deltas += len(deltas)
         await asyncio.gather(
             app.output.send(settings.failures_topic, batch.failures, source=source),
-            app.output.send(settings.stats_topic, deltas, source=source),
+            app.output.send(
+                settings.stats_topic, deltas, source=source, headers=source_headers(source, last[source])
+            ),
         )
+
+
+@dataclass
+class HeldOutput:
+    """Records held under exactly_once until the input offset they derive from is committed."""
+
+    offset: int
+    generation: int
+    topic: str
+    records: list[Record]
+    headers: Headers | None
 
 
 class KafkaBatchOutput:
@@ -262,26 +333,27 @@ class KafkaBatchOutput:
     per-partition transactional producers and their locks), because Faust's own ``Topic.send`` builds a
     message, future and callback per record: ~100 us each, the bottleneck measured in the prototype.
     Keys are partitioned like Kafka's default partitioner (murmur2), cached per key.
+
+    Under exactly_once, outputs with a ``source`` are held and sent by :meth:`publish_held` from Faust's
+    commit (see the module doc).
     """
 
     def __init__(self, app: PipelineApp) -> None:
         self.app = app
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[str, int, bytes], int] = {}
+        self._held: dict[TP, list[HeldOutput]] = {}
 
-    def _producer(self, source: TP | None) -> tuple[Any, AbstractAsyncContextManager[Any]] | None:
-        """The aiokafka producer for outputs of ``source`` and the lock to hold while using it; None when
-        ``source`` is no longer assigned to us (exactly_once: its events will be processed again by its
-        new owner, so their outputs must not be sent)."""
+    def _producer(self, source: TP) -> tuple[Any, AbstractAsyncContextManager[Any]] | None:
+        """The transactional producer of ``source`` and its lock; None when ``source`` is no longer
+        assigned to us (its events will be processed again by its new owner)."""
         faust_producer: Any = self.app.producer
-        if self.app.in_transaction and source is not None:
-            group = self.app.assignor.group_for_topic(source.topic)
-            tid = f"{self.app.conf.id}-{group}-{source.partition}"
-            producer = faust_producer._transaction_producers.get(tid)
-            if producer is None:
-                return None
-            return producer, faust_producer._trn_locks[tid]
-        return faust_producer._ensure_producer(), nullcontext()
+        group = self.app.assignor.group_for_topic(source.topic)
+        tid = f"{self.app.conf.id}-{group}-{source.partition}"
+        producer = faust_producer._transaction_producers.get(tid)
+        if producer is None:
+            return None
+        return producer, faust_producer._trn_locks[tid]
 
     def _partition(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
         cache_key = (topic, len(partitions), key or b"")
@@ -299,28 +371,100 @@ class KafkaBatchOutput:
     ) -> None:
         if not records:
             return
-        target = self._producer(source)
-        if target is None:
-            log.info("%s no longer assigned: not sending %d records to %s", source, len(records), topic)
+        if self.app.in_transaction and source is not None:
+            offset = batch_offsets.get().get(source)
+            if offset is None:
+                raise RuntimeError(f"exactly_once output for {source} outside a batch of its events")
+            generation = batch_generation.get()
+            if generation is None:
+                generation = self.app.consumer_generation_id
+            self._held.setdefault(source, []).append(
+                HeldOutput(offset, generation, topic, list(records), headers)
+            )
             return
-        producer, lock = target
+        producer: Any = self.app.producer
+        await asyncio.gather(*await self._send_batches(producer._ensure_producer(), topic, records, headers))
+
+    async def _send_batches(
+        self, producer: Any, topic: str, records: Sequence[Record], headers: Headers | None
+    ) -> list[asyncio.Future[Any]]:
+        """Append ``records`` to the producer as one batch per partition; the futures of their delivery."""
         pending: list[asyncio.Future[Any]] = []
-        async with lock:
-            partitions = sorted(await producer.partitions_for(topic))
-            builders: dict[int, Any] = {}
-            for key, value in records:
-                p = self._partition(topic, key, partitions)
-                builder = builders.get(p)
-                if builder is None:
-                    builder = builders[p] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                    pending.append(await producer.send_batch(builder, topic, partition=p))
-                    builder = builders[p] = producer.create_batch()
-                    if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                        raise ValueError(f"a {len(value)}-byte record does not fit in one producer batch")
-            for p, builder in builders.items():
+        partitions = sorted(await producer.partitions_for(topic))
+        builders: dict[int, Any] = {}
+        for key, value in records:
+            p = self._partition(topic, key, partitions)
+            builder = builders.get(p)
+            if builder is None:
+                builder = builders[p] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                 pending.append(await producer.send_batch(builder, topic, partition=p))
-        await asyncio.gather(*pending)
+                builder = builders[p] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                    raise ValueError(f"a {len(value)}-byte record does not fit in one producer batch")
+        for p, builder in builders.items():
+            pending.append(await producer.send_batch(builder, topic, partition=p))
+        return pending
+
+    async def publish_held(self, tp: TP, commit_offset: int) -> list[Awaitable[Any]]:
+        """Send the held outputs of events of ``tp`` below ``commit_offset`` into ``tp``'s transaction.
+
+        Called by Faust's commit just before it sends ``commit_offset`` to that transaction and commits
+        it, so outputs and offsets become visible together or not at all.
+        """
+        held = self._held.pop(tp, None)
+        if not held:
+            return []
+        generation = self.app.consumer_generation_id
+        ready = [h for h in held if h.offset < commit_offset and h.generation == generation]
+        keep = [h for h in held if h.offset >= commit_offset and h.generation == generation]
+        if keep:
+            self._held[tp] = keep
+        if len(ready) + len(keep) < len(held):
+            log.info(
+                "%s: dropping outputs of %d batches of an earlier generation",
+                tp,
+                len(held) - len(ready) - len(keep),
+            )
+        if not ready:
+            return []
+        target = self._producer(tp)
+        if target is None:
+            log.info("%s no longer assigned: not sending the outputs of %d batches", tp, len(ready))
+            self._held.pop(tp, None)
+            return []
+        producer, lock = target
+        pending: list[Awaitable[Any]] = []
+        async with lock:
+            for h in ready:
+                pending += await self._send_batches(producer, h.topic, h.records, h.headers)
+        return pending
+
+    def discard(self, tps: Sequence[TP] | set[TP]) -> None:
+        """Forget the held outputs of ``tps`` (revoked: their events will be processed again)."""
+        for tp in tps:
+            self._held.pop(tp, None)
+
+
+def hook_commit(app: PipelineApp, output: KafkaBatchOutput) -> None:
+    """Make Faust's commit send ``output``'s held records (exactly_once; see the module doc).
+
+    Faust calls ``app._attachments.publish_for_tp_offset(tp, offset)`` for each partition it is about to
+    commit, after computing the offsets and before committing the transaction, and waits for the returned
+    futures: the one point where outputs can join the transaction of exactly the offsets they belong to.
+    """
+    attachments: Any = app._attachments
+    original = attachments.publish_for_tp_offset
+
+    async def publish_for_tp_offset(tp: TP, offset: int) -> list[Awaitable[Any]]:
+        return [*await original(tp, offset), *await output.publish_held(tp, offset)]
+
+    attachments.publish_for_tp_offset = publish_for_tp_offset
+
+    @app.on_partitions_revoked.connect
+    async def discard_held(sender: Any, revoked: set[TP], **_: Any) -> None:
+        """Held outputs of revoked partitions never go out; Faust replays their events from the commit."""
+        output.discard(revoked)
 
 
 def install(app: PipelineApp) -> None:
@@ -333,7 +477,11 @@ def install(app: PipelineApp) -> None:
         app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         for name in (settings.failures_topic, settings.dlq_topic)
     ]
-    app.output = KafkaBatchOutput(app)
+    output = KafkaBatchOutput(app)
+    app.output = output
+    if settings.processing_guarantee == "exactly_once":
+        # not app.in_transaction: that is False until the Worker has started the app
+        hook_commit(app, output)
 
     @app.task
     async def declare_outputs() -> None:

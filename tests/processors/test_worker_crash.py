@@ -1,0 +1,362 @@
+"""A Faust worker SIGKILLed mid-stream and restarted: the sink's files and the counts stay exact.
+
+Two ``dnsqr-pipeline worker`` processes share a 4-partition raw topic. Containers of the live_resolver
+capture (repeated) are produced slowly, so that one worker is killed while records are still arriving and
+while it holds an open transaction (exactly_once) or un-acknowledged events (at_least_once); it is then
+restarted at once, which rebalances the group a second time while production goes on.
+
+The expected outputs are computed here, not taken from the pipeline: failures with
+:class:`nmsgdns.edns.EdnsFilter` (checked first against the reference filter's own output for one copy of
+the capture), and the per-name-server delta fields with the filter agent's pure function
+:func:`processors.filter_agent.filter_container` run in this process. What is under test is delivery, not
+the rule.
+
+- exactly_once: the union of the sink's files should be exactly the expected multiset (nothing missing,
+  nothing twice) and the latest counts snapshot of every name server should equal the expected totals;
+  the sink reads ``read_committed`` (librdkafka's default, not changed by the sink). KNOWN TO FAIL: the
+  filter agent sends its outputs before Faust commits the input offsets, and Faust 0.15.3 writes table
+  changelogs outside the transaction, so a worker killed mid-stream leaves duplicated failures (564 of
+  3,588 in one run) and high counts. The case is marked xfail until that is fixed.
+- at_least_once: nothing may be missing; redelivered containers legitimately produce duplicates (the
+  sink's file naming dedups replays of the *same* failures-topic offsets, not a second copy at a new
+  offset), so the test only prints how many.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from fastavro import schemaless_reader
+
+from dnsqr_pipeline.job import JobError, free_port, read_latest_counts, wait_caught_up
+from dnsqr_schemas import avro_schema
+from nmsgdns.edns import EdnsFilter
+from processors.filter_agent import Counts, WindowClock, filter_container
+from tests import corpus
+from tests.processors.helpers import expected_failures, raw_containers, read_payloads
+from tests.processors.test_integration import Run
+from tests.sink.helpers import files_multiset
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CASE = "live_resolver"
+#: the capture (2596 records, 598 failures) is produced this many times: ~15.6k records, ~3.6k failures
+COPIES = 6
+PER_CONTAINER = 100
+RAW_PARTITIONS = 4
+#: seconds between containers: production lasts ~12 s, long enough for the kill to land mid-stream
+PRODUCE_INTERVAL = 0.08
+#: kill the victim once this share of the containers has been produced (and the group has committed some)
+KILL_AT = 0.4
+#: the whole test, from topic creation to the last assertion (pytest-timeout backs it up)
+BUDGET = 140.0
+SINK_IDLE_EXIT = 3
+#: fields of the counts totals that the filter agent's deltas determine
+COUNT_FIELDS = ("failures", "edns_answered", "timeouts")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the pipeline must produce for the containers of one run."""
+
+    containers: list[bytes]
+    failures: Counter[bytes]
+    #: name server -> {failures, edns_answered, timeouts}
+    totals: dict[str, dict[str, int]]
+
+
+def expected_outputs() -> Expected:
+    """The containers to produce and their expected failures and per-name-server totals.
+
+    Failures come from ``EdnsFilter`` over the payloads; for one copy they must equal the reference
+    filter's ``NAME.filtered.nmsg`` and ``NAME.expected_counts.json`` (reference parity), otherwise the
+    comparison below would test our rule against itself.
+    """
+    payloads = read_payloads(corpus.path(f"{CASE}.nmsg"))
+    edns = EdnsFilter()
+    one_copy = Counter(p for p in payloads if edns.select(p))
+    assert one_copy == expected_failures(CASE)
+    assert dict(edns.failures_by_ns) == corpus.expected_counts(CASE)
+
+    containers = raw_containers(CASE, PER_CONTAINER) * COPIES
+    clock = WindowClock(3600)
+    totals: dict[str, Counts] = {}
+    for data in containers:
+        for (ns, _window), c in filter_container(data, clock).counts.items():
+            totals.setdefault(ns, Counts()).merge(c)
+    failures = Counter({p: n * COPIES for p, n in one_copy.items()})
+    by_ns = {ns: {f: getattr(c, f) for f in COUNT_FIELDS} for ns, c in totals.items()}
+    assert {ns: t["failures"] for ns, t in by_ns.items() if t["failures"]} == {
+        ns: n * COPIES for ns, n in edns.failures_by_ns.items()
+    }
+    return Expected(containers, failures, by_ns)
+
+
+@pytest.fixture(scope="module")
+def expected() -> Expected:
+    return expected_outputs()
+
+
+class CliRun(Run):
+    """:class:`Run`'s topics and group, with workers started as ``dnsqr-pipeline worker`` processes.
+
+    Workers run in ``work_dir`` because Faust creates its data directory (``<app id>-data``) in the
+    current directory, which would otherwise be the repository.
+    """
+
+    def __init__(self, *args: Any, work_dir: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.work_dir = work_dir
+        self.kafka = {"bootstrap.servers": self.bootstrap}
+        self.started = 0
+
+    def start_worker(self, log_dir: Path) -> int:
+        port = free_port()
+        log_path = log_dir / f"worker-{self.started}.log"
+        self.started += 1
+        argv = [
+            sys.executable, "-m", "dnsqr_pipeline.cli", "worker",
+            "--bootstrap-servers", self.bootstrap, "--app-id", self.app_id,
+            "--raw-topic", self.topics["raw"], "--failures-topic", self.topics["failures"],
+            "--stats-topic", self.topics["stats"], "--counts-topic", self.topics["counts"],
+            "--dlq-topic", self.topics["dlq"], "--processing-guarantee", self.guarantee,
+            "--snapshot-interval", "0.3", "--window-expires-seconds", "0", "--web-port", str(port),
+        ]  # fmt: skip
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                argv, cwd=self.work_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.workers.append((proc, port, log_path))
+        return port
+
+    def kill_worker(self, index: int) -> subprocess.Popen[bytes]:
+        """SIGKILL one worker (no shutdown code runs) and forget it, so liveness checks skip it."""
+        proc, _, _ = self.workers.pop(index)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return proc
+
+    def committed_raw(self) -> int:
+        """Raw-topic records (containers) the group has committed so far (0 before its first commit)."""
+        consumer = Consumer({**self.kafka, "group.id": self.app_id, "enable.auto.commit": False})
+        try:
+            wanted = [TopicPartition(self.topics["raw"], p) for p in range(RAW_PARTITIONS)]
+            return sum(max(tp.offset, 0) for tp in consumer.committed(wanted, timeout=10))
+        finally:
+            consumer.close()
+
+
+@pytest.fixture
+def crash_runs() -> Iterator[list[CliRun]]:
+    """The test's runs; their workers are stopped however the test ends."""
+    runs: list[CliRun] = []
+    yield runs
+    for run in runs:
+        run.stop_workers()
+
+
+def produce_with_kill(
+    run: CliRun, containers: list[bytes], log_dir: Path, deadline: float
+) -> tuple[int, int]:
+    """Produce ``containers`` slowly; SIGKILL worker 0 part way and start a replacement at once.
+
+    Returns (containers produced, raw containers committed by the group) at the moment of the kill.
+    """
+    producer = Producer({**run.kafka, "linger.ms": 5, "enable.idempotence": True, "compression.type": "lz4"})
+    kill_after = int(len(containers) * KILL_AT)
+    killed_at: tuple[int, int] | None = None
+    for i, data in enumerate(containers):
+        producer.produce(run.topics["raw"], data)
+        producer.poll(0)
+        if killed_at is None and i >= kill_after:
+            committed = run.committed_raw()
+            if committed > 0:  # the victim has been working, not only joining
+                victim = run.kill_worker(0)
+                assert victim.returncode == -signal.SIGKILL
+                run.start_worker(log_dir)
+                killed_at = (i + 1, committed)
+        assert time.monotonic() < deadline, "producing took too long"
+        time.sleep(PRODUCE_INTERVAL)
+    assert producer.flush(30) == 0
+    assert killed_at is not None, f"the group never committed anything; {run.logs()}"
+    return killed_at
+
+
+def run_sink(run: CliRun, out: Path, log_path: Path, deadline: float) -> None:
+    """``dnsqr-pipeline sink`` in its own group over the failures topic, until idle for a few seconds."""
+    argv = [
+        sys.executable, "-m", "dnsqr_pipeline.cli", "sink", "--bootstrap-servers", run.bootstrap,
+        "--kafka-config", "session.timeout.ms=6000", "--kafka-config", "heartbeat.interval.ms=500",
+        "--output-dir", str(out), "--failures-topic", run.topics["failures"],
+        "--group", f"{run.app_id}-sink", "--idle-exit", str(SINK_IDLE_EXIT),
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        status = proc.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert status == 0, log_path.read_text(errors="replace")[-3000:]
+
+
+def read_all(run: CliRun, topic: str, isolation: str) -> list[bytes]:
+    """Every value of ``topic`` up to its current end, read with the given ``isolation.level``."""
+    consumer = Consumer(
+        {
+            **run.kafka,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+        }
+    )
+    values: list[bytes] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        at_eof: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(at_eof) < len(partitions):
+            assert time.monotonic() < deadline, f"reading {topic} took too long"
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is None:
+                    values.append(msg.value())
+                    at_eof.discard(msg.partition())
+                elif msg.error().code() == -191:  # _PARTITION_EOF
+                    at_eof.add(msg.partition())
+                else:
+                    raise AssertionError(msg.error())
+    finally:
+        consumer.close()
+    return values
+
+
+def failure_payloads(values: list[bytes]) -> Counter[bytes]:
+    schema = avro_schema("edns_failure")
+    return Counter(schemaless_reader(io.BytesIO(v), schema, None)["payload"] for v in values)
+
+
+def wait_for_totals(
+    run: CliRun, want: dict[str, dict[str, int]], deadline: float, exact: bool
+) -> dict[str, dict[str, int]]:
+    """Latest snapshot totals per name server, once they equal ``want`` (``exact``) or reach it."""
+    got: dict[str, dict[str, int]] = {}
+    while time.monotonic() < deadline:
+        try:
+            latest = read_latest_counts(run.kafka, run.topics["counts"])
+        except JobError:
+            latest = {}
+        got = {ns: {f: t[f] for f in COUNT_FIELDS} for ns, t in latest.items()}
+        if got == want or (
+            not exact
+            and got.keys() == want.keys()
+            and all(got[ns][f] >= want[ns][f] for ns in want for f in COUNT_FIELDS)
+        ):
+            return got
+        run.check_workers_alive()
+        time.sleep(1.0)
+    return got
+
+
+@pytest.mark.timeout(BUDGET + 10)
+@pytest.mark.parametrize(
+    "guarantee",
+    [
+        pytest.param(
+            "exactly_once",
+            marks=pytest.mark.xfail(
+                reason="outputs are sent before the input offsets commit, and Faust writes changelogs "
+                "outside the transaction: a SIGKILL mid-stream duplicates failures (see module doc)",
+                strict=False,
+            ),
+        ),
+        "at_least_once",
+    ],
+)
+def test_worker_sigkill_mid_stream_and_restart(
+    crash_runs: list[CliRun],
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    expected: Expected,
+    guarantee: str,
+) -> None:
+    deadline = time.monotonic() + BUDGET
+    work_dir = tmp_path / "workers"
+    work_dir.mkdir()
+    run = CliRun(kafka_bootstrap, new_topic, RAW_PARTITIONS, guarantee, work_dir=work_dir)
+    crash_runs.append(run)
+    run.start_worker(tmp_path)
+    run.start_worker(tmp_path)
+    # both own raw partitions before the first record, so the victim certainly has work when killed
+    run.wait_group_stable(2)
+
+    produced_at_kill, committed_at_kill = produce_with_kill(run, expected.containers, tmp_path, deadline)
+    total_records = len(expected.containers) * PER_CONTAINER
+    assert produced_at_kill < len(expected.containers), "the kill must land before the input ends"
+
+    try:
+        wait_caught_up(run.kafka, run.app_id, run.topics["raw"], [], deadline, "the filter agent")
+    except JobError as exc:
+        raise AssertionError(f"{exc}; {run.logs()}") from None
+    run.check_workers_alive()
+
+    out = tmp_path / "out"
+    run_sink(run, out, tmp_path / "sink.log", deadline)
+    written = files_multiset(out)
+    missing = expected.failures - written
+    extra = written - expected.failures
+
+    topic_all = failure_payloads(read_all(run, run.topics["failures"], "read_uncommitted"))
+    topic_committed = failure_payloads(read_all(run, run.topics["failures"], "read_committed"))
+    print(
+        f"\n{guarantee}: killed after {produced_at_kill}/{len(expected.containers)} containers "
+        f"({committed_at_kill} committed, {total_records} dnsqr records in all); failures expected "
+        f"{expected.failures.total()}, committed on the topic {topic_committed.total()}, in the topic "
+        f"including aborted {topic_all.total()}, in the files {written.total()} "
+        f"(missing {missing.total()}, duplicated {extra.total()})"
+    )
+    assert not missing, f"{missing.total()} failures missing from the files"
+    assert written == topic_committed, "the sink writes every committed failure once, nothing else"
+
+    totals = wait_for_totals(run, expected.totals, deadline, exact=guarantee == "exactly_once")
+    if guarantee == "exactly_once":
+        assert not extra, f"{extra.total()} failures duplicated in the files"
+        assert totals == expected.totals, run.logs()
+    else:
+        over = {
+            ns: {f: totals[ns][f] - want[f] for f in COUNT_FIELDS}
+            for ns, want in expected.totals.items()
+            if ns in totals and totals[ns] != want
+        }
+        print(f"at_least_once: {extra.total()} duplicated failures; counts over by {over}")
+        assert totals.keys() == expected.totals.keys(), "no name server may be missing from the counts"
+        assert all(totals[ns][f] >= want[f] for ns, want in expected.totals.items() for f in COUNT_FIELDS), (
+            "at-least-once counts may be high, never low"
+        )
+
+    # The reported exactly_once hang on SIGTERM ("Not in the middle of a transaction") would show here,
+    # after a kill and two rebalances: every remaining worker must exit 0 within 15 s.
+    for proc, _, _ in run.workers:
+        proc.send_signal(signal.SIGTERM)
+    for proc, _, log_path in run.workers:
+        try:
+            status = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit within 15 s of SIGTERM; see {log_path}") from None
+        assert status == 0, log_path.read_text(errors="replace")[-3000:]
