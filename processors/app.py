@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import os
 import ssl
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -163,6 +165,14 @@ class PipelineApp(faust.App):
     dnsqr_tables: Tables
 
 
+def _datadir(app_id: str) -> str:
+    """Faust keeps a per-app directory even with the memory store: under ``$DNSQR_FAUST_DATADIR`` or the
+    temp dir, not (Faust's default) the user's working directory."""
+    base = Path(os.environ.get("DNSQR_FAUST_DATADIR") or Path(tempfile.gettempdir()) / "dnsqr-faust")
+    base.mkdir(parents=True, exist_ok=True)
+    return str(base / f"{app_id}-data")
+
+
 def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents, tables and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
@@ -174,6 +184,7 @@ def create_app(settings: Settings) -> PipelineApp:
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.credentials),
         store="memory://",
+        datadir=_datadir(settings.app_id),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
