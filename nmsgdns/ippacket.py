@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from functools import lru_cache
 from struct import Struct
 
 from nmsgdns.errors import PayloadError
@@ -42,9 +43,13 @@ _U16 = Struct(">H").unpack_from
 _U16_AT_4 = Struct(">4xH").unpack_from
 
 
+@lru_cache(maxsize=1 << 16)
 def ip_to_text(raw: bytes) -> str:
     """Render a 4- or 16-byte address the way nmsgtool does (``inet_ntop``: dotted quad, or the
-    compressed IPv6 form with embedded IPv4 for mapped/compatible addresses)."""
+    compressed IPv6 form with embedded IPv4 for mapped/compatible addresses).
+
+    Cached: the same few name servers and resolvers recur on every record of a stream, and the worker
+    renders one per record (a cache hit is a C-level dict lookup on the bytes)."""
     if len(raw) == 4:
         return socket.inet_ntop(socket.AF_INET, raw)
     if len(raw) == 16:
