@@ -23,7 +23,7 @@ from crc32c import crc32c
 from google.protobuf.message import DecodeError
 
 from nmsgdns.errors import ContainerError, TruncatedError
-from nmsgdns.payload import encode_varint, payload_data_span
+from nmsgdns.payload import encode_varint, payload_data_span, read_varint
 from nmsgdns.proto.nmsg_pb2 import Nmsg
 
 MAGIC = b"NMSG"
@@ -266,17 +266,7 @@ def _split_generic(
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _bad("truncated or overlong varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
+    return read_varint(data, pos, end, ContainerError, "Nmsg body")
 
 
 def parse_fragment(body: bytes) -> Fragment:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from nmsgdns.errors import PayloadError
+from nmsgdns.errors import NmsgDnsError, PayloadError
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 
 VID_BASE = 1
@@ -35,13 +35,19 @@ class PayloadFields(NamedTuple):
     group: int | None
 
 
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Decode a varint at ``pos``; protobuf allows at most 10 bytes."""
+def read_varint(
+    buf: bytes, pos: int, end: int, error: type[NmsgDnsError] = PayloadError, where: str = "NmsgPayload"
+) -> tuple[int, int]:
+    """Decode the protobuf varint at ``pos`` (at most 10 bytes); returns (value, next position).
+
+    Shared by the hand-written walks of payloads and container bodies; each passes the error type its
+    callers expect and a name for the message.
+    """
     result = 0
     shift = 0
     while True:
         if pos >= end or shift > 63:
-            raise PayloadError("NmsgPayload: truncated or overlong varint")
+            raise error(f"{where}: truncated or overlong varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -62,10 +68,10 @@ def payload_fields(payload: bytes) -> PayloadFields:
     data_start = data_end = 0
     source = operator = group = None
     while pos < end:
-        key, pos = _varint(payload, pos, end)
+        key, pos = read_varint(payload, pos, end)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _varint(payload, pos, end)
+            value, pos = read_varint(payload, pos, end)
             if field == 1:
                 vid = value & 0xFFFFFFFF
             elif field == 2:
@@ -79,7 +85,7 @@ def payload_fields(payload: bytes) -> PayloadFields:
             elif field == 9:
                 group = value & 0xFFFFFFFF
         elif wire == 2:
-            length, pos = _varint(payload, pos, end)
+            length, pos = read_varint(payload, pos, end)
             if pos + length > end:
                 raise PayloadError("NmsgPayload: length-delimited field runs past the end")
             if field == 5:
