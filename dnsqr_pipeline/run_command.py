@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -96,10 +97,17 @@ def run_main(args: argparse.Namespace) -> int:
     return _run(args, ingest)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
     if args.workers < 1:
         print(f"dnsqr-pipeline {args.command}: --workers must be at least 1", file=sys.stderr)
         return 2
+    # SIGTERM (e.g. from `timeout` or a scheduler) unwinds like Ctrl-C, so the job's workers, sink and
+    # embedded broker are stopped on the way out instead of being left running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         result = run_job(_job_config(args, ingest))
     except (JobError, IngestError, LocalKafkaError, TopicAdminError) as exc:

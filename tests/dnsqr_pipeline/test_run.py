@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,3 +124,28 @@ def test_run_needs_finite_sources(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "finite sources" in proc.stderr
+
+
+def test_sigterm_stops_the_job_and_everything_it_started(tmp_path: Path) -> None:
+    """A job killed by SIGTERM (as `timeout` does) leaves no worker, sink or broker behind."""
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnsqr_pipeline.cli", "demo", "--output-dir", str(out),
+         "--kafka-dir", str(tmp_path / "kafka")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "started 1 worker(s)" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    # The broker's command line names its directory; tests run one at a time, so any worker or sink
+    # process still alive now is the job's.
+    for pattern in (str(tmp_path), "dnsqr_pipeline.cli (worker|sink)"):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        assert not left, f"processes matching {pattern!r} still running: {left}"
