@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from nmsgdns.dnsqr import derive_query, derive_response, ip_to_text
-from nmsgdns.errors import DnsWireError
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.dnsqr_payload_pb2 import DnsqrPayload
 from nmsgdns.proto.dnsqr_pb2 import UDP_UNANSWERED_QUERY, DnsQR
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from nmsgdns.wire import Opt, scan_opt
+from nmsgdns.wire import Opt, scan_or
 
 
 class Verdict(enum.Enum):
@@ -52,13 +51,10 @@ class _Scan(enum.Enum):
     MALFORMED = "malformed"
 
 
-def _scan(wire: bytes | None) -> Opt | _Scan | None:
-    if wire is None:
-        return _Scan.ABSENT
-    try:
-        return scan_opt(wire)
-    except DnsWireError:
-        return _Scan.MALFORMED
+# Module-level names for the hot path; ``scan_or`` (C when built) returns one of them, an Opt or None,
+# so no exception is raised and caught per malformed side and no Python frame wraps the scan.
+_ABSENT = _Scan.ABSENT
+_MALFORMED = _Scan.MALFORMED
 
 
 @dataclass(slots=True)
@@ -119,26 +115,26 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
         return Judgement(Verdict.UNDECODABLE)
 
     response = derive_response(rec)
-    r = _scan(response)
+    r = scan_or(response, _ABSENT, _MALFORMED)
     if not detail:
-        if r is _Scan.ABSENT:
+        if r is _ABSENT:
             return Judgement(Verdict.NO_RESPONSE, rec)
-        if r is _Scan.MALFORMED:
+        if r is _MALFORMED:
             return Judgement(Verdict.RESPONSE_MALFORMED, rec)
         if r is not None:
             return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, None, r)
-    q = _scan(derive_query(rec))
+    q = scan_or(derive_query(rec), _ABSENT, _MALFORMED)
     query_opt = q if isinstance(q, Opt) else None
     response_opt = r if isinstance(r, Opt) else None
-    if r is _Scan.ABSENT:
+    if r is _ABSENT:
         verdict = Verdict.NO_RESPONSE
-    elif r is _Scan.MALFORMED:
+    elif r is _MALFORMED:
         verdict = Verdict.RESPONSE_MALFORMED
     elif r is not None:
         verdict = Verdict.RESPONSE_HAS_EDNS
-    elif q is _Scan.ABSENT:
+    elif q is _ABSENT:
         verdict = Verdict.NO_QUERY
-    elif q is _Scan.MALFORMED:
+    elif q is _MALFORMED:
         verdict = Verdict.QUERY_MALFORMED
     elif q is None:
         verdict = Verdict.QUERY_NO_EDNS

@@ -22,13 +22,14 @@ IPv4 fragment whose total length is smaller than its header) we return None inst
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from struct import Struct
 
 from nmsgdns.errors import PayloadError
+from nmsgdns.wire import load_extension
 
-__all__ = ["ip_to_text", "reassemble", "udp_payload"]
+__all__ = ["ip_to_text", "reassemble", "udp_payload", "udp_payload_py"]
 
 _IPPROTO_UDP = 17
 #: IPv6 extension headers libnmsg's datagram parser walks over (fragment header included, which fails).
@@ -57,11 +58,12 @@ def ip_to_text(raw: bytes) -> str:
     raise PayloadError(f"IP address field has {len(raw)} bytes, expected 4 or 16")
 
 
-def udp_payload(packet: bytes, ipv6: bool) -> bytes | None:
+def udp_payload_py(packet: bytes, ipv6: bool) -> bytes | None:
     """The UDP payload of one unfragmented IP packet, or None where ``nmsg_ipdg_parse`` fails.
 
     ``ipv6`` chooses the parser (libnmsg chooses by the length of the record's address field, not by
-    the packet's version nibble).
+    the packet's version nibble). The reference for the C version in ``nmsgdns/_wirescan.c``, which
+    :data:`udp_payload` is when the extension is built (``nmsgdns.wire.IMPLEMENTATION``).
     """
     n = len(packet)
     if ipv6:
@@ -95,6 +97,14 @@ def udp_payload(packet: bytes, ipv6: bool) -> bytes | None:
         ulen -= 8
     start = off + 8
     return packet[start : start + ulen]
+
+
+_ext = load_extension()
+if _ext is not None:
+    _ext.configure_ip(udp_payload_py)
+#: :func:`udp_payload_py`, or its C transcription (same results) when the extension is built; it runs
+#: once or twice per record, so the per-call cost of the Python walk showed in the filter's profile.
+udp_payload: Callable[[bytes, bool], bytes | None] = udp_payload_py if _ext is None else _ext.udp_payload
 
 
 class _Frag:

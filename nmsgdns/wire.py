@@ -19,15 +19,30 @@ behaviour whose outcome depends on whatever byte follows the buffer):
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from importlib import import_module
 from struct import Struct
 from struct import error as StructError
-from typing import NamedTuple
+from types import ModuleType
+from typing import NamedTuple, TypeVar
 
 from nmsgdns.errors import DnsWireError
 
-__all__ = ["TYPE_OPT", "Opt", "scan_opt"]
+__all__ = [
+    "IMPLEMENTATION",
+    "TYPE_OPT",
+    "Opt",
+    "load_extension",
+    "scan_opt",
+    "scan_opt_c",
+    "scan_opt_py",
+    "scan_or",
+    "scan_or_py",
+]
 
 TYPE_OPT = 41
+_T = TypeVar("_T")
 _CLASS_IN = 1
 #: Longest uncompressed name libwdns accepts, counting length octets but not the terminating zero.
 _MAXLEN_NAME = 255
@@ -179,7 +194,7 @@ def _name(wire: bytes, pos: int, known: dict[int, int]) -> int:
     pointer points backwards; the final length is the largest the walk reaches, so checking it once is
     checking every step. Everything else takes :func:`_name_walk`.
 
-    Reading past the end of ``wire`` raises IndexError, which :func:`scan_opt` turns into a parse failure:
+    Reading past the end of ``wire`` raises IndexError, which :func:`scan_opt_py` turns into a parse failure:
     every such read is a name running off the data.
     """
     src = pos
@@ -323,9 +338,12 @@ def _fields(wire: bytes, p: int, end: int, steps: tuple[_Step, ...], known: dict
         raise _fail("bytes left over after the last RDATA field", p)
 
 
-def scan_opt(wire: bytes) -> Opt | None:
+def scan_opt_py(wire: bytes) -> Opt | None:
     """Return the EDNS fields of ``wire`` (the first type-41 record in any section, question included),
     or None when the message parses without one.
+
+    This is the reference implementation; ``nmsgdns/_wirescan.c`` transcribes it step for step and the
+    property tests hold the two to identical results, exceptions and messages.
 
     Raises :class:`DnsWireError` when ``wdns_parse_message`` would fail on it. Reaching the end of the data
     exactly at a record boundary ends the walk successfully, even if the header counts more records.
@@ -401,3 +419,49 @@ def scan_opt(wire: bytes) -> Opt | None:
     except (IndexError, StructError):
         # Every out-of-range read is a name or record running off the end of the data.
         raise _fail("name or record runs past the end", n) from None
+
+
+#: Set to a non-empty value to make nmsgdns ignore its C extension (to test or time the fallback).
+PURE_PYTHON_ENV = "NMSGDNS_PURE_PYTHON"
+
+
+def load_extension() -> ModuleType | None:
+    """The compiled ``nmsgdns._wirescan``, or None when it is not built (no C compiler at install time)
+    or ``$NMSGDNS_PURE_PYTHON`` is set.
+
+    Quietly None: the pure-Python code gives the same results, only slower, and a worker must not log a
+    warning per process for it; :data:`IMPLEMENTATION` tells which one runs.
+    """
+    if os.environ.get(PURE_PYTHON_ENV):
+        return None
+    try:
+        return import_module("nmsgdns._wirescan")
+    except ImportError:
+        return None
+
+
+def scan_or_py(wire: bytes | None, absent: _T, malformed: _T) -> Opt | _T | None:
+    """One side of an exchange as the rule sees it: ``absent`` when ``wire`` is None, ``malformed``
+    where :func:`scan_opt_py` raises, else its result. One call per side keeps the rule's hot path free
+    of a Python frame and, in C, of building an exception nobody reads."""
+    if wire is None:
+        return absent
+    try:
+        return scan_opt_py(wire)
+    except DnsWireError:
+        return malformed
+
+
+_ext = load_extension()
+#: The C transcription of :func:`scan_opt_py` (same results, messages and offsets), when built.
+scan_opt_c: Callable[[bytes], Opt | None] | None = None
+if _ext is not None:
+    _ext.configure_wire(Opt, DnsWireError, scan_opt_py)
+    scan_opt_c = _ext.scan_opt
+    scan_or = _ext.scan
+else:
+    scan_or = scan_or_py
+#: Which scanner :func:`scan_opt` is: ``"c"`` (nmsgdns/_wirescan.c) or ``"python"`` (:func:`scan_opt_py`).
+IMPLEMENTATION = "python" if scan_opt_c is None else "c"
+#: The scanner in use. Inputs other than ``bytes`` always take the Python code (the C one hands them over).
+scan_opt: Callable[[bytes], Opt | None] = scan_opt_py if scan_opt_c is None else scan_opt_c
