@@ -154,6 +154,8 @@ class FilterCounters:
     failures: int = 0
     dead_letters: int = 0
     deltas: int = 0
+    #: raw records Faust delivered a second time within one consumer generation, dropped
+    redelivered: int = 0
 
 
 class PipelineApp(faust.App):
@@ -176,7 +178,7 @@ def _datadir(app_id: str) -> str:
 def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents, tables and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, filter_agent, views
+    from processors import aggregator, consumer, diagnostics, filter_agent, views
 
     settings = settings.validated()
     app = PipelineApp(
@@ -203,11 +205,13 @@ def create_app(settings: Settings) -> PipelineApp:
         producer_linger=0.005,
         producer_acks=-1,
     )
+    consumer.install(app)
     app.settings = settings
     app.counters = FilterCounters()
     filter_agent.install(app)
     app.dnsqr_tables = aggregator.install(app)
     views.install(app, app.dnsqr_tables)
+    diagnostics.install(app)
     return app
 
 

@@ -35,7 +35,7 @@ import asyncio
 import io
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -315,6 +315,32 @@ async def _process_events(
         )
 
 
+class Redelivery:
+    """Drops records that were processed already: Faust can deliver an offset twice.
+
+    It does so after a rebalance and after :class:`processors.consumer.PipelineConsumer` seeks back to fetch
+    a record that went missing. An offset below the committed one, or already acknowledged, was processed
+    (batches are taken and acknowledged one after another); processing it again would only duplicate its
+    outputs, which under exactly_once would be committed twice. ``done`` is the consumer's own record of
+    that (:meth:`processors.consumer.PipelineConsumer.done`); a second copy within one batch is dropped too.
+    """
+
+    def __init__(self, done: Callable[[TP, int], bool]) -> None:
+        self._done = done
+
+    def fresh(self, events: Sequence[EventT]) -> list[EventT]:
+        """``events`` without the ones processed already."""
+        out: list[EventT] = []
+        taken: set[tuple[TP, int]] = set()
+        for event in events:
+            key = (event.message.tp, event.message.offset)
+            if key in taken or self._done(*key):
+                continue
+            taken.add(key)
+            out.append(event)
+        return out
+
+
 @dataclass
 class HeldOutput:
     """Records held under exactly_once until the input offset they derive from is committed."""
@@ -493,5 +519,10 @@ def install(app: PipelineApp) -> None:
     async def edns_filter(stream: StreamT[bytes]) -> None:
         """Filter raw containers, a batch of events at a time (see module doc)."""
         clock = WindowClock(settings.window_seconds)
+        redelivery = Redelivery(app.consumer.done)
         async for events in stream.take_events(BATCH_CONTAINERS, within=BATCH_SECONDS):
-            await process_events(app, events, clock)
+            fresh = redelivery.fresh(events)
+            if len(fresh) < len(events):
+                app.counters.redelivered += len(events) - len(fresh)
+                log.info("dropped %d records delivered twice in this generation", len(events) - len(fresh))
+            await process_events(app, fresh, clock)

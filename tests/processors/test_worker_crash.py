@@ -13,20 +13,14 @@ the rule.
 
 - exactly_once: the union of the sink's files should be exactly the expected multiset (nothing missing,
   nothing twice) and the latest counts snapshot of every name server should equal the expected totals;
-  the sink reads ``read_committed`` (librdkafka's default, not changed by the sink). KNOWN TO FAIL
-  SOMETIMES: outputs now join the transaction of the offsets they derive from and deltas are applied once
-  (see processors/), which removed the duplicates in some runs, but others still duplicate failures (417
-  and 682 of 3,588); the suspect is offsets read back after a rebalance before a pending transactional
-  offset commit landed. Marked xfail until that is found.
-- at_least_once: nothing may be missing. KNOWN TO FAIL SOMETIMES: 2 of 8 runs lost failures (20 and 35
-  of 3,588; the failures topic itself lacked them). Faust acks a ``take_events`` batch only after the agent
-  body returned, and the body returns only after the broker acknowledged every output, so the suspect is
-  the consumer's position after the two rebalances a kill plus restart causes (a partition moving away
-  and back resuming from a stale fetch position instead of the committed offset); not yet confirmed. Until
-  it is found the case is marked xfail, so CI reports it (XPASS or XFAIL) without hiding it.
-  Otherwise: redelivered containers legitimately produce duplicates (the
-  sink's file naming dedups replays of the *same* failures-topic offsets, not a second copy at a new
-  offset), so the test only prints how many.
+  the sink reads ``read_committed`` (librdkafka's default, not changed by the sink).
+- at_least_once: nothing may be missing, and counts may be high, never low. Redelivered containers
+  legitimately produce duplicates (the sink's file naming dedups replays of the *same* failures-topic
+  offsets, not a second copy at a new offset), so the test only prints how many.
+
+Both failed in some runs until processors/consumer.py (Faust committing past a record it never delivered,
+and delivering others twice, across the two rebalances) and the filter agent's ``Redelivery``; the module
+doc of processors/consumer.py has the traces' findings.
 """
 
 from __future__ import annotations
@@ -156,6 +150,15 @@ class CliRun(Run):
         proc.wait(10)
         return proc
 
+    def task_dumps(self) -> str:
+        """The workers' logs after asking each for its asyncio task stacks (SIGUSR1): where a stuck one
+        waits."""
+        for proc, _, _ in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        return "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-30000:] for _, _, p in self.workers)
+
     def committed_raw(self) -> int:
         """Raw-topic records (containers) the group has committed so far (0 before its first commit)."""
         consumer = Consumer({**self.kafka, "group.id": self.app_id, "enable.auto.commit": False})
@@ -281,27 +284,7 @@ def wait_for_totals(
 
 
 @pytest.mark.timeout(BUDGET + 10)
-@pytest.mark.parametrize(
-    "guarantee",
-    [
-        pytest.param(
-            "exactly_once",
-            marks=pytest.mark.xfail(
-                reason="KNOWN BUG: a SIGKILL mid-stream still duplicates failures in some runs under "
-                "exactly_once (see module doc)",
-                strict=False,
-            ),
-        ),
-        pytest.param(
-            "at_least_once",
-            marks=pytest.mark.xfail(
-                reason="KNOWN BUG: a SIGKILL mid-stream sometimes loses failures under at_least_once "
-                "(20 and 35 of 3,588 missing in 2 of 8 runs); cause not yet found (see module doc)",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_worker_sigkill_mid_stream_and_restart(
     crash_runs: list[CliRun],
     kafka_bootstrap: str,
@@ -327,7 +310,7 @@ def test_worker_sigkill_mid_stream_and_restart(
     try:
         wait_caught_up(run.kafka, run.app_id, run.topics["raw"], [], deadline, "the filter agent")
     except JobError as exc:
-        raise AssertionError(f"{exc}; {run.logs()}") from None
+        raise AssertionError(f"{exc}; {run.task_dumps()}") from None
     run.check_workers_alive()
 
     out = tmp_path / "out"

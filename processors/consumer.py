@@ -1,0 +1,193 @@
+"""Faust's aiokafka consumer, made never to commit past a record it did not deliver.
+
+Faust 0.15 decides what to commit from the offsets its streams acknowledged, plus "gaps" (offsets it infers
+hold transaction markers). Traced in tests/processors/test_worker_crash.py (a worker SIGKILLed and
+restarted, two rebalances), three of its habits lose or duplicate records:
+
+1. After a rebalance it resumes the flow while recovering its tables, so records are delivered from the
+   positions aiokafka reset to the committed offsets; when recovery ends it seeks to the committed offsets
+   again (``perform_seek``) and moves its "last read offset" back, although records beyond it were
+   delivered. The record *at* the read offset is then delivered a second time (``offset >= read``), and
+   the next new record looks like a jump, so the span before it is recorded as a gap: offsets committed
+   as if processed.
+2. A record fetched in one generation but reaching the stream in the next is skipped by the stream, while
+   the fetch position has moved past it; a record the drain loop could not hand over before the flow
+   stopped still advances its read offset.
+3. Its commit treats the committed offset as the last processed one: with offset 24 committed and 25
+   onwards acknowledged, it commits past 24 although 24 was never processed (``min(acked) - committed >
+   1``). Together with 2 this is the loss the crash test measured: one container (20-35 failures) missing.
+
+:class:`PipelineConsumer` fixes 1 by not letting ``perform_seek`` move the read offset back below the last
+record delivered in the current generation, and closes 2 and 3 with a guard: when the first offset that
+would be committed lies beyond the committed one (a hole at the head), it does not commit that partition
+and seeks it back to the committed offset, once every :data:`RESEEK_SECONDS`. What the broker delivers
+after that seek settles the hole: the missing record itself (processed, the hole closes), or a later
+record first, which proves the hole holds no deliverable record (transaction markers, aborted data) and
+lets the commit through. Records delivered again by the seek are dropped by the filter agent
+(:class:`processors.filter_agent.Redelivery`), which asks :meth:`PipelineConsumer.done` whether an offset was
+processed already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer
+from faust.types import TP, Message
+
+log = logging.getLogger(__name__)
+
+#: At most one seek back per partition and hole this often, while the hole persists.
+RESEEK_SECONDS = 2.0
+
+
+@dataclass
+class Hole:
+    """A partition whose committed offset was not delivered, and the seek sent to fetch it again."""
+
+    committed: int
+    #: last offset delivered when the seek was sent: deliveries above it are new records, not the refetch
+    delivered_before: int
+    sent: float
+    #: set once the broker has shown that no deliverable record lies in [committed, proven_to)
+    proven_to: int | None = None
+    #: set once the missing record itself was delivered: its acknowledgement closes the hole
+    refetched: bool = False
+
+
+class PipelineConsumer(Consumer):
+    """aiokafka consumer that commits only offsets it delivered or proved empty (see module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: (generation, offset) of the last record delivered to the streams, per partition
+        self.delivered: dict[TP, tuple[int, int]] = {}
+        self.holes: dict[TP, Hole] = {}
+        #: seeks back to a hole, since start (``/dnsqr/stats``)
+        self.reseeks = 0
+        #: exactly_once: whether Faust's transactions are open (see :meth:`commit_and_end_transactions`)
+        self.transactions_open = False
+        self._seeks: set[asyncio.Future[None]] = set()
+        deliver = self.callback
+
+        async def callback(message: Message) -> None:
+            await deliver(message)
+            # recorded once handed over, and only when the stream will take it (same generation)
+            generation = self.app.consumer_generation_id
+            if message.generation_id == generation:
+                self.delivered[message.tp] = (generation, message.offset)
+                hole = self.holes.get(message.tp)
+                if hole is not None and hole.proven_to is None and not hole.refetched:
+                    self._settle(message.tp, hole, message.offset)
+
+        self.callback = callback
+
+    def done(self, tp: TP, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``tp`` was processed already (committed or acknowledged)."""
+        committed = self._committed_offset.get(tp)
+        if committed is not None and offset < committed:
+            return True
+        acked = self._acked_index.get(tp)
+        return acked is not None and offset in acked
+
+    def _settle(self, tp: TP, hole: Hole, offset: int) -> None:
+        """A delivery after the seek back to ``hole``: the missing record, or proof that there is none."""
+        if offset > hole.delivered_before:
+            return  # a new record from a fetch that preceded the seek, not the refetch
+        if offset <= hole.committed:
+            log.info("%s: offset %d delivered after seeking back", tp, hole.committed)
+            hole.refetched = True
+        else:
+            log.info("%s: offsets %d-%d hold no records (markers)", tp, hole.committed, offset - 1)
+            hole.proven_to = offset
+
+    async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+        for tp in revoked:
+            self.delivered.pop(tp, None)
+            self.holes.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Set[TP], generation_id: int = 0) -> None:
+        # Nothing of a new assignment is delivered yet. The drain loop can record a read offset for a
+        # revoked partition after the revocation cleared it (a record it could not hand over before the
+        # flow stopped); that stale value must not make the new owner drop records.
+        self.delivered.clear()
+        self.holes.clear()
+        for tp in assigned:
+            self._read_offset.pop(tp, None)
+        await super().on_partitions_assigned(assigned, generation_id)
+        # the app's handler, called by the line above, has begun a transaction per assigned partition
+        self.transactions_open = True
+
+    async def commit_and_end_transactions(self) -> None:
+        await super().commit_and_end_transactions()
+        self.transactions_open = False
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        """Skip a transactional commit once the transactions are ended.
+
+        Faust ends them (commits without beginning new ones) when partitions are revoked and when it stops,
+        but streams keep acknowledging events until they are stopped, and its stop path commits a second
+        time: ``send_offsets_to_transaction`` then raised "Not in the middle of a transaction" and the worker
+        hung on SIGTERM instead of exiting (seen in tests/processors/test_worker_crash.py). Offsets not
+        committed here are processed again by the next owner, whose transaction has the outputs too.
+        """
+        if self.in_transaction and not self.transactions_open:
+            log.info("transactions ended: not committing %s (replayed by the next owner)", dict(offsets))
+            return False
+        return await super()._commit_offsets(offsets, start_new_transaction)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        generation = self.app.consumer_generation_id
+        for tp, (delivered_in, last) in self.delivered.items():
+            sought = self._read_offset.get(tp)
+            if delivered_in == generation and (sought is None or last > sought):
+                self._read_offset[tp] = last
+
+    def _new_offset(self, tp: TP) -> int | None:
+        committed = self._committed_offset[tp]
+        acked = self._acked[tp]
+        if committed is not None and acked:
+            first = min(acked)
+            gap = self._gap.get(tp)
+            if gap:
+                first = min(first, min(interval.begin for interval in gap))
+            if first > committed:
+                hole = self.holes.get(tp)
+                if hole is None or hole.committed != committed or hole.proven_to is None:
+                    if hole is None or hole.committed != committed or not hole.refetched:
+                        self._seek_back(tp, committed)
+                    return None
+                # proven empty: a gap, so Faust's commit walks over it like over transaction markers
+                self._gap[tp].addi(committed, hole.proven_to)
+        self.holes.pop(tp, None)
+        return super()._new_offset(tp)
+
+    def _seek_back(self, tp: TP, committed: int) -> None:
+        """Fetch ``tp`` again from ``committed`` (rate-limited); see the module doc."""
+        hole = self.holes.get(tp)
+        now = time.monotonic()
+        if hole is not None and hole.committed == committed and now - hole.sent < RESEEK_SECONDS:
+            return
+        last = self.delivered.get(tp, (0, committed))[1]
+        self.holes[tp] = Hole(committed, last, now)
+        self.reseeks += 1
+        log.warning(
+            "%s: offset %d was not delivered but later ones were; not committing past it, fetching again",
+            tp,
+            committed,
+        )
+        seek = asyncio.ensure_future(self.seek(tp, committed))
+        self._seeks.add(seek)
+        seek.add_done_callback(self._seeks.discard)
+
+
+def install(app: Any) -> None:
+    """Make ``app`` create :class:`PipelineConsumer` (before its consumer exists, i.e. at app creation)."""
+    app.transport.Consumer = PipelineConsumer

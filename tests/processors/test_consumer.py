@@ -1,0 +1,192 @@
+"""PipelineConsumer's commit guard and read offsets, and the filter agent's Redelivery, without a broker.
+
+The consumer is built the way the app builds it but never started; its seeks are recorded instead of sent,
+and deliveries are made by calling its callback the way Faust's drain loop does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from processors.app import Settings, create_app
+from processors.consumer import PipelineConsumer
+from processors.filter_agent import Redelivery
+
+RAW = TP("raw", 1)
+GENERATION = 3
+
+
+@dataclass
+class FakeMessage:
+    tp: TP
+    offset: int
+    generation_id: int | None = GENERATION
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+@dataclass
+class Harness:
+    consumer: PipelineConsumer
+    seeks: list[tuple[TP, int]] = field(default_factory=list)
+    handed: list[int] = field(default_factory=list)
+
+
+def make_consumer() -> Harness:
+    app = create_app(Settings(app_id="test-consumer", web_enabled=False))
+    app.consumer_generation_id = GENERATION
+    handed: list[int] = []
+
+    async def on_message(message: Any) -> None:
+        handed.append(message.offset)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    consumer = PipelineConsumer(
+        app.transport, callback=on_message, on_partitions_revoked=nothing, on_partitions_assigned=nothing
+    )
+    harness = Harness(consumer, handed=handed)
+
+    async def seek(tp: TP, offset: int) -> None:
+        harness.seeks.append((tp, offset))
+        consumer._read_offset[tp] = offset
+
+    consumer.seek = seek  # type: ignore[method-assign]
+    return harness
+
+
+def ack(consumer: PipelineConsumer, *offsets: int) -> None:
+    for offset in offsets:
+        consumer._acked[RAW].append(offset)
+        consumer._acked_index[RAW].add(offset)
+
+
+async def deliver(consumer: PipelineConsumer, offset: int) -> None:
+    await consumer.callback(FakeMessage(RAW, offset))
+
+
+def test_contiguous_acks_commit_as_faust_does() -> None:
+    async def scenario() -> None:
+        h = make_consumer()
+        h.consumer._committed_offset[RAW] = 24
+        ack(h.consumer, 24, 25, 26)
+        assert h.consumer._new_offset(RAW) == 27
+        assert h.seeks == []
+
+    asyncio.run(scenario())
+
+
+def test_a_record_never_delivered_is_not_committed_past_and_is_fetched_again() -> None:
+    """Faust alone would commit 27 here (its check lets one missing offset through): the loss."""
+
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        c._committed_offset[RAW] = 24
+        for offset in (25, 26):
+            await deliver(c, offset)
+        ack(c, 25, 26)
+        assert c._new_offset(RAW) is None
+        await asyncio.sleep(0)
+        assert h.seeks == [(RAW, 24)]
+        # rate-limited: the next commit does not seek again at once
+        assert c._new_offset(RAW) is None
+        await asyncio.sleep(0)
+        assert h.seeks == [(RAW, 24)]
+        # the refetch delivers 24; until it is acknowledged nothing is committed, and no new seek is sent
+        await deliver(c, 24)
+        c.holes[RAW].sent -= 60
+        assert c._new_offset(RAW) is None
+        await asyncio.sleep(0)
+        assert h.seeks == [(RAW, 24)]
+        ack(c, 24)
+        assert c._new_offset(RAW) == 27
+        assert RAW not in c.holes
+
+    asyncio.run(scenario())
+
+
+def test_a_hole_the_broker_skips_after_the_seek_is_committed_over() -> None:
+    """Transaction markers: after seeking back, the first record delivered is beyond the hole."""
+
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        c._committed_offset[RAW] = 100
+        for offset in (101, 102):
+            await deliver(c, offset)
+        ack(c, 101, 102)
+        assert c._new_offset(RAW) is None
+        await asyncio.sleep(0)
+        assert h.seeks == [(RAW, 100)]
+        await deliver(c, 101)  # offset 100 was a marker: the broker starts at 101
+        assert c._new_offset(RAW) == 103
+
+    asyncio.run(scenario())
+
+
+def test_new_records_from_an_earlier_fetch_prove_nothing() -> None:
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        c._committed_offset[RAW] = 24
+        await deliver(c, 25)
+        ack(c, 25)
+        assert c._new_offset(RAW) is None
+        await deliver(c, 26)  # fetched before the seek: beyond everything delivered so far
+        hole = c.holes[RAW]
+        assert hole.proven_to is None and not hole.refetched
+        assert c._new_offset(RAW) is None
+
+    asyncio.run(scenario())
+
+
+def test_perform_seek_keeps_the_read_offset_of_records_already_delivered() -> None:
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        for offset in range(14, 23):
+            await deliver(c, offset)
+
+        async def seek_to_committed() -> dict[TP, int]:
+            return {RAW: 14}
+
+        c.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        await c.perform_seek()
+        # Faust would set 14: 14..21 refetched would be dropped but 22 delivered twice, and 23 seen as a
+        # jump from 14 (a gap 15-22 committed as if processed)
+        assert c._read_offset[RAW] == 22
+        assert c._committed_offset[RAW] == 14
+
+    asyncio.run(scenario())
+
+
+def test_deliveries_stamped_with_an_older_generation_do_not_count() -> None:
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        await c.callback(FakeMessage(RAW, 30, generation_id=GENERATION - 1))
+        assert RAW not in c.delivered
+
+    asyncio.run(scenario())
+
+
+def test_redelivery_drops_committed_acknowledged_and_repeated_offsets() -> None:
+    h = make_consumer()
+    c = h.consumer
+    c._committed_offset[RAW] = 10
+    ack(c, 10, 11)
+    other = TP("raw", 2)
+    events = [FakeEvent(FakeMessage(RAW, o)) for o in (9, 10, 11, 12, 12, 13)] + [
+        FakeEvent(FakeMessage(other, 9))
+    ]
+    fresh = Redelivery(c.done).fresh(events)  # type: ignore[arg-type]
+    assert [(e.message.tp.partition, e.message.offset) for e in fresh] == [(1, 12), (1, 13), (2, 9)]
