@@ -68,24 +68,27 @@ def derive_response(rec: DnsQR) -> bytes | None:
     return udp_payload(*assembled)
 
 
+#: str.translate table for one label decoded as latin-1: the bytes nmsgtool escapes, and their escapes
+_LABEL_ESCAPES = {
+    c: "\\" + chr(c) if c in (0x2E, 0x5C) else f"\\{c:03d}"
+    for c in range(256)
+    if c in (0x2E, 0x5C) or not 0x21 <= c <= 0x7E
+}
+
+
 def qname_to_text(wire: bytes) -> str:
     """Render an uncompressed wire-format name like nmsgtool (``wdns_domain_to_str``).
 
     Bytes ``!``..``~`` are literal except ``.`` and ``\\`` (backslash-escaped); others become ``\\DDD``.
-    The root name is ``.``; a name cut short is rendered as far as it goes.
+    The root name is ``.``; a name cut short is rendered as far as it goes. Each label is escaped by one
+    ``str.translate`` (C) rather than a Python loop per byte: this runs for every failure the worker sends.
     """
     out: list[str] = []
     n = len(wire)
     i = 0
     while i < n and wire[i]:
         end = i + 1 + wire[i]
-        for c in wire[i + 1 : end]:
-            if c in (0x2E, 0x5C):
-                out.append("\\" + chr(c))
-            elif 0x21 <= c <= 0x7E:
-                out.append(chr(c))
-            else:
-                out.append(f"\\{c:03d}")
+        out.append(wire[i + 1 : end].decode("latin-1").translate(_LABEL_ESCAPES))
         out.append(".")
         i = end
     return "".join(out) or "."

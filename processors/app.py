@@ -178,7 +178,7 @@ def _datadir(app_id: str) -> str:
 def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents, tables and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, consumer, diagnostics, filter_agent, views
+    from processors import aggregator, consumer, diagnostics, filter_agent, views, watchdog
 
     settings = settings.validated()
     app = PipelineApp(
@@ -212,6 +212,7 @@ def create_app(settings: Settings) -> PipelineApp:
     app.dnsqr_tables = aggregator.install(app)
     views.install(app, app.dnsqr_tables)
     diagnostics.install(app)
+    watchdog.install(app)
     return app
 
 

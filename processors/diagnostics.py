@@ -15,12 +15,37 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _await_chain(coro: Any) -> list[str]:
+    """Where a suspended coroutine waits: its frame and those of what it awaits, outermost first.
+
+    ``Task.print_stack`` shows only the outermost frame of a suspended task; following ``cr_await``
+    (coroutines, async generators, generator-based awaitables) reaches the frame that actually waits.
+    """
+    where: list[str] = []
+    seen = 0
+    while coro is not None and seen < 40:
+        seen += 1
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "ag_frame", None)
+            or getattr(coro, "gi_frame", None)
+        )
+        if frame is not None:
+            where.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "ag_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+        )
+    return where
+
+
 def dump_tasks() -> str:
-    """The stacks of all tasks of the running loop, as text."""
+    """The await chains of all tasks of the running loop, as text."""
     out = io.StringIO()
     for task in asyncio.all_tasks():
-        out.write(f"--- {task.get_name()} {task.get_coro()!r}\n")
-        task.print_stack(limit=12, file=out)
+        out.write(f"--- {task.get_name()}\n")
+        out.write("\n".join(_await_chain(task.get_coro())) + "\n")
     return out.getvalue()
 
 
