@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, pure in variants:
                 out = Path(tmp) / f"out{i}.nmsg"
                 t0 = time.perf_counter()
-                subprocess.run([exe, "-r", str(args.input), "-w", str(out), "--progress", "never"],
-                               check=True, stderr=subprocess.DEVNULL, env=_env(pure))
+                subprocess.run(
+                    [exe, "-r", str(args.input), "-w", str(out), "--progress", "never"],
+                    check=True,
+                    stderr=subprocess.DEVNULL,
+                    env=_env(pure),
+                )
                 dt = time.perf_counter() - t0
                 rates[name].append(records / dt)
                 rate = records / dt
@@ -86,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best [{name}] {best:,.0f} records/s; target {args.target:,.0f}: {verdict}")
     if args.judge:
         for pure in (False, True):
-            subprocess.run([sys.executable, "-c", _JUDGE_CHILD, str(args.input), str(args.judge_records)],
-                           check=True, env=_env(pure))
+            subprocess.run(
+                [sys.executable, "-c", _JUDGE_CHILD, str(args.input), str(args.judge_records)],
+                check=True,
+                env=_env(pure),
+            )
     return 0
 
 

@@ -227,13 +227,15 @@ def _data_after(kafka: Mapping[str, str], topic: str, positions: list[TopicParti
     consumer ever commits past, so "committed == end" never holds; reading on from the committed offset
     (read_committed) to the partition's end tells markers from records.
     """
-    probe = Consumer({
-        **kafka,
-        "group.id": f"dnsqr-run-probe-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "isolation.level": "read_committed",
-    })
+    probe = Consumer(
+        {
+            **kafka,
+            "group.id": f"dnsqr-run-probe-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
     try:
         probe.assign([TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in positions])
         waiting = {tp.partition for tp in positions}
@@ -326,21 +328,55 @@ def run_job(cfg: JobConfig) -> JobResult:
         stack.callback(stop_stages)
         common = _kafka_flags(kafka)
         for i in range(1, cfg.workers + 1):
-            stages.append(Stage(f"worker-{i}", _stage_command(
-                "worker", *common, "--app-id", app_id, "--raw-topic", topics.raw,
-                "--failures-topic", topics.failures, "--stats-topic", topics.stats,
-                "--counts-topic", topics.counts, "--dlq-topic", topics.raw_dlq,
-                "--partitions", str(cfg.partitions), "--processing-guarantee", cfg.processing_guarantee,
-                "--web-port", str(free_port()),
-            ), log_dir))
+            stages.append(
+                Stage(
+                    f"worker-{i}",
+                    _stage_command(
+                        "worker",
+                        *common,
+                        "--app-id",
+                        app_id,
+                        "--raw-topic",
+                        topics.raw,
+                        "--failures-topic",
+                        topics.failures,
+                        "--stats-topic",
+                        topics.stats,
+                        "--counts-topic",
+                        topics.counts,
+                        "--dlq-topic",
+                        topics.raw_dlq,
+                        "--partitions",
+                        str(cfg.partitions),
+                        "--processing-guarantee",
+                        cfg.processing_guarantee,
+                        "--web-port",
+                        str(free_port()),
+                    ),
+                    log_dir,
+                )
+            )
         # The sink runs alongside, as in production, in its own group. Its files rotate every
         # SINK_ROTATE_SECONDS, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
-        sink = Stage("sink", _stage_command(
-            "sink", *common, "--output-dir", str(cfg.output_dir), "--failures-topic", topics.failures,
-            "--dlq-topic", topics.failures_dlq, "--group", sink_group,
-            "--rotate-seconds", str(SINK_ROTATE_SECONDS),
-        ), log_dir)
+        sink = Stage(
+            "sink",
+            _stage_command(
+                "sink",
+                *common,
+                "--output-dir",
+                str(cfg.output_dir),
+                "--failures-topic",
+                topics.failures,
+                "--dlq-topic",
+                topics.failures_dlq,
+                "--group",
+                sink_group,
+                "--rotate-seconds",
+                str(SINK_ROTATE_SECONDS),
+            ),
+            log_dir,
+        )
         stages.append(sink)
         print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
 
@@ -415,4 +451,3 @@ def format_table(totals: Mapping[str, Mapping[str, Any]], top: int = 20) -> str:
     if len(totals) > top:
         lines.append(f"... and {len(totals) - top} more name servers")
     return "\n".join(lines)
-

@@ -51,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_job_arguments(parser: argparse.ArgumentParser, output_default: str | None) -> None:
     job = parser.add_argument_group("job")
     job.add_argument(
-        "--output-dir", required=output_default is None, default=output_default, type=Path,
+        "--output-dir",
+        required=output_default is None,
+        default=output_default,
+        type=Path,
         help="directory for the sink's NMSG files and the stages' logs"
         + (f" (default {output_default})" if output_default else ""),
     )
@@ -91,8 +94,11 @@ def run_main(args: argparse.Namespace) -> int:
         print(f"dnsqr-pipeline run: error: {exc}", file=sys.stderr)
         return 2
     if not (ingest.files or ingest.pcaps or ingest.kafka_sources):
-        print("dnsqr-pipeline run: give finite sources (-r, -p, or --kafka-source with --kafka-source-eof); "
-              "for live sockets use `ingest`, `worker` and `sink`", file=sys.stderr)
+        print(
+            "dnsqr-pipeline run: give finite sources (-r, -p, or --kafka-source with --kafka-source-eof); "
+            "for live sockets use `ingest`, `worker` and `sink`",
+            file=sys.stderr,
+        )
         return 2
     return _run(args, ingest)
 

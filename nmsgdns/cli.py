@@ -45,25 +45,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-r", dest="files", action="append", default=[], metavar="FILE", help="read NMSG file")
     p.add_argument(
-        "-l", dest="sockets", action="append", default=[], metavar="ADDR/PORT[..PORT2]",
+        "-l",
+        dest="sockets",
+        action="append",
+        default=[],
+        metavar="ADDR/PORT[..PORT2]",
         help="read NMSG datagrams from UDP socket(s), e.g. from nmsgtool -s",
     )
     p.add_argument(
-        "-C", dest="channels", action="append", default=[], metavar="CHANNEL",
+        "-C",
+        dest="channels",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
         help="read the UDP sockets of a channel alias (e.g. ch202)",
     )
     p.add_argument("--chalias", metavar="FILE", help="channel alias file (default: $NMSG_CHALIAS_FILE)")
     p.add_argument("-w", dest="output", metavar="FILE", help="write selected records to FILE ('-': stdout)")
     p.add_argument("-z", dest="zlib", action="store_true", help="zlib-compress output containers")
     p.add_argument(
-        "-c", dest="count", type=_positive_int, metavar="COUNT",
+        "-c",
+        dest="count",
+        type=_positive_int,
+        metavar="COUNT",
         help="stop after COUNT selected records (like nmsgtool -c, which counts output payloads)",
     )
     p.add_argument("--counts-json", metavar="FILE", help="write per-name-server failure counts {ip: n}")
     p.add_argument("--top", type=int, default=20, metavar="N", help="name servers in the stderr table")
     p.add_argument("--rcvbuf", type=_positive_int, default=RCVBUF_WANTED, help="UDP receive buffer bytes")
     p.add_argument(
-        "--progress", choices=("auto", "always", "never"), default="auto",
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
         help="progress bar on stderr while reading files (auto: when stderr is a terminal)",
     )
     p.add_argument("-L", dest="xs_input", metavar="XEP", help=argparse.SUPPRESS)
@@ -111,8 +124,13 @@ class Run:
         reader = ContainerStreamReader(fh, name=path)
         self.input_stats.append((path, reader.stats))
         bar = tqdm(
-            total=Path(path).stat().st_size, unit="B", unit_scale=True, desc=Path(path).name,
-            disable=not progress, file=sys.stderr, leave=False,
+            total=Path(path).stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=Path(path).name,
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
         )
         try:
             for batch in reader.batches():

@@ -63,7 +63,10 @@ def open_udp_socket(addr: str, port: int, rcvbuf: int = RCVBUF_WANTED) -> socket
     if got < rcvbuf:
         log.warning(
             "%s/%d: receive buffer is %d bytes, wanted %d (raise net.core.rmem_max or run as root)",
-            addr, port, got, rcvbuf,
+            addr,
+            port,
+            got,
+            rcvbuf,
         )
     return sock
 

@@ -110,7 +110,10 @@ def test_demo_starts_its_own_broker_and_matches_the_reference(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
     proc = subprocess.run(
         [sys.executable, "-m", "dnsqr_pipeline.cli", "demo", "--output-dir", str(tmp_path / "demo")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "counts equal the reference C filter's on this sample (598 failures)" in proc.stdout
@@ -120,7 +123,9 @@ def test_demo_starts_its_own_broker_and_matches_the_reference(tmp_path: Path) ->
 def test_run_needs_finite_sources(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dnsqr_pipeline.cli", "run", "-l", "127.0.0.1/9", "--output-dir", tmp_path],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "finite sources" in proc.stderr
@@ -131,9 +136,20 @@ def test_sigterm_stops_the_job_and_everything_it_started(tmp_path: Path) -> None
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dnsqr_pipeline.cli", "demo", "--output-dir", str(out),
-         "--kafka-dir", str(tmp_path / "kafka")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dnsqr_pipeline.cli",
+            "demo",
+            "--output-dir",
+            str(out),
+            "--kafka-dir",
+            str(tmp_path / "kafka"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in proc.stderr:

@@ -85,7 +85,8 @@ def test_socket_replay_equals_reference(case: str, tmp_path: Path) -> None:
     out = tmp_path / "out.nmsg"
     proc = subprocess.Popen(
         [*FILTER, "-l", f"127.0.0.1/{port}", "-w", str(out), "--counts-json", str(tmp_path / "c.json")],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert "listening on" in proc.stderr.readline()
@@ -107,8 +108,9 @@ def test_socket_replay_equals_reference(case: str, tmp_path: Path) -> None:
 def test_garbage_datagrams_are_counted_not_fatal(tmp_path: Path) -> None:
     port = free_udp_port()
     out = tmp_path / "out.nmsg"
-    proc = subprocess.Popen([*FILTER, "-l", f"127.0.0.1/{port}", "-w", str(out)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*FILTER, "-l", f"127.0.0.1/{port}", "-w", str(out)], stderr=subprocess.PIPE, text=True
+    )
     try:
         assert "listening on" in proc.stderr.readline()
         good = corpus.udp_datagrams("sock_m512")
