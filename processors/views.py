@@ -8,7 +8,7 @@ Routes (Faust's web server, ``--web-port``, default 6066):
 
 - ``GET /dnsqr/top/?by=failures|rate&n=20&min_answered=1&scope=total|window`` -> JSON list
 - ``GET /dnsqr/worst/?n=50`` -> HTML table
-- ``GET /dnsqr/stats/`` -> JSON counters of this worker's filter agent
+- ``GET /dnsqr/stats/`` -> JSON counters of this worker's filter agent (and its consumer's seeks back)
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ def install(app: PipelineApp, tables: Tables) -> None:
 
     @app.page("/dnsqr/stats/")
     class StatsView(View):
-        """This worker's filter counters."""
+        """This worker's filter counters, and how often its consumer sought back to a record it had not
+        delivered (``processors/consumer.py``)."""
 
         async def get(self, request: Request) -> Response:
-            return self.json(dataclasses.asdict(app.counters))
+            reseeks = getattr(app.consumer, "reseeks", 0)
+            return self.json({**dataclasses.asdict(app.counters), "reseeks": reseeks})
