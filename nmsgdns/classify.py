@@ -110,9 +110,12 @@ def edns_option_codes(options: bytes) -> list[int]:
 
 
 def observe(
-    rec: DnsQR, query_opt: Opt | None, response_opt: Opt | None, response_rcode: int = 0
+    record_type: int, query_opt: Opt | None, response_opt: Opt | None, response_rcode: int = 0
 ) -> str | None:
     """The extra observation for a record the seed rule did not select, or None.
+
+    ``record_type`` is the dnsqr record's ``type``: all of the record this needs, so the worker can call
+    it on the many answered records without decoding them.
 
     - ``timeout``: an UDP_UNANSWERED_QUERY whose query has EDNS (the Flag Day "timeout" class; one
       unanswered query is no proof, which is why these are counted, not selected).
@@ -129,7 +132,7 @@ def observe(
     """
     if query_opt is None:
         return None
-    if rec.type == UDP_UNANSWERED_QUERY:
+    if record_type == UDP_UNANSWERED_QUERY:
         return "timeout"
     if response_opt is None:
         return None

@@ -7,13 +7,20 @@ were skipped and why, and nothing is dropped without a count.
 
 The standalone filter only needs the verdict and stops at the first check that fails (the response is
 checked first: most responses carry OPT, so most records need one scan). The Faust agent also wants the
-rate's denominator and unanswered EDNS queries, so :func:`judge` with ``detail=True`` scans both sides.
+rate's denominator and unanswered EDNS queries, so :func:`judge` with ``detail=True`` scans both sides;
+:func:`triage` is that detailed judgement without the protobuf record, for the worker's per-record loop.
+
+When the C extension is built, the common case (one query packet, one response packet, the usual
+envelope) is decided by ``nmsgdns._wirescan.judge`` from the serialized bytes, without protobuf objects;
+anything else (and everything under ``NMSGDNS_PURE_PYTHON``) takes :func:`judge_py`, the specification
+the tests hold the C path to.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -23,7 +30,7 @@ from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.dnsqr_payload_pb2 import DnsqrPayload
 from nmsgdns.proto.dnsqr_pb2 import UDP_UNANSWERED_QUERY, DnsQR
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from nmsgdns.wire import Opt, scan_or
+from nmsgdns.wire import Opt, load_extension, scan_or
 
 
 class Verdict(enum.Enum):
@@ -102,27 +109,91 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
 
     With ``detail`` both sides are always scanned, so ``edns_answered`` (an EDNS query whose response
     parsed: the rate's denominator) and ``edns_timeout`` (an unanswered EDNS query) are filled in.
+    Same result as :func:`judge_py`; the C path only saves the Python-level derivation and scans.
     """
+    if _judge_c is not None:
+        t = _judge_c(payload, detail)
+        if t is not None:
+            # The record is still the protobuf view's, as callers (classify, failure records) expect.
+            return Judgement(t[0], DnsqrPayload.FromString(payload).payload, t[1], t[2], t[3], t[4], t[5])
+    return _judge_view(payload, detail)[0]
+
+
+def judge_py(payload: bytes, *, detail: bool = False) -> Judgement:
+    """:func:`judge` in Python only: the specification of the C fast path (and its fallback)."""
+    return _judge_view(payload, detail)[0]
+
+
+#: What :func:`triage` returns: (verdict, query_opt, response_opt, response, edns_answered, edns_timeout,
+#: response_ip, type, time_sec, time_nsec); the first six are :func:`judge`'s ``detail=True`` Judgement
+#: fields, then the record's response_ip (b"" when absent) and type and the payload's time (0 for the
+#: three when the payload did not decode as a dnsqr record).
+Triage = tuple[Verdict, Opt | None, Opt | None, bytes | None, bool, bool, bytes, int, int, int]
+
+
+def triage(payload: bytes) -> Triage:
+    """``judge(payload, detail=True)`` as a tuple, plus what the worker needs of the record and envelope.
+
+    The worker needs the record itself only for the ~quarter of records that are selected; for the rest
+    building the protobuf record (and the Judgement) was most of the per-record cost, so this returns the
+    few fields it reads instead (the name server for the counts, the type, the time for failure records).
+    """
+    if _judge_c is not None:
+        t = _judge_c(payload, True)
+        if t is not None:
+            return t
+    return triage_py(payload)
+
+
+def judgement_of(payload: bytes, t: Triage) -> Judgement:
+    """The ``judge(payload, detail=True)`` Judgement of a payload whose :func:`triage` is ``t``: its
+    fields plus the protobuf record (decoded here, only for the records that need it)."""
+    view = DnsqrPayload.FromString(payload)
+    return Judgement(t[0], view.payload, t[1], t[2], t[3], t[4], t[5])
+
+
+def triage_py(payload: bytes) -> Triage:
+    """:func:`triage` from :func:`judge_py`: the specification of the C fast path."""
+    j, view = _judge_view(payload, True)
+    if view is None or j.record is None:
+        return (j.verdict, None, None, None, False, False, b"", 0, 0, 0)
+    rec = j.record
+    return (
+        j.verdict,
+        j.query_opt,
+        j.response_opt,
+        j.response,
+        j.edns_answered,
+        j.edns_timeout,
+        rec.response_ip,
+        rec.type,
+        view.time_sec,
+        view.time_nsec,
+    )
+
+
+def _judge_view(payload: bytes, detail: bool) -> tuple[Judgement, DnsqrPayload | None]:
+    """The rule in Python, and the protobuf view it decoded (None when the payload did not decode)."""
     try:
         view = DnsqrPayload.FromString(payload)
     except DecodeError:
-        return Judgement(_undecodable_reason(payload))
+        return Judgement(_undecodable_reason(payload)), None
     if view.vid != VID_BASE or view.msgtype != MSGTYPE_DNSQR:
-        return Judgement(Verdict.NOT_DNSQR)
+        return Judgement(Verdict.NOT_DNSQR), view
     rec = view.payload
     if not rec.HasField("type"):
         # upb does not enforce proto2 `required`; protobuf-c (libnmsg) refuses such a record.
-        return Judgement(Verdict.UNDECODABLE)
+        return Judgement(Verdict.UNDECODABLE), view
 
     response = derive_response(rec)
     r = scan_or(response, _ABSENT, _MALFORMED)
     if not detail:
         if r is _ABSENT:
-            return Judgement(Verdict.NO_RESPONSE, rec)
+            return Judgement(Verdict.NO_RESPONSE, rec), view
         if r is _MALFORMED:
-            return Judgement(Verdict.RESPONSE_MALFORMED, rec)
+            return Judgement(Verdict.RESPONSE_MALFORMED, rec), view
         if r is not None:
-            return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, None, r)
+            return Judgement(Verdict.RESPONSE_HAS_EDNS, rec, None, r), view
     q = scan_or(derive_query(rec), _ABSENT, _MALFORMED)
     query_opt = q if isinstance(q, Opt) else None
     response_opt = r if isinstance(r, Opt) else None
@@ -140,7 +211,7 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
         verdict = Verdict.QUERY_NO_EDNS
     else:
         verdict = Verdict.SELECTED
-    return Judgement(
+    judgement = Judgement(
         verdict,
         rec,
         query_opt,
@@ -149,6 +220,26 @@ def judge(payload: bytes, *, detail: bool = False) -> Judgement:
         query_opt is not None and not isinstance(r, _Scan),  # edns_answered
         query_opt is not None and rec.type == UDP_UNANSWERED_QUERY,  # edns_timeout
     )
+    return judgement, view
+
+
+_ext = load_extension()
+#: ``nmsgdns._wirescan.judge`` when built: (payload, detail) -> the :data:`Triage` tuple, or None where
+#: :func:`judge_py` must decide.
+_judge_c: Callable[[bytes, bool], Triage | None] | None = None
+if _ext is not None:
+    _ext.configure_judge(
+        (
+            Verdict.SELECTED,
+            Verdict.NO_RESPONSE,
+            Verdict.RESPONSE_MALFORMED,
+            Verdict.RESPONSE_HAS_EDNS,
+            Verdict.NO_QUERY,
+            Verdict.QUERY_MALFORMED,
+            Verdict.QUERY_NO_EDNS,
+        )
+    )
+    _judge_c = _ext.judge
 
 
 @dataclass

@@ -49,7 +49,8 @@ from faust.types import TP, EventT, StreamT
 from dnsqr_schemas import avro_schema
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
-from nmsgdns.edns import Verdict, judge
+from nmsgdns.dnsqr import ip_to_text
+from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
 from processors.failure_record import encode_failure, failure_dict
 
@@ -147,37 +148,41 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
 
     Nothing is shared with the caller until the whole container is done, so a container that fails half
     way leaves no partial counts behind (it goes to the dead-letter topic whole).
+
+    Each payload is judged by :func:`nmsgdns.edns.triage` (``judge(detail=True)`` without the protobuf
+    record, in C for the common case): only selected records need the record, so only they decode it.
+    The results are the same as judging every payload with ``judge`` (tests hold the two to it).
     """
     payloads = decode_container(data).payloads
     failures: list[Record] = []
     counts: dict[CountsKey, Counts] = {}
     selected = Verdict.SELECTED
     for payload in payloads:
-        j = judge(payload, detail=True)
-        if j.verdict is selected:
+        t = triage(payload)
+        verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, sec, nsec = t
+        if verdict is selected:
+            j = judgement_of(payload, t)
             ns = j.ns_ip or ""
             detail = classify_failure(j.record, j.query_opt, j.response)
-            failures.append(
-                (ns.encode(), encode_failure(failure_dict(payload, j, detail.kind, detail=detail)))
-            )
+            value = failure_dict(payload, j, detail.kind, detail=detail, time=(sec, nsec))
+            failures.append((ns.encode(), encode_failure(value)))
             key = (ns, clock.window_start(payload))
             c = counts.get(key) or counts.setdefault(key, Counts())
             c.failures += 1
             c.edns_answered += 1
             c.by_kind[detail.kind] += 1
-        elif j.edns_answered or j.edns_timeout:
-            ns_ip = j.ns_ip
-            if ns_ip is None:
-                continue
-            key = (ns_ip, clock.window_start(payload))
+        elif answered or timeout:
+            if len(response_ip) not in (4, 16):
+                continue  # Judgement.ns_ip is None: no usable name server to count against
+            key = (ip_to_text(response_ip), clock.window_start(payload))
             c = counts.get(key) or counts.setdefault(key, Counts())
-            if j.edns_timeout:
+            if timeout:
                 # counted in ``timeouts``; observe() would call it the "timeout" observation
                 c.timeouts += 1
             else:
                 c.edns_answered += 1
-                if j.response_opt is not None:
-                    seen = observe(j.record, j.query_opt, j.response_opt, j.response[3] & 0x0F)
+                if response_opt is not None:
+                    seen = observe(rtype, query_opt, response_opt, response[3] & 0x0F)  # type: ignore[index]
                     if seen is not None:
                         c.observations[seen] += 1
     return ContainerResult(len(payloads), failures, counts)

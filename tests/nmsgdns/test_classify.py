@@ -36,7 +36,7 @@ def label_record(rec: DnsQR) -> tuple[str | None, str | None]:
         assert response is not None
         return classify_failure(rec, q_opt, response).kind, None
     rcode = response[3] & 0x0F if response is not None and r_ok else 0
-    return None, observe(rec, q_opt if q_ok else None, r_opt if r_ok else None, rcode)
+    return None, observe(rec.type, q_opt if q_ok else None, r_opt if r_ok else None, rcode)
 
 
 @cache
@@ -225,11 +225,11 @@ COOKIE = b"\x00\x0a\x00\x08" + bytes(8)
 def test_observe_answers_with_opt(
     query: Opt | None, answer: Opt | None, rcode: int, expected: str | None
 ) -> None:
-    assert observe(REC, query, answer, rcode) == expected
+    assert observe(REC.type, query, answer, rcode) == expected
 
 
 def test_observe_timeout() -> None:
-    unanswered = DnsQR(type=dnsqr_pb2.UDP_UNANSWERED_QUERY)
+    unanswered = dnsqr_pb2.UDP_UNANSWERED_QUERY
     assert observe(unanswered, EDNS0, None) == "timeout"
     assert observe(unanswered, None, None) is None
 

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import io
+import os
+import pickle
+import subprocess
+import sys
 from collections import Counter
+from dataclasses import asdict
+from typing import Any
 
 import pytest
 from fastavro import schemaless_reader
 
 from dnsqr_schemas import avro_schema
-from nmsgdns.container import encode_container
+from nmsgdns import wire
+from nmsgdns.classify import classify_failure, observe
+from nmsgdns.container import decode_container, encode_container
+from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
-from processors.failure_record import decode_failure
-from processors.filter_agent import Counts, PartitionBatch, WindowClock, encode_delta, filter_container
+from processors.failure_record import decode_failure, encode_failure_py, failure_dict
+from processors.filter_agent import (
+    ContainerResult,
+    Counts,
+    PartitionBatch,
+    WindowClock,
+    encode_delta,
+    filter_container,
+)
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 
@@ -95,3 +111,77 @@ def test_encode_delta_round_trip() -> None:
 def test_undecodable_containers_raise_domain_errors(data: bytes) -> None:
     with pytest.raises(NmsgDnsError):
         filter_container(data, WindowClock(3600))
+
+
+def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
+    """filter_container as it was before the C fast paths: ``judge_py`` and the record for every payload,
+    the envelope parsed again and fastavro for every failure. The new one must give the same bytes."""
+    payloads = decode_container(data).payloads
+    failures: list[tuple[bytes | None, bytes]] = []
+    counts: dict[tuple[str, int], Counts] = {}
+    for payload in payloads:
+        j = judge_py(payload, detail=True)
+        if j.selected:
+            ns = j.ns_ip or ""
+            detail = classify_failure(j.record, j.query_opt, j.response)
+            failures.append(
+                (ns.encode(), encode_failure_py(failure_dict(payload, j, detail.kind, detail=detail)))
+            )
+            c = counts.setdefault((ns, clock.window_start(payload)), Counts())
+            c.failures += 1
+            c.edns_answered += 1
+            c.by_kind[detail.kind] += 1
+        elif j.edns_answered or j.edns_timeout:
+            if j.ns_ip is None:
+                continue
+            c = counts.setdefault((j.ns_ip, clock.window_start(payload)), Counts())
+            if j.edns_timeout:
+                c.timeouts += 1
+            else:
+                c.edns_answered += 1
+                if j.response_opt is not None:
+                    assert j.response is not None
+                    seen = observe(j.record.type, j.query_opt, j.response_opt, j.response[3] & 0x0F)
+                    if seen is not None:
+                        c.observations[seen] += 1
+    return ContainerResult(len(payloads), failures, counts)
+
+
+def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]:
+    """Every output of filtering ``case`` (several container sizes, plain and zlib), comparably."""
+    out = []
+    for per_container, compress in ((100, False), (1000, True)):
+        clock = WindowClock(60)
+        for data in raw_containers(case, per_container, compress=compress):
+            r = filter_fn(data, clock)
+            out.append((r.records, r.failures, sorted((k, asdict(c)) for k, c in r.counts.items())))
+    return out
+
+
+@pytest.mark.parametrize("case", corpus.CASES)
+def test_same_outputs_as_before_the_fast_paths(case: str) -> None:
+    assert container_outputs(case) == container_outputs(case, reference_filter_container)
+
+
+_PURE_CHILD = """
+import pickle, sys
+from tests.processors.test_filter_container import container_outputs
+from nmsgdns import wire
+assert wire.IMPLEMENTATION == "python"
+sys.stdout.buffer.write(pickle.dumps([container_outputs(c) for c in sys.argv[1:]]))
+"""
+
+
+@pytest.mark.skipif(wire.IMPLEMENTATION != "c", reason="nmsgdns._wirescan is not built or disabled")
+def test_same_outputs_with_and_without_the_extension() -> None:
+    """filter_container with NMSGDNS_PURE_PYTHON=1 (a fresh interpreter: the choice is made at import)."""
+    env = {**os.environ, wire.PURE_PYTHON_ENV: "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", _PURE_CHILD, *corpus.CASES],
+        env=env,
+        cwd=corpus.REPO_ROOT,
+        capture_output=True,
+        check=True,
+    )
+    pure = pickle.loads(child.stdout)
+    assert pure == [container_outputs(case) for case in corpus.CASES]
