@@ -154,7 +154,7 @@ class FilterCounters:
     failures: int = 0
     dead_letters: int = 0
     deltas: int = 0
-    #: raw records Faust delivered a second time within one consumer generation, dropped
+    #: raw records Faust delivered again after they were processed (committed or acknowledged), dropped
     redelivered: int = 0
 
 

@@ -529,5 +529,5 @@ def install(app: PipelineApp) -> None:
             fresh = redelivery.fresh(events)
             if len(fresh) < len(events):
                 app.counters.redelivered += len(events) - len(fresh)
-                log.info("dropped %d records delivered twice in this generation", len(events) - len(fresh))
+                log.info("dropped %d records delivered again after processing", len(events) - len(fresh))
             await process_events(app, fresh, clock)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dpkt
 
+from nmsgdns.input import ContainerStreamReader
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS_DIR = Path(os.environ.get("NMSG_CORPUS_DIR", REPO_ROOT.parent / "shared" / "testdata" / "nmsg"))
 
@@ -23,6 +25,16 @@ ZLIB_CASES = ("live_resolver", "edge_cases")
 SOCKET_CASES = ("sock_m512", "sock_incomp_z")
 #: Cases converted from NAME.pcap by nmsgtool -p.
 PCAP_CASES = ("live_resolver", "edge_cases", "incompressible")
+
+
+def read_payloads(file: Path) -> list[bytes]:
+    """Every payload of an NMSG file, read by our reader (fragments reassembled); a CRC mismatch or any
+    other drop fails the test."""
+    with file.open("rb") as fh:
+        reader = ContainerStreamReader(fh, name=str(file))
+        payloads = list(reader)
+    assert reader.stats.total_drops == 0, (file, reader.stats.as_dict())
+    return payloads
 
 
 def path(name: str) -> Path:

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from nmsgdns.container import encode_container
-from nmsgdns.input import ContainerStreamReader
 from tests import corpus
-
-
-def read_payloads(path: Path) -> list[bytes]:
-    """Every payload of an NMSG file (fragments reassembled); any drop fails the test."""
-    with path.open("rb") as fh:
-        reader = ContainerStreamReader(fh, name=str(path))
-        payloads = list(reader)
-    assert reader.stats.total_drops == 0, (path, reader.stats.as_dict())
-    return payloads
+from tests.corpus import read_payloads
 
 
 def raw_containers(case: str, per_container: int = 200, *, compress: bool = False) -> list[bytes]:

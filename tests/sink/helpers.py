@@ -6,19 +6,10 @@ from collections import Counter
 from pathlib import Path
 
 from nmsgdns.edns import judge
-from nmsgdns.input import ContainerStreamReader
 from processors.failure_record import encode_failure, failure_dict
 from sink.files import final_files
 from tests import corpus
-
-
-def read_payloads(path: Path) -> list[bytes]:
-    """Every payload of an NMSG file, read by our reader; a CRC mismatch or any other drop fails the test."""
-    with path.open("rb") as fh:
-        reader = ContainerStreamReader(fh, name=str(path))
-        payloads = list(reader)
-    assert reader.stats.total_drops == 0, (path, reader.stats.as_dict())
-    return payloads
+from tests.corpus import read_payloads
 
 
 def corpus_payloads(case: str) -> list[bytes]:
