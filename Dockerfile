@@ -16,7 +16,7 @@ COPY ingest/ ingest/
 COPY processors/ processors/
 COPY sink/ sink/
 COPY dnsqr_pipeline/ dnsqr_pipeline/
-# gcc only for the build of the C wire scanner (nmsgdns/_wirescan.c), removed in the same layer
+# gcc only for the build of the C extensions (nmsgdns/*.c), removed in the same layer
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install . \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* /src

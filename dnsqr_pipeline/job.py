@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -26,12 +27,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline import localkafka
@@ -49,8 +50,11 @@ log = logging.getLogger(__name__)
 #: job's run time: measured 16 s for 1M records with the pipeline idle for the last 6-7 s.)
 SETTLE_SECONDS = 0.5
 POLL_SECONDS = 0.25
-#: File rotation of the job's sink: a job's results are durable this long after the last failure arrives.
+#: File rotation of the job's sink: a partition's file is finalized once no failure joined it for
+#: SINK_ROTATE_IDLE seconds, so a job's results are durable that soon after the last failure arrives,
+#: and in any case after SINK_ROTATE_SECONDS.
 SINK_ROTATE_SECONDS = 1.0
+SINK_ROTATE_IDLE = 0.25
 
 
 class JobError(RuntimeError):
@@ -91,6 +95,10 @@ class JobConfig:
     processing_guarantee: str = "at_least_once"
     kafka_dir: Path | None = None
     timeout: float = 600.0
+    #: start ingest only once the workers and the sink own their partitions, so the processing time
+    #: measures throughput with every stage running rather than the stages' start-up (benchmarks); a job
+    #: otherwise ingests while the workers start, which finishes sooner
+    wait_for_stages: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -104,6 +112,8 @@ class JobResult:
     #: seconds for the whole job, and from the start of ingest until every failure was written
     elapsed: float
     processing: float
+    #: seconds from starting the stages until they owned their partitions (``wait_for_stages`` only)
+    startup: float | None = None
 
     @property
     def failures_by_ns(self) -> dict[str, int]:
@@ -137,22 +147,59 @@ def _stage_command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "dnsqr_pipeline.cli", *argv]
 
 
-def _kafka_flags(kafka: Mapping[str, str]) -> list[str]:
-    flags = ["--bootstrap-servers", kafka["bootstrap.servers"]]
+#: client properties every stage takes as a flag of its own (``add_kafka_arguments``)
+_CREDENTIAL_FLAGS = {
+    "security.protocol": "--security-protocol",
+    "sasl.mechanism": "--sasl-mechanism",
+    "sasl.username": "--sasl-username",
+    "ssl.ca.location": "--ssl-ca-location",
+}
+#: the password reaches the stages through their environment, which ``ps`` does not show
+_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"
+
+
+@dataclass(frozen=True)
+class StageKafka:
+    """How the job's client properties reach its worker and sink subprocesses."""
+
+    #: flags both stages take: bootstrap servers and credentials
+    common: list[str]
+    #: ``--kafka-config`` flags for the librdkafka sink; the Faust workers (aiokafka) refuse them
+    librdkafka: list[str]
+    env: dict[str, str]
+
+
+def stage_kafka(kafka: Mapping[str, str]) -> StageKafka:
+    """Split the job's client properties into stage flags, extra librdkafka properties and environment."""
+    common = ["--bootstrap-servers", kafka["bootstrap.servers"]]
+    librdkafka: list[str] = []
+    env: dict[str, str] = {}
     for key, value in kafka.items():
-        if key != "bootstrap.servers":
-            flags += ["--kafka-config", f"{key}={value}"]
-    return flags
+        if key == "bootstrap.servers":
+            continue
+        if key in _CREDENTIAL_FLAGS:
+            common += [_CREDENTIAL_FLAGS[key], value]
+        elif key == "sasl.password":
+            env[_PASSWORD_ENV] = value
+        else:
+            librdkafka += ["--kafka-config", f"{key}={value}"]
+    return StageKafka(common, librdkafka, env)
 
 
 class Stage:
     """A worker or sink subprocess whose output goes to a log file in the job's log directory."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -180,56 +227,124 @@ def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
     return ends
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A consumer group's way through a topic, as a job waits for it."""
+
+    group: str
+    topic: str
+    #: who that is, for messages ("the filter agent")
+    what: str
+
+
+class Alive(Protocol):
+    """A stage the waits check on each round, to fail at once when it died rather than at the deadline."""
+
+    def check_alive(self) -> None: ...
+
+
 def wait_caught_up(
     kafka: Mapping[str, str],
-    group: str,
-    topic: str,
-    stages: list[Stage],
+    progress: Sequence[Progress],
+    stages: Sequence[Alive],
     deadline: float,
-    what: str,
     *,
     settle: float = SETTLE_SECONDS,
 ) -> None:
-    """Wait until ``group`` has committed the end of every partition of ``topic`` and the end has stayed
-    the same for ``settle`` seconds (0: two reads in a row)."""
-    consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
+    """Wait until each group has committed the end of every partition of its topic.
+
+    ``progress`` is in pipeline order: a later topic's end is final only once the group before it is
+    caught up (a worker sends a batch's outputs before committing the batch). Each round reads them in
+    that order and stops at the first one behind; the wait ends when a round finds all caught up, the ends
+    equal to the previous round's, and the first topic's end unchanged for ``settle`` seconds.
+    """
+    consumers = {
+        group: Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
+        for group in dict.fromkeys(p.group for p in progress)
+    }
     try:
-        stable_since: float | None = None
-        last_ends: list[int] | None = None
+        first_stable_since: float | None = None
+        last_ends: list[list[int]] | None = None
         while True:
             for stage in stages:
                 stage.check_alive()
-            try:
-                ends = _end_offsets(consumer, topic)
-                wanted = [TopicPartition(t.topic, t.partition) for t in ends]
-                committed = consumer.committed(wanted, timeout=10)
-            except KafkaException as exc:
-                # e.g. NOT_COORDINATOR while a young broker loads its group metadata: ask again
-                log.debug("offsets of %s for %s not available yet: %s", topic, group, exc)
-                ends, committed = [], []
-                behind = -1
-            else:
-                pairs = zip(ends, committed, strict=True)
-                lagging = [(e, c) for e, c in pairs if max(c.offset, 0) < e.offset]
-                behind = sum(e.offset - max(c.offset, 0) for e, c in lagging)
-                if lagging and not _data_after(kafka, topic, [c for _, c in lagging]):
-                    behind = 0  # only transaction markers (exactly_once) lie between commit and end
-            end_values = [t.offset for t in ends]
+            ends: list[list[int]] = []
+            lag: tuple[Progress, int] | None = None
+            for p in progress:
+                behind, topic_ends = _behind(kafka, consumers[p.group], p)
+                ends.append(topic_ends)
+                if behind:
+                    lag = (p, behind)
+                    break
             now = time.monotonic()
-            if behind == 0 and end_values == last_ends:
-                stable_since = stable_since or now
-                if now - stable_since >= settle:
-                    return
+            first_caught_up = lag is None or lag[0] is not progress[0]
+            if first_caught_up and last_ends and ends[0] == last_ends[0]:
+                first_stable_since = first_stable_since or now
             else:
-                stable_since = None
-            last_ends = end_values
+                first_stable_since = None
+            settled = first_stable_since is not None and now - first_stable_since >= settle
+            if lag is None and ends == last_ends and settled:
+                return
+            last_ends = ends
             if now > deadline:
+                p, behind = lag or (progress[-1], 0)
                 raise JobError(
-                    f"timed out waiting for {what}: group {group} is {behind} records behind on {topic}"
+                    f"timed out waiting for {p.what}: group {p.group} is {behind} records behind on {p.topic}"
                 )
             time.sleep(POLL_SECONDS)
     finally:
-        consumer.close()
+        for consumer in consumers.values():
+            consumer.close()
+
+
+def _behind(kafka: Mapping[str, str], consumer: Consumer, progress: Progress) -> tuple[int, list[int]]:
+    """How many records the group has not committed on the topic (-1: unknown yet), and the topic's ends."""
+    try:
+        ends = _end_offsets(consumer, progress.topic)
+        wanted = [TopicPartition(t.topic, t.partition) for t in ends]
+        committed = consumer.committed(wanted, timeout=10)
+    except KafkaException as exc:
+        # e.g. NOT_COORDINATOR while a young broker loads its group metadata: ask again
+        log.debug("offsets of %s for %s not available yet: %s", progress.topic, progress.group, exc)
+        return -1, []
+    lagging = [(e, c) for e, c in zip(ends, committed, strict=True) if max(c.offset, 0) < e.offset]
+    behind = sum(e.offset - max(c.offset, 0) for e, c in lagging)
+    if lagging and not _data_after(kafka, progress.topic, [c for _, c in lagging]):
+        behind = 0  # only transaction markers (exactly_once) lie between commit and end
+    return behind, [t.offset for t in ends]
+
+
+def wait_for_assignment(
+    kafka: Mapping[str, str], group: str, topic: str, members: int, stages: Sequence[Alive], deadline: float
+) -> None:
+    """Wait until ``group`` is stable with ``members`` members that between them own every partition of
+    ``topic`` (what the group coordinator reports, so it holds for Faust and librdkafka groups alike)."""
+    admin = admin_client(kafka)
+    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    while True:
+        for stage in stages:
+            stage.check_alive()
+        try:
+            group_info = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        except KafkaException as exc:  # e.g. the coordinator is still loading: ask again
+            log.debug("group %s not described yet: %s", group, exc)
+        else:
+            owned = {
+                tp.partition
+                for m in group_info.members
+                if m.assignment is not None
+                for tp in m.assignment.topic_partitions
+                if tp.topic == topic
+            }
+            if (
+                group_info.state == ConsumerGroupState.STABLE
+                and len(group_info.members) == members
+                and len(owned) == partitions
+            ):
+                return
+        if time.monotonic() > deadline:
+            raise JobError(f"timed out: group {group} does not own the {partitions} partitions of {topic}")
+        time.sleep(POLL_SECONDS)
 
 
 def _data_after(kafka: Mapping[str, str], topic: str, positions: list[TopicPartition]) -> bool:
@@ -338,14 +453,20 @@ def run_job(cfg: JobConfig) -> JobResult:
                 stage.stop()
 
         stack.callback(stop_stages)
-        common = _kafka_flags(kafka)
+        stages_started = time.monotonic()
+        flags = stage_kafka(kafka)
+        if flags.librdkafka:
+            log.warning(
+                "%s apply to ingest and the sink; the Faust workers do not take librdkafka properties",
+                " ".join(flags.librdkafka),
+            )
         for i in range(1, cfg.workers + 1):
             stages.append(
                 Stage(
                     f"worker-{i}",
                     _stage_command(
                         "worker",
-                        *common,
+                        *flags.common,
                         "--app-id",
                         app_id,
                         "--raw-topic",
@@ -366,16 +487,18 @@ def run_job(cfg: JobConfig) -> JobResult:
                         str(free_port()),
                     ),
                     log_dir,
+                    flags.env,
                 )
             )
-        # The sink runs alongside, as in production, in its own group. Its files rotate every
-        # SINK_ROTATE_SECONDS, so what it has consumed becomes durable and committed soon after it stops
+        # The sink runs alongside, as in production, in its own group. Its files rotate when idle for
+        # SINK_ROTATE_IDLE, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
         sink = Stage(
             "sink",
             _stage_command(
                 "sink",
-                *common,
+                *flags.common,
+                *flags.librdkafka,
                 "--output-dir",
                 str(cfg.output_dir),
                 "--failures-topic",
@@ -386,12 +509,20 @@ def run_job(cfg: JobConfig) -> JobResult:
                 sink_group,
                 "--rotate-seconds",
                 str(SINK_ROTATE_SECONDS),
+                "--rotate-idle",
+                str(SINK_ROTATE_IDLE),
             ),
             log_dir,
+            flags.env,
         )
         stages.append(sink)
         print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
 
+        startup = None
+        if cfg.wait_for_stages:
+            wait_for_assignment(kafka, app_id, topics.raw, cfg.workers, stages, deadline)
+            wait_for_assignment(kafka, sink_group, topics.failures, 1, stages, deadline)
+            startup = time.monotonic() - stages_started
         ingest_cfg = replace(cfg.ingest, kafka=kafka, raw_topic=topics.raw, dlq_topic=topics.raw_dlq)
         ingest_started = time.monotonic()
         summary = run_ingest(ingest_cfg)
@@ -400,10 +531,16 @@ def run_job(cfg: JobConfig) -> JobResult:
             raise JobError("ingest did not deliver every record (see its summary above)")
 
         print("waiting for the workers and the sink ...", file=sys.stderr)
-        wait_caught_up(kafka, app_id, topics.raw, stages, deadline, "the filter agent")
-        # Their ends are final now (see SETTLE_SECONDS): no settling beyond two reads in a row.
-        wait_caught_up(kafka, app_id, topics.stats, stages, deadline, "the aggregator", settle=0)
-        wait_caught_up(kafka, sink_group, topics.failures, stages, deadline, "the sink", settle=0)
+        wait_caught_up(
+            kafka,
+            [
+                Progress(app_id, topics.raw, "the filter agent"),
+                Progress(app_id, topics.stats, "the aggregator"),
+                Progress(sink_group, topics.failures, "the sink"),
+            ],
+            stages,
+            deadline,
+        )
         processing = time.monotonic() - ingest_started
         stages.remove(sink)
         if (status := sink.stop()) != 0:
@@ -412,7 +549,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         files = job_files(cfg.output_dir)
         sink_records = count_sink_records(files)
         totals = _wait_for_totals(kafka, topics.counts, sink_records, stages, deadline)
-    return JobResult(summary, totals, files, sink_records, time.monotonic() - started, processing)
+    return JobResult(summary, totals, files, sink_records, time.monotonic() - started, processing, startup)
 
 
 def _create_job_topics(kafka: Mapping[str, str], topics: Topics, partitions: int) -> None:

@@ -72,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="finalize a file open this long, records or not (default %(default)s; 0 disables)",
     )
+    parser.add_argument(
+        "--rotate-idle",
+        type=float,
+        metavar="S",
+        help="also finalize a file no record joined for S seconds (batch jobs; default: off)",
+    )
     parser.add_argument("-z", "--zlib", action="store_true", help="zlib-compress the containers")
     parser.add_argument(
         "--idle-exit",
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.file_prefix,
         rotate_bytes=args.rotate_bytes,
         rotate_seconds=args.rotate_seconds or None,
+        rotate_idle=args.rotate_idle or None,
         compress=args.zlib,
         idle_exit=args.idle_exit,
         max_records=args.max_records,

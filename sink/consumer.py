@@ -91,6 +91,8 @@ class SinkConfig:
     prefix: str = DEFAULT_PREFIX
     rotate_bytes: int = 64 * 1024 * 1024
     rotate_seconds: float | None = 300.0
+    #: also finalize a file no record joined for this long (None: only size and age rotate)
+    rotate_idle: float | None = None
     compress: bool = False
     #: stop after this many seconds without a record (batch jobs); None runs until signalled
     idle_exit: float | None = None
@@ -154,6 +156,7 @@ class FailureSink:
             prefix=config.prefix,
             rotate_bytes=config.rotate_bytes,
             rotate_seconds=config.rotate_seconds,
+            rotate_idle=config.rotate_idle,
             compress=config.compress,
             clock=clock,
         )

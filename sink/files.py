@@ -127,6 +127,8 @@ class _OpenFile:
     fh: BinaryIO
     packer: ContainerPacker
     opened_at: float
+    #: when the last payload went in (for ``rotate_idle``)
+    appended_at: float
     payloads: int = 0
     payload_bytes: int = 0
 
@@ -154,6 +156,8 @@ class PartitionFileSet:
     ``rotate_bytes`` counts the uncompressed payload bytes in a file (so boundaries depend only on the
     records and a replay reproduces them); ``rotate_seconds`` bounds how long a file stays open, checked by
     :meth:`expire`, so a quiet partition still gets its records on disk and its offsets committed.
+    ``rotate_idle`` also finalizes a file no payload has joined for that long: a batch job, whose input
+    ends, has its last records durable that soon instead of up to ``rotate_seconds`` later.
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class PartitionFileSet:
         prefix: str = DEFAULT_PREFIX,
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_seconds: float | None = 300.0,
+        rotate_idle: float | None = None,
         compress: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -174,6 +179,7 @@ class PartitionFileSet:
         self.prefix = prefix
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds if rotate_seconds and rotate_seconds > 0 else None
+        self.rotate_idle = rotate_idle if rotate_idle and rotate_idle > 0 else None
         self.compress = compress
         self.clock = clock
         self.stats = FileSetStats()
@@ -270,6 +276,7 @@ class PartitionFileSet:
         for container in current.packer.add(payload):
             current.fh.write(container)
         current.last = offset
+        current.appended_at = self.clock()
         current.payloads += 1
         current.payload_bytes += len(payload)
         if current.payload_bytes >= self.rotate_bytes:
@@ -277,15 +284,20 @@ class PartitionFileSet:
         return done
 
     def expire(self) -> list[Durable]:
-        """Finalize every file open for ``rotate_seconds`` or more."""
-        if self.rotate_seconds is None:
+        """Finalize every file open for ``rotate_seconds`` or idle for ``rotate_idle`` or more."""
+        if self.rotate_seconds is None and self.rotate_idle is None:
             return []
         now = self.clock()
         return [
             self._finalize(state)
             for state in self._partitions.values()
-            if state.current is not None and now - state.current.opened_at >= self.rotate_seconds
+            if state.current is not None and self._expired(state.current, now)
         ]
+
+    def _expired(self, current: _OpenFile, now: float) -> bool:
+        if self.rotate_seconds is not None and now - current.opened_at >= self.rotate_seconds:
+            return True
+        return self.rotate_idle is not None and now - current.appended_at >= self.rotate_idle
 
     def finalize_all(self) -> list[Durable]:
         """Finalize every open file (clean shutdown)."""
@@ -309,7 +321,8 @@ class PartitionFileSet:
         fh = open(tmp, "wb")  # noqa: SIM115 - lives until the file is finalized or discarded
         # libnmsg writes files with its largest buffer size; so do we (fewer, larger containers)
         packer = ContainerPacker(BUFSZ_MAX, compress=self.compress, crcs=True)
-        return _OpenFile(partition, first, first, tmp, fh, packer, self.clock())
+        now = self.clock()
+        return _OpenFile(partition, first, first, tmp, fh, packer, opened_at=now, appended_at=now)
 
     def _finalize(self, state: _Partition) -> Durable:
         current = state.current

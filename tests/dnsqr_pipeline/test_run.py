@@ -7,6 +7,7 @@ filter's selection (``NAME.filtered.nmsg``) and per-name-server counts (``NAME.e
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -57,7 +58,14 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[by
         consumer.close()
 
 
-def run_case(bootstrap: str, case: str, out_dir: Path, workers: int = 1, partitions: int = 4):
+def run_case(
+    bootstrap: str,
+    case: str,
+    out_dir: Path,
+    workers: int = 1,
+    partitions: int = 4,
+    wait_for_stages: bool = False,
+):
     cfg = JobConfig(
         ingest=IngestConfig(kafka={}, files=[str(corpus.path(f"{case}.nmsg"))], progress_bar=False),
         output_dir=out_dir,
@@ -65,6 +73,7 @@ def run_case(bootstrap: str, case: str, out_dir: Path, workers: int = 1, partiti
         workers=workers,
         partitions=partitions,
         timeout=240,
+        wait_for_stages=wait_for_stages,
     )
     return cfg, run_job(cfg)
 
@@ -89,11 +98,33 @@ def test_run_equals_reference(case: str, kafka_bootstrap: str, tmp_path: Path) -
 
 
 def test_two_workers_share_the_work(kafka_bootstrap: str, tmp_path: Path) -> None:
-    _cfg, result = run_case(kafka_bootstrap, "live_resolver", tmp_path / "out", workers=2, partitions=4)
+    # wait_for_stages (the benchmark's mode): ingest only starts once both workers own partitions
+    _cfg, result = run_case(
+        kafka_bootstrap, "live_resolver", tmp_path / "out", workers=2, partitions=4, wait_for_stages=True
+    )
+    assert result.startup is not None and 0 < result.startup < result.elapsed
     assert payloads_of(result.sink_files) == payloads_of([corpus.path("live_resolver.filtered.nmsg")])
     assert result.failures_by_ns == corpus.expected_counts("live_resolver")
     logs = [(tmp_path / "out" / "logs" / f"worker-{i}.log").read_text() for i in (1, 2)]
     assert all("Traceback" not in log for log in logs)
+
+
+def test_run_command_on_a_given_broker(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``dnsqr-pipeline run --bootstrap-servers`` as scripts call it: every stage reaches that broker."""
+    out, counts = tmp_path / "out", tmp_path / "counts.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "dnsqr_pipeline.cli", "run", "--no-progress-bar"),
+            *("-r", str(corpus.path("edge_cases.nmsg")), "--bootstrap-servers", kafka_bootstrap),
+            *("--output-dir", str(out), "--counts-json", str(counts)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(counts.read_text()) == corpus.expected_counts("edge_cases")
+    assert payloads_of(job_files(out)) == payloads_of([corpus.path("edge_cases.filtered.nmsg")])
 
 
 def test_run_refuses_a_directory_with_earlier_results(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
 
+from dnsqr_pipeline.job import JobError, wait_for_assignment
 from processors.aggregator import decode_snapshot
 from processors.failure_record import decode_failure
 from tests import corpus
@@ -117,24 +117,15 @@ class Run:
                 proc.wait(5)
 
     def wait_group_stable(self, members: int, timeout: float = 60.0) -> None:
-        """Until the workers' group is Stable with ``members`` members, each owning raw partitions."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        """Until the workers' group is Stable with ``members`` members owning the raw partitions."""
+        kafka = {"bootstrap.servers": self.bootstrap}
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_workers_alive()
-            with contextlib.suppress(Exception):
-                desc = admin.describe_consumer_groups([self.app_id])[self.app_id].result(5)
-                owners = [
-                    m
-                    for m in desc.members
-                    if any(tp.topic == self.topics["raw"] for tp in m.assignment.topic_partitions)
-                ]
-                if str(desc.state).endswith("STABLE") and len(owners) == members:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"group {self.app_id} not stable with {members} members; {self.logs()}")
+        try:
+            wait_for_assignment(kafka, self.app_id, self.topics["raw"], members, [self], deadline)
+        except JobError as exc:
+            raise AssertionError(f"{exc}; {self.logs()}") from None
 
-    def check_workers_alive(self) -> None:
+    def check_alive(self) -> None:
         for proc, _, _ in self.workers:
             assert proc.poll() is None, f"worker exited {proc.returncode}: {self.logs()}"
 
@@ -182,7 +173,7 @@ class Run:
                     if now > settle:
                         break
                 assert now < deadline, f"{len(records)} of {count} records on {topic}; {self.logs()}"
-                self.check_workers_alive()
+                self.check_alive()
                 for msg in consumer.consume(500, 0.5):
                     assert msg.error() is None, msg.error()
                     records.append((msg.key(), msg.value(), msg.headers() or []))

@@ -42,7 +42,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
-from dnsqr_pipeline.job import JobError, free_port, read_latest_counts, wait_caught_up
+from dnsqr_pipeline.job import JobError, Progress, free_port, read_latest_counts, wait_caught_up
 from dnsqr_schemas import avro_schema
 from nmsgdns.edns import EdnsFilter
 from processors.filter_agent import Counts, WindowClock, filter_container
@@ -278,7 +278,7 @@ def wait_for_totals(
             and all(got[ns][f] >= want[ns][f] for ns in want for f in COUNT_FIELDS)
         ):
             return got
-        run.check_workers_alive()
+        run.check_alive()
         time.sleep(1.0)
     return got
 
@@ -308,10 +308,10 @@ def test_worker_sigkill_mid_stream_and_restart(
     assert produced_at_kill < len(expected.containers), "the kill must land before the input ends"
 
     try:
-        wait_caught_up(run.kafka, run.app_id, run.topics["raw"], [], deadline, "the filter agent")
+        wait_caught_up(run.kafka, [Progress(run.app_id, run.topics["raw"], "the filter agent")], [], deadline)
     except JobError as exc:
         raise AssertionError(f"{exc}; {run.task_dumps()}") from None
-    run.check_workers_alive()
+    run.check_alive()
 
     out = tmp_path / "out"
     run_sink(run, out, tmp_path / "sink.log", deadline)

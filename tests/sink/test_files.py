@@ -195,6 +195,26 @@ def test_time_rotation(tmp_path: Path, payloads: list[bytes]) -> None:
     assert visible(tmp_path) == [final_name("failures", 0, 0, 1), final_name("failures", 1, 0, 0)]
 
 
+def test_idle_rotation(tmp_path: Path, payloads: list[bytes]) -> None:
+    """``rotate_idle`` finalizes a file nothing joined for that long, however young the file is."""
+    clock = FakeClock()
+    fs = fileset(tmp_path, rotate_seconds=10.0, rotate_idle=0.5, clock=clock)
+    fs.adopt(0)
+    fs.adopt(1)
+    feed(fs, 0, [(0, payloads[0])])
+    feed(fs, 1, [(0, payloads[1])])
+    clock.now += 0.4
+    feed(fs, 1, [(1, payloads[2])])  # partition 1 stays busy
+    assert fs.expire() == []
+    clock.now += 0.1  # partition 0 idle for 0.5 s, partition 1 for 0.1 s
+    (item,) = fs.expire()
+    assert item.partition == 0 and item.next_offset == 1
+    clock.now += 0.4
+    (item,) = fs.expire()
+    assert item.partition == 1 and item.next_offset == 2
+    assert visible(tmp_path) == [final_name("failures", 0, 0, 0), final_name("failures", 1, 0, 1)]
+
+
 def test_zlib_files(tmp_path: Path, payloads: list[bytes]) -> None:
     fs = fileset(tmp_path, compress=True)
     fs.adopt(0)

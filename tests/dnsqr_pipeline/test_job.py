@@ -1,0 +1,40 @@
+"""Pure parts of ``dnsqr_pipeline.job`` (no broker): how client properties reach the stages."""
+
+from __future__ import annotations
+
+from dnsqr_pipeline.job import stage_kafka
+
+
+def test_credentials_become_flags_and_the_password_an_environment_variable() -> None:
+    got = stage_kafka(
+        {
+            "bootstrap.servers": "b1:9093,b2:9093",
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "dnsqr",
+            "sasl.password": "s3cret",
+            "ssl.ca.location": "/etc/ca.pem",
+        }
+    )
+    assert got.common == [
+        "--bootstrap-servers",
+        "b1:9093,b2:9093",
+        "--security-protocol",
+        "SASL_SSL",
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "dnsqr",
+        "--ssl-ca-location",
+        "/etc/ca.pem",
+    ]
+    assert "s3cret" not in got.common + got.librdkafka  # not on any command line (ps shows those)
+    assert got.env == {"KAFKA_SASL_PASSWORD": "s3cret"}
+    assert got.librdkafka == []
+
+
+def test_other_properties_go_to_the_librdkafka_stages_only() -> None:
+    got = stage_kafka({"bootstrap.servers": "127.0.0.1:9092", "socket.timeout.ms": "10000"})
+    assert got.common == ["--bootstrap-servers", "127.0.0.1:9092"]
+    assert got.librdkafka == ["--kafka-config", "socket.timeout.ms=10000"]
+    assert got.env == {}
