@@ -1,20 +1,28 @@
-"""Build of the optional C extension ``nmsgdns._wirescan``; all other metadata is in pyproject.toml.
+"""Build of the optional C extensions of ``nmsgdns``; all other metadata is in pyproject.toml.
 
-The extension is the per-record hot path of the EDNS0 rule (see nmsgdns/_wirescan.c). It is optional: where
-no C compiler is available (e.g. the slim Docker image) the build skips it with a warning and nmsgdns uses
-its pure-Python implementation, which gives the same results (``nmsgdns.wire.IMPLEMENTATION`` says which).
-``pip install -e .`` compiles it in place (nmsgdns/_wirescan.*.so, git-ignored); run it again after
-editing the C source, or the old build keeps being imported.
+The extensions are per-record hot paths, each held to a pure-Python specification by the tests:
+
+- ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge), qname text, Avro writer;
+- ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
+- ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values).
+
+They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
+warning and nmsgdns uses its pure-Python implementation, which gives the same results
+(``nmsgdns.wire.IMPLEMENTATION`` says which). ``pip install -e .`` compiles them in place
+(nmsgdns/_*.so, git-ignored); run it again after editing a C source, or the old build keeps being imported.
 """
 
 from setuptools import Extension, setup
 
+EXTENSIONS = ("_wirescan", "_nmsgbody", "_avro")
+
 setup(
     ext_modules=[
         Extension(
-            "nmsgdns._wirescan",
-            sources=["nmsgdns/_wirescan.c"],
+            f"nmsgdns.{name}",
+            sources=[f"nmsgdns/{name}.c"],
             optional=True,  # no compiler: skipped with a warning, and the pure-Python code runs
         )
+        for name in EXTENSIONS
     ]
 )

@@ -18,14 +18,18 @@
  * Three later additions serve the Faust worker's per-record cost (issue #5): judge() decides the common
  * case of nmsgdns.edns.judge from the serialized payload without protobuf objects and returns None for
  * anything else; qname_to_text() is nmsgdns.dnsqr.qname_to_text; avro_record() writes the failures
- * topic's flat Avro record. Each is held to its Python counterpart by tests (tests/nmsgdns/
- * test_judge_fast.py, tests/processors/test_filter_container.py).
+ * topic's flat Avro record; failure_record() is the worker's whole per-failure path (record, kind,
+ * failure dict, Avro) for a selected payload. Each is held to its Python counterpart by tests
+ * (tests/nmsgdns/test_judge_fast.py, tests/processors/test_filter_container.py,
+ * tests/processors/test_failure_fast.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h> /* inet_ntop, as socket.inet_ntop */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h> /* AF_INET, AF_INET6 */
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Configuration handed over by the Python modules (they own the types and the fallbacks).          */
@@ -965,7 +969,16 @@ typedef struct {
     unsigned type;
     span query_ip, response_ip, query_packet, response_packet; /* the first packet of each list */
     Py_ssize_t n_query, n_response;
+    /* Read for failure_record(); judge() has no use for them. */
+    span qname;
+    uint32_t proto, query_port, response_port, qtype, qclass;
+    /* Bit f for DnsQR field f. ``repeated``: seen more than once (for a singular field upb keeps the
+     * last). ``wide``: a uint32 field whose varint has bits past the 32nd (upb truncates it). Values
+     * read from such fields are not what upb reads, so failure_record() leaves those records alone. */
+    uint32_t repeated, wide;
 } dnsqr_t;
+
+#define FIELD_BIT(f) (1u << (f))
 
 /* The fields of a vid 1 / msgtype 9 payload; 0, or -1 where the Python path must decide. */
 static int
@@ -976,7 +989,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
     unsigned seen = 0;
 
     memset(r, 0, sizeof *r);
-    r->query_ip.start = r->response_ip.start = -1;
+    r->query_ip.start = r->response_ip.start = r->qname.start = -1;
     while (pos < n) {
         unsigned field, wt;
         if (read_varint(p, n, &pos, &tag) < 0 || tag > 0xFFFFFFFFu)
@@ -1020,31 +1033,36 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
             return -1;
         field = (unsigned)(tag >> 3);
         wt = (unsigned)(tag & 7);
+        if (field < 32) {
+            if (seen & FIELD_BIT(field))
+                r->repeated |= FIELD_BIT(field);
+            seen |= FIELD_BIT(field);
+        }
         switch (field) {
         case 1: /* type: required enum DnsQRType */
-            if (wt != 0 || (seen & 2) || read_varint(p, end, &pos, &v) < 0 || v > 7)
+            if (wt != 0 || read_varint(p, end, &pos, &v) < 0 || v > 7)
                 return -1;
-            seen |= 2;
             r->type = (unsigned)v;
             break;
         case 2:  /* query_ip */
         case 3:  /* response_ip */
+        case 8:  /* qname */
         case 12: /* query_packet */
         case 15: /* response_packet */
         {
             span *sp;
             if (wt != 2 || read_varint(p, end, &pos, &v) < 0 || v > (uint64_t)(end - pos))
                 return -1;
-            if (field == 2 || field == 3) {
-                if (seen >> field & 1)
-                    return -1;
-                seen |= 1u << field;
-                sp = field == 2 ? &r->query_ip : &r->response_ip;
-            } else if (field == 12) {
+            if (field == 2)
+                sp = &r->query_ip;
+            else if (field == 3)
+                sp = &r->response_ip;
+            else if (field == 8)
+                sp = &r->qname;
+            else if (field == 12)
                 sp = r->n_query++ ? NULL : &r->query_packet;
-            } else {
+            else
                 sp = r->n_response++ ? NULL : &r->response_packet;
-            }
             if (sp != NULL) {
                 sp->start = pos;
                 sp->len = (Py_ssize_t)v;
@@ -1052,13 +1070,25 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
             pos += (Py_ssize_t)v;
             break;
         }
-        case 8:  /* qname */
         case 18: /* tcp */
         case 19: /* icmp */
             if (wt != 2 || skip_value(p, end, &pos, wt) < 0)
                 return -1;
             break;
         case 4: case 5: case 6: case 7: case 9: case 10: case 11: /* uint32 */
+            if (wt != 0 || read_varint(p, end, &pos, &v) < 0)
+                return -1;
+            if (v > 0xFFFFFFFFu)
+                r->wide |= FIELD_BIT(field);
+            switch (field) {
+            case 4: r->proto = (uint32_t)v; break;
+            case 5: r->query_port = (uint32_t)v; break;
+            case 6: r->response_port = (uint32_t)v; break;
+            case 9: r->qtype = (uint32_t)v; break;
+            case 10: r->qclass = (uint32_t)v; break;
+            default: break; /* id, rcode: not used */
+            }
+            break;
         case 13: case 16: /* repeated int64, unpacked */
         case 21: case 22: /* udp_checksum (any value parses), resolver_address_zeroed */
             if (wt != 0 || skip_value(p, end, &pos, wt) < 0)
@@ -1076,8 +1106,10 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
             return -1;
         }
     }
-    if (!(seen & 2))
+    if (!(seen & FIELD_BIT(1)))
         return -1; /* no type: UNDECODABLE, decided in Python */
+    if (r->repeated & (FIELD_BIT(1) | FIELD_BIT(2) | FIELD_BIT(3)))
+        return -1; /* type or an address given twice: last wins in upb; left to it */
     return 0;
 }
 
@@ -1228,6 +1260,41 @@ wirescan_configure_judge(PyObject *Py_UNUSED(module), PyObject *v)
 
 static PyObject *qname_fallback; /* nmsgdns.dnsqr.qname_to_text_py */
 
+/* Each byte becomes at most 4 characters ("\DDD") and each label adds at most one ".": the text of n
+ * bytes fits in QNAME_TEXT_MAX(n) characters (at least 1, for ".") */
+#define QNAME_TEXT_MAX(n) (5 * (n) + 1)
+
+/* Write the text of the name w[0:n] to dst (QNAME_TEXT_MAX(n) bytes); returns its length. */
+static Py_ssize_t
+render_qname(const unsigned char *w, Py_ssize_t n, unsigned char *dst)
+{
+    Py_ssize_t i = 0, o = 0;
+    while (i < n && w[i]) {
+        Py_ssize_t end = i + 1 + w[i], j;
+        if (end > n)
+            end = n;
+        for (j = i + 1; j < end; j++) {
+            unsigned c = w[j];
+            if (c == 0x2E || c == 0x5C) {
+                dst[o++] = '\\';
+                dst[o++] = (unsigned char)c;
+            } else if (c >= 0x21 && c <= 0x7E) {
+                dst[o++] = (unsigned char)c;
+            } else {
+                dst[o++] = '\\';
+                dst[o++] = (unsigned char)('0' + c / 100);
+                dst[o++] = (unsigned char)('0' + c / 10 % 10);
+                dst[o++] = (unsigned char)('0' + c % 10);
+            }
+        }
+        dst[o++] = '.';
+        i = i + 1 + w[i];
+    }
+    if (o == 0)
+        dst[o++] = '.'; /* the root, or nothing at all */
+    return o;
+}
+
 PyDoc_STRVAR(qname_to_text_doc,
 "qname_to_text(wire) -> str\n--\n\n"
 "nmsgdns.dnsqr.qname_to_text in C (same text for every input).");
@@ -1236,10 +1303,10 @@ static PyObject *
 wirescan_qname_to_text(PyObject *Py_UNUSED(module), PyObject *wire)
 {
     const unsigned char *w;
-    Py_ssize_t n, i = 0, o = 0;
+    Py_ssize_t n;
     PyObject *out;
-    Py_UCS1 stack_buf[1280];
-    Py_UCS1 *dst;
+    unsigned char stack_buf[1280];
+    unsigned char *dst;
     if (!PyBytes_Check(wire)) {
         if (qname_fallback == NULL) {
             PyErr_SetString(PyExc_RuntimeError, "nmsgdns._wirescan is not configured (import nmsgdns.dnsqr)");
@@ -1249,36 +1316,12 @@ wirescan_qname_to_text(PyObject *Py_UNUSED(module), PyObject *wire)
     }
     w = (const unsigned char *)PyBytes_AS_STRING(wire);
     n = PyBytes_GET_SIZE(wire);
-    if (n == 0 || w[0] == 0)
-        return PyUnicode_FromStringAndSize(".", 1);
-    /* each byte becomes at most 4 characters ("\DDD"); each label adds at most one "." */
-    if (5 * n <= (Py_ssize_t)sizeof stack_buf) {
+    if (QNAME_TEXT_MAX(n) <= (Py_ssize_t)sizeof stack_buf) {
         dst = stack_buf;
-    } else if ((dst = PyMem_Malloc((size_t)(5 * n))) == NULL) {
+    } else if ((dst = PyMem_Malloc((size_t)QNAME_TEXT_MAX(n))) == NULL) {
         return PyErr_NoMemory();
     }
-    while (i < n && w[i]) {
-        Py_ssize_t end = i + 1 + w[i], j;
-        if (end > n)
-            end = n;
-        for (j = i + 1; j < end; j++) {
-            unsigned c = w[j];
-            if (c == 0x2E || c == 0x5C) {
-                dst[o++] = '\\';
-                dst[o++] = (Py_UCS1)c;
-            } else if (c >= 0x21 && c <= 0x7E) {
-                dst[o++] = (Py_UCS1)c;
-            } else {
-                dst[o++] = '\\';
-                dst[o++] = (Py_UCS1)('0' + c / 100);
-                dst[o++] = (Py_UCS1)('0' + c / 10 % 10);
-                dst[o++] = (Py_UCS1)('0' + c % 10);
-            }
-        }
-        dst[o++] = '.';
-        i = i + 1 + w[i];
-    }
-    out = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, dst, o);
+    out = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, dst, render_qname(w, n, dst));
     if (dst != stack_buf)
         PyMem_Free(dst);
     return out;
@@ -1437,6 +1480,257 @@ wirescan_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssiz
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* One selected payload -> its failures-topic record (processors.filter_agent.filter_container)     */
+/*
+ * Why: for each record the rule selects (about a quarter of a stream) the worker decoded the record with
+ * protobuf (edns.judgement_of), labelled it (classify.classify_failure), built the EdnsFailure dict
+ * (failure_record.failure_dict) and wrote it (avro_record above): a quarter of the worker's CPU, for
+ * fields that all sit in the payload bytes judge() walks anyway. failure_record() walks them again
+ * (parse_dnsqr_payload and the two scans, ~1 us) and writes the Avro bytes directly.
+ *
+ * Same rule as everywhere in this file: the Python path stays the specification and this returns None
+ * (the caller then runs that path) for whatever it is not sure of: a payload the rule does not select
+ * or judge() leaves to Python, and a record whose fields upb would read differently from this walk (a
+ * singular field given twice, a uint32 wider than 32 bits). tests/processors/test_failure_fast.py holds
+ * the two to the same bytes.
+ */
+
+/* The EdnsFailure fields in the order failure_record() writes them, with avro_record's kind codes:
+ * exported as FAILURE_FIELDS, which processors.failure_record compares with the schema's fields at import
+ * (a schema change turns the fast path off instead of writing a stale layout). */
+static const struct {
+    const char *name;
+    int kind;
+} failure_fields[] = {
+    {"time_sec", AVRO_LONG},
+    {"time_nsec", AVRO_LONG},
+    {"name_server", AVRO_STRING},
+    {"resolver", AVRO_STRING},
+    {"query_port", AVRO_LONG},
+    {"response_port", AVRO_LONG},
+    {"proto", AVRO_LONG},
+    {"qname", AVRO_STRING},
+    {"qtype", AVRO_LONG},
+    {"qclass", AVRO_LONG},
+    {"rcode", AVRO_LONG},
+    {"kind", AVRO_STRING},
+    {"query_edns_udp_size", AVRO_LONG},
+    {"query_edns_version", AVRO_LONG},
+    {"query_edns_do", AVRO_BOOLEAN},
+    {"payload", AVRO_BYTES},
+};
+#define N_FAILURE_FIELDS ((int)(sizeof failure_fields / sizeof failure_fields[0]))
+
+/* The DnsQR fields read for a failure record besides those judge() needs: with any of them repeated or
+ * wide the values upb reads are not the ones read here. */
+#define FAILURE_DNSQR_FIELDS                                                                          \
+    (FIELD_BIT(4) | FIELD_BIT(5) | FIELD_BIT(6) | FIELD_BIT(8) | FIELD_BIT(9) | FIELD_BIT(10))
+
+/* classify.KINDS, in that order; the str objects are made once, at import. */
+enum {
+    KIND_BADVERS,
+    KIND_FORMERR,
+    KIND_SERVFAIL,
+    KIND_NOTIMP,
+    KIND_REFUSED,
+    KIND_TRUNCATED_NOOPT,
+    KIND_NOOPT,
+    N_KINDS,
+};
+static const char *const kind_names[N_KINDS] = {
+    "badvers", "formerr", "servfail", "notimp", "refused", "truncated-noopt", "noopt",
+};
+static PyObject *kind_strs[N_KINDS];
+
+/* The rule's SELECTED verdict, as judge() reaches it, for a parsed record: 1 with the response's span
+ * in the payload and the query's OPT; 0 for any other verdict (or one judge() leaves to Python: several
+ * response packets); -1 on MemoryError. */
+static int
+rule_selects(const unsigned char *p, const dnsqr_t *rec, Py_ssize_t *rs, Py_ssize_t *re, optpos *qo)
+{
+    Py_ssize_t qs, qe;
+    optpos ro;
+    int side;
+    if (rec->n_response != 1 || rec->response_ip.len == 0 ||
+        !derive_one(p, &rec->response_packet, rec->response_ip.len, rs, re))
+        return 0; /* no response (or fragments) */
+    side = scan_side(p + *rs, *re - *rs, &ro);
+    if (side != SIDE_NO_OPT)
+        return side < 0 ? -1 : 0; /* malformed, or answered with OPT */
+    if (rec->n_query != 1 || rec->query_ip.start < 0 ||
+        !derive_one(p, &rec->query_packet, rec->query_ip.len, &qs, &qe))
+        return 0; /* no query */
+    side = scan_side(p + qs, qe - qs, qo);
+    if (side != SIDE_OPT)
+        return side < 0 ? -1 : 0; /* malformed, or asked without EDNS */
+    return 1;
+}
+
+/* classify.classify_failure's kind: ``msg`` is the response (it parsed, so it has its 12-byte header),
+ * ``version`` the EDNS version the query asked for. */
+static int
+failure_kind(const unsigned char *msg, unsigned version)
+{
+    if (version > 0)
+        return KIND_BADVERS;
+    switch (msg[3] & 0x0F) {
+    case 1:
+        return KIND_FORMERR;
+    case 2:
+        return KIND_SERVFAIL;
+    case 4:
+        return KIND_NOTIMP;
+    case 5:
+        return KIND_REFUSED;
+    default:
+        return msg[2] & 0x02 ? KIND_TRUNCATED_NOOPT : KIND_NOOPT; /* TC */
+    }
+}
+
+#define IP_TEXT_MAX INET6_ADDRSTRLEN
+
+/* An address field as text (dst: IP_TEXT_MAX bytes), as failure_record.ip_text and dnsqr.ip_to_text
+ * write a 4- or 16-byte one: their socket.inet_ntop calls the C library's inet_ntop, as this does, so
+ * the text is the same (mapped, compatible, compressed zeros). Returns its length, or -1 when the field
+ * is absent or of another length (the Python path writes hex; a selected record never has one: the
+ * derived query and response need 4 or 16 bytes). */
+static int
+ip_text(const unsigned char *p, const span *ip, char *dst)
+{
+    int af = ip->len == 4 ? AF_INET : ip->len == 16 ? AF_INET6 : -1;
+    if (ip->start < 0 || af < 0 || inet_ntop(af, p + ip->start, dst, IP_TEXT_MAX) == NULL)
+        return -1;
+    return (int)strlen(dst);
+}
+
+/* Avro "long"/"int" (zigzag varint, at most AVRO_VARINT_MAX bytes) and "string"/"bytes" (length, data). */
+#define AVRO_VARINT_MAX 10
+
+static inline unsigned char *
+avro_put_long(unsigned char *o, int64_t v)
+{
+    return o + put_varint(o, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
+}
+
+static inline unsigned char *
+avro_put_bytes(unsigned char *o, const void *data, Py_ssize_t len)
+{
+    o = avro_put_long(o, (int64_t)len);
+    memcpy(o, data, (size_t)len);
+    return o + len;
+}
+
+PyDoc_STRVAR(failure_record_doc,
+"failure_record(payload) -> (name_server, kind, avro) | None\n--\n\n"
+"For a payload the EDNS0 rule selects: its name server (response_ip as text), its failure kind\n"
+"(classify_failure) and its schemaless Avro EdnsFailure, the bytes encode_failure(failure_dict(...))\n"
+"writes, in the field order of FAILURE_FIELDS. None for any other payload and wherever the Python path\n"
+"must decide (see above).");
+
+static PyObject *
+wirescan_failure_record(PyObject *Py_UNUSED(module), PyObject *payload)
+{
+    const unsigned char *p, *msg;
+    Py_ssize_t n, rs, re, qname_len = 0, kind_len;
+    dnsqr_t rec;
+    optpos qo;
+    unsigned version, flags;
+    int kind, ns_len, resolver_len, sel;
+    char ns[IP_TEXT_MAX], resolver[IP_TEXT_MAX];
+    unsigned char qname_stack[1280], *qname = qname_stack, *start, *o;
+    PyObject *avro = NULL, *out = NULL;
+
+    if (!PyBytes_Check(payload))
+        Py_RETURN_NONE;
+    p = (const unsigned char *)PyBytes_AS_STRING(payload);
+    n = PyBytes_GET_SIZE(payload);
+    if (parse_dnsqr_payload(p, n, &rec) < 0 || ((rec.repeated | rec.wide) & FAILURE_DNSQR_FIELDS))
+        Py_RETURN_NONE;
+    sel = rule_selects(p, &rec, &rs, &re, &qo);
+    if (sel < 0)
+        return PyErr_NoMemory();
+    if (sel == 0 || re - rs < 12) /* (a response that parsed has its header; checked, not assumed) */
+        Py_RETURN_NONE;
+    ns_len = ip_text(p, &rec.response_ip, ns);
+    resolver_len = ip_text(p, &rec.query_ip, resolver);
+    if (ns_len < 0 || resolver_len < 0)
+        Py_RETURN_NONE;
+
+    /* The query's Opt (make_opt): a question of type 41 has version and flags 0. */
+    version = qo.found == 2 ? (qo.ttl >> 16) & 0xFF : 0;
+    flags = qo.found == 2 ? qo.ttl & 0xFFFF : 0;
+    msg = p + rs;
+    kind = failure_kind(msg, version);
+    kind_len = (Py_ssize_t)strlen(kind_names[kind]);
+
+    /* failure_dict's qname: "" when the record has none, else qname_to_text's text. */
+    if (rec.qname.start >= 0) {
+        if (QNAME_TEXT_MAX(rec.qname.len) > (Py_ssize_t)sizeof qname_stack &&
+            (qname = PyMem_Malloc((size_t)QNAME_TEXT_MAX(rec.qname.len))) == NULL)
+            return PyErr_NoMemory();
+        qname_len = render_qname(p + rec.qname.start, rec.qname.len, qname);
+    }
+
+    /* 15 varints (10 numbers, 5 lengths), 1 boolean, the texts and the payload; all text is ASCII, so
+     * its UTF-8 form is the bytes themselves. */
+    avro = PyBytes_FromStringAndSize(
+        NULL, 15 * AVRO_VARINT_MAX + 1 + ns_len + resolver_len + qname_len + kind_len + n);
+    if (avro == NULL)
+        goto done;
+    start = o = (unsigned char *)PyBytes_AS_STRING(avro);
+    /* In the order of failure_fields; the values as failure_dict takes them. */
+    o = avro_put_long(o, (int64_t)rec.time_sec);              /* time_sec: int64, as upb reads it */
+    o = avro_put_long(o, (int64_t)rec.time_nsec);             /* time_nsec: fixed32 */
+    o = avro_put_bytes(o, ns, ns_len);                        /* name_server: judgement.ns_ip */
+    o = avro_put_bytes(o, resolver, resolver_len);            /* resolver */
+    o = avro_put_long(o, (int64_t)rec.query_port);            /* absent: the protobuf default 0 */
+    o = avro_put_long(o, (int64_t)rec.response_port);
+    o = avro_put_long(o, (int64_t)rec.proto);
+    o = avro_put_bytes(o, qname, qname_len);
+    o = avro_put_long(o, (int64_t)rec.qtype);
+    o = avro_put_long(o, (int64_t)rec.qclass);
+    o = avro_put_long(o, (int64_t)(msg[3] & 0x0F));           /* rcode: the response header's */
+    o = avro_put_bytes(o, kind_names[kind], kind_len);
+    o = avro_put_long(o, (int64_t)qo.udp_size);               /* query_edns_*: the query's OPT */
+    o = avro_put_long(o, (int64_t)version);
+    *o++ = (flags & 0x8000) != 0;                             /* query_edns_do: the DO bit */
+    o = avro_put_bytes(o, p, n);                              /* payload, byte for byte */
+    if (_PyBytes_Resize(&avro, o - start) < 0)                /* (frees it and sets NULL on failure) */
+        goto done;
+    out = Py_BuildValue("(s#OO)", ns, (Py_ssize_t)ns_len, kind_strs[kind], avro);
+done:
+    if (qname != qname_stack)
+        PyMem_Free(qname);
+    Py_XDECREF(avro);
+    return out;
+}
+
+/* FAILURE_FIELDS and the kind strings, at import. */
+static int
+init_failure_record(PyObject *m)
+{
+    PyObject *fields;
+    int i;
+    for (i = 0; i < N_KINDS; i++)
+        if (kind_strs[i] == NULL && (kind_strs[i] = PyUnicode_InternFromString(kind_names[i])) == NULL)
+            return -1;
+    fields = PyTuple_New(N_FAILURE_FIELDS);
+    if (fields == NULL)
+        return -1;
+    for (i = 0; i < N_FAILURE_FIELDS; i++) {
+        PyObject *pair = Py_BuildValue("(si)", failure_fields[i].name, failure_fields[i].kind);
+        if (pair == NULL) {
+            Py_DECREF(fields);
+            return -1;
+        }
+        PyTuple_SET_ITEM(fields, i, pair);
+    }
+    i = PyModule_AddObjectRef(m, "FAILURE_FIELDS", fields);
+    Py_DECREF(fields);
+    return i;
+}
+
 PyDoc_STRVAR(configure_wire_doc,
 "configure_wire(opt_type, error_type, fallback)\n--\n\n"
 "Called by nmsgdns.wire: the Opt class to build, the exception to raise, and the pure-Python scan_opt\n"
@@ -1490,6 +1784,7 @@ static PyMethodDef methods[] = {
     {"qname_to_text", wirescan_qname_to_text, METH_O, qname_to_text_doc},
     {"configure_dnsqr", wirescan_configure_dnsqr, METH_O, configure_dnsqr_doc},
     {"avro_record", (PyCFunction)(void (*)(void))wirescan_avro_record, METH_FASTCALL, avro_record_doc},
+    {"failure_record", wirescan_failure_record, METH_O, failure_record_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1497,7 +1792,8 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "nmsgdns._wirescan",
     "C versions of nmsgdns.wire.scan_opt, nmsgdns.ippacket.udp_payload, the common case of nmsgdns.edns.judge,\n"
-    "nmsgdns.dnsqr.qname_to_text and a flat Avro record writer (same results, faster).",
+    "nmsgdns.dnsqr.qname_to_text, a flat Avro record writer and a selected payload's failure record\n"
+    "(same results, faster).",
     -1,
     methods,
     NULL,
@@ -1509,6 +1805,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__wirescan(void)
 {
+    PyObject *m;
     init_specs();
-    return PyModule_Create(&module);
+    m = PyModule_Create(&module);
+    if (m != NULL && init_failure_record(m) < 0)
+        Py_CLEAR(m);
+    return m;
 }

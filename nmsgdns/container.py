@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from nmsgdns.errors import ContainerError, TruncatedError
 from nmsgdns.payload import encode_varint, payload_data_span, read_varint
 from nmsgdns.proto.nmsg_pb2 import Nmsg
+from nmsgdns.wire import load_extension
 
 MAGIC = b"NMSG"
 HEADER_SIZE = 10
@@ -332,7 +333,7 @@ def encode_header(flags: int, length: int) -> bytes:
     return MAGIC + bytes((flags, VERSION)) + _BE32.pack(length)
 
 
-def encode_body(
+def encode_body_py(
     payloads: Sequence[bytes],
     *,
     crcs: bool = True,
@@ -343,6 +344,9 @@ def encode_body(
 
     Each payload is embedded as given. Raises PayloadError when ``crcs`` is set and a payload is not a
     well-formed NmsgPayload (its field 5 cannot be found).
+
+    This is the specification of :func:`encode_body`: nmsgdns/_nmsgbody.c transcribes it, and the tests
+    hold the two to the same bytes and the same exceptions.
     """
     parts: list[bytes] = []
     for p in payloads:
@@ -360,6 +364,21 @@ def encode_body(
         parts.append(b"\x20")
         parts.append(encode_varint(sequence_id))
     return b"".join(parts)
+
+
+_body_ext = load_extension("_nmsgbody")
+#: The C transcription of :func:`encode_body_py` (nmsgdns/_nmsgbody.c), when built. It encodes lists and
+#: tuples of bytes itself and hands any other input, and the CRC of any payload not in libnmsg's usual
+#: layout, back to the Python code, so results and exceptions are the same.
+encode_body_c: Callable[..., bytes] | None = None
+if _body_ext is not None:
+    _body_ext.configure(encode_body_py, payload_crc)
+    encode_body_c = _body_ext.encode_body
+#: The body encoder in use: the C one when built (about 0.14 us a payload with CRCs against 1.7 us; it runs
+#: for every record the sink and the NMSG file and socket writers write), else :func:`encode_body_py`.
+#: Same signature:
+#: ``encode_body(payloads, *, crcs=True, sequence=None, sequence_id=None) -> bytes``.
+encode_body: Callable[..., bytes] = encode_body_py if encode_body_c is None else encode_body_c
 
 
 def encode_container(

@@ -52,7 +52,7 @@ from nmsgdns.container import decode_container
 from nmsgdns.dnsqr import ip_to_text
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
-from processors.failure_record import encode_failure, failure_dict
+from processors.failure_record import encode_failure, failure_dict, failure_fast
 
 if TYPE_CHECKING:
     from processors.app import PipelineApp
@@ -150,27 +150,36 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
     way leaves no partial counts behind (it goes to the dead-letter topic whole).
 
     Each payload is judged by :func:`nmsgdns.edns.triage` (``judge(detail=True)`` without the protobuf
-    record, in C for the common case): only selected records need the record, so only they decode it.
-    The results are the same as judging every payload with ``judge`` (tests hold the two to it).
+    record, in C for the common case): only selected records need the record, so only they decode it,
+    and in the common case not even they: :data:`processors.failure_record.failure_fast` returns their
+    name server, kind and Avro value in one C call. The results are the same as judging every payload
+    with ``judge`` and building each failure in Python (tests hold them to it).
     """
     payloads = decode_container(data).payloads
     failures: list[Record] = []
     counts: dict[CountsKey, Counts] = {}
     selected = Verdict.SELECTED
+    fast = failure_fast
     for payload in payloads:
         t = triage(payload)
         verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, sec, nsec = t
         if verdict is selected:
-            j = judgement_of(payload, t)
-            ns = j.ns_ip or ""
-            detail = classify_failure(j.record, j.query_opt, j.response)
-            value = failure_dict(payload, j, detail.kind, detail=detail, time=(sec, nsec))
-            failures.append((ns.encode(), encode_failure(value)))
+            # one C call for the whole failure record; None (unusual records) takes the Python path
+            f = fast(payload) if fast is not None else None
+            if f is not None:
+                ns, kind, avro = f
+            else:
+                j = judgement_of(payload, t)
+                ns = j.ns_ip or ""
+                detail = classify_failure(j.record, j.query_opt, j.response)
+                kind = detail.kind
+                avro = encode_failure(failure_dict(payload, j, kind, detail=detail, time=(sec, nsec)))
+            failures.append((ns.encode(), avro))
             key = (ns, clock.window_start(payload))
             c = counts.get(key) or counts.setdefault(key, Counts())
             c.failures += 1
             c.edns_answered += 1
-            c.by_kind[detail.kind] += 1
+            c.by_kind[kind] += 1
         elif answered or timeout:
             if len(response_ip) not in (4, 16):
                 continue  # Judgement.ns_ip is None: no usable name server to count against

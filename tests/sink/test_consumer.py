@@ -7,16 +7,23 @@ can be checked against the files on disk at the moment it is made.
 from __future__ import annotations
 
 import io
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from fastavro import schemaless_writer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dnsqr_schemas import avro_schema
 from nmsgdns.payload import make_payload
+from processors import failure_record
 from sink import consumer as sink_consumer
 from sink.consumer import FailureSink, SinkConfig, UndecodableValue, decode_failure_payload
 from sink.files import final_files, parse_final_name
@@ -78,6 +85,82 @@ def _avro(payload: bytes) -> bytes:
 def test_decode_rejects(value: bytes | None, reason: str) -> None:
     with pytest.raises(UndecodableValue, match=reason):
         decode_failure_payload(value)
+
+
+def decode_outcome(value: bytes | None) -> tuple[str, object]:
+    """What :func:`decode_failure_payload` did: ("ok", payload) or ("undecodable", reason), the reason
+    without object addresses (fastavro's EOFError names its stream, ``<_io.BytesIO object at 0x...>``)."""
+    try:
+        return ("ok", decode_failure_payload(value))
+    except UndecodableValue as exc:
+        return ("undecodable", re.sub(r" at 0x[0-9a-f]+", " at 0x", str(exc)))
+
+
+def fastavro_outcome(value: bytes | None) -> tuple[str, object]:
+    """:func:`decode_outcome` with the C Avro reader off: fastavro alone, as the sink decoded before it."""
+    with mock.patch.object(failure_record, "_flat_field", None):
+        return decode_outcome(value)
+
+
+@st.composite
+def damaged_values(draw: st.DrawFn, values: list[bytes]) -> bytes:
+    """A valid value of the corpus, truncated, extended, or with bytes changed, inserted or deleted."""
+    out = bytearray(draw(st.sampled_from(values)))
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(("cut", "append", "set", "insert", "delete")))
+        at = draw(st.integers(0, max(len(out) - 1, 0)))
+        if op == "cut":
+            del out[at:]
+        elif op == "append":
+            out += draw(st.binary(min_size=1, max_size=4))
+        elif op == "set" and out:
+            out[at] = draw(st.integers(0, 255))
+        elif op == "insert":
+            out[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif out:
+            del out[at : at + draw(st.integers(1, 4))]
+    return bytes(out)
+
+
+_VALUES = [failure_value(p)[1] for p in corpus_payloads("edge_cases")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(damaged_values(_VALUES), st.binary(max_size=300)))
+def test_decode_is_unchanged_by_the_c_reader(value: bytes) -> None:
+    """The same payload, or the same reason word for word, as fastavro alone gives (the sink before)."""
+    assert decode_outcome(value) == fastavro_outcome(value)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda v: v, None),
+        (lambda v: v + b"\x00", r"^Avro: 1 trailing bytes after the record$"),
+        (lambda v: v + b"xyz", r"^Avro: 3 trailing bytes after the record$"),
+        (lambda v: v[:-1], r"^Avro: EOFError: Expected \d+ bytes, read \d+$"),
+        (lambda v: v[:1], r"^Avro: (IndexError|EOFError): "),
+        (lambda v: b"\x80", r"^Avro: IndexError: "),
+        (lambda v: b"\xff" * 40, r"^Avro: "),
+    ],
+)
+def test_decode_reasons(payloads: list[bytes], damage: Callable[[bytes], bytes], reason: str | None) -> None:
+    """Valid, trailing bytes, truncated, garbage: the categories of the dead letters' reasons."""
+    for payload in payloads[:20]:
+        value = damage(failure_value(payload)[1])
+        outcome = decode_outcome(value)
+        assert outcome == fastavro_outcome(value)
+        if reason is None:
+            assert outcome == ("ok", payload)
+        else:
+            assert outcome[0] == "undecodable" and re.search(reason, str(outcome[1])), outcome
+
+
+def test_sink_imports_no_faust() -> None:
+    """The sink reads Avro with processors.failure_record, which must stay free of the Faust app."""
+    code = "import sys, sink.consumer; print(sorted(m for m in sys.modules if m.split('.')[0] == 'faust'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------ scripted Kafka

@@ -1,0 +1,253 @@
+/*
+ * nmsgdns._avro: one field out of a schemaless Avro record of primitive fields, in C.
+ *
+ * Why this exists: the sink reads every failures-topic value (an EdnsFailure record, schemas/
+ * edns_failure.avsc) only for its `payload` field, and must check that the whole value is one record.
+ * fastavro's schemaless_reader built the full dict for that, ~5 us per record, most of the sink's CPU.
+ * A record of primitive fields is a plain sequence of zig-zag varints, length-prefixed bytes and one-byte
+ * booleans, so this walks it directly and builds only the one field asked for.
+ *
+ * fastavro is the specification, not this file. flat_field() accepts only values that are clearly
+ * well-formed, and for those gives exactly what fastavro gives; for everything else it returns None and
+ * the caller (processors.failure_record.failure_payload) asks fastavro, which decides and words the
+ * error. So this code never rejects a value itself. Where fastavro is lenient it is still left to decide,
+ * because reproducing its leniency would be guessing (fastavro 1.13, tests/nmsgdns/test_avro_reader.py):
+ *
+ *  - a boolean byte other than 0 or 1 (fastavro reads any non-zero byte as True);
+ *  - a varint that is not the shortest form (0x80 0x00 is 0 for fastavro), or longer than 10 bytes
+ *    (fastavro keeps shifting past 64 bits and returns whatever is left), or a 10-byte varint whose last
+ *    byte holds more than bit 63 (fastavro drops the excess bits);
+ *  - an "int" outside 32 bits is NOT among them: fastavro reads int and long alike, without a range
+ *    check, and so does this code (both are kind 0).
+ *
+ * Every read is bounds-checked against the size of the bytes object; a length that is negative or runs
+ * past the end of the value, a truncated varint, a string that is not strict UTF-8 (Python's decoder,
+ * which fastavro uses), or bytes left after the last field all mean None.
+ *
+ * Kind codes are those of processors.failure_record.flat_fields and of avro_record() in _wirescan.c.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define AVRO_LONG 0 /* "long" and "int": zig-zag varint */
+#define AVRO_STRING 1
+#define AVRO_BYTES 2
+#define AVRO_BOOLEAN 3
+
+/* The longest varint of a 64-bit value: 9 bytes of 7 bits, then one byte holding bit 63. */
+#define VARINT_MAX_BYTES 10
+
+/*
+ * The canonical zig-zag varint at buf[*pos] (end is the size of buf): 1 and *pos moved past it when it
+ * is the shortest encoding of an int64 and complete; 0 (nothing moved) for anything fastavro must
+ * decide.
+ */
+static int
+read_varint(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, int64_t *out)
+{
+    uint64_t n = 0;
+    Py_ssize_t p = *pos;
+    int k;
+
+    for (k = 0; k < VARINT_MAX_BYTES; k++) {
+        unsigned char b;
+        if (p >= end)
+            return 0; /* truncated: fastavro raises (EOFError or IndexError) */
+        b = buf[p++];
+        n |= (uint64_t)(b & 0x7F) << (7 * k);
+        if (b & 0x80)
+            continue;
+        /* Last byte. A zero one after the first adds nothing (a longer form of a shorter varint); in
+         * the 10th byte only bit 0 fits (bit 63), fastavro would silently drop the others. */
+        if ((b == 0 && k > 0) || (k == VARINT_MAX_BYTES - 1 && b > 1))
+            return 0;
+        *pos = p;
+        /* zig-zag: n/2 for even n, -(n+1)/2 for odd n; computed in unsigned arithmetic (no overflow),
+         * and the conversion to int64 is two's complement on every compiler CPython supports */
+        *out = (int64_t)((n >> 1) ^ (0 - (n & 1)));
+        return 1;
+    }
+    return 0; /* an 11th byte: fastavro keeps reading it */
+}
+
+/*
+ * 1 when s[0:n] is well-formed UTF-8 as Python's strict decoder (fastavro's bytes.decode()) reads it:
+ * Unicode's table 3-7, i.e. no overlong forms, no surrogates (U+D800..DFFF), nothing above U+10FFFF.
+ */
+static int
+utf8_valid(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+
+    while (i < n) {
+        unsigned char c = s[i], lo = 0x80, hi = 0xBF;
+        int more; /* continuation bytes after the lead byte */
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            more = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0)
+                lo = 0xA0; /* E0 80..9F would be overlong */
+            else if (c == 0xED)
+                hi = 0x9F; /* ED A0..BF would be a surrogate */
+        }
+        else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0)
+                lo = 0x90; /* F0 80..8F would be overlong */
+            else if (c == 0xF4)
+                hi = 0x8F; /* F4 90.. would be above U+10FFFF */
+        }
+        else
+            return 0; /* a continuation byte, C0/C1 (overlong) or F5..FF */
+        if (more > n - i - 1)
+            return 0; /* the sequence runs past the end */
+        /* only the second byte has a narrowed range; the others are any continuation byte */
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (int j = 2; j <= more; j++)
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(flat_field_doc,
+"flat_field(fields, value, index) -> object | None\n--\n\n"
+"Field ``index`` of ``value`` (bytes), read as one schemaless Avro record of the primitive ``fields``\n"
+"((name, kind) pairs, kind 0 long/int, 1 string, 2 bytes, 3 boolean) that must end exactly at the end\n"
+"of ``value``: exactly what fastavro's schemaless_reader gives for it (int, str, bytes or bool). None\n"
+"for a value that is not clearly well-formed (fastavro must decide whether it reads it, and how).");
+
+static PyObject *
+avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *fields, *value;
+    const unsigned char *buf;
+    Py_ssize_t nf, index, i, end, pos = 0;
+    /* what field `index` turned out to be: its kind, and its number or where its bytes are */
+    long want_kind = -1;
+    int64_t want_num = 0;
+    Py_ssize_t want_start = 0, want_len = 0;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "flat_field() takes exactly 3 arguments (fields, value, index)");
+        return NULL;
+    }
+    fields = args[0];
+    value = args[1];
+    if (!PyTuple_CheckExact(fields)) {
+        PyErr_SetString(PyExc_TypeError, "flat_field() fields must be a tuple of (name, kind) pairs");
+        return NULL;
+    }
+    nf = PyTuple_GET_SIZE(fields);
+    index = PyNumber_AsSsize_t(args[2], PyExc_IndexError);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= nf) {
+        PyErr_SetString(PyExc_IndexError, "flat_field() index out of range");
+        return NULL;
+    }
+    /* a bytearray, memoryview...: fastavro's reading of it is the reference, and it is not the hot path */
+    if (!PyBytes_CheckExact(value))
+        Py_RETURN_NONE;
+    buf = (const unsigned char *)PyBytes_AS_STRING(value);
+    end = PyBytes_GET_SIZE(value);
+
+    /* The whole record is walked, not only up to `index`: trailing garbage, a bad boolean or a bad
+     * string after the field all change fastavro's answer. */
+    for (i = 0; i < nf; i++) {
+        PyObject *spec = PyTuple_GET_ITEM(fields, i);
+        int64_t num = 0;
+        Py_ssize_t start = 0;
+        long kind;
+
+        if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 2) {
+            PyErr_SetString(PyExc_TypeError, "flat_field() fields must be a tuple of (name, kind) pairs");
+            return NULL;
+        }
+        /* the name is not needed: a schemaless record is its fields' values in schema order */
+        kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 1));
+        if (kind == -1 && PyErr_Occurred())
+            return NULL;
+        switch (kind) {
+        case AVRO_LONG:
+            if (!read_varint(buf, end, &pos, &num))
+                Py_RETURN_NONE;
+            break;
+        case AVRO_BOOLEAN:
+            if (pos >= end || buf[pos] > 1)
+                Py_RETURN_NONE;
+            num = buf[pos++];
+            break;
+        case AVRO_STRING:
+        case AVRO_BYTES:
+            /* a long length, then that many bytes; pos <= end always holds, so end - pos cannot overflow */
+            if (!read_varint(buf, end, &pos, &num) || num < 0 || num > end - pos)
+                Py_RETURN_NONE;
+            start = pos;
+            pos += (Py_ssize_t)num;
+            if (kind == AVRO_STRING && !utf8_valid(buf + start, (Py_ssize_t)num))
+                Py_RETURN_NONE;
+            break;
+        default:
+            Py_RETURN_NONE; /* a kind this code does not know: fastavro's */
+        }
+        if (i == index) {
+            want_kind = kind;
+            want_num = num;
+            want_start = start;
+            want_len = (Py_ssize_t)num;
+        }
+    }
+    if (pos != end)
+        Py_RETURN_NONE; /* trailing bytes: fastavro reads the record, the caller words the error */
+
+    switch (want_kind) {
+    case AVRO_LONG:
+        return PyLong_FromLongLong((long long)want_num);
+    case AVRO_BOOLEAN:
+        return PyBool_FromLong((long)want_num);
+    case AVRO_BYTES:
+        return PyBytes_FromStringAndSize((const char *)buf + want_start, want_len);
+    default: { /* AVRO_STRING, validated above; a decode error would still only mean "not decided" */
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)buf + want_start, want_len, "strict");
+        if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        return text;
+    }
+    }
+}
+
+static PyMethodDef methods[] = {
+    {"flat_field", (PyCFunction)(void (*)(void))avro_flat_field, METH_FASTCALL, flat_field_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "nmsgdns._avro",
+    "One field of a schemaless Avro record of primitive fields, as fastavro reads it (faster; None where\n"
+    "fastavro must decide).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__avro(void)
+{
+    return PyModule_Create(&module);
+}
