@@ -9,8 +9,9 @@ so a job exercises exactly what production runs. "Done" is decided from Kafka it
 3. the sink's group has committed the end of the failures topic (durable files, see ``sink/``);
 4. the aggregator's last snapshot is on the counts topic (its totals add up to what the sink wrote).
 
-Each wait re-reads the end offsets until they stop moving, so records still in flight from a stage that
-committed early cannot be missed.
+Steps 2 and 3 are one wait that reads the groups' positions in that order each round, until a round finds
+them all caught up with the same end offsets as the round before, so records still in flight from a stage
+that committed early cannot be missed.
 """
 
 from __future__ import annotations
