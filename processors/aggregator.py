@@ -20,7 +20,12 @@ killed after a changelog write but before its ns-stats offsets commit leaves the
 already holds deltas it will consume again. Under exactly_once each delta therefore carries its input
 partition and last input offset (headers set by the filter agent; committed deltas of one input partition
 never overlap and arrive in offset order for a name server), and every table value remembers, in
-``applied``, the last offset applied per input partition: a delta at or below it is a replay and is skipped.
+``applied``, the last (offset, window start) applied per input partition: a delta at or below it is a
+replay and is skipped. The window start tells apart the deltas of one batch for one name server (one per
+window its records fall in, sent in window order), which share the batch's offset: by offset alone the
+totals would have skipped all but the first, whenever a batch spans a window boundary. (The reverse, offsets
+committed before the table updates they caused were delivered, is prevented by the consumer, which flushes
+the producer before each transactional commit: ``processors/consumer.py``.)
 Not under at_least_once: there a replayed input batch may be cut differently, so a delta can partly
 overlap an applied one, and skipping it would lose counts (at-least-once counts may be high, never low).
 
@@ -49,8 +54,11 @@ if TYPE_CHECKING:
     from processors.app import PipelineApp
 
 CountsDict = dict[str, Any]
-#: key of a table value's {input partition (text): last input offset applied}; exactly_once only
+#: key of a table value's {input partition (text): [last input offset, its window start] applied};
+#: exactly_once only. Values written before the window start was added hold the offset alone.
 APPLIED = "applied"
+#: (input partition, last input offset of the batch, window start) of a delta
+Source = tuple[int, int, int]
 STATS_CODEC = "dnsqr-ns-stats"
 
 
@@ -78,24 +86,28 @@ def empty_counts() -> CountsDict:
     return {"edns_answered": 0, "failures": 0, "timeouts": 0, "by_kind": {}, "observations": {}}
 
 
-def applied(current: Mapping[str, Any], source: tuple[int, int] | None) -> bool:
-    """Whether the table value ``current`` already includes the delta of ``source`` (partition, offset)."""
+def applied(current: Mapping[str, Any], source: Source | None) -> bool:
+    """Whether the table value ``current`` already includes the delta of ``source``."""
     if source is None:
         return False
     done = (current.get(APPLIED) or {}).get(str(source[0]))
-    return done is not None and source[1] <= done
+    if done is None:
+        return False
+    if isinstance(done, int):  # an older mark: the whole batch up to that offset
+        return source[1] <= done
+    return (source[1], source[2]) <= (done[0], done[1])
 
 
 def add_counts(
-    current: Mapping[str, Any], delta: Mapping[str, Any], source: tuple[int, int] | None = None
+    current: Mapping[str, Any], delta: Mapping[str, Any], source: Source | None = None
 ) -> CountsDict:
     """A new counts dict: ``current`` plus ``delta`` (a table value must be replaced, not mutated, for Faust
-    to write it to the changelog); with ``source``, it also records that offset as applied."""
+    to write it to the changelog); with ``source``, it also records that delta as applied."""
     result = empty_counts()
     if source is not None or current.get(APPLIED):
         marks = dict(current.get(APPLIED) or {})
         if source is not None:
-            marks[str(source[0])] = source[1]
+            marks[str(source[0])] = [source[1], source[2]]
         result[APPLIED] = marks
     for name in ("edns_answered", "failures", "timeouts"):
         result[name] = current.get(name, 0) + delta.get(name, 0)
@@ -173,13 +185,14 @@ class Tables:
     #: (name server, window start) -> (window counts, total counts) changed since the last snapshot
     pending: dict[tuple[str, int], tuple[CountsDict, CountsDict]] = field(default_factory=dict)
 
-    def apply(self, delta: Mapping[str, Any], source: tuple[int, int] | None = None) -> None:
+    def apply(self, delta: Mapping[str, Any], origin: tuple[int, int] | None = None) -> None:
         """Add one ``NsStatsDelta`` to both tables (call from the agent only).
 
-        ``source`` (input partition, last input offset) makes the update idempotent: a table value that
-        has applied that offset of that partition already is left as it is (see the module doc).
+        ``origin`` (input partition, last input offset) makes the update idempotent: a table value that
+        has applied that delta already is left as it is (see the module doc).
         """
         ns = delta["name_server"]
+        source = None if origin is None else (origin[0], origin[1], delta["window_start"])
         current = self.totals[ns]
         total = current if applied(current, source) else add_counts(current, delta, source)
         if total is not current:

@@ -244,7 +244,11 @@ class PartitionBatch:
                 mine.merge(c)
 
     def deltas(self) -> list[Record]:
-        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in self.counts.items()]
+        """One ``NsStatsDelta`` per (name server, window), in window order: all of a batch's deltas carry
+        its last input offset, and the aggregator tells a name server's deltas of one batch apart by their
+        window, so they must reach it in that order (one name server's go to one partition, in order)."""
+        ordered = sorted(self.counts.items(), key=lambda item: item[0][1])
+        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in ordered]
 
 
 async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:

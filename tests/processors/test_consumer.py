@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from processors.app import Settings, create_app
@@ -39,8 +41,10 @@ class Harness:
     handed: list[int] = field(default_factory=list)
 
 
-def make_consumer() -> Harness:
-    app = create_app(Settings(app_id="test-consumer", web_enabled=False))
+def make_consumer(processing_guarantee: str = "at_least_once") -> Harness:
+    app = create_app(
+        Settings(app_id="test-consumer", web_enabled=False, processing_guarantee=processing_guarantee)
+    )
     app.consumer_generation_id = GENERATION
     handed: list[int] = []
 
@@ -190,3 +194,28 @@ def test_redelivery_drops_committed_acknowledged_and_repeated_offsets() -> None:
     ]
     fresh = Redelivery(c.done).fresh(events)  # type: ignore[arg-type]
     assert [(e.message.tp.partition, e.message.offset) for e in fresh] == [(1, 12), (1, 13), (2, 9)]
+
+
+def test_exactly_once_commit_flushes_the_table_updates_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust flushes its producer (which carries the table changelogs) before a commit only under
+    at_least_once; a transactional commit must not make offsets durable ahead of their table updates."""
+    calls: list[str] = []
+
+    async def flush() -> None:
+        calls.append("flush")
+
+    async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        calls.append("commit")
+        return True
+
+    async def scenario() -> None:
+        consumer = make_consumer("exactly_once").consumer
+        app = consumer.app
+        monkeypatch.setattr(app.producer, "flush", flush)
+        monkeypatch.setattr(FaustConsumer, "_commit_offsets", commit)
+        consumer.in_transaction = True  # what a worker process of an exactly_once app has
+        consumer.transactions_open = True
+        assert await consumer._commit_offsets({RAW: 5})
+        assert calls == ["flush", "commit"]
+
+    asyncio.run(scenario())
