@@ -147,7 +147,7 @@ def broker_credentials(credentials: Mapping[str, str]) -> Any:
 
 @dataclass
 class FilterCounters:
-    """What this worker's filter agent has seen; served by the ``/dnsqr/stats`` view."""
+    """What this worker's agents have seen; served by the ``/dnsqr/stats`` view."""
 
     containers: int = 0
     records: int = 0
@@ -156,6 +156,8 @@ class FilterCounters:
     deltas: int = 0
     #: raw records Faust delivered again after they were processed (committed or acknowledged), dropped
     redelivered: int = 0
+    #: the same for ns-stats deltas, dropped by the aggregator agent
+    redelivered_deltas: int = 0
 
 
 class PipelineApp(faust.App):

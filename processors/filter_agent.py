@@ -244,11 +244,7 @@ class PartitionBatch:
                 mine.merge(c)
 
     def deltas(self) -> list[Record]:
-        """One ``NsStatsDelta`` per (name server, window), in window order: all of a batch's deltas carry
-        its last input offset, and the aggregator tells a name server's deltas of one batch apart by their
-        window, so they must reach it in that order (one name server's go to one partition, in order)."""
-        ordered = sorted(self.counts.items(), key=lambda item: item[0][1])
-        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in ordered]
+        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in self.counts.items()]
 
 
 async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
@@ -272,27 +268,13 @@ async def process_events(app: PipelineApp, events: Sequence[EventT], clock: Wind
     token = batch_offsets.set(last)
     gen_token = batch_generation.set(generation)
     try:
-        await _process_events(app, events, clock, last)
+        await _process_events(app, events, clock)
     finally:
         batch_generation.reset(gen_token)
         batch_offsets.reset(token)
 
 
-def source_headers(source: TP, offset: int) -> Headers:
-    """Headers of a delta naming the input partition and the last input offset it accounts for.
-
-    Under exactly_once the aggregator uses them to apply each delta once even though Faust writes table
-    changelogs outside the transaction (see ``aggregator.py``).
-    """
-    return [
-        ("dnsqr-source-partition", str(source.partition).encode()),
-        ("dnsqr-source-offset", str(offset).encode()),
-    ]
-
-
-async def _process_events(
-    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, last: Mapping[TP, int]
-) -> None:
+async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
     settings = app.settings
     counters = app.counters
     batches: dict[TP, PartitionBatch] = {}
@@ -327,9 +309,7 @@ async def _process_events(
         counters.deltas += len(deltas)
         await asyncio.gather(
             app.output.send(settings.failures_topic, batch.failures, source=source),
-            app.output.send(
-                settings.stats_topic, deltas, source=source, headers=source_headers(source, last[source])
-            ),
+            app.output.send(settings.stats_topic, deltas, source=source),
         )
 
 

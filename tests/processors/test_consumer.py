@@ -14,6 +14,7 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
+from processors import consumer as consumer_module
 from processors.app import Settings, create_app
 from processors.consumer import PipelineConsumer
 from processors.filter_agent import Redelivery
@@ -196,26 +197,47 @@ def test_redelivery_drops_committed_acknowledged_and_repeated_offsets() -> None:
     assert [(e.message.tp.partition, e.message.offset) for e in fresh] == [(1, 12), (1, 13), (2, 9)]
 
 
-def test_exactly_once_commit_flushes_the_table_updates_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Faust flushes its producer (which carries the table changelogs) before a commit only under
-    at_least_once; a transactional commit must not make offsets durable ahead of their table updates."""
-    calls: list[str] = []
+class FakeBuffer:
+    """Stands for Faust's ProducerBuffer: takes the futures of messages to send."""
 
-    async def flush() -> None:
-        calls.append("flush")
+    def __init__(self) -> None:
+        self.taken: list[asyncio.Future[Any]] = []
+
+    def put(self, fut: asyncio.Future[Any]) -> None:
+        self.taken.append(fut)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_commit_waits_for_buffered_table_writes(monkeypatch: pytest.MonkeyPatch, guarantee: str) -> None:
+    """Faust sends table changelogs from a buffer; a commit must not make offsets durable before the table
+    updates they caused (under exactly_once: before those are in the transaction), or a crash loses them."""
+    calls: list[str] = []
 
     async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
         calls.append("commit")
         return True
 
     async def scenario() -> None:
-        consumer = make_consumer("exactly_once").consumer
-        app = consumer.app
-        monkeypatch.setattr(app.producer, "flush", flush)
-        monkeypatch.setattr(FaustConsumer, "_commit_offsets", commit)
-        consumer.in_transaction = True  # what a worker process of an exactly_once app has
+        consumer = make_consumer(guarantee).consumer
+        consumer.in_transaction = guarantee == "exactly_once"  # what a worker process of the app has
         consumer.transactions_open = True
-        assert await consumer._commit_offsets({RAW: 5})
-        assert calls == ["flush", "commit"]
+        buffer = FakeBuffer()
+        consumer.unacknowledged.track(buffer)
+        monkeypatch.setattr(FaustConsumer, "_commit_offsets", commit)
+        loop = asyncio.get_running_loop()
+        write: asyncio.Future[Any] = loop.create_future()
+        buffer.put(write)
+        assert buffer.taken == [write]
+        committing = asyncio.ensure_future(consumer._commit_offsets({RAW: 5}))
+        await asyncio.sleep(0.05)
+        assert calls == []  # the changelog write is not acknowledged yet
+        write.set_result(None)
+        assert await committing
+        assert calls == ["commit"]
+        # a write that is never acknowledged: no commit now (later, or the next owner replays)
+        buffer.put(loop.create_future())
+        monkeypatch.setattr(consumer_module, "UNACKNOWLEDGED_TIMEOUT", 0.05)
+        assert not await consumer._commit_offsets({RAW: 6})
+        assert calls == ["commit"]
 
     asyncio.run(scenario())
