@@ -14,16 +14,23 @@ Two tables, both name server -> counts dict (``edns_answered``, ``failures``, ``
   is its ``window_start`` field (the filter already bucketed by record time), not the Kafka timestamp, so
   replaying an old capture fills the windows of its own time.
 
-Exactly once: faust-streaming 0.15.3 sends a table's changelog records into the transaction of their
-partition, the one that also commits the ns-stats offsets they derive from, so the committed changelog and
-the committed offsets always agree and a new owner re-applies exactly the deltas after the commit. Two
-things keep it so: the worker's consumer waits for Faust's buffered changelog writes before each commit
-(``processors/consumer.py``), and this agent drops a delta Faust delivers a second time (after a rebalance
-or a seek back), as the filter agent does with raw records.
-
-An earlier version also skipped deltas by "last input offset applied" marks stored in the table values. A
-refetched raw record (``processors/consumer.py``) is processed after later offsets of its partition, so its
-delta was skipped as a replay: counts low under exactly_once (3 of 40 crash-test runs).
+Exactly once: faust-streaming 0.15.3 writes a table's changelog into the transaction of its partition number,
+which the raw and ns-stats partitions of that number share. A commit triggered for the raw partition
+therefore also commits changelog updates of ns-stats deltas whose own offsets are not committed yet, and a
+worker killed then leaves the new owner a table that already holds deltas it will consume again. So each
+delta carries the input partition it derives from and its place in that partition's output order (headers
+set by the filter agent: the last input offset of its batch and a sequence number, see
+``processors.filter_agent.SourceOrder``), and every table value remembers, in ``applied``, the last such
+place applied per input partition, with the delta's window start: a delta at or below it is a replay and is
+skipped. The window start tells apart the deltas of one batch for one name server (one per window its
+records fall in, sent in window order). The sequence number keeps the order when a raw record is processed
+after later ones of its partition (the consumer's re-fetch of a record Faust skipped,
+``processors/consumer.py``): by offset alone its delta looked like a replay and was skipped, and counts came
+out low (3 of 41 crash-test runs). The worker's consumer also waits for Faust's buffered changelog writes
+before each commit, so an update is never committed later than its delta's offsets, and this agent drops a
+delta Faust delivers a second time (after a rebalance or a seek back).
+Not under at_least_once: there a replayed input batch may be cut differently, so a delta can partly
+overlap an applied one, and skipping it would lose counts (at-least-once counts may be high, never low).
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``) from a timer every
 ``snapshot_interval`` seconds: latest value per (name server, window) since the previous tick, so a burst of
@@ -50,6 +57,13 @@ if TYPE_CHECKING:
     from processors.app import PipelineApp
 
 CountsDict = dict[str, Any]
+#: key of a table value's {input partition (text): [last input offset, sequence, window start] applied};
+#: exactly_once only. Values written before the sequence was added hold the offset alone.
+APPLIED = "applied"
+#: (input partition, last input offset of its batch, sequence, window start) of a delta
+Source = tuple[int, int, int, int]
+#: (input partition, last input offset of its batch, sequence) from a delta's headers
+Origin = tuple[int, int, int]
 STATS_CODEC = "dnsqr-ns-stats"
 
 
@@ -77,10 +91,29 @@ def empty_counts() -> CountsDict:
     return {"edns_answered": 0, "failures": 0, "timeouts": 0, "by_kind": {}, "observations": {}}
 
 
-def add_counts(current: Mapping[str, Any], delta: Mapping[str, Any]) -> CountsDict:
+def applied(current: Mapping[str, Any], source: Source | None) -> bool:
+    """Whether the table value ``current`` already includes the delta of ``source``."""
+    if source is None:
+        return False
+    done = (current.get(APPLIED) or {}).get(str(source[0]))
+    if done is None:
+        return False
+    if isinstance(done, int):  # an older mark: the whole batch up to that offset
+        return source[1] <= done
+    return (source[1], source[2], source[3]) <= (done[0], done[1], done[2])
+
+
+def add_counts(
+    current: Mapping[str, Any], delta: Mapping[str, Any], source: Source | None = None
+) -> CountsDict:
     """A new counts dict: ``current`` plus ``delta`` (a table value must be replaced, not mutated, for Faust
-    to write it to the changelog)."""
+    to write it to the changelog); with ``source``, it also records that delta as applied."""
     result = empty_counts()
+    if source is not None or current.get(APPLIED):
+        marks = dict(current.get(APPLIED) or {})
+        if source is not None:
+            marks[str(source[0])] = [source[1], source[2], source[3]]
+        result[APPLIED] = marks
     for name in ("edns_answered", "failures", "timeouts"):
         result[name] = current.get(name, 0) + delta.get(name, 0)
     for name in ("by_kind", "observations"):
@@ -100,6 +133,7 @@ def failure_rate(counts: Mapping[str, Any]) -> float:
 def count_values(counts: Mapping[str, Any]) -> CountsDict:
     """``NsCountValues`` for a counts dict (adds the rate)."""
     full = add_counts(empty_counts(), counts)
+    full.pop(APPLIED, None)  # bookkeeping, not a count
     full["failure_rate"] = failure_rate(full)
     return full
 
@@ -129,6 +163,21 @@ def decode_snapshot(data: bytes) -> dict[str, Any]:
     return schemaless_reader(io.BytesIO(data), avro_schema("ns_counts"), None)
 
 
+def delta_origin(event: EventT) -> Origin | None:
+    """(input partition, last input offset, sequence) from a delta's headers; None when absent."""
+    headers = event.headers
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    found = {k: v for k, v in items}
+    try:
+        return (
+            int(found["dnsqr-source-partition"]),
+            int(found["dnsqr-source-offset"]),
+            int(found.get("dnsqr-source-seq", b"0")),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 def _delta_window(event: EventT | None) -> float:
     """The windowed table's clock: the current delta's ``window_start`` (record time)."""
     if event is None:
@@ -145,12 +194,22 @@ class Tables:
     #: (name server, window start) -> (window counts, total counts) changed since the last snapshot
     pending: dict[tuple[str, int], tuple[CountsDict, CountsDict]] = field(default_factory=dict)
 
-    def apply(self, delta: Mapping[str, Any]) -> None:
-        """Add one ``NsStatsDelta`` to both tables (call from the agent only)."""
+    def apply(self, delta: Mapping[str, Any], origin: Origin | None = None) -> None:
+        """Add one ``NsStatsDelta`` to both tables (call from the agent only).
+
+        ``origin`` (from :func:`delta_origin`) makes the update idempotent: a table value that has applied
+        that delta already is left as it is (see the module doc).
+        """
         ns = delta["name_server"]
-        total = self.totals[ns] = add_counts(self.totals[ns], delta)
-        window = add_counts(self.windows[ns].value(), delta)
-        self.windows[ns] = window
+        source = None if origin is None else (*origin, delta["window_start"])
+        current = self.totals[ns]
+        total = current if applied(current, source) else add_counts(current, delta, source)
+        if total is not current:
+            self.totals[ns] = total
+        current = self.windows[ns].value()
+        window = current if applied(current, source) else add_counts(current, delta, source)
+        if window is not current:
+            self.windows[ns] = window
         # Re-insert at the end: snapshots go out in insertion order, and the last one of a name server
         # (whichever window it is for) must carry its newest total, since readers keep the latest.
         key = (ns, delta["window_start"])
@@ -190,6 +249,7 @@ def install(app: PipelineApp) -> Tables:
         .relative_to(_delta_window)
     )
     tables = Tables(totals, windows)
+    exactly_once = settings.processing_guarantee == "exactly_once"
 
     @app.agent(stats, name="dnsqr-ns-aggregator")
     async def aggregate(stream: StreamT[dict[str, Any]]) -> None:
@@ -200,7 +260,7 @@ def install(app: PipelineApp) -> Tables:
             if done(message.tp, message.offset):
                 app.counters.redelivered_deltas += 1
                 continue
-            tables.apply(event.value)
+            tables.apply(event.value, delta_origin(event) if exactly_once else None)
 
     @app.task
     async def declare_counts_topic() -> None:

@@ -244,10 +244,17 @@ class PartitionBatch:
                 mine.merge(c)
 
     def deltas(self) -> list[Record]:
-        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in self.counts.items()]
+        """One ``NsStatsDelta`` per (name server, window), in window order: all of a batch's deltas carry
+        the same place (:class:`SourceOrder`), and the aggregator tells a name server's deltas of one batch
+        apart by their window, so they must reach it in that order (one name server's go to one partition,
+        in order)."""
+        ordered = sorted(self.counts.items(), key=lambda item: item[0][1])
+        return [(ns.encode(), encode_delta(ns, start, c)) for (ns, start), c in ordered]
 
 
-async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
+async def process_events(
+    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, order: SourceOrder
+) -> None:
     """Filter a batch of raw events and send every output; returns when they are durable (at_least_once) or
     held for the commit of their offsets (exactly_once)."""
     generation: int | None = None
@@ -268,13 +275,44 @@ async def process_events(app: PipelineApp, events: Sequence[EventT], clock: Wind
     token = batch_offsets.set(last)
     gen_token = batch_generation.set(generation)
     try:
-        await _process_events(app, events, clock)
+        await _process_events(app, events, clock, last, order)
     finally:
         batch_generation.reset(gen_token)
         batch_offsets.reset(token)
 
 
-async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
+class SourceOrder:
+    """The place of each batch's deltas in the output order of its input partition: (last input offset,
+    sequence), sent as headers for the aggregator's exactly_once bookkeeping (``aggregator.py``).
+
+    Normally the batch's last offset and sequence 0. A batch whose last offset is not above the last one
+    placed (a record the consumer re-fetched after later ones, ``processors/consumer.py``) comes after it
+    anyway: that offset and the next sequence number, so the aggregator does not take it for a replay.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[TP, tuple[int, int]] = {}
+
+    def place(self, source: TP, offset: int) -> tuple[int, int]:
+        previous = self._last.get(source)
+        fresh = previous is None or offset > previous[0]
+        here = (offset, 0) if fresh else (previous[0], previous[1] + 1)  # type: ignore[index]
+        self._last[source] = here
+        return here
+
+    def headers(self, source: TP, offset: int) -> Headers:
+        """The headers of the deltas of a batch of ``source`` whose last offset is ``offset``."""
+        placed_offset, sequence = self.place(source, offset)
+        return [
+            ("dnsqr-source-partition", str(source.partition).encode()),
+            ("dnsqr-source-offset", str(placed_offset).encode()),
+            ("dnsqr-source-seq", str(sequence).encode()),
+        ]
+
+
+async def _process_events(
+    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, last: Mapping[TP, int], order: SourceOrder
+) -> None:
     settings = app.settings
     counters = app.counters
     batches: dict[TP, PartitionBatch] = {}
@@ -309,7 +347,9 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
         counters.deltas += len(deltas)
         await asyncio.gather(
             app.output.send(settings.failures_topic, batch.failures, source=source),
-            app.output.send(settings.stats_topic, deltas, source=source),
+            app.output.send(
+                settings.stats_topic, deltas, source=source, headers=order.headers(source, last[source])
+            ),
         )
 
 
@@ -518,9 +558,10 @@ def install(app: PipelineApp) -> None:
         """Filter raw containers, a batch of events at a time (see module doc)."""
         clock = WindowClock(settings.window_seconds)
         redelivery = Redelivery(app.consumer.done)
+        order = SourceOrder()
         async for events in stream.take_events(BATCH_CONTAINERS, within=BATCH_SECONDS):
             fresh = redelivery.fresh(events)
             if len(fresh) < len(events):
                 app.counters.redelivered += len(events) - len(fresh)
                 log.info("dropped %d records delivered again after processing", len(events) - len(fresh))
-            await process_events(app, fresh, clock)
+            await process_events(app, fresh, clock, order)
