@@ -135,6 +135,8 @@ class CliRun(Run):
             "--stats-topic", self.topics["stats"], "--counts-topic", self.topics["counts"],
             "--dlq-topic", self.topics["dlq"], "--processing-guarantee", self.guarantee,
             "--snapshot-interval", "0.3", "--window-expires-seconds", "0", "--web-port", str(port),
+            # 1 s windows: the capture spans 4 s, so batches span windows (the marks must tell them apart)
+            "--window-seconds", "1",
         ]  # fmt: skip
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
