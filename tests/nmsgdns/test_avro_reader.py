@@ -33,6 +33,7 @@ from processors.failure_record import (
     failure_payload_py,
     flat_fields,
 )
+from tests.mutations import mutated
 from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 
 avro = load_extension("_avro")
@@ -105,29 +106,6 @@ def schemas(draw: st.DrawFn) -> dict[str, Any]:
 def records(draw: st.DrawFn, schema: dict[str, Any]) -> bytes:
     """A record of ``schema`` written by fastavro from hypothesis-drawn field values."""
     return write(schema, {f["name"]: draw(PLAIN[f["type"]]) for f in schema["fields"]})
-
-
-@st.composite
-def mutated(draw: st.DrawFn, value: bytes) -> bytes:
-    """``value`` truncated, extended, or with bytes flipped, set to varint/boolean edge bytes, inserted
-    or deleted."""
-    out = bytearray(value)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(("cut", "append", "flip", "set", "insert", "delete")))
-        at = draw(st.integers(0, max(len(out) - 1, 0)))
-        if op == "cut":
-            del out[at:]
-        elif op == "append":
-            out += draw(st.binary(min_size=1, max_size=4))
-        elif op == "flip" and out:
-            out[at] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and out:
-            out[at] = draw(st.sampled_from((0x00, 0x01, 0x02, 0x7F, 0x80, 0x81, 0xC0, 0xED, 0xF4, 0xFF)))
-        elif op == "insert":
-            out[at:at] = draw(st.binary(min_size=1, max_size=4))
-        elif out:
-            del out[at : at + draw(st.integers(1, 4))]
-    return bytes(out)
 
 
 # ------------------------------------------------------------------------------ C against fastavro
