@@ -26,7 +26,7 @@ skipped. The window start tells apart the deltas of one batch for one name serve
 records fall in, sent in window order). The sequence number keeps the order when a raw record is processed
 after later ones of its partition (the consumer's re-fetch of a record Faust skipped,
 ``processors/consumer.py``): by offset alone its delta looked like a replay and was skipped, and counts came
-out low (3 of 41 crash-test runs). The worker's consumer also waits for Faust's buffered changelog writes
+out low (3 of 40 crash-test runs). The worker's consumer also waits for Faust's buffered changelog writes
 before each commit, so an update is never committed later than its delta's offsets, and this agent drops a
 delta Faust delivers a second time (after a rebalance or a seek back).
 Not under at_least_once: there a replayed input batch may be cut differently, so a delta can partly
