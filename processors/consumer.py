@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: At most one seek back per partition and hole this often, while the hole persists.
 RESEEK_SECONDS = 2.0
-#: How long a transactional commit waits for buffered table changelog writes before it gives up (for now).
+#: How long a commit waits for buffered table changelog writes before it gives up (for now).
 UNACKNOWLEDGED_TIMEOUT = 30.0
 
 

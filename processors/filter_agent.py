@@ -295,10 +295,11 @@ class SourceOrder:
 
     def place(self, source: TP, offset: int) -> tuple[int, int]:
         previous = self._last.get(source)
-        fresh = previous is None or offset > previous[0]
-        here = (offset, 0) if fresh else (previous[0], previous[1] + 1)  # type: ignore[index]
-        self._last[source] = here
-        return here
+        sequence = 0
+        if previous is not None and offset <= previous[0]:
+            offset, sequence = previous[0], previous[1] + 1
+        self._last[source] = (offset, sequence)
+        return offset, sequence
 
     def headers(self, source: TP, offset: int) -> Headers:
         """The headers of the deltas of a batch of ``source`` whose last offset is ``offset``."""
