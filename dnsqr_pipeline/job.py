@@ -2,16 +2,21 @@
 
 ``dnsqr-pipeline run`` uses this for jobs such as replaying historical captures. The stages are the same
 processes a long-running deployment uses (``worker`` and ``sink`` subprocesses, ingest in this process),
-so a job exercises exactly what production runs. "Done" is decided from Kafka itself, not from timers:
+so a job exercises exactly what production runs. "Done" means complete against the input, proven from
+Kafka (``completion.py``), never from timers:
 
-1. ingest returns once every record is delivered to the raw topic;
-2. the workers' consumer group has committed the end of the raw topic and then of the ns-stats topic;
-3. the sink's group has committed the end of the failures topic (durable files, see ``sink/``);
-4. the aggregator's last snapshot is on the counts topic (its totals add up to what the sink wrote).
+1. ingest returns once every record is delivered to the raw topic; the raw topic's offsets before and
+   after it are the job's input;
+2. every one of those offsets has a filter receipt on the progress topic (judged or dead-lettered), and the
+   receipts' records add up to what ingest delivered;
+3. the aggregator's group has committed the end of ns-stats, and the sink's group the end of the failures
+   topic, which holds at least the failures the receipts vouch for (exactly that many under exactly_once);
+4. the sink's durable files hold every record of the failures topic, and the aggregator's latest totals
+   account for every failure.
 
-Steps 2 and 3 are one wait that reads the groups' positions in that order each round, until a round finds
-them all caught up with the same end offsets as the round before, so records still in flight from a stage
-that committed early cannot be missed.
+Anything short of that within ``done_timeout`` is a :class:`JobError` that names the stage, the partitions
+and what is missing, and keeps the embedded broker's data for inspection. While it waits the job prints
+where each stage stands every 10 s.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,16 +37,36 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline import localkafka
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
+from dnsqr_pipeline.completion import (
+    Alive,
+    Lag,
+    Progress,
+    ReceiptReader,
+    Waiter,
+    count_records,
+    end_offsets,
+    group_lag,
+)
+from dnsqr_pipeline.topics import (
+    CONTAINER_TOPIC_CONFIG,
+    TopicAdminError,
+    TopicSpec,
+    admin_client,
+    create_topics,
+    delete_topics,
+    wait_for_leaders,
+)
 from dnsqr_schemas import avro_schema
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.input import ContainerStreamReader
+from processors.app import Settings, internal_topic_specs
+from processors.progress import Ledger, Totals
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +94,7 @@ class Topics:
     failures: str
     stats: str
     counts: str
+    progress: str
     raw_dlq: str
     failures_dlq: str
 
@@ -79,6 +106,7 @@ class Topics:
             failures=f"dnsqr.edns.failures{suffix}",
             stats=f"dnsqr.edns.ns-stats{suffix}",
             counts=f"dnsqr.edns.ns-counts{suffix}",
+            progress=f"dnsqr.edns.progress{suffix}",
             raw_dlq=f"dnsqr.raw.dlq{suffix}",
             failures_dlq=f"dnsqr.edns.failures{suffix}.dlq",
         )
@@ -95,7 +123,17 @@ class JobConfig:
     partitions: int = 4
     processing_guarantee: str = "at_least_once"
     kafka_dir: Path | None = None
-    timeout: float = 600.0
+    #: seconds for the whole job
+    timeout: float = 3600.0
+    #: seconds from the end of ingest until the job must be proven complete; None scales with the input
+    done_timeout: float | None = None
+    #: replication factor of the topics the job creates; None: min(3, brokers)
+    replication_factor: int | None = None
+    #: on a given broker, the job's per-run topics are deleted at the end unless this is set
+    keep_topics: bool = False
+    #: on a given broker, raw and DLQ topic names to use instead of per-run ones (None: per-run)
+    raw_topic: str | None = None
+    dlq_topic: str | None = None
     #: start ingest only once the workers and the sink own their partitions, so the processing time
     #: measures throughput with every stage running rather than the stages' start-up (benchmarks); a job
     #: otherwise ingests while the workers start, which finishes sooner
@@ -115,6 +153,8 @@ class JobResult:
     processing: float
     #: seconds from starting the stages until they owned their partitions (``wait_for_stages`` only)
     startup: float | None = None
+    #: failures written twice by at-least-once replays (always 0 under exactly_once)
+    duplicates: int = 0
 
     @property
     def failures_by_ns(self) -> dict[str, int]:
@@ -131,17 +171,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def embedded_kafka(directory: Path | None) -> Iterator[str]:
-    """A single-node broker for the job's duration, on a free port, in ``directory`` or a temp dir."""
-    with contextlib.ExitStack() as stack:
-        if directory is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dnsqr-kafka-")))
-        port = free_port()
-        print(f"starting a local Kafka broker on 127.0.0.1:{port} (data in {directory}) ...", file=sys.stderr)
+    """A single-node broker for the job's duration, on a free port, in ``directory`` or a temp dir.
+
+    A temp dir is removed after a job that succeeded; after a failure it stays for inspection (the
+    topics, the groups' offsets, the receipts) and the job says where.
+    """
+    temporary = directory is None
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="dnsqr-kafka-"))
+    port = free_port()
+    print(f"starting a local Kafka broker on 127.0.0.1:{port} (data in {directory}) ...", file=sys.stderr)
+    try:
         layout = localkafka.start(directory, nodes=1, port=port, controller_port=free_port())
-        try:
-            yield layout.bootstrap()
-        finally:
-            localkafka.stop(directory)
+        yield layout.bootstrap()
+    except BaseException:
+        localkafka.stop(directory)
+        print(f"the broker's data is kept in {directory}", file=sys.stderr)
+        raise
+    localkafka.stop(directory)
+    if temporary:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _stage_command(*argv: str) -> list[str]:
@@ -219,102 +268,6 @@ class Stage:
         return self.proc.returncode
 
 
-def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    ends = []
-    for p in sorted(meta.partitions):
-        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        ends.append(TopicPartition(topic, p, high))
-    return ends
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A consumer group's way through a topic, as a job waits for it."""
-
-    group: str
-    topic: str
-    #: who that is, for messages ("the filter agent")
-    what: str
-
-
-class Alive(Protocol):
-    """A stage the waits check on each round, to fail at once when it died rather than at the deadline."""
-
-    def check_alive(self) -> None: ...
-
-
-def wait_caught_up(
-    kafka: Mapping[str, str],
-    progress: Sequence[Progress],
-    stages: Sequence[Alive],
-    deadline: float,
-    *,
-    settle: float = SETTLE_SECONDS,
-) -> None:
-    """Wait until each group has committed the end of every partition of its topic.
-
-    ``progress`` is in pipeline order: a later topic's end is final only once the group before it is
-    caught up (a worker sends a batch's outputs before committing the batch). Each round reads them in
-    that order and stops at the first one behind; the wait ends when a round finds all caught up, the ends
-    equal to the previous round's, and the first topic's end unchanged for ``settle`` seconds.
-    """
-    consumers = {
-        group: Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
-        for group in dict.fromkeys(p.group for p in progress)
-    }
-    try:
-        first_stable_since: float | None = None
-        last_ends: list[list[int]] | None = None
-        while True:
-            for stage in stages:
-                stage.check_alive()
-            ends: list[list[int]] = []
-            lag: tuple[Progress, int] | None = None
-            for p in progress:
-                behind, topic_ends = _behind(kafka, consumers[p.group], p)
-                ends.append(topic_ends)
-                if behind:
-                    lag = (p, behind)
-                    break
-            now = time.monotonic()
-            first_caught_up = lag is None or lag[0] is not progress[0]
-            if first_caught_up and last_ends and ends[0] == last_ends[0]:
-                first_stable_since = first_stable_since or now
-            else:
-                first_stable_since = None
-            settled = first_stable_since is not None and now - first_stable_since >= settle
-            if lag is None and ends == last_ends and settled:
-                return
-            last_ends = ends
-            if now > deadline:
-                p, behind = lag or (progress[-1], 0)
-                raise JobError(
-                    f"timed out waiting for {p.what}: group {p.group} is {behind} records behind on {p.topic}"
-                )
-            time.sleep(POLL_SECONDS)
-    finally:
-        for consumer in consumers.values():
-            consumer.close()
-
-
-def _behind(kafka: Mapping[str, str], consumer: Consumer, progress: Progress) -> tuple[int, list[int]]:
-    """How many records the group has not committed on the topic (-1: unknown yet), and the topic's ends."""
-    try:
-        ends = _end_offsets(consumer, progress.topic)
-        wanted = [TopicPartition(t.topic, t.partition) for t in ends]
-        committed = consumer.committed(wanted, timeout=10)
-    except KafkaException as exc:
-        # e.g. NOT_COORDINATOR while a young broker loads its group metadata: ask again
-        log.debug("offsets of %s for %s not available yet: %s", progress.topic, progress.group, exc)
-        return -1, []
-    lagging = [(e, c) for e, c in zip(ends, committed, strict=True) if max(c.offset, 0) < e.offset]
-    behind = sum(e.offset - max(c.offset, 0) for e, c in lagging)
-    if lagging and not _data_after(kafka, progress.topic, [c for _, c in lagging]):
-        behind = 0  # only transaction markers (exactly_once) lie between commit and end
-    return behind, [t.offset for t in ends]
-
-
 def wait_for_assignment(
     kafka: Mapping[str, str], group: str, topic: str, members: int, stages: Sequence[Alive], deadline: float
 ) -> None:
@@ -348,39 +301,6 @@ def wait_for_assignment(
         time.sleep(POLL_SECONDS)
 
 
-def _data_after(kafka: Mapping[str, str], topic: str, positions: list[TopicPartition]) -> bool:
-    """Whether committed records follow any of ``positions``.
-
-    Under exactly_once the end offset of a partition counts the transactions' commit markers, which no
-    consumer ever commits past, so "committed == end" never holds; reading on from the committed offset
-    (read_committed) to the partition's end tells markers from records.
-    """
-    probe = Consumer(
-        {
-            **kafka,
-            "group.id": f"dnsqr-run-probe-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        probe.assign([TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in positions])
-        waiting = {tp.partition for tp in positions}
-        deadline = time.monotonic() + 10
-        while waiting and time.monotonic() < deadline:
-            msg = probe.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is None:
-                return True
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                waiting.discard(msg.partition())
-        return bool(waiting)
-    finally:
-        probe.close()
-
-
 def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[str, Any]]:
     """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to the end)."""
     consumer = Consumer(
@@ -389,7 +309,7 @@ def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[s
     schema = avro_schema("ns_counts")
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     try:
-        ends = {(t.partition): t.offset for t in _end_offsets(consumer, topic)}
+        ends = end_offsets(consumer, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
         done = {p for p, end in ends.items() if end == 0}
         deadline = time.monotonic() + 60
@@ -427,7 +347,7 @@ def count_sink_records(files: list[Path]) -> int:
 
 
 def run_job(cfg: JobConfig) -> JobResult:
-    """Run the whole pipeline once over finite sources and return what it found."""
+    """Run the whole pipeline once over finite sources and return what it found (see the module doc)."""
     started = time.monotonic()
     deadline = started + cfg.timeout
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -437,15 +357,35 @@ def run_job(cfg: JobConfig) -> JobResult:
     log_dir.mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
         kafka = dict(cfg.kafka)
-        if not kafka.get("bootstrap.servers"):
+        external = bool(kafka.get("bootstrap.servers"))
+        if not external:
             kafka["bootstrap.servers"] = stack.enter_context(embedded_kafka(cfg.kafka_dir))
             kafka.pop("security.protocol", None)
             topics, app_id = Topics.named(), "dnsqr-edns"
         else:
-            # A shared broker may hold other jobs' topics and committed offsets: this job uses its own.
+            # A shared broker may hold other jobs' topics and committed offsets: this job uses its own,
+            # except for the raw and DLQ topics when it is given their names.
             topics, app_id = Topics.named(f".run-{cfg.run_id}"), f"dnsqr-edns-run-{cfg.run_id}"
+        topics = replace(topics, raw=cfg.raw_topic or topics.raw, raw_dlq=cfg.dlq_topic or topics.raw_dlq)
         sink_group = f"{app_id}-sink"
-        _create_job_topics(kafka, topics, cfg.partitions)
+        worker_settings = _worker_settings(cfg, topics, app_id, kafka)
+        created = _create_job_topics(kafka, topics, worker_settings, cfg.replication_factor)
+        if external and not cfg.keep_topics:
+            given = {cfg.raw_topic, cfg.dlq_topic}
+            per_run = [
+                name for name, outcome in created.items() if outcome == "created" and name not in given
+            ]
+            stack.callback(_delete_topics, kafka, per_run)
+        # The job's input is what ingest adds to the raw topic: on a given topic that already holds
+        # records, the workers start at its end instead of processing what others put there.
+        raw_start = _end_offsets(kafka, topics.raw)
+        if any(raw_start.values()):
+            _commit_start(kafka, app_id, topics.raw, raw_start)
+        receipts = ReceiptReader(
+            kafka, topics.progress, Ledger(topics.raw), _end_offsets(kafka, topics.progress)
+        )
+        stack.callback(receipts.close)
+        failures_start = _end_offsets(kafka, topics.failures)
 
         stages: list[Stage] = []
 
@@ -462,35 +402,7 @@ def run_job(cfg: JobConfig) -> JobResult:
                 " ".join(flags.librdkafka),
             )
         for i in range(1, cfg.workers + 1):
-            stages.append(
-                Stage(
-                    f"worker-{i}",
-                    _stage_command(
-                        "worker",
-                        *flags.common,
-                        "--app-id",
-                        app_id,
-                        "--raw-topic",
-                        topics.raw,
-                        "--failures-topic",
-                        topics.failures,
-                        "--stats-topic",
-                        topics.stats,
-                        "--counts-topic",
-                        topics.counts,
-                        "--dlq-topic",
-                        topics.raw_dlq,
-                        "--partitions",
-                        str(cfg.partitions),
-                        "--processing-guarantee",
-                        cfg.processing_guarantee,
-                        "--web-port",
-                        str(free_port()),
-                    ),
-                    log_dir,
-                    flags.env,
-                )
-            )
+            stages.append(Stage(f"worker-{i}", _worker_command(worker_settings, flags), log_dir, flags.env))
         # The sink runs alongside, as in production, in its own group. Its files rotate when idle for
         # SINK_ROTATE_IDLE, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
@@ -530,17 +442,20 @@ def run_job(cfg: JobConfig) -> JobResult:
         print(summary.format(), file=sys.stderr)
         if not summary.ok:
             raise JobError("ingest did not deliver every record (see its summary above)")
+        raw_end = _end_offsets(kafka, topics.raw)
+        produced = {p: (raw_start.get(p, 0), end) for p, end in raw_end.items()}
 
         print("waiting for the workers and the sink ...", file=sys.stderr)
-        wait_caught_up(
+        done_deadline = min(deadline, time.monotonic() + (cfg.done_timeout or default_done_timeout(summary)))
+        waiter = Waiter(stages, done_deadline)
+        expected = _wait_for_receipts(waiter, receipts, produced, summary)
+        lags = _wait_for_groups(
+            waiter,
             kafka,
             [
-                Progress(app_id, topics.raw, "the filter agent"),
                 Progress(app_id, topics.stats, "the aggregator"),
                 Progress(sink_group, topics.failures, "the sink"),
             ],
-            stages,
-            deadline,
         )
         processing = time.monotonic() - ingest_started
         stages.remove(sink)
@@ -549,38 +464,215 @@ def run_job(cfg: JobConfig) -> JobResult:
 
         files = job_files(cfg.output_dir)
         sink_records = count_sink_records(files)
-        totals = _wait_for_totals(kafka, topics.counts, sink_records, stages, deadline)
-    return JobResult(summary, totals, files, sink_records, time.monotonic() - started, processing, startup)
+        on_topic = count_records(kafka, topics.failures, failures_start)
+        duplicates = _check_failures(cfg, expected, on_topic, sink_records, receipts.ledger, lags)
+        exact = cfg.processing_guarantee == "exactly_once"
+        totals = _wait_for_totals(waiter, kafka, topics.counts, expected.failures, exact=exact)
+    return JobResult(
+        summary, totals, files, sink_records, time.monotonic() - started, processing, startup, duplicates
+    )
 
 
-def _create_job_topics(kafka: Mapping[str, str], topics: Topics, partitions: int) -> None:
+def default_done_timeout(summary: IngestSummary) -> float:
+    """Seconds a job may take after ingest to prove it is complete: a minute, plus a second for every
+    5,000 records (1M records: about 4 minutes, 20x what the workers need on a 2-core machine)."""
+    return 60.0 + summary.records_out / 5000
+
+
+def _end_offsets(kafka: Mapping[str, str], topic: str) -> dict[int, int]:
+    consumer = Consumer({**kafka, "group.id": f"dnsqr-run-ends-{uuid.uuid4().hex[:8]}"})
+    try:
+        return end_offsets(consumer, topic)
+    finally:
+        consumer.close()
+
+
+def _commit_start(kafka: Mapping[str, str], group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    """Make ``group`` start reading ``topic`` at ``offsets`` (a new group would read from the beginning)."""
+    consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def _wait_for_receipts(
+    waiter: Waiter, receipts: ReceiptReader, produced: Mapping[int, tuple[int, int]], summary: IngestSummary
+) -> Totals:
+    """Wait until every raw offset the job produced has a filter receipt; return what they add up to."""
+    ledger = receipts.ledger
+    wanted = sum(end - start for start, end in produced.values())
+
+    def status() -> str | None:
+        receipts.poll()
+        short = ledger.shortfall(produced)
+        if not short:
+            return None
+        missing = sum(s.missing for s in short)
+        parts = ", ".join(f"p{s.partition} {s.expected - s.missing}/{s.expected}" for s in short)
+        return f"the filter agent: {wanted - missing}/{wanted} raw containers judged ({parts})"
+
+    def timeout() -> str:
+        short = ledger.shortfall(produced)
+        parts = "; ".join(
+            f"partition {s.partition}: {s.missing} of {s.expected} (first missing offset {s.first})"
+            for s in short
+        )
+        return (
+            f"the filter agent did not finish: raw containers without a receipt on {ledger.topic}: {parts}; "
+            "see the worker logs"
+        )
+
+    waiter.until(status, timeout)
+    totals = ledger.totals(produced)
+    if totals.records != summary.records_out:
+        raise JobError(
+            f"the filter agent judged {totals.records} records of the {totals.containers} raw containers, "
+            f"but ingest delivered {summary.records_out}"
+        )
+    if totals.dead_lettered:
+        where = ", ".join(f"p{p}@{o}" for p, o in totals.dead_lettered[:10])
+        raise JobError(
+            f"the filter agent dead-lettered {len(totals.dead_lettered)} raw containers ({where}); "
+            "their records were not judged"
+        )
+    return totals
+
+
+def _wait_for_groups(waiter: Waiter, kafka: Mapping[str, str], progress: list[Progress]) -> list[Lag]:
+    """Wait until each group has committed the end of its topic (whose end is final once every receipt
+    is in); return their last lag."""
+    consumers = [Consumer({**kafka, "group.id": p.group, "enable.auto.commit": False}) for p in progress]
+    lags: list[Lag] = []
+
+    def status() -> str | None:
+        lags[:] = [group_lag(kafka, c, p) for c, p in zip(consumers, progress, strict=True)]
+        behind = [lag for lag in lags if lag.total != 0]
+        return "; ".join(lag.describe() for lag in behind) if behind else None
+
+    try:
+        waiter.until(
+            status, lambda: "did not finish: " + "; ".join(lag.describe() for lag in lags if lag.total)
+        )
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    return lags
+
+
+def _check_failures(
+    cfg: JobConfig, expected: Totals, on_topic: int, in_files: int, ledger: Ledger, lags: list[Lag]
+) -> int:
+    """Check the failures topic and the sink's files against the receipts; return how many failures are
+    duplicates of at-least-once replays (0 under exactly_once, where any is an error)."""
+    if on_topic < expected.failures:
+        raise JobError(
+            f"the failures topic holds {on_topic} failures, but the filter agent's receipts vouch for "
+            f"{expected.failures}: {expected.failures - on_topic} lost between the workers and Kafka"
+        )
+    if in_files != on_topic:
+        how = f"short by {on_topic - in_files}" if in_files < on_topic else f"over by {in_files - on_topic}"
+        raise JobError(
+            f"the sink's files hold {in_files} failures, the failures topic {on_topic}: the sink is {how}"
+        )
+    duplicates = on_topic - expected.failures
+    if duplicates and cfg.processing_guarantee == "exactly_once":
+        raise JobError(
+            f"{duplicates} failures were written twice under exactly_once "
+            f"({on_topic} on the topic, {expected.failures} selected)"
+        )
+    if duplicates:
+        print(
+            f"note: {duplicates} failures were written twice (at-least-once replay of "
+            f"{ledger.replayed} containers after a worker restart or rebalance)",
+            file=sys.stderr,
+        )
+    return duplicates
+
+
+def _worker_settings(cfg: JobConfig, topics: Topics, app_id: str, kafka: Mapping[str, str]) -> Settings:
+    return Settings(
+        app_id=app_id,
+        bootstrap_servers=kafka["bootstrap.servers"],
+        raw_topic=topics.raw,
+        failures_topic=topics.failures,
+        stats_topic=topics.stats,
+        counts_topic=topics.counts,
+        dlq_topic=topics.raw_dlq,
+        progress_topic=topics.progress,
+        partitions=cfg.partitions,
+        processing_guarantee=cfg.processing_guarantee,
+    )
+
+
+def _worker_command(settings: Settings, flags: StageKafka) -> list[str]:
+    return _stage_command(
+        "worker",
+        *flags.common,
+        *("--app-id", settings.app_id),
+        *("--raw-topic", settings.raw_topic),
+        *("--failures-topic", settings.failures_topic),
+        *("--stats-topic", settings.stats_topic),
+        *("--counts-topic", settings.counts_topic),
+        *("--dlq-topic", settings.dlq_topic),
+        *("--progress-topic", settings.progress_topic),
+        *("--partitions", str(settings.partitions)),
+        *("--processing-guarantee", settings.processing_guarantee),
+        *("--web-port", str(free_port())),
+    )
+
+
+def _create_job_topics(
+    kafka: Mapping[str, str], topics: Topics, worker: Settings, replication_factor: int | None
+) -> dict[str, str]:
     specs = [
         TopicSpec(topics.raw, config=CONTAINER_TOPIC_CONFIG),
-        TopicSpec(topics.failures),
-        TopicSpec(topics.stats),
-        TopicSpec(topics.counts, config={"cleanup.policy": "compact"}),
-        TopicSpec(topics.raw_dlq, partitions=1, config=CONTAINER_TOPIC_CONFIG),
         TopicSpec(topics.failures_dlq, partitions=1),
+        *internal_topic_specs(worker),
     ]
-    create_topics(admin_client(kafka), specs, bootstrap=kafka["bootstrap.servers"], partitions=partitions)
+    admin = admin_client(kafka)
+    created = create_topics(
+        admin,
+        specs,
+        bootstrap=kafka["bootstrap.servers"],
+        partitions=worker.partitions,
+        replication_factor=replication_factor or 1,
+    )
+    wait_for_leaders(admin, [s.name for s in specs], timeout=30)
+    return created
+
+
+def _delete_topics(kafka: Mapping[str, str], names: list[str]) -> None:
+    """Delete the job's per-run topics from a shared broker (``--keep-topics`` keeps them)."""
+    try:
+        delete_topics(admin_client(kafka), names, bootstrap=kafka["bootstrap.servers"])
+    except TopicAdminError as exc:
+        print(f"could not delete the job's topics ({', '.join(names)}): {exc}", file=sys.stderr)
 
 
 def _wait_for_totals(
-    kafka: Mapping[str, str], topic: str, expected_failures: int, stages: list[Stage], deadline: float
+    waiter: Waiter, kafka: Mapping[str, str], topic: str, failures: int, *, exact: bool
 ) -> dict[str, dict[str, Any]]:
-    """The aggregator publishes snapshots on a timer; wait until its totals account for every failure."""
-    while True:
+    """The aggregator publishes snapshots on a timer: wait until its totals account for every failure:
+    exactly under exactly_once; under at_least_once at least (replays after a restart may count some
+    twice), and unchanged in two reads in a row."""
+    totals: dict[str, dict[str, Any]] = {}
+    previous: int | None = None
+
+    def status() -> str | None:
+        nonlocal totals, previous
         totals = read_latest_counts(kafka, topic)
-        if sum(t["failures"] for t in totals.values()) == expected_failures:
-            return totals
-        for stage in stages:
-            stage.check_alive()
-        if time.monotonic() > deadline:
-            got = sum(t["failures"] for t in totals.values())
-            raise JobError(
-                f"the table totals ({got} failures) never matched the sink's files ({expected_failures})"
-            )
-        time.sleep(POLL_SECONDS * 2)
+        got = sum(t["failures"] for t in totals.values())
+        settled = got == failures if exact else got >= failures and got == previous
+        previous = got
+        return None if settled else f"the aggregator: its totals count {got} failures of {failures}"
+
+    def timeout() -> str:
+        got = sum(t["failures"] for t in totals.values())
+        return f"the aggregator's totals count {got} failures, the filter agent selected {failures}"
+
+    waiter.until(status, timeout)
+    return totals
 
 
 def write_counts_json(path: Path, counts: Mapping[str, int]) -> None:

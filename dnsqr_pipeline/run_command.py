@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.job import JobConfig, JobError, format_table, job_files, run_job, write_counts_json
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from dnsqr_pipeline.localkafka import LocalKafkaError
@@ -30,9 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="the whole pipeline for one job (e.g. replaying captures), then the table of name servers",
         description="Create the topics, run ingest, Faust workers and the sink until every input record "
-        "is processed and every failure written, print name servers by failures and rate, and exit.",
+        "is processed and every failure written, print name servers by failures and rate, and exit. "
+        "Success is proven from Kafka: every raw container the job produced has a filter receipt, the "
+        "sink's files hold every failure and the totals count them; otherwise the job exits 1 naming the "
+        "stage and what is short. Without --bootstrap-servers it starts its own broker (its data is kept "
+        "after a failure). On a given broker it uses per-run topics, deleted at the end unless "
+        "--keep-topics, or the raw and DLQ topics named by --raw-topic/--dlq-topic. Exit status: 0 "
+        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage.",
     )
     add_ingest_arguments(run)
+    # Not the contract's names: a job uses its own topics unless it is given names (see --keep-topics).
+    run.set_defaults(raw_topic=None, dlq_topic=None)
     _add_job_arguments(run, output_default=None)
     add_kafka_arguments(run, embedded_default=True)
     run.set_defaults(func=run_main)
@@ -64,10 +73,35 @@ def _add_job_arguments(parser: argparse.ArgumentParser, output_default: str | No
     )
     job.add_argument("--counts-json", type=Path, metavar="FILE", help="write {name_server_ip: failures}")
     job.add_argument(
-        "--processing-guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once"
+        "--processing-guarantee",
+        choices=("at_least_once", "exactly_once"),
+        default="at_least_once",
+        help="at_least_once (default): a worker restarted mid-job may write some failures twice and count "
+        "them twice, never fewer; exactly_once: Kafka transactions, each failure written and counted once "
+        "even across crashes, at some cost in throughput",
+    )
+    job.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replication factor of the job's topics (default: min(3, brokers); min.insync.replicas = "
+        "RF - 1 from 3 up)",
+    )
+    job.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="on a given broker, keep the job's per-run topics instead of deleting them at the end",
     )
     job.add_argument("--kafka-dir", type=Path, help="data directory of the embedded broker (default: temp)")
-    job.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
+    job.add_argument(
+        "--done-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long after ingest the stages may take to finish before the job fails, naming the stage "
+        "that is short (default: 60 s + 1 s per 5,000 records)",
+    )
+    job.add_argument(
+        "--timeout", type=float, default=3600, help="give up on the whole job after this many seconds"
+    )
     job.add_argument("--top", type=int, default=20, help="rows of the name-server table")
 
 
@@ -84,6 +118,11 @@ def _job_config(args: argparse.Namespace, ingest: IngestConfig) -> JobConfig:
         processing_guarantee=args.processing_guarantee,
         kafka_dir=args.kafka_dir,
         timeout=args.timeout,
+        done_timeout=args.done_timeout,
+        replication_factor=args.replication_factor,
+        keep_topics=args.keep_topics,
+        raw_topic=getattr(args, "raw_topic", None),
+        dlq_topic=getattr(args, "dlq_topic", None),
     )
 
 
@@ -116,7 +155,7 @@ def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         result = run_job(_job_config(args, ingest))
-    except (JobError, IngestError, LocalKafkaError, TopicAdminError) as exc:
+    except (JobError, CompletionError, IngestError, LocalKafkaError, TopicAdminError) as exc:
         print(f"dnsqr-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print(format_table(result.totals, args.top))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
@@ -178,3 +179,29 @@ def delete_topics(
                 raise TopicAdminError(f"deleting topic {name!r} failed: {err.str()}") from exc
             result[name] = "missing"
     return result
+
+
+def wait_for_leaders(admin: AdminClient, names: Iterable[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Return once every partition of every topic in ``names`` has a leader in the cluster's metadata.
+
+    A topic just created is not at once in every broker's metadata; a client that starts in that moment
+    sees it missing or with 0 partitions (Faust then crashes the table's agent), so stages wait here.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = set(names)
+    while waiting:
+        metadata = admin.list_topics(timeout=timeout).topics
+        for name in list(waiting):
+            topic = metadata.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and topic.partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                waiting.discard(name)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TopicAdminError(f"topics without a leader after {timeout:g}s: {', '.join(sorted(waiting))}")
+        time.sleep(0.1)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from dnsqr_pipeline.kafka_config import default_bootstrap
+from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 if TYPE_CHECKING:
     from processors.aggregator import Tables
@@ -58,6 +59,8 @@ class Settings:
     stats_topic: str = "dnsqr.edns.ns-stats"
     counts_topic: str = "dnsqr.edns.ns-counts"
     dlq_topic: str = "dnsqr.raw.dlq"
+    #: the filter agent's receipts (``processors/progress.py``): one partition
+    progress_topic: str = "dnsqr.edns.progress"
     #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ) and of the
     #: tables' changelogs; ns-stats and the changelogs must agree (co-partitioning).
     partitions: int = 4
@@ -165,6 +168,8 @@ class PipelineApp(faust.App):
 
     settings: Settings
     counters: FilterCounters
+    #: ``host:pid``, written into the filter receipts
+    worker_name: str
     output: Output
     dnsqr_tables: Tables
 
@@ -181,6 +186,8 @@ def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents, tables and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
     from processors import aggregator, consumer, diagnostics, filter_agent, views, watchdog
+    from processors.progress import worker_name
+    from processors.supervisor import BoundedRestarts
 
     settings = settings.validated()
     app = PipelineApp(
@@ -193,6 +200,7 @@ def create_app(settings: Settings) -> PipelineApp:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=0,
+        agent_supervisor=BoundedRestarts,
         autodiscover=False,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
@@ -210,12 +218,42 @@ def create_app(settings: Settings) -> PipelineApp:
     consumer.install(app)
     app.settings = settings
     app.counters = FilterCounters()
+    app.worker_name = worker_name()
     filter_agent.install(app)
     app.dnsqr_tables = aggregator.install(app)
     views.install(app, app.dnsqr_tables)
     diagnostics.install(app)
     watchdog.install(app)
     return app
+
+
+#: the tables of ``aggregator.install``; Faust names their changelog topics ``{app id}-{table}-changelog``
+TABLES = ("ns-totals", "ns-windows")
+
+
+def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic a worker writes or keeps state in besides the raw topic, as it must exist before the
+    agents start: Faust creates missing ones itself, but a changelog topic that is not yet in the
+    cluster's metadata when a table starts crashes its agent (``PartitionsMismatch``: 0 partitions), so
+    ``dnsqr-pipeline worker``, ``topics create`` and ``run`` create them all first.
+
+    The ns-stats topic and the changelogs share the partition count (co-partitioning); the progress topic
+    has one partition, so a reader sees every receipt in order.
+    """
+    n = settings.partitions
+    changelog = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(settings.failures_topic, partitions=n),
+        TopicSpec(settings.stats_topic, partitions=n),
+        # a snapshot per name server and window: only the newest per key matters to a reader
+        TopicSpec(settings.counts_topic, partitions=n, config={"cleanup.policy": "compact"}),
+        TopicSpec(settings.dlq_topic, partitions=n, config=CONTAINER_TOPIC_CONFIG),
+        TopicSpec(settings.progress_topic, partitions=1),
+        *(
+            TopicSpec(f"{settings.app_id}-{table}-changelog", partitions=n, config=changelog)
+            for table in TABLES
+        ),
+    ]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,8 +13,9 @@ from typing import Any
 
 from faust.worker import Worker
 
-from dnsqr_pipeline.kafka_config import add_kafka_arguments
-from processors.app import GUARANTEES, Settings, create_app
+from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.topics import TopicAdminError, admin_client, create_topics, wait_for_leaders
+from processors.app import GUARANTEES, Settings, create_app, internal_topic_specs
 
 log = logging.getLogger(__name__)
 DEFAULTS = Settings()
@@ -41,6 +42,12 @@ def register(subparsers: Any) -> None:
     )
     topics.add_argument(
         "--dlq-topic", default=DEFAULTS.dlq_topic, help="undecodable input (default: %(default)s)"
+    )
+    topics.add_argument(
+        "--progress-topic",
+        default=DEFAULTS.progress_topic,
+        help="the filter agent's receipts, one per batch and raw partition, which jobs read to prove they "
+        "are complete (default: %(default)s)",
     )
     topics.add_argument(
         "--partitions",
@@ -90,6 +97,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         stats_topic=args.stats_topic,
         counts_topic=args.counts_topic,
         dlq_topic=args.dlq_topic,
+        progress_topic=args.progress_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,
         processing_guarantee=args.processing_guarantee,
@@ -104,9 +112,32 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ).validated()
 
 
+def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
+    """Create the worker's topics that are missing and wait until the cluster's metadata has them, so no
+    agent starts against a topic that is not there yet (see :func:`processors.app.internal_topic_specs`)."""
+    admin = admin_client(kafka)
+    specs = internal_topic_specs(settings)
+    created = create_topics(
+        admin,
+        specs,
+        bootstrap=settings.bootstrap_servers,
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+    )
+    for name, outcome in created.items():
+        if outcome != "exists":
+            log.info("topic %s: %s", name, outcome)
+    wait_for_leaders(admin, [s.name for s in specs], timeout=30)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM."""
     settings = settings_from_args(args)
+    try:
+        create_internal_topics(client_config(args), settings)
+    except TopicAdminError as exc:
+        log.error("%s", exc)
+        return 2
     app = create_app(settings)
     level = logging.getLogger().getEffectiveLevel()
     log.info(

@@ -53,6 +53,7 @@ from nmsgdns.dnsqr import ip_to_text
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
 from processors.failure_record import encode_failure, failure_dict, failure_fast
+from processors.progress import Receipt, encode_progress, progress_key
 
 if TYPE_CHECKING:
     from processors.app import PipelineApp
@@ -233,8 +234,11 @@ class PartitionBatch:
 
     failures: list[Record] = field(default_factory=list)
     counts: dict[CountsKey, Counts] = field(default_factory=dict)
+    #: one per container of the batch, judged or dead-lettered (``processors/progress.py``)
+    receipts: list[Receipt] = field(default_factory=list)
 
-    def add(self, result: ContainerResult) -> None:
+    def add(self, offset: int, result: ContainerResult) -> None:
+        self.receipts.append(Receipt(offset, result.records, len(result.failures)))
         self.failures.extend(result.failures)
         for key, c in result.counts.items():
             mine = self.counts.get(key)
@@ -320,6 +324,7 @@ async def _process_events(
     for event in events:
         message = event.message
         data = message.value
+        batch = batches.get(message.tp) or batches.setdefault(message.tp, PartitionBatch())
         try:
             if not isinstance(data, bytes | bytearray):
                 raise TypeError(f"raw topic value is {type(data).__name__}, expected container bytes")
@@ -337,12 +342,12 @@ async def _process_events(
                 source=message.tp,
                 headers=dead_letter_headers(exc, message.tp, message.offset),
             )
+            batch.receipts.append(Receipt(message.offset, 0, 0, dead_lettered=True))
             continue
         counters.containers += 1
         counters.records += result.records
         counters.failures += len(result.failures)
-        batch = batches.get(message.tp) or batches.setdefault(message.tp, PartitionBatch())
-        batch.add(result)
+        batch.add(message.offset, result)
     for source, batch in batches.items():
         deltas = batch.deltas()
         counters.deltas += len(deltas)
@@ -351,6 +356,12 @@ async def _process_events(
             app.output.send(
                 settings.stats_topic, deltas, source=source, headers=order.headers(source, last[source])
             ),
+        )
+        # The receipt goes out once the outputs it vouches for are acknowledged (or, under exactly_once,
+        # in the same transaction), so a receipt on the progress topic proves they are on theirs.
+        receipt = encode_progress(app.worker_name, source.topic, source.partition, batch.receipts)
+        await app.output.send(
+            settings.progress_topic, [(progress_key(source.topic, source.partition), receipt)], source=source
         )
 
 
@@ -542,6 +553,9 @@ def install(app: PipelineApp) -> None:
         app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         for name in (settings.failures_topic, settings.dlq_topic)
     ]
+    outputs.append(
+        app.topic(settings.progress_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+    )
     output = KafkaBatchOutput(app)
     app.output = output
     if settings.processing_guarantee == "exactly_once":
@@ -550,7 +564,8 @@ def install(app: PipelineApp) -> None:
 
     @app.task
     async def declare_outputs() -> None:
-        """Create the failures and dead-letter topics when missing, so consumers can subscribe early."""
+        """Create the failures, dead-letter and progress topics when missing, so consumers can subscribe
+        early (``dnsqr-pipeline worker`` has created them already; ``faust -A processors.app`` may not)."""
         for topic in outputs:
             await topic.maybe_declare()
 

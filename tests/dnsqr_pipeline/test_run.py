@@ -74,6 +74,7 @@ def run_case(
         partitions=partitions,
         timeout=240,
         wait_for_stages=wait_for_stages,
+        keep_topics=True,  # read back below
     )
     return cfg, run_job(cfg)
 

@@ -42,7 +42,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
-from dnsqr_pipeline.job import JobError, Progress, free_port, read_latest_counts, wait_caught_up
+from dnsqr_pipeline.completion import CompletionError, Progress, wait_caught_up
+from dnsqr_pipeline.job import JobError, free_port, read_latest_counts
 from dnsqr_schemas import avro_schema
 from nmsgdns.edns import EdnsFilter
 from processors.filter_agent import Counts, WindowClock, filter_container
@@ -311,7 +312,7 @@ def test_worker_sigkill_mid_stream_and_restart(
 
     try:
         wait_caught_up(run.kafka, [Progress(run.app_id, run.topics["raw"], "the filter agent")], [], deadline)
-    except JobError as exc:
+    except CompletionError as exc:
         raise AssertionError(f"{exc}; {run.task_dumps()}") from None
     run.check_alive()
 
