@@ -255,9 +255,14 @@ class Stage:
         if self.proc.poll() is not None:
             raise JobError(f"{self.name} exited with status {self.proc.returncode}; see {self.log_path}")
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

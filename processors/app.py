@@ -249,11 +249,14 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.counts_topic, partitions=n, config={"cleanup.policy": "compact"}),
         TopicSpec(settings.dlq_topic, partitions=n, config=CONTAINER_TOPIC_CONFIG),
         TopicSpec(settings.progress_topic, partitions=1),
-        *(
-            TopicSpec(f"{settings.app_id}-{table}-changelog", partitions=n, config=changelog)
-            for table in TABLES
-        ),
+        *(TopicSpec(name, partitions=n, config=changelog) for name in copartitioned_topics(settings)[1:]),
     ]
+
+
+def copartitioned_topics(settings: Settings) -> list[str]:
+    """The ns-stats topic, then the tables' changelogs: their partition counts must be equal, since a name
+    server's deltas and its table rows must land in partitions of the same number."""
+    return [settings.stats_topic, *(f"{settings.app_id}-{table}-changelog" for table in TABLES)]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 from faust.worker import Worker
 
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.topics import TopicAdminError, admin_client, create_topics, wait_for_leaders
-from processors.app import GUARANTEES, Settings, create_app, internal_topic_specs
+from dnsqr_pipeline.topics import TopicAdminError, admin_client, create_topics, list_topics, wait_for_leaders
+from processors.app import GUARANTEES, Settings, copartitioned_topics, create_app, internal_topic_specs
 
 log = logging.getLogger(__name__)
 DEFAULTS = Settings()
@@ -128,6 +128,19 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
         if outcome != "exists":
             log.info("topic %s: %s", name, outcome)
     wait_for_leaders(admin, [s.name for s in specs], timeout=30)
+    have = list_topics(admin, bootstrap=settings.bootstrap_servers)
+    wrong = [
+        f"{name} has {have[name]}"
+        for name in copartitioned_topics(settings)
+        if have[name] != settings.partitions
+    ]
+    if wrong:
+        # Kafka cannot shrink a topic, and growing a changelog would move its keys away from their
+        # ns-stats partitions: an operator must decide (delete the topic, or run with --partitions N).
+        raise TopicAdminError(
+            f"the worker needs {settings.partitions} partitions (--partitions) in its co-partitioned topics, "
+            f"but {', '.join(wrong)}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
