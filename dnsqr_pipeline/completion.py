@@ -84,12 +84,18 @@ _METADATA_LAG = (
 )
 
 
-def _consumer(kafka: Mapping[str, str], purpose: str, **extra: object) -> Consumer:
+def job_consumer(
+    kafka: Mapping[str, str], purpose: str, *, group: str | None = None, **extra: object
+) -> Consumer:
+    """A consumer for the job's own reads: no auto-commit, a throw-away group unless ``group`` is given,
+    and librdkafka's log lines in Python logging (a broker that is down for a moment is no news to the
+    user of a job that copes with it)."""
     return Consumer(
         {
             **kafka,
-            "group.id": f"dnsqr-run-{purpose}-{uuid.uuid4().hex[:8]}",
+            "group.id": group or f"dnsqr-run-{purpose}-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
             **extra,
         }
     )
@@ -102,7 +108,9 @@ def data_after(kafka: Mapping[str, str], topic: str, positions: Sequence[TopicPa
     consumer ever commits past, so "committed == end" never holds; reading on from the committed offset
     (read_committed) to the partition's end tells markers from records.
     """
-    probe = _consumer(kafka, "probe", **{"enable.partition.eof": True, "isolation.level": "read_committed"})
+    probe = job_consumer(
+        kafka, "probe", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
+    )
     try:
         probe.assign([TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in positions])
         waiting = {tp.partition for tp in positions}
@@ -122,7 +130,7 @@ def data_after(kafka: Mapping[str, str], topic: str, positions: Sequence[TopicPa
 
 def count_records(kafka: Mapping[str, str], topic: str, start: Offsets | None = None) -> int:
     """Committed records of ``topic`` from ``start`` (default: the beginning) to its current end."""
-    consumer = _consumer(
+    consumer = job_consumer(
         kafka, "count", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
     )
     try:
@@ -201,7 +209,7 @@ def wait_caught_up(
     """Wait until each group has committed the end of every partition of its topic, in pipeline order
     (a later topic's end is final only once the group before it is caught up), with the same ends in two
     rounds in a row."""
-    consumers = {group: _consumer(kafka, "lag") for group in dict.fromkeys(p.group for p in progress)}
+    consumers = {g: job_consumer(kafka, "lag", group=g) for g in dict.fromkeys(p.group for p in progress)}
     try:
         last_ends: list[Offsets] | None = None
         while True:
@@ -231,7 +239,7 @@ class ReceiptReader:
 
     def __init__(self, kafka: Mapping[str, str], progress_topic: str, ledger: Ledger, start: Offsets) -> None:
         self.ledger = ledger
-        self._consumer = _consumer(kafka, "receipts", **{"isolation.level": "read_committed"})
+        self._consumer = job_consumer(kafka, "receipts", **{"isolation.level": "read_committed"})
         self._consumer.assign([TopicPartition(progress_topic, p, o) for p, o in start.items()])
         self._topic = progress_topic
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline import localkafka
@@ -52,6 +52,7 @@ from dnsqr_pipeline.completion import (
     count_records,
     end_offsets,
     group_lag,
+    job_consumer,
 )
 from dnsqr_pipeline.topics import (
     CONTAINER_TOPIC_CONFIG,
@@ -308,9 +309,7 @@ def wait_for_assignment(
 
 def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[str, Any]]:
     """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to the end)."""
-    consumer = Consumer(
-        {**kafka, "group.id": f"dnsqr-run-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
-    )
+    consumer = job_consumer(kafka, "reader")
     schema = avro_schema("ns_counts")
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     try:
@@ -485,7 +484,7 @@ def default_done_timeout(summary: IngestSummary) -> float:
 
 
 def _end_offsets(kafka: Mapping[str, str], topic: str) -> dict[int, int]:
-    consumer = Consumer({**kafka, "group.id": f"dnsqr-run-ends-{uuid.uuid4().hex[:8]}"})
+    consumer = job_consumer(kafka, "ends")
     try:
         return end_offsets(consumer, topic)
     finally:
@@ -494,7 +493,7 @@ def _end_offsets(kafka: Mapping[str, str], topic: str) -> dict[int, int]:
 
 def _commit_start(kafka: Mapping[str, str], group: str, topic: str, offsets: Mapping[int, int]) -> None:
     """Make ``group`` start reading ``topic`` at ``offsets`` (a new group would read from the beginning)."""
-    consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
+    consumer = job_consumer(kafka, "start", group=group)
     try:
         consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
     finally:
@@ -547,7 +546,7 @@ def _wait_for_receipts(
 def _wait_for_groups(waiter: Waiter, kafka: Mapping[str, str], progress: list[Progress]) -> list[Lag]:
     """Wait until each group has committed the end of its topic (whose end is final once every receipt
     is in); return their last lag."""
-    consumers = [Consumer({**kafka, "group.id": p.group, "enable.auto.commit": False}) for p in progress]
+    consumers = [job_consumer(kafka, "lag", group=p.group) for p in progress]
     lags: list[Lag] = []
 
     def status() -> str | None:

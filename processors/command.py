@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from typing import Any
 
 from faust.worker import Worker
@@ -112,23 +113,42 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ).validated()
 
 
+#: How long a starting worker keeps asking the cluster to create or show its topics (a controller
+#: failing over takes several seconds).
+TOPICS_TIMEOUT = 60.0
+
+
 def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
     """Create the worker's topics that are missing and wait until the cluster's metadata has them, so no
-    agent starts against a topic that is not there yet (see :func:`processors.app.internal_topic_specs`)."""
+    agent starts against a topic that is not there yet (see :func:`processors.app.internal_topic_specs`).
+
+    Only missing topics are created (a job or ``topics create`` usually made them already), and a cluster
+    that cannot answer yet (its controller failing over) is asked again until :data:`TOPICS_TIMEOUT`.
+    """
     admin = admin_client(kafka)
     specs = internal_topic_specs(settings)
-    created = create_topics(
-        admin,
-        specs,
-        bootstrap=settings.bootstrap_servers,
-        partitions=settings.partitions,
-        replication_factor=settings.replication_factor,
-    )
-    for name, outcome in created.items():
-        if outcome != "exists":
-            log.info("topic %s: %s", name, outcome)
-    wait_for_leaders(admin, [s.name for s in specs], timeout=30)
-    have = list_topics(admin, bootstrap=settings.bootstrap_servers)
+    deadline = time.monotonic() + TOPICS_TIMEOUT
+    while True:
+        try:
+            have = list_topics(admin, bootstrap=settings.bootstrap_servers)
+            missing = [spec for spec in specs if spec.name not in have]
+            if missing:
+                created = create_topics(
+                    admin,
+                    missing,
+                    bootstrap=settings.bootstrap_servers,
+                    partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                )
+                log.info("created topics: %s", ", ".join(f"{n} ({o})" for n, o in created.items()))
+            wait_for_leaders(admin, [s.name for s in specs], timeout=max(deadline - time.monotonic(), 1))
+            have = list_topics(admin, bootstrap=settings.bootstrap_servers)
+            break
+        except TopicAdminError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s; asking again", exc)
+            time.sleep(1)
     wrong = [
         f"{name} has {have[name]}"
         for name in copartitioned_topics(settings)

@@ -6,6 +6,8 @@ the tests use that cluster instead and start nothing.
 
 Fixtures:
 - ``kafka_bootstrap`` (session): ``"host:port"`` of the cluster.
+- ``kafka_cluster`` (session): a 3-node cluster (:class:`~dnsqr_pipeline.localkafka.ClusterLayout`) for
+  fault tests, started on first use.
 - ``local_kafka`` (session): the :class:`~dnsqr_pipeline.localkafka.ClusterLayout` of the broker these
   fixtures started, or None when ``$KAFKA_BOOTSTRAP`` names another one.
 - ``kafka_admin`` (session): a confluent-kafka ``AdminClient`` on that cluster.
@@ -67,6 +69,17 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka
         yield None
         return
     layout = start_test_cluster(tmp_path_factory.mktemp("kafka"), nodes=1)
+    try:
+        yield layout
+    finally:
+        localkafka.stop(layout.directory)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.ClusterLayout]:
+    """A 3-node cluster of the session's own for fault tests (always started here, whatever
+    ``$KAFKA_BOOTSTRAP`` says); a test that stops a node starts it again before it ends."""
+    layout = start_test_cluster(tmp_path_factory.mktemp("kafka-cluster"), nodes=3)
     try:
         yield layout
     finally:

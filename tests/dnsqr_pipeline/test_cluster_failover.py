@@ -1,6 +1,6 @@
 """A 3-node KRaft cluster loses a broker mid-stream: acks=all + idempotence lose and duplicate nothing.
 
-The cluster is this module's own (separate directory and ports from the session's single node), so the
+The cluster is the session's 3-node one (separate directory and ports from the single node), so the
 test runs the same with or without ``$KAFKA_BOOTSTRAP``.
 """
 
@@ -10,15 +10,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dnsqr_pipeline import localkafka
-from tests.kafka_fixture import start_test_cluster, wait_for_leaders
+from tests.kafka_fixture import wait_for_leaders
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -26,13 +24,9 @@ MESSAGES = 2000
 PARTITIONS = 3
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.ClusterLayout]:
-    layout = start_test_cluster(Path(tmp_path_factory.mktemp("kafka-cluster")), nodes=3)
-    try:
-        yield layout
-    finally:
-        localkafka.stop(layout.directory)
+@pytest.fixture
+def cluster(kafka_cluster: localkafka.ClusterLayout) -> localkafka.ClusterLayout:
+    return kafka_cluster
 
 
 class LogReader(threading.Thread):
