@@ -1,4 +1,4 @@
-"""``dnsqr-edns-filter`` end to end against the reference C filter's output in the shared corpus."""
+"""``dnsqr-edns-filter`` end to end against the reference C filter's output in the corpus."""
 
 from __future__ import annotations
 
