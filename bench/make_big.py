@@ -17,7 +17,7 @@ from nmsgdns.input import ContainerStreamReader
 from nmsgdns.output import NmsgFileWriter
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "testdata" / "nmsg" / "live_resolver.nmsg"
+DEFAULT_SOURCE = REPO / "tests" / "data" / "nmsg" / "live_resolver.nmsg"
 
 
 def main(argv: list[str] | None = None) -> int:

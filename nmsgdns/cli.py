@@ -5,6 +5,10 @@ The reference (farsightsec blog-code ``dnsqr_edns_filter``) takes ``-r FILE``, `
 and a summary. Unlike the reference we always write the last container: on end of input, ``-c`` or
 SIGINT/SIGTERM the output is flushed and closed before the summary is printed.
 
+Every error (an input that cannot be read, an output that cannot be written, e.g. a full disk or a closed
+pipe) is one ``error:`` line of the summary, and the exit status is then 1. A write error also stops the
+run: nothing more can be written, and the pending container is not tried again.
+
 Files are read in the order given, then sockets (``-l``, ``-C``) are read until a signal or ``-c``.
 """
 
@@ -93,33 +97,68 @@ def _positive_int(text: str) -> int:
 
 @dataclass
 class Run:
-    """State of one filter run: the rule's counters, the reader counters, errors, and when to stop."""
+    """State of one filter run: the rule's counters, the reader counters, errors, and when to stop.
 
+    ``output`` is the file ``writer`` writes to (opened by :func:`main`, closed by :meth:`close_output`),
+    ``output_name`` its name in error lines.
+    """
+
+    output: BinaryIO
+    output_name: str
     writer: NmsgFileWriter
     count: int | None
     rule: EdnsFilter = field(default_factory=EdnsFilter)
     input_stats: list[tuple[str, DecodeStats]] = field(default_factory=list)
-    input_errors: list[str] = field(default_factory=list)
+    #: one line per error, input or output, in the order they happened
+    errors: list[str] = field(default_factory=list)
+    output_failed: bool = False
     kernel_drops: int = 0
     stopping: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def feed(self, payloads: Iterable[bytes]) -> None:
-        """Judge payloads and write the selected ones; sets ``stopping`` when ``-c`` is reached."""
+        """Judge payloads and write the selected ones; sets ``stopping`` at ``-c`` or on a write error."""
         select, write = self.rule.select, self.writer.write
         for payload in payloads:
             if select(payload):
-                write(payload)
+                try:
+                    write(payload)
+                except OSError as exc:
+                    self.output_error(exc)
+                    return
                 if self.count is not None and self.rule.selected >= self.count:
                     self.stopping = True
                     return
+
+    def output_error(self, exc: OSError) -> None:
+        """Record the output's first write error and stop: later ones are the same failure again."""
+        if not self.output_failed:
+            self.output_failed = True
+            self.errors.append(f"{self.output_name}: {exc.strerror}")
+        self.stopping = True
+
+    def close_output(self) -> None:
+        """Write the last container (unless writing already failed), then close the output (standard
+        output: flush it)."""
+        if not self.output_failed:
+            try:
+                self.writer.close()
+            except OSError as exc:
+                self.output_error(exc)
+        try:
+            if self.output is sys.stdout.buffer:
+                self.output.flush()
+            else:
+                self.output.close()
+        except OSError as exc:
+            self.output_error(exc)
 
     def read_file(self, path: str, progress: bool) -> None:
         """Read one NMSG file; a broken file is reported with its offset and the run goes on."""
         try:
             fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed below; the with-block would hide errors
         except OSError as exc:
-            self.input_errors.append(f"{path}: {exc.strerror}")
+            self.errors.append(f"{path}: {exc.strerror}")
             return
         reader = ContainerStreamReader(fh, name=path)
         self.input_stats.append((path, reader.stats))
@@ -139,7 +178,7 @@ class Run:
                 if self.stopping:
                     break
         except ContainerError as exc:
-            self.input_errors.append(str(exc))
+            self.errors.append(str(exc))
         finally:
             bar.close()
             fh.close()
@@ -202,7 +241,7 @@ def format_summary(run: Run, top: int) -> str:
         drops["kernel_rcvbuf_overflow"] += run.kernel_drops
     if drops:
         lines.append("  input drops: " + ", ".join(f"{k} {n}" for k, n in sorted(drops.items())))
-    lines.extend(f"  error: {e}" for e in run.input_errors)
+    lines.extend(f"  error: {e}" for e in run.errors)
     lines.append(format_ns_table(run.rule.failures_by_ns, top))
     return "\n".join(lines)
 
@@ -235,12 +274,12 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     except ChannelError as exc:
         return fail(str(exc))
     try:
-        out = sys.stdout.buffer if args.output == "-" else args.output
-        writer = NmsgFileWriter(out, bufsz=BUFSZ_MAX, compress=args.zlib)
+        # closed by Run.close_output, which must be able to close it without writing to it again
+        out: BinaryIO = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
     except OSError as exc:
         return fail(f"{args.output}: {exc.strerror}")
-
-    run = Run(writer, args.count)
+    writer = NmsgFileWriter(out, bufsz=BUFSZ_MAX, compress=args.zlib)
+    run = Run(out, "stdout" if args.output == "-" else args.output, writer, args.count)
     _install_signal_handlers(run)
     progress = args.progress == "always" or (args.progress == "auto" and err.isatty())
     try:
@@ -251,15 +290,18 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
         if endpoints and not run.stopping:
             run.read_sockets(endpoints, args.rcvbuf, err)
     except OSError as exc:
-        run.input_errors.append(str(exc))
+        run.errors.append(str(exc))
     finally:
-        writer.close()
+        run.close_output()
     if args.counts_json:
-        Path(args.counts_json).write_text(
-            json.dumps(dict(run.rule.failures_by_ns.most_common()), indent=1) + "\n", encoding="utf-8"
-        )
+        try:
+            Path(args.counts_json).write_text(
+                json.dumps(dict(run.rule.failures_by_ns.most_common()), indent=1) + "\n", encoding="utf-8"
+            )
+        except OSError as exc:
+            run.errors.append(f"{args.counts_json}: {exc.strerror}")
     print(format_summary(run, args.top), file=err)
-    return 1 if run.input_errors else 0
+    return 1 if run.errors else 0
 
 
 if __name__ == "__main__":

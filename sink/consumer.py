@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from google.protobuf.message import DecodeError
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from processors.failure_record import FailureRecordError, failure_payload
-from sink.files import DEFAULT_PREFIX, Durable, PartitionFileSet
+from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class SinkStats:
     files: int = 0
     payloads: int = 0
     already_durable: int = 0
-    discarded_partials: int = 0
+    #: partly filled files thrown away, by why (a rebalance, or the error that ends the run)
+    discarded_partials: Counter[Discard] = field(default_factory=Counter)
 
     def summary(self) -> str:
         """One line for the operator."""
@@ -128,9 +130,18 @@ class SinkStats:
             f"{self.already_durable} already in existing files, {self.undecodable} undecodable "
             f"({self.dead_lettered} dead-lettered, {self.dead_letter_failed} DLQ failures), "
             f"{self.commits} commits ({self.commit_failures} failed), "
-            f"{self.discarded_partials} partial files discarded on rebalance, "
+            f"{self._discards()}, "
             f"{self.consumer_errors} consumer errors, {self.stale} stale records skipped"
         )
+
+    def _discards(self) -> str:
+        """The discarded partial files, each count with its reason ("2 ... discarded after an error")."""
+        said = [
+            f"{n} partial files discarded {reason.value}"
+            for reason in Discard
+            if (n := self.discarded_partials[reason])
+        ]
+        return ", ".join(said) or "0 partial files discarded"
 
 
 class FailureSink:
@@ -315,7 +326,7 @@ class FailureSink:
         self._release({tp.partition for tp in partitions}, "lost")
 
     def _release(self, partitions: set[int], why: str) -> None:
-        self.files.discard(partitions)
+        self.files.discard(partitions, Discard.REBALANCE)
         for partition in partitions:
             self._pending.pop(partition, None)
         log.info("%s partitions %s", why, sorted(partitions))
@@ -376,4 +387,4 @@ class FailureSink:
         self.stats.files = file_stats.files
         self.stats.payloads = file_stats.payloads
         self.stats.already_durable = file_stats.already_durable
-        self.stats.discarded_partials = file_stats.discarded
+        self.stats.discarded_partials = Counter(file_stats.discarded)

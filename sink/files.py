@@ -27,9 +27,10 @@ import logging
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -105,6 +106,15 @@ class Durable:
     payloads: int = 0
 
 
+class Discard(Enum):
+    """Why a partly filled file was thrown away; the value completes "N partial files discarded ..."."""
+
+    #: the partition was revoked or lost (or assigned afresh while a file of it was still open)
+    REBALANCE = "on a rebalance"
+    #: the sink is ending on an exception (disk full, a broken broker connection)
+    ERROR = "after an error"
+
+
 @dataclass
 class FileSetStats:
     """What the file set did, for the sink's summary."""
@@ -114,8 +124,8 @@ class FileSetStats:
     payload_bytes: int = 0
     #: redelivered offsets skipped because an existing final file already holds them
     already_durable: int = 0
-    #: partially filled files thrown away (partition revoked): Kafka redelivers their range
-    discarded: int = 0
+    #: partially filled files thrown away, by reason: Kafka redelivers their range
+    discarded: Counter[Discard] = field(default_factory=Counter)
 
 
 @dataclass
@@ -194,7 +204,7 @@ class PartitionFileSet:
         range was never committed, so Kafka redelivers it and they are garbage.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.discard([partition])
+        self.discard([partition], Discard.REBALANCE)
         state = _Partition()
         for path in final_files(self.directory, self.prefix, partition):
             parsed = parse_final_name(path.name)
@@ -209,8 +219,8 @@ class PartitionFileSet:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
 
-    def discard(self, partitions: Iterable[int]) -> None:
-        """Forget ``partitions`` (revoked or lost), deleting their partly filled temporary files.
+    def discard(self, partitions: Iterable[int], reason: Discard) -> None:
+        """Forget ``partitions``, deleting their partly filled temporary files; counted under ``reason``.
 
         Their offsets were not committed, so whoever owns the partition next re-consumes that range and
         writes it again; finishing the file instead could race the new owner and duplicate the range.
@@ -223,13 +233,14 @@ class PartitionFileSet:
             current.fh.close()
             with contextlib.suppress(FileNotFoundError):
                 current.tmp.unlink()
-            self.stats.discarded += 1
+            self.stats.discarded[reason] += 1
             log.info(
-                "discarded partial file of partition %d (offsets %d-%d, %d payloads): not committed",
+                "discarded partial file of partition %d (offsets %d-%d, %d payloads) %s: not committed",
                 partition,
                 current.first,
                 current.last,
                 current.payloads,
+                reason.value,
             )
 
     def accepts(self, partition: int, offset: int) -> bool:
@@ -305,7 +316,7 @@ class PartitionFileSet:
 
     def close(self) -> None:
         """Discard whatever is still open (error path: nothing of it was committed)."""
-        self.discard(list(self._partitions))
+        self.discard(list(self._partitions), Discard.ERROR)
 
     # -------------------------------------------------------------------------------- internals
 

@@ -1,7 +1,8 @@
-"""Where the shared ground-truth corpus lives and how to read it.
+"""Where the ground-truth corpus lives and how to read it.
 
-The corpus (`../shared/testdata/nmsg` next to the repository, in CI too) was made by the real nmsgtool and
-the reference C filter; tests compare against it and never against output our own code produced.
+The corpus (``tests/data/nmsg``: copies of the team's shared corpus, so a clone alone runs the tests) was
+made by the real nmsgtool and the reference C filter; tests compare against it and never against output
+our own code produced. ``$NMSG_CORPUS_DIR`` points them at another copy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dpkt
 from nmsgdns.input import ContainerStreamReader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CORPUS_DIR = Path(os.environ.get("NMSG_CORPUS_DIR", REPO_ROOT.parent / "shared" / "testdata" / "nmsg"))
+CORPUS_DIR = Path(os.environ.get("NMSG_CORPUS_DIR", REPO_ROOT / "tests" / "data" / "nmsg"))
 
 #: Every case NAME that has NAME.nmsg, NAME.json, NAME.filtered.nmsg and NAME.expected_counts.json.
 CASES = ("live_resolver", "edge_cases", "sock_m512", "incompressible", "sock_incomp_z")

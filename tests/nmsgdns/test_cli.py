@@ -1,8 +1,10 @@
-"""``dnsqr-edns-filter`` end to end against the reference C filter's output in the shared corpus."""
+"""``dnsqr-edns-filter`` end to end against the reference C filter's output in the corpus."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -70,6 +72,47 @@ def test_usage_errors(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "missing.nmsg"
     assert main(["-r", str(missing), "-w", str(tmp_path / "o")]) == 1
     assert "missing.nmsg" in capsys.readouterr().err
+
+
+_EDGE = str(corpus.path("edge_cases.nmsg"))
+#: each way a run can fail: arguments (run in a scratch directory holding truncated.nmsg) -> the text of
+#: its one error line, after ``error: ``
+ERROR_PATHS = {
+    "missing input": (["-r", "missing.nmsg", "-w", "o.nmsg"], f"missing.nmsg: {os.strerror(errno.ENOENT)}"),
+    "directory": (["-r", ".", "-w", "o.nmsg"], f".: {os.strerror(errno.EISDIR)}"),
+    "truncated": (["-r", "truncated.nmsg", "-w", "o.nmsg"], "truncated.nmsg: offset 0: container declares"),
+    "disk full": (["-r", _EDGE, "-w", "/dev/full"], f"/dev/full: {os.strerror(errno.ENOSPC)}"),
+    "counts unwritable": (
+        ["-r", _EDGE, "-w", "o.nmsg", "--counts-json", "no/c.json"],
+        f"no/c.json: {os.strerror(errno.ENOENT)}",
+    ),
+    "closed pipe": (["-r", _EDGE, "-w", "-"], f"stdout: {os.strerror(errno.EPIPE)}"),
+}
+
+
+@pytest.mark.parametrize("name", ERROR_PATHS)
+def test_each_error_is_reported_once(name: str, tmp_path: Path) -> None:
+    """One ``error:`` line in the summary, exit status 1, and the error nowhere else on stderr (no
+    traceback, no second report)."""
+    if name == "disk full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    args, error = ERROR_PATHS[name]
+    (tmp_path / "truncated.nmsg").write_bytes(corpus.path("edge_cases.nmsg").read_bytes()[:3000])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout: the first write to it fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [*FILTER, *args], cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert lines[0].startswith("dnsqr-edns-filter: ") and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("  error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"  error: {error}"), proc.stderr
+    reason = error.rsplit(": ", 1)[1]
+    assert sum(reason in line for line in lines) == 1, proc.stderr
 
 
 def free_udp_port() -> int:

@@ -6,7 +6,9 @@ can be checked against the files on disk at the moment it is made.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
 import subprocess
 import sys
@@ -25,8 +27,9 @@ from dnsqr_schemas import avro_schema
 from nmsgdns.payload import make_payload
 from processors import failure_record
 from sink import consumer as sink_consumer
+from sink import files as sink_files
 from sink.consumer import FailureSink, SinkConfig, UndecodableValue, decode_failure_payload
-from sink.files import final_files, parse_final_name
+from sink.files import Discard, final_files, parse_final_name
 from tests.mutations import mutated
 from tests.sink.helpers import corpus_payloads, failure_value, files_multiset
 
@@ -314,12 +317,32 @@ def test_revoke_discards_partial_file(
         messages(1, payloads[10:20]),  # the range was not committed: it comes again
     ]
     stats = FailureSink(config(tmp_path)).run()
-    assert stats.discarded_partials == 2
+    assert stats.discarded_partials == Counter({Discard.REBALANCE: 2})
+    assert "2 partial files discarded on a rebalance" in stats.summary()
     assert files_multiset(tmp_path) == Counter(payloads[10:20])
     assert [p.name for p in final_files(tmp_path, "failures")] == [
         "failures-p0001-o000000000000-000000000009.nmsg"
     ]
     assert committed(fake_kafka) == {1: 10}
+
+
+def test_disk_full_discards_are_reported_as_such(
+    tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while finalizing: the open files go because of the error, and the summary says so."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sink_files.os, "fsync", disk_full)
+    fake_kafka.script = [("assign", [0, 1]), messages(0, payloads[:10]) + messages(1, payloads[10:20])]
+    sink = FailureSink(config(tmp_path))
+    with pytest.raises(OSError, match="No space left"):
+        sink.run()
+    assert sink.stats.discarded_partials == Counter({Discard.ERROR: 2})
+    summary = sink.stats.summary()
+    assert "2 partial files discarded after an error" in summary and "rebalance" not in summary
+    assert [p.name for p in tmp_path.iterdir()] == [] and committed(fake_kafka) == {}
 
 
 def test_undecodable_values_go_to_dlq(

@@ -11,6 +11,7 @@ import pytest
 from nmsgdns.container import FLAG_ZLIB, parse_header
 from sink import files as sink_files
 from sink.files import (
+    Discard,
     Durable,
     PartitionFileSet,
     final_files,
@@ -258,9 +259,9 @@ def test_discard_removes_partial_file(tmp_path: Path, payloads: list[bytes]) -> 
     done = feed(fs, 0, list(enumerate(payloads[:100])))
     kept = visible(tmp_path)
     assert kept and tmp_files(tmp_path)
-    fs.discard([0])
+    fs.discard([0], Discard.REBALANCE)
     assert tmp_files(tmp_path) == [] and visible(tmp_path) == kept
-    assert fs.stats.discarded == 1 and fs.partitions == []
+    assert fs.stats.discarded == Counter({Discard.REBALANCE: 1}) and fs.partitions == []
     # the next owner resumes at the last committed offset and completes the range exactly once
     resume = done[-1].next_offset
     again = fileset(tmp_path, rotate_bytes=8 * 1024)
@@ -268,6 +269,18 @@ def test_discard_removes_partial_file(tmp_path: Path, payloads: list[bytes]) -> 
     feed(again, 0, list(enumerate(payloads[:100]))[resume:])
     again.finalize_all()
     assert files_multiset(tmp_path) == Counter(payloads[:100])
+
+
+def test_close_counts_its_discards_as_the_error(tmp_path: Path, payloads: list[bytes]) -> None:
+    """close() is the error path: what it throws away is counted under ERROR, never as a rebalance."""
+    fs = fileset(tmp_path)
+    for partition in (0, 1, 2):
+        fs.adopt(partition)
+    feed(fs, 0, list(enumerate(payloads[:5])))
+    feed(fs, 1, list(enumerate(payloads[5:10])))
+    fs.close()  # partition 2 has no open file: nothing of it to discard
+    assert fs.stats.discarded == Counter({Discard.ERROR: 2})
+    assert tmp_files(tmp_path) == [] and visible(tmp_path) == []
 
 
 def test_crash_before_rename_replays_to_same_files(tmp_path: Path, payloads: list[bytes]) -> None:
