@@ -151,7 +151,7 @@ class IngestSummary:
         if self.damaged_inputs:
             lines += [f"  input DAMAGED: {damage}" for damage in self.damaged_inputs]
             before = "delivered" if self.ok else "read, but not all delivered (see above)"
-            lines.append(f"    each was read up to the offset named; the records before it were {before}")
+            lines.append(f"    each file was read up to its damage only; the records before it were {before}")
         if self.fatal_error:
             lines.append(f"  FATAL: {self.fatal_error}")
         return "\n".join(lines)
