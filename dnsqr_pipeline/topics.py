@@ -6,6 +6,12 @@ before any stage runs, with the partition count that bounds how many workers can
 
 Every call first asks the cluster for metadata within ``timeout`` so an unreachable broker is reported
 as :class:`BrokerUnreachableError` naming the address, instead of librdkafka retrying forever.
+
+Replication: a topic created without an explicit replication factor gets the cluster's default,
+:func:`cluster_replication_factor` (three copies where there are three brokers, fewer on a smaller
+cluster), and :func:`replication_config` sets ``min.insync.replicas`` to match, so a cluster keeps
+accepting acks=all writes with one broker down and every acknowledged write is on two brokers or more.
+The job and the worker use the same two functions for the topics they create.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import time
 from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewPartitions, NewTopic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: Most replicas a topic gets by default: survives one broker down with two in-sync copies left.
+DEFAULT_MAX_REPLICATION = 3
 
 #: NMSG containers can reach ~1.3 MB (libnmsg's largest buffer), above Kafka's 1 MB default record limit
 CONTAINER_TOPIC_CONFIG = {"max.message.bytes": "2097152"}
@@ -62,25 +70,54 @@ def admin_client(config: Mapping[str, str]) -> AdminClient:
     return AdminClient(conf)
 
 
-def check_reachable(admin: AdminClient, bootstrap: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Raise :class:`BrokerUnreachableError` unless the cluster answers a metadata request in ``timeout``."""
+def cluster_metadata(
+    admin: AdminClient, bootstrap: str = "", timeout: float = DEFAULT_TIMEOUT
+) -> ClusterMetadata:
+    """The cluster's metadata; :class:`BrokerUnreachableError` unless a broker answers within ``timeout``."""
     try:
-        admin.list_topics(timeout=timeout)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        where = f" at {bootstrap}" if bootstrap else ""
         raise BrokerUnreachableError(
-            f"no Kafka broker answered at {bootstrap} within {timeout:g}s ({exc.args[0].str()}); "
+            f"no Kafka broker answered{where} within {timeout:g}s ({exc.args[0].str()}); "
             "start one with `dnsqr-pipeline kafka start` or pass --bootstrap-servers"
         ) from exc
+
+
+def cluster_replication_factor(
+    admin: AdminClient, timeout: float = DEFAULT_TIMEOUT, *, bootstrap: str = ""
+) -> int:
+    """The default replication factor of a new topic on this cluster: min(3, brokers in the cluster).
+
+    Counts the brokers the cluster reports now (live ones). Raises :class:`BrokerUnreachableError`.
+    """
+    return _default_replication(cluster_metadata(admin, bootstrap, timeout))
+
+
+def _default_replication(metadata: ClusterMetadata) -> int:
+    return min(DEFAULT_MAX_REPLICATION, len(metadata.brokers))
+
+
+def replication_config(rf: int) -> dict[str, str]:
+    """Topic config that goes with ``rf`` replicas: ``min.insync.replicas`` = rf - 1 from 3 replicas on.
+
+    An acks=all write then needs all replicas but one: one broker may be down (a restart, a failure)
+    without stopping producers, and no acknowledged write lives on a single broker. With fewer than 3
+    replicas the broker's default (1) stays, since requiring both copies of 2 would stop writes whenever
+    either broker is down.
+    """
+    return {"min.insync.replicas": str(rf - 1)} if rf >= 3 else {}
 
 
 def _resolve(
     spec: TopicSpec, partitions: int, replication_factor: int, config: Mapping[str, str]
 ) -> NewTopic:
+    rf = spec.replication_factor or replication_factor
     return NewTopic(
         spec.name,
         num_partitions=spec.partitions or partitions,
-        replication_factor=spec.replication_factor or replication_factor,
-        config={**config, **spec.config},
+        replication_factor=rf,
+        config={**replication_config(rf), **config, **spec.config},
     )
 
 
@@ -90,18 +127,28 @@ def create_topics(
     *,
     bootstrap: str = "",
     partitions: int = 1,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     config: Mapping[str, str] | None = None,
     grow_partitions: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, str]:
     """Create the topics that do not exist; return ``{name: "created" | "exists" | "grown to N"}``.
 
-    An existing topic is left as it is (idempotent), except that ``grow_partitions`` adds partitions up
-    to the asked count; Kafka cannot shrink a topic. A topic with fewer partitions than asked is logged,
-    since it limits how many workers share the load.
+    A topic's replication factor is its spec's, else ``replication_factor``, else the cluster's default
+    (:func:`cluster_replication_factor`); its config is :func:`replication_config` of that factor,
+    overridden by ``config``, overridden by the spec's own. An existing topic is left as it is
+    (idempotent), except that ``grow_partitions`` adds partitions up to the asked count; Kafka cannot
+    shrink a topic. A topic with fewer partitions than asked is logged, since it limits how many workers
+    share the load.
     """
-    check_reachable(admin, bootstrap, timeout)
+    metadata = cluster_metadata(admin, bootstrap, timeout)
+    if replication_factor is None:
+        replication_factor = _default_replication(metadata)
+        log.info(
+            "replication factor %d for new topics (%d broker(s) in the cluster)",
+            replication_factor,
+            len(metadata.brokers),
+        )
     new = [_resolve(s, partitions, replication_factor, config or {}) for s in specs]
     if not new:
         return {}
@@ -146,12 +193,7 @@ def list_topics(
     admin: AdminClient, *, bootstrap: str = "", timeout: float = DEFAULT_TIMEOUT, internal: bool = False
 ) -> dict[str, int]:
     """``{name: partition count}``, without Kafka's internal ``__``-prefixed topics unless ``internal``."""
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise BrokerUnreachableError(
-            f"no Kafka broker answered at {bootstrap} within {timeout:g}s ({exc.args[0].str()})"
-        ) from exc
+    metadata = cluster_metadata(admin, bootstrap, timeout)
     return {
         name: len(t.partitions)
         for name, t in sorted(metadata.topics.items())
@@ -163,7 +205,7 @@ def delete_topics(
     admin: AdminClient, names: Iterable[str], *, bootstrap: str = "", timeout: float = DEFAULT_TIMEOUT
 ) -> dict[str, str]:
     """Delete topics; return ``{name: "deleted" | "missing"}`` (deleting a missing topic is no error)."""
-    check_reachable(admin, bootstrap, timeout)
+    cluster_metadata(admin, bootstrap, timeout)
     names = list(names)
     if not names:
         return {}

@@ -38,7 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="partitions per topic (default %(default)s); "
         "the raw topic's count bounds how many workers share the load",
     )
-    p.add_argument("--replication-factor", type=int, default=1, help="(default %(default)s; 3 on a cluster)")
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        metavar="N",
+        help="copies of each partition (default: the number of brokers in the cluster, at most 3); "
+        "from 3 on, min.insync.replicas is set to N - 1 unless --config gives it",
+    )
     p.add_argument(
         "--config",
         action="append",

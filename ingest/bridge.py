@@ -8,7 +8,10 @@ Accounting, which the summary and the exit status rest on: every payload a sourc
 in ``records_in``; it is then either dropped by the gate (``not_dnsqr``, ``bad_payload``) or packed, and
 every packed record ends as delivered or failed in the producer's delivery callbacks. Input lost before
 it became a payload (kernel buffer overruns, undecodable datagrams, a truncated file) is counted by the
-source under its reason, and undecodable bytes go to the dead-letter topic when there is one.
+source under its reason, and undecodable bytes go to the dead-letter topic when there is one. A file
+that could not be read whole is also named, with the byte offset, in the summary's ``damaged_inputs``: its
+records before that offset are delivered like any others, and the exit status still says the input was
+incomplete.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ class IngestConfig:
 
 @dataclass
 class IngestSummary:
-    """Outcome of a run. ``ok`` is what the exit status reports."""
+    """Outcome of a run: ``ok`` (every record read was delivered) and ``input_complete`` (every input was
+    read whole) are what the exit status reports, separately."""
 
     records_in: dict[str, int] = field(default_factory=dict)
     records_packed: int = 0
@@ -100,6 +104,9 @@ class IngestSummary:
     dead_letters_failed: int = 0
     delivery_errors: dict[str, int] = field(default_factory=dict)
     source_errors: list[str] = field(default_factory=list)
+    #: inputs that could not be read whole (a damaged or unreadable file), one message each naming the
+    #: file, the byte offset and what was wrong; each was read up to that offset, the rest was skipped
+    damaged_inputs: list[str] = field(default_factory=list)
     fatal_error: str | None = None
     elapsed: float = 0.0
 
@@ -113,6 +120,11 @@ class IngestSummary:
             and self.dead_letters_failed == 0
             and not self.source_errors
         )
+
+    @property
+    def input_complete(self) -> bool:
+        """Every input was read whole: no file damaged or unreadable, no source that died."""
+        return not self.damaged_inputs and not self.source_errors
 
     def format(self) -> str:
         """Human-readable summary printed at the end of ``dnsqr-pipeline ingest``."""
@@ -136,24 +148,43 @@ class IngestSummary:
         if self.dead_letters or self.dead_letters_failed:
             lines.append(f"  dead letters: {self.dead_letters} sent, {self.dead_letters_failed} failed")
         lines += [f"  source error: {err}" for err in self.source_errors]
+        if self.damaged_inputs:
+            lines += [f"  input DAMAGED: {damage}" for damage in self.damaged_inputs]
+            before = "delivered" if self.ok else "read, but not all delivered (see above)"
+            lines.append(f"    each file was read up to its damage only; the records before it were {before}")
         if self.fatal_error:
             lines.append(f"  FATAL: {self.fatal_error}")
         return "\n".join(lines)
 
 
-def build_sources(config: IngestConfig) -> list[Source]:
+def replay_inputs(config: IngestConfig) -> list[ReplayInput]:
+    """The -r and -p inputs in command-line order, each checked to be a readable file.
+
+    Raises IngestError saying what a path is instead (missing, a directory, unreadable). Only local
+    checks: the bridge runs them before it asks for the broker, so a wrong path is the first thing said.
+    """
+    inputs = [ReplayInput("nmsg", f) for f in config.files] + [ReplayInput("pcap", p) for p in config.pcaps]
+    for item in inputs:
+        path = item.path
+        if os.path.isdir(path):
+            kind, pattern = ("NMSG", "*.nmsg") if item.kind == "nmsg" else ("pcap", "*.pcap")
+            raise IngestError(
+                f"{path} is a directory; give the {kind} files in it, e.g. {os.path.join(path, pattern)}"
+            )
+        if not os.path.exists(path):
+            raise IngestError(f"{path}: no such file")
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise IngestError(f"{path}: not a readable file")
+    return inputs
+
+
+def build_sources(config: IngestConfig, inputs: list[ReplayInput]) -> list[Source]:
     """The configured sources, opened (sockets bound) so configuration errors surface before any input.
 
-    Raises IngestError naming the bad flag value.
+    ``inputs`` are the checked files of :func:`replay_inputs`. Raises IngestError naming the bad flag value.
     """
     sources: list[Source] = []
     try:
-        inputs = [ReplayInput("nmsg", f) for f in config.files] + [
-            ReplayInput("pcap", p) for p in config.pcaps
-        ]
-        for item in inputs:
-            if not os.path.isfile(item.path) or not os.access(item.path, os.R_OK):
-                raise IngestError(f"{item.path}: no such readable file")
         if inputs:
             sources.append(
                 ReplaySource(
@@ -175,10 +206,6 @@ def build_sources(config: IngestConfig) -> list[Source]:
         for source in sources:
             source.close(False)
         raise IngestError(str(exc)) from None
-    except IngestError:
-        for source in sources:
-            source.close(False)
-        raise
     if not sources:
         raise IngestError("no source: give at least one of -r, -p, -l, -C or --kafka-source")
     return sources
@@ -192,6 +219,7 @@ class Bridge:
         self.outbox = Outbox()
         if stop is not None:
             self.outbox.stop = stop
+        inputs = replay_inputs(config)
         self.producer = RawProducer(
             config.kafka,
             topic=config.raw_topic,
@@ -201,7 +229,7 @@ class Bridge:
             key=config.key.encode() if config.key else None,
         )
         self.producer.check_connection(config.startup_timeout)
-        self.sources = build_sources(config)
+        self.sources = build_sources(config, inputs)
         self.packer = ContainerBuilder(
             config.container_records, config.container_bytes, crcs=config.container_crcs
         )
@@ -409,6 +437,7 @@ class Bridge:
             + (dlq.records_sent - dlq.records_delivered - dlq.records_failed),
             delivery_errors=errors,
             source_errors=list(self._source_errors),
+            damaged_inputs=[damage for source in self.sources for damage in source.damaged],
             fatal_error=self.producer.fatal.str() if self.producer.fatal is not None else None,
             elapsed=elapsed,
         )

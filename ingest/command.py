@@ -4,9 +4,10 @@ Source flags follow nmsgtool (``-r``, ``-p``, ``-l``, ``-C``, and its Kafka endp
 runs ``nmsgtool -l 0.0.0.0/8430 -w ...`` today can point the same flags here. The pcap capture settings
 are nmsgtool's ``DNSQR_*`` environment variables; each also has a flag, which wins over the variable.
 
-Exit status: 0 when every record read was delivered (or counted as dropped for a reason); 1 when
-deliveries failed, the producer hit a fatal error or a source died; 2 for bad usage or an unreachable
-broker (nothing was consumed then).
+The exit status (:func:`exit_status`, listed in ``--help``) keeps apart what the operator does next: 1
+means an input file was damaged (replace or repair it; what came before the damage is in Kafka, as with
+``dnsqr-edns-filter``), 3 means records read were not delivered (look at Kafka), 2 means nothing was
+read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from types import FrameType
 
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from ingest.bridge import Bridge, IngestConfig
+from ingest.bridge import Bridge, IngestConfig, IngestSummary
 from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS
 from ingest.producer import COMPRESSIONS, IngestError
 from ingest.replay import parse_time
@@ -39,6 +40,31 @@ DNSQR_VARIABLES = {
     "DNSQR_QUERY_TIMEOUT": "seconds an unanswered query waits (default 60)",
     "DNSQR_STATE_TABLE_MAX": "most queries waiting for a response (default 131072)",
 }
+
+
+#: Exit statuses of ``dnsqr-pipeline ingest``; a second SIGINT interrupts the final flush with 130.
+EXIT_OK = 0
+EXIT_INPUT_DAMAGED = 1
+EXIT_USAGE = 2
+EXIT_UNDELIVERED = 3
+
+EXIT_STATUS_HELP = f"""exit status:
+  {EXIT_OK}  every input read whole and every record read delivered (or dropped for a counted reason)
+  {EXIT_INPUT_DAMAGED}  an input file was damaged or unreadable (the summary names it and the byte offset);
+     every record before the damage was delivered
+  {EXIT_USAGE}  bad usage, a missing or unreadable input, no broker or no raw topic: nothing was read
+  {EXIT_UNDELIVERED}  not every record read was delivered: delivery failed, the producer hit a fatal
+     error, or a source failed
+  130  a second SIGINT interrupted the final flush"""
+
+
+def exit_status(summary: IngestSummary) -> int:
+    """The exit status of a run that started: undelivered records outrank damaged input."""
+    if not summary.ok:
+        return EXIT_UNDELIVERED
+    if not summary.input_complete:
+        return EXIT_INPUT_DAMAGED
+    return EXIT_OK
 
 
 def _flag(variable: str) -> str:
@@ -64,6 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ingest",
         help="NMSG files, pcaps, UDP sockets, channels or a Kafka topic -> the raw topic",
         description="Read base:dnsqr from nmsgtool-like sources and produce containers to the raw topic.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_ingest_arguments(parser)
     add_kafka_arguments(parser)
@@ -121,7 +149,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         dest="kafka_sources",
         action="append",
         default=[],
-        metavar="TOPIC|nmsg:TOPIC[#PARTITION|%%GROUP]@BROKER[,OFFSET]",
+        metavar="TOPIC|nmsg:TOPIC[#PARTITION|%GROUP]@BROKER[,OFFSET]",
         help="topic written by nmsgtool --writekafka (one container per record); repeatable",
     )
     src.add_argument(
@@ -167,7 +195,14 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         help="send a partial container once its oldest record waited this long (default %(default)s)",
     )
     out.add_argument("--linger-ms", type=int, default=100, help="producer linger.ms (default %(default)s)")
-    out.add_argument("--compression", choices=COMPRESSIONS, default="lz4", help="(default %(default)s)")
+    out.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="lz4",
+        help="compression of the Kafka record batches the producer sends (librdkafka compression.type): "
+        "less network and broker disk for some CPU; the topic keeps the batches as sent and consumers "
+        "decompress them. The NMSG containers inside are never zlib-compressed (default %(default)s)",
+    )
     out.add_argument(
         "--flush-timeout",
         type=float,
@@ -253,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
         bridge = Bridge(config)
     except IngestError as exc:
         print(f"dnsqr-pipeline ingest: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping sources, flushing", signal.Signals(signum).name)
@@ -267,7 +302,13 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, on_signal)
     summary = bridge.run()
     print(summary.format(), file=sys.stderr)
-    if not summary.ok:
+    status = exit_status(summary)
+    if status == EXIT_UNDELIVERED:
         print("dnsqr-pipeline ingest: not every record was delivered (see summary)", file=sys.stderr)
-        return 1
-    return 0
+    elif status == EXIT_INPUT_DAMAGED:
+        print(
+            f"dnsqr-pipeline ingest: input damaged: {len(summary.damaged_inputs)} file(s) not read whole "
+            "(see summary); the records before the damage were delivered",
+            file=sys.stderr,
+        )
+    return status

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -24,10 +24,45 @@ COMPRESSIONS = ("lz4", "zstd", "none")
 _QUEUE_FULL_POLL = 0.05
 #: How long a missing topic is asked for again before it is reported (a new topic takes a moment).
 _TOPIC_PROPAGATION = 5.0
+#: Seconds after the producer starts during which a coordinator that is still loading is expected.
+STARTUP_GRACE = 30.0
+#: librdkafka's line for a failed InitProducerId, and the retried reasons a healthy fresh broker gives.
+_PID_RETRY = "Failed to acquire idempotence PID"
+_COORDINATOR_STARTING = ("Coordinator load in progress", "Coordinator not available")
 
 
 class IngestError(RuntimeError):
     """A condition the operator must fix (broker unreachable, topic missing); the message says which."""
+
+
+class LibrdkafkaLog:
+    """The producer's ``logger``: librdkafka's log lines into a Python logger, minus start-up noise.
+
+    The idempotent producer first asks a broker for a producer id. A fresh broker answers "coordinator
+    load in progress" (or "not available") until it has loaded its transaction state, a second or so, and
+    librdkafka retries, logging each attempt as a WARNING: on a healthy start that reads like a fault.
+    During the first ``grace`` seconds those lines go to DEBUG; afterwards, when a coordinator that never
+    comes is a real problem, and for every other line, librdkafka's own level stands.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        grace: float = STARTUP_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self._clock = clock
+        self._quiet_until = clock() + grace
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Called by confluent-kafka as ``log(level, "%s [%s] %s", facility, client, text)``."""
+        if logging.DEBUG < level <= logging.WARNING and self._clock() < self._quiet_until:
+            text = msg % args if args else msg
+            if _PID_RETRY in text and any(reason in text for reason in _COORDINATOR_STARTING):
+                level = logging.DEBUG
+        self.logger.log(level, msg, *args)
 
 
 @dataclass
@@ -80,7 +115,7 @@ class RawProducer:
             "batch.num.messages": 10000,
             "queue.buffering.max.kbytes": 512 * 1024,
             "error_cb": self._on_error,
-            "logger": logging.getLogger("ingest.rdkafka"),
+            "logger": LibrdkafkaLog(logging.getLogger("ingest.rdkafka")),
         }
         conf.update(client_conf)
         self._producer = Producer(conf)

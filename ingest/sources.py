@@ -107,6 +107,8 @@ class Source:
 
     ``live`` sources run until stopped; the others end by themselves. ``drops`` holds counts of input
     lost inside the source, by reason; the bridge reads it (plain int reads are safe across threads).
+    ``damaged`` lists the inputs that could not be read whole, one message each naming the input, the
+    byte offset and what was wrong; the bridge reads it once the source has finished.
     """
 
     live = False
@@ -114,6 +116,7 @@ class Source:
     def __init__(self, name: str) -> None:
         self.name = name
         self.drops: Counter[str] = Counter()
+        self.damaged: list[str] = []
 
     def run(self, out: Outbox) -> None:
         raise NotImplementedError
@@ -216,44 +219,38 @@ class ReplaySource(Source):
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally; the generator outlives a with block
         except OSError as exc:
-            log.error("%s: cannot open: %s", path, exc.strerror)
-            self.drops["unreadable_file"] += 1
+            self._damage("unreadable_file", f"{path}: cannot open: {exc.strerror}")
             return
         self._current = fh
         reader = ContainerStreamReader(fh, name=path)
         try:
             yield from reader.batches()
         except NmsgDnsError as exc:
-            reason = "truncated_file" if isinstance(exc, TruncatedError) else "bad_container"
-            log.error("%s; the records before it were kept", exc)
             # The reader has counted the drop under its own reason (short, garbage, bad_body, ...).
-            self._dead_letter_rest(out, fh, name, reader, exc, reason)
+            offset, message = _container_damage(exc, reader)
+            self._damage(None, message)
+            reason = "truncated_file" if isinstance(exc, TruncatedError) else "bad_container"
+            self._dead_letter_rest(out, fh, name, offset, message, reason)
+        except OSError as exc:
+            self._damage(
+                "unreadable_file", f"{path}: offset {reader.stats.bytes}: cannot read: {exc.strerror}"
+            )
         finally:
             self.drops.update(reader.stats.drops)
             self._current = None
             fh.close()
 
-    def _dead_letter_rest(
-        self,
-        out: Outbox,
-        fh: BinaryIO,
-        name: str,
-        reader: ContainerStreamReader,
-        exc: NmsgDnsError,
-        reason: str,
-    ) -> None:
-        """Send the bytes from the bad container on (at most DLQ_MAX_BYTES) to the DLQ for inspection.
+    def _damage(self, drop: str | None, message: str) -> None:
+        """Record an input that could not be read whole (and count it under ``drop`` when given)."""
+        if drop is not None:
+            self.drops[drop] += 1
+        self.damaged.append(message)
+        log.error("%s; the file is read no further (the records before this point are kept)", message)
 
-        The reader names the container's offset in its message (``NAME: offset N: ...``); when that cannot
-        be read, the end of the last good container (``stats.bytes``) is the next best start.
-        """
-        message = str(exc)
-        start = reader.stats.bytes
-        prefix = f"{reader.name}: offset "
-        if message.startswith(prefix):
-            number = message[len(prefix) :].split(":", 1)[0]
-            if number.isdigit():
-                start = int(number)
+    def _dead_letter_rest(
+        self, out: Outbox, fh: BinaryIO, name: str, start: int, message: str, reason: str
+    ) -> None:
+        """Send the bytes from ``start`` (the bad container) on, at most DLQ_MAX_BYTES, to the DLQ."""
         try:
             fh.seek(start)
             data = fh.read(DLQ_MAX_BYTES)
@@ -273,11 +270,9 @@ class ReplaySource(Source):
                     yield batch
                     batch = []
         except NmsgDnsError as exc:
-            self.drops["bad_pcap"] += 1
-            log.error("%s: %s; the records before it were kept", path, exc)
+            self._damage("bad_pcap", str(exc))  # the capture reader names the file (and the offset)
         except OSError as exc:
-            self.drops["unreadable_file"] += 1
-            log.error("%s: cannot read: %s", path, exc.strerror or exc)
+            self._damage("unreadable_file", f"{path}: cannot read: {exc.strerror or exc}")
         if batch:
             yield batch
 
@@ -322,6 +317,22 @@ class ReplaySource(Source):
             count += len(pending)
             out.put(Batch(name, pending))
         self.inputs_read[name] = self.inputs_read.get(name, 0) + count
+
+
+def _container_damage(exc: NmsgDnsError, reader: ContainerStreamReader) -> tuple[int, str]:
+    """Where a container stream's damage starts, and its one-line message ``NAME: offset N: KIND: ...``.
+
+    The reader names the bad container's offset in its message (``NAME: offset N: DETAIL``); when that
+    cannot be read, the end of the last good container (``stats.bytes``) is the next best start.
+    """
+    offset, detail = reader.stats.bytes, str(exc)
+    prefix = f"{reader.name}: offset "
+    if detail.startswith(prefix):
+        number, _, rest = detail[len(prefix) :].partition(": ")
+        if number.isdigit():
+            offset, detail = int(number), rest
+    kind = "truncated" if isinstance(exc, TruncatedError) else "bad container"
+    return offset, f"{reader.name}: offset {offset}: {kind}: {detail}"
 
 
 def _size(path: str) -> int:

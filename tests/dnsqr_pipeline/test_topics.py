@@ -1,4 +1,5 @@
-"""Topic administration: idempotent creation, listing, deletion, and a quick clear error without a broker."""
+"""Topic administration: idempotent creation, listing, deletion, a quick clear error without a broker, and
+the replication defaults on a single node (the 3-node check is in test_topics_cluster.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ConfigSource
 
 from dnsqr_pipeline import topics, topics_command
+from tests.kafka_fixture import wait_for_leaders
 
 
 def _closed_port() -> int:
@@ -44,6 +47,15 @@ def test_cli_reports_unreachable_broker(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert f"no Kafka broker answered at {address}" in err
     assert "kafka start" in err
+
+
+@pytest.mark.parametrize(("rf", "config"), [(1, {}), (2, {}), (3, {"min.insync.replicas": "2"})])
+def test_replication_config_keeps_one_replica_to_spare_from_three_on(rf: int, config: dict[str, str]) -> None:
+    assert topics.replication_config(rf) == config
+
+
+def test_replication_config_of_five_replicas() -> None:
+    assert topics.replication_config(5) == {"min.insync.replicas": "4"}
 
 
 def test_pipeline_topics_are_the_architecture_table() -> None:
@@ -92,3 +104,38 @@ def test_cli_create_list_delete(kafka_bootstrap: str, capsys: pytest.CaptureFixt
     assert f"{name}\t2" in capsys.readouterr().out.splitlines()
     assert _run_cli(["topics", "delete", name, *conn]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{name}\tdeleted"]
+
+
+def topic_replication(admin: AdminClient, name: str, timeout: float = 30.0) -> tuple[set[int], ConfigEntry]:
+    """The replica counts of a topic's partitions, and its min.insync.replicas entry.
+
+    A topic just created may not be known to every broker yet: ask again until one answers for it.
+    """
+    wait_for_leaders(admin, name, timeout)
+    meta = admin.list_topics(name, timeout=10).topics[name]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            config = admin.describe_configs([resource])[resource].result(timeout=10)
+            break
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return {len(p.replicas) for p in meta.partitions.values()}, config["min.insync.replicas"]
+
+
+@pytest.mark.integration
+def test_cli_create_defaults_on_a_single_node(kafka_admin: AdminClient, kafka_bootstrap: str) -> None:
+    if len(kafka_admin.list_topics(timeout=10).brokers) != 1:
+        pytest.skip("the session's cluster has more than one broker")
+    name = f"test-rf-{uuid.uuid4().hex[:12]}"
+    assert topics.cluster_replication_factor(kafka_admin, timeout=10) == 1
+    try:
+        assert _run_cli(["topics", "create", name, "--bootstrap-servers", kafka_bootstrap]) == 0
+        replicas, min_insync = topic_replication(kafka_admin, name)
+        assert replicas == {1}
+        assert min_insync.source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value and min_insync.value == "1"
+    finally:
+        topics.delete_topics(kafka_admin, [name], bootstrap=kafka_bootstrap)

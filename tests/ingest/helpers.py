@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import io
+import random
 import socket
+import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ingest.bridge import IngestConfig
-from nmsgdns.container import decode_container
+from nmsgdns.container import decode_container, encode_header
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE, payload_type
+from tests import corpus
+
+#: ``dnsqr-pipeline`` in a subprocess, with this interpreter.
+CLI = [sys.executable, "-c", "import sys; from dnsqr_pipeline.cli import main; sys.exit(main())"]
 
 
 def file_payloads(path: Path) -> list[bytes]:
@@ -78,3 +85,47 @@ def config(bootstrap: str, raw: str, dlq: str | None, **kw: object) -> IngestCon
     kw.setdefault("startup_timeout", 20.0)
     kw.setdefault("flush_timeout", 30.0)
     return IngestConfig(kafka={"bootstrap.servers": bootstrap}, raw_topic=raw, dlq_topic=dlq, **kw)
+
+
+#: The ways a capture file is damaged in the tests, each made by :func:`damaged_capture`.
+DAMAGE_CASES = ("truncated", "random_bytes", "huge_length", "trailing_garbage")
+
+
+@dataclass(frozen=True)
+class DamagedCapture:
+    """A damaged NMSG file, where its damage starts, what the report must say, and what precedes it."""
+
+    path: Path
+    offset: int
+    reason: str
+    #: the base:dnsqr payloads before the damage (from the corpus file the capture starts with)
+    intact: Counter[bytes]
+
+
+def damaged_capture(case: str, directory: Path) -> DamagedCapture:
+    """Write the capture of ``case`` (one of DAMAGE_CASES) to ``directory``.
+
+    Each but the random one is a whole corpus file (edge_cases.nmsg, one container) followed by the
+    damage: half of another corpus file (cut mid-container), a header declaring 4 GiB, or text.
+    """
+    first = corpus.path("edge_cases.nmsg")
+    good, intact = first.read_bytes(), dnsqr_multiset(file_payloads(first))
+    if case == "truncated":
+        cut = corpus.path("live_resolver.nmsg").read_bytes()
+        data, offset, reason = good + cut[: len(cut) // 2], len(good), "truncated: container declares"
+    elif case == "random_bytes":
+        data, offset, reason, intact = (
+            random.Random(10).randbytes(4096),
+            0,
+            "bad container: bad magic",
+            Counter(),
+        )
+    elif case == "huge_length":
+        data, offset, reason = good + encode_header(0, 0xFFFFFFF0) + bytes(64), len(good), "above the cap"
+    elif case == "trailing_garbage":
+        data, offset, reason = good + b"trailing garbage " * 8, len(good), "bad container: bad magic"
+    else:
+        raise ValueError(case)
+    path = directory / f"{case}.nmsg"
+    path.write_bytes(data)
+    return DamagedCapture(path, offset, reason, intact)

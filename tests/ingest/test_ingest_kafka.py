@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from nmsgdns.container import decode_container, encode_container
 from nmsgdns.payload import make_payload
 from tests import corpus
 from tests.ingest.helpers import (
+    CLI,
     config,
     dnsqr_multiset,
     file_payloads,
@@ -208,6 +208,8 @@ def test_truncated_and_garbage_files_keep_every_valid_record(
     cfg = config(kafka_bootstrap, raw, dlq, files=[str(truncated), str(garbage), str(good)])
     summary = run_ingest(cfg)
     assert summary.ok, summary.format()
+    assert not summary.input_complete
+    assert [d.split(": offset ")[0] for d in summary.damaged_inputs] == [str(truncated), str(garbage)]
     expected = dnsqr_multiset(file_payloads(corpus.path("edge_cases.nmsg")))
     expected += expected
     expected += dnsqr_multiset(file_payloads(good))
@@ -296,9 +298,6 @@ def test_metrics_endpoint(kafka_bootstrap: str, topics: tuple[str, str]):
     assert "dnsqr_ingest_records_out_total 68.0" in text
     assert 'dnsqr_ingest_drops_total{reason="garbage"} 1.0' in text
     assert "dnsqr_ingest_producer_queue_depth" in text
-
-
-CLI = [sys.executable, "-c", "import sys; from dnsqr_pipeline.cli import main; sys.exit(main())"]
 
 
 def _cli_available() -> bool:

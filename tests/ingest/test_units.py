@@ -1,4 +1,5 @@
-"""Ingest pieces without Kafka: packing, the dnsqr gate, pacing, the time window, endpoint syntax."""
+"""Ingest pieces without Kafka: packing, the dnsqr gate, pacing, the time window, endpoint syntax, damaged
+input and the exit status, the help text, librdkafka's start-up log lines."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from collections import Counter
 
 import pytest
 
-from ingest.bridge import IngestSummary
+from dnsqr_pipeline.cli import build_parser
+from ingest import command
+from ingest.bridge import IngestConfig, IngestSummary, replay_inputs
 from ingest.packer import ContainerBuilder, DnsqrGate
+from ingest.producer import IngestError, LibrdkafkaLog
 from ingest.progress import Progress
 from ingest.replay import Pacer, TimeWindow, parse_time, record_time
-from ingest.sources import DropTracker, KafkaEndpoint
+from ingest.sources import Batch, DeadLetter, DropTracker, KafkaEndpoint, Outbox, ReplayInput, ReplaySource
 from nmsgdns.container import decode_container
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder
 from nmsgdns.payload import make_payload
 from tests import corpus
-from tests.ingest.helpers import file_payloads
+from tests.ingest.helpers import DAMAGE_CASES, damaged_capture, dnsqr_multiset, file_payloads
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +167,115 @@ def test_summary_ok_and_format():
     assert "records in:  3" in text and "not_dnsqr: 1" in text
     failed = IngestSummary(records_failed=5, delivery_errors={"_MSG_TIMED_OUT": 1})
     assert not failed.ok and "FAILED: 5" in failed.format()
+
+
+def test_summary_input_damaged_is_not_a_delivery_failure():
+    damage = "capture.nmsg: offset 22427: truncated: container declares 876614 body bytes, stream has 5"
+    summary = IngestSummary(records_in={"nmsg:capture.nmsg": 68}, records_out=68, damaged_inputs=[damage])
+    assert summary.ok and not summary.input_complete
+    text = summary.format()
+    assert f"input DAMAGED: {damage}" in text
+    assert "the records before it were delivered" in text
+    assert command.exit_status(summary) == command.EXIT_INPUT_DAMAGED == 1
+
+
+def test_exit_status_undelivered_outranks_damage_and_clean_is_zero():
+    clean = IngestSummary(records_in={"a": 3}, records_out=3)
+    assert clean.input_complete and command.exit_status(clean) == command.EXIT_OK == 0
+    both = IngestSummary(records_failed=2, damaged_inputs=["x.nmsg: offset 0: bad container: bad magic"])
+    assert command.exit_status(both) == command.EXIT_UNDELIVERED
+    assert "not all delivered" in both.format()
+    died = IngestSummary(source_errors=["replay: boom"])
+    assert not died.input_complete and command.exit_status(died) == command.EXIT_UNDELIVERED
+    statuses = {command.EXIT_OK, command.EXIT_INPUT_DAMAGED, command.EXIT_USAGE, command.EXIT_UNDELIVERED}
+    assert len(statuses) == 4
+
+
+def _replay(*paths: str) -> tuple[ReplaySource, list[object]]:
+    """Run a ReplaySource over NMSG files without the bridge; returns it and what it handed over."""
+    items: list[object] = []
+    outbox = Outbox()
+    outbox.handler = items.append
+    source = ReplaySource([ReplayInput("nmsg", p) for p in paths])
+    source.run(outbox)
+    return source, items
+
+
+@pytest.mark.parametrize("case", DAMAGE_CASES)
+def test_damaged_file_is_named_with_its_offset_and_what_came_before_is_handed_over(case, tmp_path):
+    capture = damaged_capture(case, tmp_path)
+    good = corpus.path("incompressible.nmsg")
+    source, items = _replay(str(capture.path), str(good))
+    [damage] = source.damaged
+    assert damage.startswith(f"{capture.path}: offset {capture.offset}: ")
+    assert capture.reason in damage
+    handed = [p for item in items if isinstance(item, Batch) for p in item.payloads]
+    # the records before the damage, then the next file read whole
+    assert dnsqr_multiset(handed) == capture.intact + dnsqr_multiset(file_payloads(good))
+    [letter] = [item for item in items if isinstance(item, DeadLetter)]
+    assert letter.detail["offset"] == str(capture.offset)
+    assert letter.data == capture.path.read_bytes()[capture.offset :]
+
+
+def test_whole_files_are_not_damaged():
+    source, _ = _replay(str(corpus.path("edge_cases.nmsg")), str(corpus.path("live_resolver.z.nmsg")))
+    assert source.damaged == []
+
+
+def test_file_that_vanished_before_it_was_read_is_damaged_input(tmp_path):
+    source, items = _replay(str(tmp_path / "gone.nmsg"))
+    assert source.damaged == [f"{tmp_path / 'gone.nmsg'}: cannot open: No such file or directory"]
+    assert items == []
+
+
+@pytest.mark.parametrize("flag", ["files", "pcaps"])
+def test_a_directory_as_input_says_to_give_its_files(flag, tmp_path):
+    pattern = "*.nmsg" if flag == "files" else "*.pcap"
+    with pytest.raises(IngestError) as err:
+        replay_inputs(IngestConfig(kafka={}, **{flag: [str(tmp_path)]}))
+    assert str(err.value) == (
+        f"{tmp_path} is a directory; give the {'NMSG' if flag == 'files' else 'pcap'} files in it, "
+        f"e.g. {tmp_path}/{pattern}"
+    )
+    with pytest.raises(IngestError, match="no such file"):
+        replay_inputs(IngestConfig(kafka={}, files=[str(tmp_path / "missing.nmsg")]))
+
+
+def test_ingest_help_renders_its_syntax_compression_and_exit_statuses(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nmsg:TOPIC[#PARTITION|%GROUP]@BROKER[,OFFSET]" in text
+    assert "%%" not in text
+    # the option's own help: after its last mention (the first is in the usage line), up to the next option
+    compression = text[text.rindex("--compression {lz4,zstd,none}") :].split("--flush-timeout")[0]
+    assert "compression of the Kafka record batches" in compression and "(default lz4)" in compression
+    for status in (command.EXIT_OK, command.EXIT_INPUT_DAMAGED, command.EXIT_USAGE, command.EXIT_UNDELIVERED):
+        assert f" {status} " in text.split("exit status:")[1]
+
+
+_PID_LINE = (
+    "GETPID",
+    "rdkafka#producer-1",
+    "[thrd:main]: Failed to acquire idempotence PID from broker 127.0.0.1:9092/1: "
+    "Broker: Coordinator load in progress: retrying",
+)
+
+
+def test_coordinator_still_loading_is_debug_at_start_and_a_warning_later(caplog):
+    now = [100.0]
+    log = LibrdkafkaLog(logging.getLogger("ingest.rdkafka"), grace=30.0, clock=lambda: now[0])
+    with caplog.at_level(logging.DEBUG, logger="ingest.rdkafka"):
+        log.log(logging.WARNING, "%s [%s] %s", *_PID_LINE)
+        log.log(logging.WARNING, "%s [%s] %s", "FAIL", "rdkafka#producer-1", "Connect to broker failed")
+        log.log(logging.ERROR, "%s [%s] %s", *_PID_LINE)
+        now[0] += 31.0
+        log.log(logging.WARNING, "%s [%s] %s", *_PID_LINE)
+    levels = [(r.levelno, "idempotence PID" in r.getMessage()) for r in caplog.records]
+    assert levels == [
+        (logging.DEBUG, True),
+        (logging.WARNING, False),
+        (logging.ERROR, True),
+        (logging.WARNING, True),
+    ]
