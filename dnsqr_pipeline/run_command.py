@@ -167,6 +167,15 @@ def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
     if args.counts_json:
         write_counts_json(args.counts_json, result.failures_by_ns)
     args.result = result
+    if not result.ingest.input_complete:
+        # The job is complete for what could be read; the input itself was not, and a script must see it.
+        for damage in result.ingest.damaged_inputs:
+            print(f"dnsqr-pipeline {args.command}: error: input damaged: {damage}", file=sys.stderr)
+        print(
+            f"dnsqr-pipeline {args.command}: the results above cover the records read before the damage",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -64,7 +64,8 @@ class Settings:
     #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ) and of the
     #: tables' changelogs; ns-stats and the changelogs must agree (co-partitioning).
     partitions: int = 4
-    replication_factor: int = 1
+    #: of the topics the worker creates (and Faust's own); 0: min(3, brokers), resolved as the worker starts
+    replication_factor: int = 0
     processing_guarantee: str = "at_least_once"
     #: tumbling window size for the per-name-server counts, in seconds of record time
     window_seconds: int = 3600
@@ -198,7 +199,7 @@ def create_app(settings: Settings) -> PipelineApp:
         datadir=_datadir(settings.app_id),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.replication_factor or 1,
         table_standby_replicas=0,
         agent_supervisor=BoundedRestarts,
         autodiscover=False,

@@ -15,7 +15,14 @@ from typing import Any
 from faust.worker import Worker
 
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.topics import TopicAdminError, admin_client, create_topics, list_topics, wait_for_leaders
+from dnsqr_pipeline.topics import (
+    TopicAdminError,
+    admin_client,
+    cluster_replication_factor,
+    create_topics,
+    list_topics,
+    wait_for_leaders,
+)
 from processors.app import GUARANTEES, Settings, copartitioned_topics, create_app, internal_topic_specs
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,13 @@ def register(subparsers: Any) -> None:
         default=DEFAULTS.partitions,
         help="partitions of topics and table changelogs the worker creates (default: %(default)s)",
     )
-    topics.add_argument("--replication-factor", type=int, default=DEFAULTS.replication_factor)
+    topics.add_argument(
+        "--replication-factor",
+        type=int,
+        default=DEFAULTS.replication_factor,
+        help="of the topics and changelogs the worker creates (default: min(3, brokers), with "
+        "min.insync.replicas = RF - 1 from 3 up)",
+    )
     faust_group = parser.add_argument_group("Faust")
     faust_group.add_argument("--app-id", default=DEFAULTS.app_id, help="Faust app id = consumer group")
     faust_group.add_argument(
@@ -167,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM."""
     settings = settings_from_args(args)
     try:
+        if not settings.replication_factor:
+            admin = admin_client(client_config(args))
+            rf = cluster_replication_factor(admin, bootstrap=settings.bootstrap_servers)
+            settings = settings.with_overrides(replication_factor=rf)
         create_internal_topics(client_config(args), settings)
     except TopicAdminError as exc:
         log.error("%s", exc)

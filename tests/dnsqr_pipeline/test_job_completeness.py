@@ -3,6 +3,7 @@ a crash loop behind a live process (issue #10)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +19,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from dnsqr_pipeline.completion import ReceiptReader
 from dnsqr_pipeline.job import read_latest_counts
+from nmsgdns.container import BUFSZ_JUMBO
+from nmsgdns.output import NmsgFileWriter
 from processors.progress import Ledger
 from tests import corpus
+from tests.corpus import read_payloads
 from tests.kafka_fixture import wait_for_leaders
 from tests.processors.helpers import raw_containers
 
@@ -164,3 +168,48 @@ def test_a_worker_refuses_a_changelog_with_the_wrong_partition_count(
     finally:
         proc.kill()
     assert f"{app_id}-ns-windows-changelog has 1" in log.read_text()
+
+
+def test_a_truncated_capture_makes_run_exit_1_naming_file_and_offset(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """What came before the cut is processed completely (as ``dnsqr-edns-filter`` does it), and the exit
+    status still tells a script that the input was damaged."""
+    whole = tmp_path / "whole.nmsg"
+    with NmsgFileWriter(whole, bufsz=BUFSZ_JUMBO * 8) as writer:  # 64 KiB containers: ~14 of them
+        for payload in read_payloads(corpus.path("live_resolver.nmsg")):
+            writer.write(payload)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.nmsg"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    reference = tmp_path / "reference.json"
+    filtered = subprocess.run(
+        [
+            Path(sys.executable).with_name("dnsqr-edns-filter"),
+            "-r",
+            cut,
+            "-w",
+            "/dev/null",
+            "--counts-json",
+            reference,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert filtered.returncode == 1, filtered.stderr
+    counts = tmp_path / "counts.json"
+    proc = subprocess.run(
+        [
+            *(*CLI, "run", "--no-progress-bar", "-r", str(cut), "--bootstrap-servers", kafka_bootstrap),
+            *("--output-dir", str(tmp_path / "out"), "--counts-json", str(counts)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    damage = [line for line in proc.stderr.splitlines() if "error: input damaged:" in line]
+    assert len(damage) == 1 and str(cut) in damage[0] and "offset" in damage[0], proc.stderr[-3000:]
+    expected = json.loads(reference.read_text())
+    assert expected and json.loads(counts.read_text()) == expected

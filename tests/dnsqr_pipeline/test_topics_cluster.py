@@ -1,32 +1,25 @@
 """``topics create`` on a 3-node cluster: three replicas and min.insync.replicas 2 unless told otherwise.
 
-The cluster is this module's own (three JVMs, as in test_cluster_failover.py), so the test runs the same
-with or without ``$KAFKA_BOOTSTRAP``; the single-node defaults are checked in test_topics.py.
+The cluster is the session's 3-node one (``kafka_cluster``), so the test runs the same with or without
+``$KAFKA_BOOTSTRAP``; the single-node defaults are checked in test_topics.py.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import ConfigSource
 
 from dnsqr_pipeline import localkafka, topics, topics_command
 from tests.dnsqr_pipeline.test_topics import topic_replication
-from tests.kafka_fixture import start_test_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.ClusterLayout]:
-    layout = start_test_cluster(Path(tmp_path_factory.mktemp("kafka-topics-cluster")), nodes=3)
-    try:
-        yield layout
-    finally:
-        localkafka.stop(layout.directory)
+@pytest.fixture
+def cluster(kafka_cluster: localkafka.ClusterLayout) -> localkafka.ClusterLayout:
+    return kafka_cluster
 
 
 def _create(*argv: str) -> int:
