@@ -33,7 +33,7 @@ from nmsgdns.container import encode_container
 from nmsgdns.input import ContainerStreamReader
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = REPO.parent / "shared" / "testdata" / "nmsg" / "live_resolver.nmsg"
+DEFAULT_INPUT = REPO / "tests" / "data" / "nmsg" / "live_resolver.nmsg"
 
 
 def free_port() -> int:

@@ -40,21 +40,15 @@ from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, TopicPartition
 
-from dnsqr_pipeline.job import (
-    Progress,
-    Stage,
-    Topics,
-    embedded_kafka,
-    free_port,
-    wait_caught_up,
-    wait_for_assignment,
-)
+from dnsqr_pipeline.completion import Progress, wait_caught_up
+from dnsqr_pipeline.job import Stage, Topics, embedded_kafka, stage_kafka, wait_for_assignment, worker_command
 from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
 from ingest.bridge import Bridge, IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.output import NmsgFileWriter
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
+from processors.app import Settings
 from processors.failure_record import decode_failure
 
 NS = 1_000_000_000
@@ -125,32 +119,19 @@ def delete_run_topics(kafka: Mapping[str, str], run_id: str) -> None:
 
 def worker_stage(number: int, args: argparse.Namespace, bootstrap: str, topics: Topics, app_id: str) -> Stage:
     """One ``dnsqr-pipeline worker`` subprocess on the run's topics, its log in ``LOG_DIR``."""
-    argv = [
-        sys.executable,
-        "-m",
-        "dnsqr_pipeline.cli",
-        "worker",
-        "--bootstrap-servers",
-        bootstrap,
-        "--app-id",
-        app_id,
-        "--raw-topic",
-        topics.raw,
-        "--failures-topic",
-        topics.failures,
-        "--stats-topic",
-        topics.stats,
-        "--counts-topic",
-        topics.counts,
-        "--dlq-topic",
-        topics.raw_dlq,
-        "--partitions",
-        str(args.partitions),
-        "--processing-guarantee",
-        args.processing_guarantee,
-        "--web-port",
-        str(free_port()),
-    ]
+    settings = Settings(
+        app_id=app_id,
+        bootstrap_servers=bootstrap,
+        raw_topic=topics.raw,
+        failures_topic=topics.failures,
+        stats_topic=topics.stats,
+        counts_topic=topics.counts,
+        dlq_topic=topics.raw_dlq,
+        progress_topic=topics.progress,
+        partitions=args.partitions,
+        processing_guarantee=args.processing_guarantee,
+    )
+    argv = worker_command(settings, stage_kafka({"bootstrap.servers": bootstrap}))
     return Stage(f"worker-{number}", argv, LOG_DIR)
 
 

@@ -30,7 +30,7 @@ from nmsgdns.input import ContainerStreamReader, DatagramDecoder
 from nmsgdns.output import ContainerPacker
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "testdata" / "nmsg" / "live_resolver.nmsg"
+CORPUS = REPO / "tests" / "data" / "nmsg" / "live_resolver.nmsg"
 IDLE_END = 1.5  # a receiver is done once nothing arrived for this long after the sender finished
 
 

@@ -406,7 +406,7 @@ def run_job(cfg: JobConfig) -> JobResult:
                 " ".join(flags.librdkafka),
             )
         for i in range(1, cfg.workers + 1):
-            stages.append(Stage(f"worker-{i}", _worker_command(worker_settings, flags), log_dir, flags.env))
+            stages.append(Stage(f"worker-{i}", worker_command(worker_settings, flags), log_dir, flags.env))
         # The sink runs alongside, as in production, in its own group. Its files rotate when idle for
         # SINK_ROTATE_IDLE, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
@@ -612,7 +612,8 @@ def _worker_settings(cfg: JobConfig, topics: Topics, app_id: str, kafka: Mapping
     )
 
 
-def _worker_command(settings: Settings, flags: StageKafka) -> list[str]:
+def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
+    """Command line of a ``dnsqr-pipeline worker`` stage with ``settings`` (web views on a free port)."""
     return _stage_command(
         "worker",
         *flags.common,

@@ -44,15 +44,9 @@ class TopicSpec:
     config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-#: the topics of the architecture's table (../shared/docs/architecture.md), by role
-PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("dnsqr.raw", config=CONTAINER_TOPIC_CONFIG),
-    TopicSpec("dnsqr.edns.failures"),
-    TopicSpec("dnsqr.edns.ns-stats"),
-    # a snapshot per name server and window: only the newest per key matters to a reader
-    TopicSpec("dnsqr.edns.ns-counts", config={"cleanup.policy": "compact"}),
-    TopicSpec("dnsqr.raw.dlq", config=CONTAINER_TOPIC_CONFIG),
-)
+#: the raw topic of the architecture's table (../shared/docs/architecture.md); the topics downstream of it
+#: are the worker's (``processors.app.internal_topic_specs``)
+RAW_TOPIC = TopicSpec("dnsqr.raw", config=CONTAINER_TOPIC_CONFIG)
 
 
 class TopicAdminError(RuntimeError):

@@ -1,6 +1,6 @@
 """``dnsqr-pipeline topics create|list|delete``: administer the pipeline's topics.
 
-``create`` with no names creates every topic of the pipeline (see :data:`topics.PIPELINE_TOPICS`), so
+``create`` with no names creates every topic of the pipeline (:func:`pipeline_topics`), so
 one command prepares a cluster before ingest, workers and sink start; running it again changes nothing.
 """
 
@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from dnsqr_pipeline import topics
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from processors.app import Settings, internal_topic_specs
 
 
 def _key_values(items: list[str]) -> dict[str, str]:
@@ -57,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add partitions to existing topics that have fewer than --partitions",
     )
+    p.add_argument(
+        "--app-id",
+        default=Settings.app_id,
+        help="the workers' app id, which names the tables' changelog topics (default %(default)s)",
+    )
     p.set_defaults(func=_create)
 
     p = actions.add_parser("list", help="list topics and their partition counts")
@@ -78,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
 
 
+def pipeline_topics(settings: Settings) -> list[topics.TopicSpec]:
+    """The raw topic and every topic the workers of ``settings`` use: ns-stats, counts, failures, DLQ,
+    progress and the tables' changelogs (named after the app id), as a worker would create them."""
+    return [topics.RAW_TOPIC, *internal_topic_specs(settings)]
+
+
 def _admin(args: argparse.Namespace) -> AdminClient:
     return topics.admin_client(client_config(args))
 
@@ -86,7 +98,10 @@ def _run(args: argparse.Namespace, action: str) -> dict[str, str | int]:
     admin = _admin(args)
     common = {"bootstrap": args.bootstrap_servers, "timeout": args.timeout}
     if action == "create":
-        specs = [topics.TopicSpec(n) for n in args.names] if args.names else list(topics.PIPELINE_TOPICS)
+        if args.names:
+            specs = [topics.TopicSpec(n) for n in args.names]
+        else:
+            specs = pipeline_topics(Settings(app_id=args.app_id, partitions=args.partitions))
         return dict(
             topics.create_topics(
                 admin,

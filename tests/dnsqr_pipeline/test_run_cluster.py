@@ -1,8 +1,9 @@
 """The whole pipeline on a 3-node cluster loses the broker that leads most partitions mid-ingest.
 
 The node is SIGKILLed while ingest is still replaying the capture, and started again a few seconds later.
-The job's topics have the safe defaults (replication factor 3, min.insync.replicas 2). exactly_once must
-still give exact files and counts; at_least_once nothing missing (replays may add duplicates).
+The job's topics get the safe defaults (replication factor min(3, brokers) = 3, min.insync.replicas 2).
+exactly_once must still give exact files and counts; at_least_once nothing missing (replays may add
+duplicates).
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ def test_pipeline_survives_losing_the_busiest_broker(
         processing_guarantee=guarantee,
         timeout=360,
         done_timeout=240,
-        replication_factor=3,
     )
     killer = LeaderKiller(kafka_cluster, cfg.run_id)
     killer.start()

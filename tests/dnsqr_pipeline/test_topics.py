@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ConfigSource
 
 from dnsqr_pipeline import topics, topics_command
+from processors.app import Settings
 from tests.kafka_fixture import wait_for_leaders
 
 
@@ -58,15 +59,23 @@ def test_replication_config_of_five_replicas() -> None:
     assert topics.replication_config(5) == {"min.insync.replicas": "4"}
 
 
-def test_pipeline_topics_are_the_architecture_table() -> None:
-    names = [spec.name for spec in topics.PIPELINE_TOPICS]
-    assert names == [
+def test_pipeline_topics_are_the_architecture_table_and_the_workers_own() -> None:
+    specs = {spec.name: spec for spec in topics_command.pipeline_topics(Settings(partitions=6))}
+    assert list(specs) == [
         "dnsqr.raw",
         "dnsqr.edns.failures",
         "dnsqr.edns.ns-stats",
         "dnsqr.edns.ns-counts",
         "dnsqr.raw.dlq",
+        "dnsqr.edns.progress",
+        "dnsqr-edns-ns-totals-changelog",
+        "dnsqr-edns-ns-windows-changelog",
     ]
+    assert specs["dnsqr.edns.progress"].partitions == 1
+    # co-partitioned with ns-stats, compacted
+    for name in ("dnsqr.edns.ns-stats", "dnsqr-edns-ns-totals-changelog", "dnsqr-edns-ns-windows-changelog"):
+        assert specs[name].partitions == 6
+    assert specs["dnsqr-edns-ns-windows-changelog"].config == {"cleanup.policy": "compact"}
 
 
 @pytest.mark.integration

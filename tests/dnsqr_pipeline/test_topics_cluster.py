@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka.admin import ConfigSource
 
 from dnsqr_pipeline import localkafka, topics, topics_command
+from processors.app import Settings
 from tests.dnsqr_pipeline.test_topics import topic_replication
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -36,7 +37,7 @@ def test_create_defaults_to_three_replicas_with_two_in_sync(cluster: localkafka.
     assert topics.cluster_replication_factor(admin, timeout=30) == 3
 
     assert _create(*conn) == 0
-    for spec in topics.PIPELINE_TOPICS:
+    for spec in topics_command.pipeline_topics(Settings()):
         replicas, min_insync = topic_replication(admin, spec.name)
         assert replicas == {3}, spec.name
         assert (min_insync.value, min_insync.source) == ("2", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)

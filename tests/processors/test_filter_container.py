@@ -37,8 +37,8 @@ from tests.processors.helpers import expected_failures, raw_containers
 def run_case(case: str, per_container: int, compress: bool = False) -> PartitionBatch:
     clock = WindowClock(3600)
     batch = PartitionBatch()
-    for data in raw_containers(case, per_container, compress=compress):
-        batch.add(filter_container(data, clock))
+    for offset, data in enumerate(raw_containers(case, per_container, compress=compress)):
+        batch.add(offset, filter_container(data, clock))
     return batch
 
 
@@ -52,6 +52,11 @@ def test_selection_and_counts_match_reference(case: str) -> None:
         assert c.failures == sum(c.by_kind.values())
         assert c.failures <= c.edns_answered
     assert {ns: n for ns, n in per_ns.items() if n} == corpus.expected_counts(case)
+    # one receipt per container, vouching for what it held
+    payloads = len(corpus.read_payloads(corpus.path(f"{case}.nmsg")))
+    assert [r.offset for r in batch.receipts] == list(range(len(batch.receipts)))
+    assert sum(r.records for r in batch.receipts) == payloads
+    assert sum(r.failures for r in batch.receipts) == len(batch.failures)
 
 
 def test_failure_keys_are_the_name_server() -> None:
@@ -63,8 +68,8 @@ def test_failure_keys_are_the_name_server() -> None:
 def test_windows_follow_record_time() -> None:
     clock = WindowClock(2)
     batch = PartitionBatch()
-    for data in raw_containers("live_resolver", 500):
-        batch.add(filter_container(data, clock))
+    for offset, data in enumerate(raw_containers("live_resolver", 500)):
+        batch.add(offset, filter_container(data, clock))
     starts = {start for _, start in batch.counts}
     assert all(start % 2 == 0 for start in starts)
     assert len(starts) > 1, "live_resolver spans more than two seconds"
