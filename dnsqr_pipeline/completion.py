@@ -203,13 +203,38 @@ def group_lag(kafka: Mapping[str, str], consumer: Consumer, progress: Progress) 
     return Lag(progress, behind, ends)
 
 
+class GroupWatch:
+    """Where consumer groups stand on their topics, asked each round (one consumer per group, kept open)."""
+
+    def __init__(self, kafka: Mapping[str, str], progress: Sequence[Progress]) -> None:
+        self.kafka = kafka
+        self.progress = list(progress)
+        self._consumers = {
+            g: job_consumer(kafka, "lag", group=g) for g in dict.fromkeys(p.group for p in progress)
+        }
+
+    def lag(self, progress: Progress) -> Lag:
+        return group_lag(self.kafka, self._consumers[progress.group], progress)
+
+    def lags(self) -> list[Lag]:
+        return [self.lag(p) for p in self.progress]
+
+    def describe(self) -> str:
+        """Every group's lag per partition, for a status line."""
+        return "; ".join(lag.describe() for lag in self.lags())
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+
+
 def wait_caught_up(
     kafka: Mapping[str, str], progress: Sequence[Progress], stages: Sequence[Alive], deadline: float
 ) -> None:
     """Wait until each group has committed the end of every partition of its topic, in pipeline order
     (a later topic's end is final only once the group before it is caught up), with the same ends in two
     rounds in a row."""
-    consumers = {g: job_consumer(kafka, "lag", group=g) for g in dict.fromkeys(p.group for p in progress)}
+    watch = GroupWatch(kafka, progress)
     try:
         last_ends: list[Offsets] | None = None
         while True:
@@ -217,7 +242,7 @@ def wait_caught_up(
                 stage.check_alive()
             lags = []
             for p in progress:
-                lag = group_lag(kafka, consumers[p.group], p)
+                lag = watch.lag(p)
                 lags.append(lag)
                 if lag.total != 0:
                     break
@@ -229,8 +254,7 @@ def wait_caught_up(
                 raise CompletionError(f"timed out waiting for {lags[-1].describe()}")
             time.sleep(POLL_SECONDS)
     finally:
-        for consumer in consumers.values():
-            consumer.close()
+        watch.close()
 
 
 class ReceiptReader:
@@ -268,10 +292,15 @@ class ReceiptReader:
 
 @dataclass
 class Waiter:
-    """Round-based waiting with a deadline, a stage check and a status line every STATUS_SECONDS."""
+    """Round-based waiting with a deadline, a stage check and a status line every STATUS_SECONDS.
+
+    The status line is ``describe()`` when given (where every stage stands, whatever the wait is for),
+    else what the current wait still lacks.
+    """
 
     stages: Sequence[Alive]
     deadline: float
+    describe: Callable[[], str] | None = None
     out: IO[str] = sys.stderr
     started: float = field(default_factory=time.monotonic)
     _last_status: float = field(default_factory=time.monotonic)
@@ -292,5 +321,6 @@ class Waiter:
                 raise CompletionError(timeout_message())
             if now - self._last_status >= STATUS_SECONDS:
                 self._last_status = now
-                print(f"still waiting after {now - self.started:.0f} s: {status}", file=self.out, flush=True)
+                line = self.describe() if self.describe else status
+                print(f"still waiting after {now - self.started:.0f} s: {line}", file=self.out, flush=True)
             time.sleep(POLL_SECONDS)

@@ -45,13 +45,13 @@ from fastavro import schemaless_reader
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import (
     Alive,
+    GroupWatch,
     Lag,
     Progress,
     ReceiptReader,
     Waiter,
     count_records,
     end_offsets,
-    group_lag,
     job_consumer,
 )
 from dnsqr_pipeline.topics import (
@@ -83,6 +83,8 @@ POLL_SECONDS = 0.25
 #: and in any case after SINK_ROTATE_SECONDS.
 SINK_ROTATE_SECONDS = 1.0
 SINK_ROTATE_IDLE = 0.25
+#: how often a job starts a worker or its sink again after it exited on its own
+STAGE_RESTARTS = 2
 
 
 class JobError(RuntimeError):
@@ -238,27 +240,52 @@ def stage_kafka(kafka: Mapping[str, str]) -> StageKafka:
 
 
 class Stage:
-    """A worker or sink subprocess whose output goes to a log file in the job's log directory."""
+    """A worker or sink subprocess whose output goes to a log file in the job's log directory.
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None):
+    A stage that exits on its own while the job still needs it is started again, at most
+    :data:`STAGE_RESTARTS` times, each one reported: a worker that starts while a broker of the cluster is
+    down can fail in Faust's start-up (``NodeNotReadyError``), and the job's guarantees hold across a
+    restart (the stages resume from their committed offsets). Beyond that the job fails with the exit
+    status and the log to read, rather than looping.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        restarts: int | None = None,
+    ):
         self.name = name
+        self.argv = argv
+        self.env = {**os.environ, **env} if env else None
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **env} if env else None,
+        self._log = self.log_path.open("ab")
+        self.restarts_left = STAGE_RESTARTS if restarts is None else restarts
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
         )
 
     def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise JobError(f"{self.name} exited with status {self.proc.returncode}; see {self.log_path}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        status = self.proc.poll()
+        if status is None:
+            return
+        if self.restarts_left <= 0:
+            raise JobError(f"{self.name} exited with status {status}; see {self.log_path}")
+        self.restarts_left -= 1
+        print(
+            f"{self.name} exited with status {status} (see {self.log_path}); starting it again",
+            file=sys.stderr,
+        )
+        self._log.write(
+            f"\n--- {self.name} exited with status {status}; started again by the job ---\n".encode()
+        )
+        self._log.flush()
+        self.proc = self._spawn()
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -451,16 +478,21 @@ def run_job(cfg: JobConfig) -> JobResult:
 
         print("waiting for the workers and the sink ...", file=sys.stderr)
         done_deadline = min(deadline, time.monotonic() + (cfg.done_timeout or default_done_timeout(summary)))
-        waiter = Waiter(stages, done_deadline)
-        expected = _wait_for_receipts(waiter, receipts, produced, summary)
-        lags = _wait_for_groups(
-            waiter,
+        watch = GroupWatch(
             kafka,
             [
                 Progress(app_id, topics.stats, "the aggregator"),
                 Progress(sink_group, topics.failures, "the sink"),
             ],
         )
+        stack.callback(watch.close)
+
+        def describe() -> str:
+            return "; ".join(filter(None, [receipt_status(receipts.ledger, produced), watch.describe()]))
+
+        waiter = Waiter(stages, done_deadline, describe)
+        expected = _wait_for_receipts(waiter, receipts, produced, summary)
+        lags = _wait_for_groups(waiter, watch)
         processing = time.monotonic() - ingest_started
         stages.remove(sink)
         # -SIGTERM: the signal came before the sink had set its handler, i.e. before it consumed anything
@@ -502,21 +534,26 @@ def _commit_start(kafka: Mapping[str, str], group: str, topic: str, offsets: Map
         consumer.close()
 
 
+def receipt_status(ledger: Ledger, produced: Mapping[int, tuple[int, int]]) -> str | None:
+    """What the filter agent still lacks, per partition; None once every produced offset has a receipt."""
+    short = ledger.shortfall(produced)
+    if not short:
+        return None
+    wanted = sum(end - start for start, end in produced.values())
+    missing = sum(s.missing for s in short)
+    parts = ", ".join(f"p{s.partition} {s.expected - s.missing}/{s.expected}" for s in short)
+    return f"the filter agent: {wanted - missing}/{wanted} raw containers judged ({parts})"
+
+
 def _wait_for_receipts(
     waiter: Waiter, receipts: ReceiptReader, produced: Mapping[int, tuple[int, int]], summary: IngestSummary
 ) -> Totals:
     """Wait until every raw offset the job produced has a filter receipt; return what they add up to."""
     ledger = receipts.ledger
-    wanted = sum(end - start for start, end in produced.values())
 
     def status() -> str | None:
         receipts.poll()
-        short = ledger.shortfall(produced)
-        if not short:
-            return None
-        missing = sum(s.missing for s in short)
-        parts = ", ".join(f"p{s.partition} {s.expected - s.missing}/{s.expected}" for s in short)
-        return f"the filter agent: {wanted - missing}/{wanted} raw containers judged ({parts})"
+        return receipt_status(ledger, produced)
 
     def timeout() -> str:
         short = ledger.shortfall(produced)
@@ -545,24 +582,17 @@ def _wait_for_receipts(
     return totals
 
 
-def _wait_for_groups(waiter: Waiter, kafka: Mapping[str, str], progress: list[Progress]) -> list[Lag]:
+def _wait_for_groups(waiter: Waiter, watch: GroupWatch) -> list[Lag]:
     """Wait until each group has committed the end of its topic (whose end is final once every receipt
     is in); return their last lag."""
-    consumers = [job_consumer(kafka, "lag", group=p.group) for p in progress]
     lags: list[Lag] = []
 
     def status() -> str | None:
-        lags[:] = [group_lag(kafka, c, p) for c, p in zip(consumers, progress, strict=True)]
+        lags[:] = watch.lags()
         behind = [lag for lag in lags if lag.total != 0]
         return "; ".join(lag.describe() for lag in behind) if behind else None
 
-    try:
-        waiter.until(
-            status, lambda: "did not finish: " + "; ".join(lag.describe() for lag in lags if lag.total)
-        )
-    finally:
-        for consumer in consumers:
-            consumer.close()
+    waiter.until(status, lambda: "did not finish: " + "; ".join(lag.describe() for lag in lags if lag.total))
     return lags
 
 
