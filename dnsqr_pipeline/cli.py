@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ingest.command",
     "processors.command",
     "sink.command",
+    "dnsqr_pipeline.tail_command",
     "dnsqr_pipeline.run_command",
 )
 

@@ -1,7 +1,8 @@
 """``dnsqr-edns-filter``: the EDNS0 filter without Kafka, flag-compatible with the reference C program.
 
 The reference (farsightsec blog-code ``dnsqr_edns_filter``) takes ``-r FILE``, ``-C CHANNEL`` and ``-w FILE``
-(and libxs endpoints ``-L``/``-S``). We add ``-l ADDR/PORT`` sockets, ``-z``, ``-c COUNT``, ``--counts-json``
+(and libxs endpoints ``-L``/``-S``). We add ``-l ADDR/PORT`` sockets, ``-z``, ``-c COUNT``, ``--counts-json``,
+``-J FILE`` (the selected records as JSON lines, as ``nmsgtool -J`` prints them; with or instead of ``-w``)
 and a summary. Unlike the reference we always write the last container: on end of input, ``-c`` or
 SIGINT/SIGTERM the output is flushed and closed before the summary is printed.
 
@@ -32,6 +33,7 @@ from nmsgdns.container import BUFSZ_MAX
 from nmsgdns.edns import EdnsFilter, Verdict
 from nmsgdns.errors import ChannelError, ContainerError
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder, DecodeStats
+from nmsgdns.jsonout import JsonLinesWriter
 from nmsgdns.output import NmsgFileWriter
 from nmsgdns.sources import RCVBUF_WANTED, UdpReceiver
 
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Select base:dnsqr records whose EDNS0 query was answered without an OPT record "
-        "(name servers not ready for DNSSEC) and write them to an NMSG file.",
-        epilog="Example: %(prog)s -r capture.nmsg -w noedns.nmsg --counts-json counts.json",
+        "(name servers not ready for DNSSEC) and write them to an NMSG file and/or as JSON lines.",
+        epilog="Examples: %(prog)s -r capture.nmsg -w noedns.nmsg --counts-json counts.json; "
+        "%(prog)s -r capture.nmsg -J - | jq -r .message.response_ip",
     )
     p.add_argument("-r", dest="files", action="append", default=[], metavar="FILE", help="read NMSG file")
     p.add_argument(
@@ -67,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chalias", metavar="FILE", help="channel alias file (default: $NMSG_CHALIAS_FILE)")
     p.add_argument("-w", dest="output", metavar="FILE", help="write selected records to FILE ('-': stdout)")
     p.add_argument("-z", dest="zlib", action="store_true", help="zlib-compress output containers")
+    p.add_argument(
+        "-J",
+        dest="json_output",
+        metavar="FILE",
+        help="write selected records as JSON lines, one per record as nmsgtool -J prints them ('-': stdout)",
+    )
     p.add_argument(
         "-c",
         dest="count",
@@ -96,62 +105,74 @@ def _positive_int(text: str) -> int:
 
 
 @dataclass
+class Output:
+    """One destination of the selected records (``-w`` or ``-J``): the file ``writer`` writes to (opened by
+    :func:`main`, closed by :meth:`Run.close_outputs`) and its name in error lines."""
+
+    file: BinaryIO
+    name: str
+    writer: NmsgFileWriter | JsonLinesWriter
+    failed: bool = False
+
+
+@dataclass
 class Run:
-    """State of one filter run: the rule's counters, the reader counters, errors, and when to stop.
+    """State of one filter run: the rule's counters, the reader counters, errors, and when to stop."""
 
-    ``output`` is the file ``writer`` writes to (opened by :func:`main`, closed by :meth:`close_output`),
-    ``output_name`` its name in error lines.
-    """
-
-    output: BinaryIO
-    output_name: str
-    writer: NmsgFileWriter
+    outputs: list[Output]
     count: int | None
     rule: EdnsFilter = field(default_factory=EdnsFilter)
     input_stats: list[tuple[str, DecodeStats]] = field(default_factory=list)
     #: one line per error, input or output, in the order they happened
     errors: list[str] = field(default_factory=list)
-    output_failed: bool = False
     kernel_drops: int = 0
     stopping: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def feed(self, payloads: Iterable[bytes]) -> None:
-        """Judge payloads and write the selected ones; sets ``stopping`` at ``-c`` or on a write error."""
-        select, write = self.rule.select, self.writer.write
+        """Judge payloads and write the selected ones to every output; sets ``stopping`` at ``-c`` or on a
+        write error."""
+        select, outputs = self.rule.select, self.outputs
         for payload in payloads:
             if select(payload):
-                try:
-                    write(payload)
-                except OSError as exc:
-                    self.output_error(exc)
-                    return
+                for out in outputs:
+                    try:
+                        out.writer.write(payload)
+                    except OSError as exc:
+                        self.output_error(out, exc)
+                        return
                 if self.count is not None and self.rule.selected >= self.count:
                     self.stopping = True
                     return
 
-    def output_error(self, exc: OSError) -> None:
-        """Record the output's first write error and stop: later ones are the same failure again."""
-        if not self.output_failed:
-            self.output_failed = True
-            self.errors.append(f"{self.output_name}: {exc.strerror}")
+    def output_error(self, out: Output, exc: OSError) -> None:
+        """Record an output's first write error and stop: later ones are the same failure again."""
+        if not out.failed:
+            out.failed = True
+            self.errors.append(f"{out.name}: {exc.strerror}")
         self.stopping = True
 
-    def close_output(self) -> None:
-        """Write the last container (unless writing already failed), then close the output (standard
-        output: flush it)."""
-        if not self.output_failed:
+    @property
+    def written(self) -> int:
+        """Selected records every output received."""
+        return min(out.writer.payloads_written for out in self.outputs)
+
+    def close_outputs(self) -> None:
+        """Write what each output still holds (the last NMSG container) unless writing to it already
+        failed, then close it (standard output: flush it)."""
+        for out in self.outputs:
+            if not out.failed:
+                try:
+                    out.writer.close()
+                except OSError as exc:
+                    self.output_error(out, exc)
             try:
-                self.writer.close()
+                if out.file is sys.stdout.buffer:
+                    out.file.flush()
+                else:
+                    out.file.close()
             except OSError as exc:
-                self.output_error(exc)
-        try:
-            if self.output is sys.stdout.buffer:
-                self.output.flush()
-            else:
-                self.output.close()
-        except OSError as exc:
-            self.output_error(exc)
+                self.output_error(out, exc)
 
     def read_file(self, path: str, progress: bool) -> None:
         """Read one NMSG file; a broken file is reported with its offset and the run goes on."""
@@ -229,7 +250,7 @@ def format_summary(run: Run, top: int) -> str:
     lines = [
         f"{PROG}: {seen} records read in {elapsed:.2f} s ({seen / elapsed:,.0f}/s), "
         f"{seen - verdicts[Verdict.NOT_DNSQR]} base:dnsqr, {run.rule.selected} selected, "
-        f"{run.writer.payloads_written} written",
+        f"{run.written} written",
     ]
     skipped = {v.value: n for v, n in verdicts.items() if v is not Verdict.SELECTED and n}
     if skipped:
@@ -265,21 +286,33 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     fail: Callable[[str], int] = lambda msg: print(f"{PROG}: {msg}", file=err) or 2  # noqa: E731
     if args.xs_input or args.xs_output:
         return fail("-L/-S (libxs/ZeroMQ endpoints) are not supported; read with -r, -l or -C")
-    if not args.output:
-        return fail("No outputs given (use -w FILE)")
+    if not (args.output or args.json_output):
+        return fail("No outputs given (use -w FILE or -J FILE)")
+    if args.output == args.json_output == "-":
+        return fail("-w - and -J - would both write to standard output")
     if not (args.files or args.sockets or args.channels):
         return fail("No inputs given (use -r FILE, -l ADDR/PORT or -C CHANNEL)")
     try:
         endpoints = _endpoints(args)
     except ChannelError as exc:
         return fail(str(exc))
-    try:
-        # closed by Run.close_output, which must be able to close it without writing to it again
-        out: BinaryIO = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
-    except OSError as exc:
-        return fail(f"{args.output}: {exc.strerror}")
-    writer = NmsgFileWriter(out, bufsz=BUFSZ_MAX, compress=args.zlib)
-    run = Run(out, "stdout" if args.output == "-" else args.output, writer, args.count)
+    outputs: list[Output] = []
+    for path, make_writer in (
+        (args.output, lambda fh: NmsgFileWriter(fh, bufsz=BUFSZ_MAX, compress=args.zlib)),
+        (args.json_output, JsonLinesWriter),
+    ):
+        if not path:
+            continue
+        try:
+            # closed by Run.close_outputs, which must be able to close it without writing to it again
+            fh: BinaryIO = sys.stdout.buffer if path == "-" else open(path, "wb")  # noqa: SIM115
+        except OSError as exc:
+            for opened in outputs:
+                if opened.file is not sys.stdout.buffer:
+                    opened.file.close()
+            return fail(f"{path}: {exc.strerror}")
+        outputs.append(Output(fh, "stdout" if path == "-" else path, make_writer(fh)))
+    run = Run(outputs, args.count)
     _install_signal_handlers(run)
     progress = args.progress == "always" or (args.progress == "auto" and err.isatty())
     try:
@@ -292,7 +325,7 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     except OSError as exc:
         run.errors.append(str(exc))
     finally:
-        run.close_output()
+        run.close_outputs()
     if args.counts_json:
         try:
             Path(args.counts_json).write_text(

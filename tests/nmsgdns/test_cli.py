@@ -43,6 +43,37 @@ def test_file_selection_equals_reference(source: str, tmp_path: Path, capsys) ->
     assert f"{len(payloads_of(expected))} selected" in summary
 
 
+@pytest.mark.parametrize("case", corpus.CASES)
+def test_json_lines_equal_nmsgtool_dump_of_reference_selection(case: str) -> None:
+    """``dnsqr-edns-filter -r NAME.nmsg -J -`` prints NAME.filtered.json (nmsgtool -J of the reference
+    filter's output): line for line the same objects, every field, and the same bytes."""
+    proc = subprocess.run(
+        [*FILTER, "-r", str(corpus.path(f"{case}.nmsg")), "-J", "-"], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    ours = proc.stdout.decode("utf-8").splitlines()
+    ref = corpus.path(f"{case}.filtered.json").read_text(encoding="utf-8").splitlines()
+    assert len(ours) == len(ref) > 0
+    for i, (line, ref_line) in enumerate(zip(ours, ref, strict=True)):
+        got, want = json.loads(line), json.loads(ref_line)
+        assert got.keys() == want.keys() and list(got["message"]) == list(want["message"]), (case, i)
+        for key, value in want["message"].items():
+            assert got["message"][key] == value, (case, i, key)
+        assert got == want, (case, i)
+    assert proc.stdout == corpus.path(f"{case}.filtered.json").read_bytes()
+
+
+def test_json_lines_and_nmsg_together(tmp_path: Path, capsys) -> None:
+    nmsg, lines = tmp_path / "out.nmsg", tmp_path / "out.json"
+    assert (
+        main(["-r", str(corpus.path("edge_cases.nmsg")), "-w", str(nmsg), "-J", str(lines), "-c", "20"]) == 0
+    )
+    assert payloads_of(nmsg) == payloads_of(corpus.path("edge_cases.filtered.nmsg"))[:20]
+    ref = corpus.path("edge_cases.filtered.json").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert lines.read_text(encoding="utf-8") == "".join(ref[:20])
+    assert "20 selected, 20 written" in capsys.readouterr().err
+
+
 def test_zlib_output_and_count_limit(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out.nmsg"
     assert main(["-r", str(corpus.path("live_resolver.nmsg")), "-w", str(out), "-z", "-c", "50"]) == 0
@@ -66,6 +97,8 @@ def test_truncated_file_names_offset_and_keeps_what_was_read(tmp_path: Path, cap
 def test_usage_errors(tmp_path: Path, capsys) -> None:
     assert main(["-r", str(corpus.path("edge_cases.nmsg"))]) == 2
     assert "No outputs given" in capsys.readouterr().err
+    assert main(["-r", str(corpus.path("edge_cases.nmsg")), "-w", "-", "-J", "-"]) == 2
+    assert "both write to standard output" in capsys.readouterr().err
     assert main(["-w", str(tmp_path / "o")]) == 2
     assert main(["-L", "ipc:///tmp/x", "-w", str(tmp_path / "o")]) == 2
     assert "not supported" in capsys.readouterr().err
@@ -87,6 +120,11 @@ ERROR_PATHS = {
         f"no/c.json: {os.strerror(errno.ENOENT)}",
     ),
     "closed pipe": (["-r", _EDGE, "-w", "-"], f"stdout: {os.strerror(errno.EPIPE)}"),
+    "json disk full": (
+        ["-r", _EDGE, "-w", "o.nmsg", "-J", "/dev/full"],
+        f"/dev/full: {os.strerror(errno.ENOSPC)}",
+    ),
+    "json closed pipe": (["-r", _EDGE, "-J", "-"], f"stdout: {os.strerror(errno.EPIPE)}"),
 }
 
 
@@ -94,9 +132,9 @@ ERROR_PATHS = {
 def test_each_error_is_reported_once(name: str, tmp_path: Path) -> None:
     """One ``error:`` line in the summary, exit status 1, and the error nowhere else on stderr (no
     traceback, no second report)."""
-    if name == "disk full" and not Path("/dev/full").exists():
-        pytest.skip("no /dev/full")
     args, error = ERROR_PATHS[name]
+    if "/dev/full" in args and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
     (tmp_path / "truncated.nmsg").write_bytes(corpus.path("edge_cases.nmsg").read_bytes()[:3000])
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads stdout: the first write to it fails with EPIPE
