@@ -48,7 +48,6 @@ from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.output import NmsgFileWriter
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from processors.app import Settings
 from processors.failure_record import decode_failure
 
 NS = 1_000_000_000
@@ -119,17 +118,8 @@ def delete_run_topics(kafka: Mapping[str, str], run_id: str) -> None:
 
 def worker_stage(number: int, args: argparse.Namespace, bootstrap: str, topics: Topics, app_id: str) -> Stage:
     """One ``dnsqr-pipeline worker`` subprocess on the run's topics, its log in ``LOG_DIR``."""
-    settings = Settings(
-        app_id=app_id,
-        bootstrap_servers=bootstrap,
-        raw_topic=topics.raw,
-        failures_topic=topics.failures,
-        stats_topic=topics.stats,
-        counts_topic=topics.counts,
-        dlq_topic=topics.raw_dlq,
-        progress_topic=topics.progress,
-        partitions=args.partitions,
-        processing_guarantee=args.processing_guarantee,
+    settings = topics.worker_settings(
+        app_id, bootstrap, partitions=args.partitions, processing_guarantee=args.processing_guarantee
     )
     argv = worker_command(settings, stage_kafka({"bootstrap.servers": bootstrap}))
     return Stage(f"worker-{number}", argv, LOG_DIR)

@@ -114,6 +114,20 @@ class Topics:
             failures_dlq=f"dnsqr.edns.failures{suffix}.dlq",
         )
 
+    def worker_settings(self, app_id: str, bootstrap: str, **fields: Any) -> Settings:
+        """Settings of a worker of app ``app_id`` on these topics (``fields``: the other settings)."""
+        return Settings(
+            app_id=app_id,
+            bootstrap_servers=bootstrap,
+            raw_topic=self.raw,
+            failures_topic=self.failures,
+            stats_topic=self.stats,
+            counts_topic=self.counts,
+            dlq_topic=self.raw_dlq,
+            progress_topic=self.progress,
+            **fields,
+        )
+
 
 @dataclass
 class JobConfig:
@@ -399,7 +413,13 @@ def run_job(cfg: JobConfig) -> JobResult:
             topics, app_id = Topics.named(f".run-{cfg.run_id}"), f"dnsqr-edns-run-{cfg.run_id}"
         topics = replace(topics, raw=cfg.raw_topic or topics.raw, raw_dlq=cfg.dlq_topic or topics.raw_dlq)
         sink_group = f"{app_id}-sink"
-        worker_settings = _worker_settings(cfg, topics, app_id, kafka)
+        worker_settings = topics.worker_settings(
+            app_id,
+            kafka["bootstrap.servers"],
+            partitions=cfg.partitions,
+            replication_factor=cfg.replication_factor or 0,
+            processing_guarantee=cfg.processing_guarantee,
+        )
         created = _create_job_topics(kafka, topics, worker_settings, cfg.replication_factor)
         if external and not cfg.keep_topics:
             given = {cfg.raw_topic, cfg.dlq_topic}
@@ -624,22 +644,6 @@ def _check_failures(
             file=sys.stderr,
         )
     return duplicates
-
-
-def _worker_settings(cfg: JobConfig, topics: Topics, app_id: str, kafka: Mapping[str, str]) -> Settings:
-    return Settings(
-        app_id=app_id,
-        bootstrap_servers=kafka["bootstrap.servers"],
-        raw_topic=topics.raw,
-        failures_topic=topics.failures,
-        stats_topic=topics.stats,
-        counts_topic=topics.counts,
-        dlq_topic=topics.raw_dlq,
-        progress_topic=topics.progress,
-        partitions=cfg.partitions,
-        replication_factor=cfg.replication_factor or 0,
-        processing_guarantee=cfg.processing_guarantee,
-    )
 
 
 def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
