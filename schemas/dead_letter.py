@@ -91,7 +91,12 @@ class DeadLetterHeaders:
             if attribute is None or raw is None:
                 continue
             text = raw.decode("utf-8", "replace")
-            values[attribute] = int(text) if attribute in _INTEGERS else text
+            if attribute in _INTEGERS:
+                if not text.lstrip("-").isdigit():
+                    raise ValueError(f"dead-letter header {name}: {text!r} is not a number")
+                values[attribute] = int(text)
+            else:
+                values[attribute] = text
         missing = [_HEADER_OF[a] for a in ("stage", "error", "error_type") if a not in values]
         if missing:
             raise ValueError(f"not a dead letter: no {', '.join(missing)} header")
