@@ -181,9 +181,9 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         type=_rate,
         default=DEFAULT_DLQ_RATE,
         metavar="N",
-        help="most undecodable datagrams dead-lettered per second per -l/-C source (token bucket, burst N); "
-        "the rest are counted by reason only, so no sender can flood the DLQ. Files and Kafka sources "
-        "dead-letter every bad record. 0: count only (default %(default)g)",
+        help="most undecodable datagrams dead-lettered per second per -l/-C source (token bucket, burst of "
+        "N, at least 1); the rest are counted by reason only, so no sender can flood the DLQ. Files and "
+        "Kafka sources dead-letter every bad record. 0: count only (default %(default)g)",
     )
     out.add_argument("--key", help="record key, e.g. a sensor name (default: none, spread over partitions)")
     out.add_argument(
