@@ -8,7 +8,9 @@ Accounting, which the summary and the exit status rest on: every payload a sourc
 in ``records_in``; it is then either dropped by the gate (``not_dnsqr``, ``bad_payload``) or packed, and
 every packed record ends as delivered or failed in the producer's delivery callbacks. Input lost before
 it became a payload (kernel buffer overruns, undecodable datagrams, a truncated file) is counted by the
-source under its reason, and undecodable bytes go to the dead-letter topic when there is one. A file
+source under its reason, and undecodable bytes go to the dead-letter topic when there is one: one for one
+from files and Kafka, a sample of at most ``dlq_rate`` per second per UDP source (the rest counted by
+reason as ``dead_letters_unsampled``), so that no sender can flood the topic. A file
 that could not be read whole is also named, with the byte offset, in the summary's ``damaged_inputs``: its
 records before that offset are delivered like any others, and the exit status still says the input was
 incomplete.
@@ -30,6 +32,7 @@ from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS, Co
 from ingest.producer import IngestError, RawProducer
 from ingest.progress import Progress
 from ingest.replay import Pacer, TimeWindow
+from ingest.sampling import DEFAULT_DLQ_RATE
 from ingest.sources import (
     UDP_RCVBUF,
     Batch,
@@ -67,6 +70,8 @@ class IngestConfig:
     kafka_source_eof: bool = False
     raw_topic: str = "dnsqr.raw"
     dlq_topic: str | None = "dnsqr.raw.dlq"
+    #: most dead letters per second per UDP/channel source (token bucket; the rest are only counted)
+    dlq_rate: float = DEFAULT_DLQ_RATE
     key: str | None = None
     container_records: int = DEFAULT_CONTAINER_RECORDS
     container_bytes: int = DEFAULT_CONTAINER_BYTES
@@ -102,6 +107,8 @@ class IngestSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     dead_letters_failed: int = 0
+    #: undecodable datagrams counted (in ``dropped``) but not dead-lettered under the rate limit, by reason
+    dead_letters_unsampled: dict[str, int] = field(default_factory=dict)
     delivery_errors: dict[str, int] = field(default_factory=dict)
     source_errors: list[str] = field(default_factory=list)
     #: inputs that could not be read whole (a damaged or unreadable file), one message each naming the
@@ -145,8 +152,12 @@ class IngestSummary:
         dropped = sum(self.dropped.values())
         lines.append(f"  dropped: {dropped}" + ("" if dropped else " (none)"))
         lines += [f"    {reason}: {n}" for reason, n in sorted(self.dropped.items())]
-        if self.dead_letters or self.dead_letters_failed:
+        unsampled = sum(self.dead_letters_unsampled.values())
+        if self.dead_letters or self.dead_letters_failed or unsampled:
             lines.append(f"  dead letters: {self.dead_letters} sent, {self.dead_letters_failed} failed")
+        if unsampled:
+            lines.append(f"    not sampled (--dlq-rate limit), counted in dropped only: {unsampled}")
+            lines += [f"      {reason}: {n}" for reason, n in sorted(self.dead_letters_unsampled.items())]
         lines += [f"  source error: {err}" for err in self.source_errors]
         if self.damaged_inputs:
             lines += [f"  input DAMAGED: {damage}" for damage in self.damaged_inputs]
@@ -194,11 +205,11 @@ def build_sources(config: IngestConfig, inputs: list[ReplayInput]) -> list[Sourc
                     capture_environ=config.capture_environ,
                 )
             )
+        udp = {"rcvbuf": config.rcvbuf, "dlq_rate": config.dlq_rate}
         for spec in config.listen:
-            sources.append(UdpSource(f"udp:{spec}", parse_endpoint(spec), rcvbuf=config.rcvbuf))
+            sources.append(UdpSource(f"udp:{spec}", parse_endpoint(spec), **udp))
         for channel in config.channels:
-            endpoints = channel_endpoints(channel, config.chalias)
-            sources.append(UdpSource(f"channel:{channel}", endpoints, rcvbuf=config.rcvbuf))
+            sources.append(UdpSource(f"channel:{channel}", channel_endpoints(channel, config.chalias), **udp))
         for spec in config.kafka_sources:
             endpoint = KafkaEndpoint.parse(spec)
             sources.append(KafkaSource(endpoint, config.kafka, stop_at_eof=config.kafka_source_eof))
@@ -382,7 +393,7 @@ class Bridge:
 
     def _dead_letter(self, item: DeadLetter) -> None:
         # Without a DLQ topic the bytes are gone, but the source has already counted the drop.
-        self.producer.send_dead_letter(item.data, item.reason, item.source, item.detail)
+        self.producer.send_dead_letter(item.data, item.headers.encode())
 
     def _finished(self, item: Finished) -> None:
         if item.error:
@@ -396,6 +407,12 @@ class Bridge:
             drops.update(source.drop_counts())
         drops.update(self.gate.drops())
         return {k: v for k, v in drops.items() if v}
+
+    def _unsampled(self) -> dict[str, int]:
+        unsampled: Counter[str] = Counter()
+        for source in self.sources:
+            unsampled.update(source.unsampled_counts())
+        return dict(unsampled)
 
     def _tick(self, final: bool = False) -> None:
         drops = self._drops()
@@ -416,6 +433,7 @@ class Bridge:
                 drops=drops,
                 delivery_errors=raw.records_failed,
                 dead_letters=self.producer.dlq.records_delivered,
+                dead_letters_unsampled=self._unsampled(),
                 queue_depth=self.producer.queue_depth(),
             )
 
@@ -435,6 +453,7 @@ class Bridge:
             dead_letters=dlq.records_delivered,
             dead_letters_failed=dlq.records_failed
             + (dlq.records_sent - dlq.records_delivered - dlq.records_failed),
+            dead_letters_unsampled=self._unsampled(),
             delivery_errors=errors,
             source_errors=list(self._source_errors),
             damaged_inputs=[damage for source in self.sources for damage in source.damaged],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from ingest.bridge import Bridge, IngestConfig, IngestSummary
 from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS
 from ingest.producer import COMPRESSIONS, IngestError
 from ingest.replay import parse_time
+from ingest.sampling import DEFAULT_DLQ_RATE
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be a finite number, 0 or more")
     return value
 
 
@@ -166,6 +175,15 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         "--dlq-topic",
         default="dnsqr.raw.dlq",
         help="dead-letter topic for undecodable input; '' disables (default %(default)s)",
+    )
+    out.add_argument(
+        "--dlq-rate",
+        type=_rate,
+        default=DEFAULT_DLQ_RATE,
+        metavar="N",
+        help="most undecodable datagrams dead-lettered per second per -l/-C source (token bucket, burst of "
+        "N, at least 1); the rest are counted by reason only, so no sender can flood the DLQ. Files and "
+        "Kafka sources dead-letter every bad record. 0: count only (default %(default)g)",
     )
     out.add_argument("--key", help="record key, e.g. a sensor name (default: none, spread over partitions)")
     out.add_argument(
@@ -263,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
         kafka_source_eof=args.kafka_source_eof,
         raw_topic=args.raw_topic,
         dlq_topic=args.dlq_topic or None,
+        dlq_rate=args.dlq_rate,
         key=args.key,
         container_records=args.container_records,
         container_bytes=args.container_bytes,

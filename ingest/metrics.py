@@ -35,6 +35,12 @@ class IngestMetrics:
         self.dead_letters = Counter(
             "dnsqr_ingest_dead_letters", "inputs sent to the dead-letter topic", registry=self.registry
         )
+        self.dead_letters_unsampled = Counter(
+            "dnsqr_ingest_dead_letters_unsampled",
+            "undecodable datagrams not dead-lettered under --dlq-rate (counted in drops), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "dnsqr_ingest_producer_queue_depth", "messages held by the producer", registry=self.registry
         )
@@ -68,6 +74,7 @@ class IngestMetrics:
         drops: Mapping[str, int],
         delivery_errors: int,
         dead_letters: int,
+        dead_letters_unsampled: Mapping[str, int],
         queue_depth: int,
     ) -> None:
         """Bring the exported counters up to the given totals."""
@@ -75,6 +82,8 @@ class IngestMetrics:
             self._advance(self.records_in, ("in", source), n, source)
         for reason, n in drops.items():
             self._advance(self.drops, ("drop", reason), n, reason)
+        for reason, n in dead_letters_unsampled.items():
+            self._advance(self.dead_letters_unsampled, ("unsampled", reason), n, reason)
         self._advance(self.records_out, ("out", ""), records_out)
         self._advance(self.containers_out, ("containers", ""), containers_out)
         self._advance(self.delivery_errors, ("errors", ""), delivery_errors)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from dnsqr_schemas.dead_letter import Headers
+
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("lz4", "zstd", "none")
@@ -161,12 +163,11 @@ class RawProducer:
         self.raw.records_sent += records
         self._produce(self.topic, container, self.key, None, functools.partial(self._on_raw, records))
 
-    def send_dead_letter(self, data: bytes, reason: str, source: str, detail: Mapping[str, str]) -> bool:
-        """Queue input bytes for the DLQ with the reason in headers; False when there is no DLQ topic."""
+    def send_dead_letter(self, data: bytes, headers: Headers) -> bool:
+        """Queue input bytes for the DLQ with the dead-letter contract's ``headers``
+        (``schemas/dead_letter.md``); False when there is no DLQ topic."""
         if not self.dlq_topic:
             return False
-        headers = [("reason", reason.encode()), ("source", source.encode())]
-        headers += [(k, v.encode()) for k, v in detail.items()]
         self.dlq.containers_sent += 1
         self.dlq.records_sent += 1
         self._produce(self.dlq_topic, data, None, headers, self._on_dlq)

@@ -3,8 +3,10 @@
 Every source runs in its own thread and hands the bridge *batches* of payload bytes through an
 :class:`Outbox` (a bounded queue). Batches, not single payloads, cross the thread boundary, so the
 queue costs microseconds per thousand records; the bound gives finite sources back-pressure when Kafka is
-slower than the disk. Anything a source cannot turn into payloads is either counted in ``drops`` by reason
-or, when there are bytes worth keeping, sent on as a :class:`DeadLetter` for the DLQ topic.
+slower than the disk. Anything a source cannot turn into payloads is counted in ``drops`` by reason and,
+when there are bytes worth keeping, sent on as a :class:`DeadLetter` for the DLQ topic, with the headers of
+the dead-letter contract (``schemas/dead_letter.md``): one for one from files and Kafka, a rate-limited
+sample from UDP (``ingest.sampling``).
 
 UDP is split in two threads: one only receives (into a user-space backlog), the other decodes. A receiver
 that also decodes stops reading while it decodes, and an unthrottled ``nmsgtool -s`` overruns the kernel
@@ -21,12 +23,14 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from ingest.replay import Pacer, TimeWindow, record_time
+from ingest.sampling import DEFAULT_DLQ_RATE, DeadLetterSampler
 from nmsgdns.errors import NmsgDnsError, TruncatedError
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder
 from nmsgdns.sources import UdpReceiver
@@ -63,12 +67,10 @@ class Batch:
 
 @dataclass(slots=True)
 class DeadLetter:
-    """Input bytes that hold no usable container, with the reason and where they came from."""
+    """Input bytes that hold no usable container, with the contract's headers: why, and where from."""
 
-    source: str
     data: bytes
-    reason: str
-    detail: dict[str, str] = field(default_factory=dict)
+    headers: DeadLetterHeaders
 
 
 @dataclass(slots=True)
@@ -106,7 +108,9 @@ class Source:
     """A thread-run producer of batches. Subclasses implement :meth:`run`.
 
     ``live`` sources run until stopped; the others end by themselves. ``drops`` holds counts of input
-    lost inside the source, by reason; the bridge reads it (plain int reads are safe across threads).
+    lost inside the source, by reason; the bridge reads it (plain int reads are safe across threads). A
+    source that samples its dead letters also reports, by reason, the dropped inputs it did not
+    dead-letter (:meth:`unsampled_counts`).
     ``damaged`` lists the inputs that could not be read whole, one message each naming the input, the
     byte offset and what was wrong; the bridge reads it once the source has finished.
     """
@@ -124,6 +128,10 @@ class Source:
     def drop_counts(self) -> dict[str, int]:
         """Drops so far, by reason; safe to call from the bridge thread while the source runs."""
         return dict(self.drops)  # one C-level copy: no "changed size during iteration" from another thread
+
+    def unsampled_counts(self) -> dict[str, int]:
+        """Undecodable inputs counted but not dead-lettered (rate limit), by reason; none by default."""
+        return {}
 
     def progress(self) -> tuple[int, int] | None:
         """(bytes done, bytes total) for an ETA, when the source knows its size."""
@@ -257,7 +265,10 @@ class ReplaySource(Source):
         except OSError:
             return
         if data:
-            out.put(DeadLetter(name, data, reason, {"error": message, "offset": str(start)}))
+            headers = DeadLetterHeaders(
+                stage="ingest", error=message, error_type=reason, source=name, file=fh.name, file_offset=start
+            )
+            out.put(DeadLetter(data, headers))
 
     def _pcap_batches(self, path: str) -> Iterator[list[bytes]]:
         from nmsgdns.capture import CaptureOptions, iter_pcap_payloads
@@ -346,7 +357,12 @@ def _size(path: str) -> int:
 
 
 class UdpSource(Source):
-    """Datagrams from ``-l ADDR/PORT[..PORT2]`` or a ``-C`` channel: one container per datagram."""
+    """Datagrams from ``-l ADDR/PORT[..PORT2]`` or a ``-C`` channel: one container per datagram.
+
+    Undecodable datagrams are all counted by reason; at most ``dlq_rate`` per second (token bucket,
+    :class:`~ingest.sampling.DeadLetterSampler`) go to the DLQ, each saying how many were not sampled
+    since the previous one.
+    """
 
     live = True
 
@@ -357,8 +373,10 @@ class UdpSource(Source):
         *,
         rcvbuf: int = UDP_RCVBUF,
         backlog_bytes: int = UDP_BACKLOG_BYTES,
+        dlq_rate: float = DEFAULT_DLQ_RATE,
     ) -> None:
         super().__init__(name)
+        self.sampler = DeadLetterSampler(dlq_rate)
         # Open now, not in the thread: a port in use must fail the command before anything else starts.
         self.receiver = UdpReceiver(list(endpoints), rcvbuf=rcvbuf)
         self.backlog_bytes = backlog_bytes
@@ -399,6 +417,7 @@ class UdpSource(Source):
         thread.start()
         backlog = self._backlog
         feed = self.decoder.feed
+        sample = self.sampler.sample
         tracker = DropTracker(self.decoder)
         idle_since = time.monotonic()
         while backlog or not self._receiving_done.is_set():
@@ -422,8 +441,16 @@ class UdpSource(Source):
                 reason = tracker.changed()
                 if got:
                     payloads.extend(got)
-                elif reason is not None:
-                    out.put(DeadLetter(self.name, datagram, reason, {"sender": _fmt(sender)}))
+                elif reason is not None and (unsampled := sample(reason)) is not None:
+                    headers = DeadLetterHeaders(
+                        stage="ingest",
+                        error=f"undecodable datagram ({reason})",
+                        error_type=reason,
+                        source=self.name,
+                        sender=_fmt(sender),
+                        unsampled=unsampled,
+                    )
+                    out.put(DeadLetter(datagram, headers))
             if payloads:
                 out.put(Batch(self.name, payloads))
         thread.join()
@@ -434,6 +461,9 @@ class UdpSource(Source):
         counts.update(dict(self.decoder.stats.drops))
         counts["kernel_rcvbuf"] = self.receiver.kernel_drops
         return dict(counts)
+
+    def unsampled_counts(self) -> dict[str, int]:
+        return dict(self.sampler.unsampled)
 
     def close(self, delivered: bool) -> None:
         self.receiver.close()
@@ -578,12 +608,16 @@ class KafkaSource(Source):
                 if got:
                     payloads.extend(got)
                 elif reason is not None:
-                    detail = {
-                        "topic": msg.topic(),
-                        "partition": str(msg.partition()),
-                        "offset": str(msg.offset()),
-                    }
-                    out.put(DeadLetter(self.name, value, reason, detail))
+                    headers = DeadLetterHeaders(
+                        stage="ingest",
+                        error=f"undecodable record ({reason})",
+                        error_type=reason,
+                        source=self.name,
+                        topic=msg.topic(),
+                        partition=msg.partition(),
+                        offset=msg.offset(),
+                    )
+                    out.put(DeadLetter(value, headers))
             if payloads:
                 out.put(Batch(self.name, payloads))
             if self.stop_at_eof and self._assigned and self._at_eof >= self._assigned:

@@ -47,6 +47,7 @@ from fastavro import schemaless_writer
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_schemas import avro_schema
+from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
 from nmsgdns.dnsqr import ip_to_text
@@ -218,14 +219,17 @@ def encode_delta(name_server: str, window_start: int, counts: Counts) -> bytes:
 
 
 def dead_letter_headers(exc: BaseException, source: TP, offset: int) -> Headers:
-    """Headers that tell an operator why and where from a container was rejected."""
-    return [
-        ("dnsqr-error", str(exc).encode("utf-8", "replace")[:4096]),
-        ("dnsqr-error-type", type(exc).__name__.encode()),
-        ("dnsqr-source-topic", source.topic.encode()),
-        ("dnsqr-source-partition", str(source.partition).encode()),
-        ("dnsqr-source-offset", str(offset).encode()),
-    ]
+    """The dead-letter contract's headers (``schemas/dead_letter.md``) of a container the filter rejected:
+    why, and its raw-topic coordinates, which also identify a copy sent again after an at_least_once
+    replay (under exactly_once the dead letter is in the transaction of its offset, so it is sent once)."""
+    return DeadLetterHeaders(
+        stage="worker",
+        error=str(exc),
+        error_type=type(exc).__name__,
+        topic=source.topic,
+        partition=source.partition,
+        offset=offset,
+    ).encode()
 
 
 @dataclass

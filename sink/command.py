@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group id (default %(default)s)")
     parser.add_argument(
         "--dlq-topic",
-        help=f"dead-letter topic for undecodable values (default: the failures topic + {DEFAULT_DLQ_SUFFIX})",
+        help="dead-letter topic for undecodable values, headers as in schemas/dead_letter.md "
+        f"(default: the failures topic + {DEFAULT_DLQ_SUFFIX})",
     )
     parser.add_argument(
         "--file-prefix", default=DEFAULT_PREFIX, help="first part of file names (default %(default)s)"

@@ -12,8 +12,10 @@ range another consumer is already writing.
 
 A value that is not an ``EdnsFailure`` (Avro does not decode, trailing bytes, payload not a base:dnsqr
 ``NmsgPayload``) never stops the sink: it is counted, logged, and copied to a dead-letter topic with the
-reason in its headers; its offset is committed with the records around it once the dead letter is
-acknowledged.
+dead-letter contract's headers (``schemas/dead_letter.md``: the reason and the record's coordinates); its
+offset is committed with the records around it once the dead letter is acknowledged. A crash between that
+acknowledgement and the commit sends the dead letter again on redelivery, with the same coordinates, by
+which a DLQ consumer tells the copy.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from processors.failure_record import FailureRecordError, failure_payload
@@ -269,7 +272,7 @@ class FailureSink:
                     self.stats.undecodable,
                     exc,
                 )
-            self._dead_letter(message, str(exc))
+            self._dead_letter(message, exc)
         self._note(self.files.append(partition, offset, payload))
 
     def _note(self, progress: list[Durable]) -> None:
@@ -333,20 +336,21 @@ class FailureSink:
 
     # -------------------------------------------------------------------------------- dead letters
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
+    def _dead_letter(self, message: Message, error: UndecodableValue) -> None:
         producer = self._producer
         if producer is None:
             producer = self._producer = Producer(
                 {**self.config.kafka, "enable.idempotence": True, "acks": "all", "linger.ms": 50}
             )
-        headers = [
-            ("dlq.error", reason.encode("utf-8", "replace")),
-            ("dlq.stage", b"sink"),
-            ("dlq.topic", message.topic().encode()),
-            ("dlq.partition", str(message.partition()).encode()),
-            ("dlq.offset", str(message.offset()).encode()),
-            *(message.headers() or []),
-        ]
+        contract = DeadLetterHeaders(
+            stage="sink",
+            error=str(error),
+            error_type=type(error).__name__,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        headers = with_input_headers(contract.encode(), message.headers())
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         while True:
             try:

@@ -23,6 +23,7 @@ from ingest.producer import IngestError
 from nmsgdns.container import decode_container, encode_container
 from nmsgdns.payload import make_payload
 from tests import corpus
+from tests.dead_letters import read_letters
 from tests.ingest.helpers import (
     CLI,
     config,
@@ -140,15 +141,20 @@ def test_bad_datagrams_are_counted_and_dead_lettered(kafka_bootstrap: str, topic
         "short": 1,
         "not_dnsqr": 1,
     }
-    letters = read_topic(kafka_bootstrap, dlq)
-    assert sorted(h["reason"].decode() for _, h in letters) == [
+    # four bad datagrams are within the sampling's burst: each is dead-lettered, none unsampled
+    assert summary.dead_letters == 4 and summary.dead_letters_unsampled == {}
+    letters = read_letters(kafka_bootstrap, dlq)
+    assert sorted(m.headers.error_type for m in letters) == [
         "bad_length",
         "garbage",
         "headerless_zlib",
         "short",
     ]
-    assert {v for v, _ in letters} == set(bad)
-    assert all(h["sender"].startswith(b"127.0.0.1/") for _, h in letters)
+    assert {m.value for m in letters} == set(bad)
+    for m in letters:
+        headers = m.headers
+        assert (headers.stage, headers.source, headers.unsampled) == ("ingest", f"udp:127.0.0.1/{port}", 0)
+        assert headers.sender.startswith("127.0.0.1/") and headers.origin() is None
 
 
 def test_kafka_source_in_nmsgtool_format(kafka_bootstrap: str, topics: tuple[str, str], new_topic):
@@ -170,12 +176,9 @@ def test_kafka_source_in_nmsgtool_format(kafka_bootstrap: str, topics: tuple[str
     assert summary.ok, summary.format()
     assert topic_payloads(kafka_bootstrap, raw) == expected
     assert summary.dropped == {"garbage": 1}
-    [(value, headers)] = read_topic(kafka_bootstrap, dlq)
-    assert (
-        value == b"junk record, not a container"
-        and headers["reason"] == b"garbage"
-        and headers["partition"] == b"1"
-    )
+    [letter] = read_letters(kafka_bootstrap, dlq)
+    assert letter.value == b"junk record, not a container" and letter.headers.error_type == "garbage"
+    assert letter.headers.origin() == ("ingest", source, 1, 0)
     # nmsgtool's endpoint syntax reads the same partition.
     raw2, dlq2 = new_topic(3, prefix="ingest-raw2"), new_topic(1, prefix="ingest-dlq2")
     endpoint = f"nmsg:{source}#0@{kafka_bootstrap},oldest"
@@ -215,12 +218,14 @@ def test_truncated_and_garbage_files_keep_every_valid_record(
     expected += dnsqr_multiset(file_payloads(good))
     assert topic_payloads(kafka_bootstrap, raw) == expected
     assert summary.dropped == {"short": 1, "garbage": 1}
-    letters = {h["reason"]: (v, h) for v, h in read_topic(kafka_bootstrap, dlq)}
-    assert set(letters) == {b"truncated_file", b"bad_container"}
-    value, headers = letters[b"truncated_file"]
-    assert headers["offset"] == str(len(first)).encode() and value == second[: len(second) // 2]
-    value, headers = letters[b"bad_container"]
-    assert value.startswith(b"this is not a container")
+    letters = {m.headers.error_type: m for m in read_letters(kafka_bootstrap, dlq)}
+    assert set(letters) == {"truncated_file", "bad_container"}
+    letter = letters["truncated_file"]
+    assert letter.headers.origin() == ("ingest", str(truncated), len(first))
+    assert letter.value == second[: len(second) // 2]
+    letter = letters["bad_container"]
+    assert letter.headers.origin() == ("ingest", str(garbage), len(first))
+    assert letter.value.startswith(b"this is not a container")
 
 
 def test_time_window(kafka_bootstrap: str, topics: tuple[str, str]):

@@ -213,7 +213,10 @@ def test_damaged_file_is_named_with_its_offset_and_what_came_before_is_handed_ov
     # the records before the damage, then the next file read whole
     assert dnsqr_multiset(handed) == capture.intact + dnsqr_multiset(file_payloads(good))
     [letter] = [item for item in items if isinstance(item, DeadLetter)]
-    assert letter.detail["offset"] == str(capture.offset)
+    headers = letter.headers
+    assert headers.origin() == ("ingest", str(capture.path), capture.offset)
+    assert headers.source == f"nmsg:{capture.path}" and headers.error == damage
+    assert headers.error_type in ("truncated_file", "bad_container") and headers.unsampled is None
     assert letter.data == capture.path.read_bytes()[capture.offset :]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from processors.aggregator import AvroCodec, decode_snapshot
 from processors.app import PipelineApp, Settings, create_app
 from processors.failure_record import decode_failure
@@ -85,10 +86,9 @@ async def _undecodable_container() -> None:
     assert len(dlq) == 1
     (key, value), headers = dlq[0]
     assert (key, value) == (b"k1", b"NMSG\x00\x02garbage")
-    header_map = dict(headers or [])
-    assert header_map["dnsqr-error-type"].endswith(b"Error")
-    assert header_map["dnsqr-source-offset"] == b"0"
-    assert header_map["dnsqr-error"]
+    letter = DeadLetterHeaders.decode(headers or [])
+    assert (letter.stage, letter.topic, letter.offset) == ("worker", app.settings.raw_topic, 0)
+    assert letter.error_type.endswith("Error") and letter.error
     assert app.counters.dead_letters == 1
     assert len(out.sent[app.settings.failures_topic]) == sum(expected_failures("edge_cases").values())
 

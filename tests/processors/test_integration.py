@@ -26,6 +26,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
+from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from processors.aggregator import decode_snapshot
 from processors.failure_record import decode_failure
 from tests import corpus
@@ -240,8 +241,9 @@ def check_outputs(run: Run) -> None:
     assert all(k == v["name_server"].encode() for (k, _, _), v in zip(failures, values, strict=True))
     dlq = run.read(run.topics["dlq"], 1, timeout=30)
     assert [(k, v) for k, v, _ in dlq] == [(b"bad", GARBAGE)]
-    headers = dict(dlq[0][2])
-    assert headers["dnsqr-error"] and headers["dnsqr-error-type"]
+    letter = DeadLetterHeaders.decode(dlq[0][2])
+    assert (letter.stage, letter.topic) == ("worker", run.topics["raw"])
+    assert letter.error and letter.error_type
     assert run.latest_snapshots(expected_total_counts()) == expected_total_counts()
 
 

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnsqr_schemas import avro_schema
+from dnsqr_schemas.dead_letter import SOURCE_OFFSET, SOURCE_PARTITION, DeadLetterHeaders
 from nmsgdns.payload import make_payload
 from processors import failure_record
 from sink import consumer as sink_consumer
@@ -153,8 +154,16 @@ def test_sink_imports_no_faust() -> None:
 
 
 class FakeMessage:
-    def __init__(self, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self._partition, self._offset, self._value, self._key = partition, offset, value, key
+        self._headers = headers
 
     def error(self) -> None:
         return None
@@ -174,8 +183,8 @@ class FakeMessage:
     def key(self) -> bytes | None:
         return self._key
 
-    def headers(self) -> None:
-        return None
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
 
 class FakePartition:
@@ -239,7 +248,7 @@ class FakeConsumer:
 class FakeProducer:
     """Acknowledges dead letters only when flushed, so a commit that does not wait for them fails."""
 
-    produced: list[tuple[str, bytes | None, dict[str, bytes]]] = []
+    produced: list[tuple[str, bytes | None, list[tuple[str, bytes | None]]]] = []
     #: partition -> offsets whose dead letter was acknowledged
     acknowledged: dict[int, list[int]] = {}
 
@@ -249,7 +258,7 @@ class FakeProducer:
     def produce(
         self, topic: str, *, value: bytes | None, key: bytes | None, headers: Any, on_delivery: Any
     ) -> None:
-        self.produced.append((topic, value, dict(headers)))
+        self.produced.append((topic, value, headers))
         self._waiting.append((dict(headers), on_delivery))
 
     def poll(self, timeout: float) -> int:
@@ -257,7 +266,7 @@ class FakeProducer:
 
     def flush(self, timeout: float) -> int:
         for headers, callback in self._waiting:
-            partition, offset = int(headers["dlq.partition"]), int(headers["dlq.offset"])
+            partition, offset = int(headers[SOURCE_PARTITION]), int(headers[SOURCE_OFFSET])
             self.acknowledged.setdefault(partition, []).append(offset)
             callback(None, None)
         self._waiting.clear()
@@ -349,7 +358,8 @@ def test_undecodable_values_go_to_dlq(
     tmp_path: Path, fake_kafka: type[FakeConsumer], payloads: list[bytes]
 ) -> None:
     batch = messages(0, payloads[:6])
-    batch[0] = FakeMessage(0, 0, b"garbage", b"k")
+    # the input's own headers follow the contract's, except any in the contract's namespace
+    batch[0] = FakeMessage(0, 0, b"garbage", b"k", [("trace", b"t1"), ("dlq.stage", b"forged")])
     batch[3] = FakeMessage(0, 3, None)
     fake_kafka.script = [("assign", [0]), batch]
     stats = FailureSink(config(tmp_path)).run()
@@ -364,8 +374,12 @@ def test_undecodable_values_go_to_dlq(
     assert topics == {TOPIC + ".dlq"}
     (_, value, headers), (_, null_value, null_headers) = FakeProducer.produced
     assert value == b"garbage" and null_value is None
-    assert headers["dlq.offset"] == b"0" and headers["dlq.partition"] == b"0"
-    assert b"Avro" in headers["dlq.error"] and null_headers["dlq.error"] == b"null value"
+    letter, null_letter = DeadLetterHeaders.decode(headers), DeadLetterHeaders.decode(null_headers)
+    assert letter.origin() == ("sink", TOPIC, 0, 0) and null_letter.origin() == ("sink", TOPIC, 0, 3)
+    assert letter.error_type == null_letter.error_type == UndecodableValue.__name__
+    assert "Avro" in letter.error and null_letter.error == "null value"
+    assert [h for h in headers if not h[0].startswith("dlq.")] == [("trace", b"t1")]
+    assert [v for k, v in headers if k == "dlq.stage"] == [b"sink"]
 
 
 def test_max_records_leaves_the_rest_uncommitted(

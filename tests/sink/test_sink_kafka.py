@@ -29,6 +29,7 @@ from dnsqr_pipeline.topics import delete_topics
 from sink.consumer import FailureSink, SinkConfig
 from sink.files import final_files
 from tests import corpus
+from tests.dead_letters import read_letters, rewind_group
 from tests.kafka_fixture import TopicFactory, wait_for_leaders
 from tests.sink.helpers import corpus_payloads, failure_value, files_multiset
 
@@ -103,13 +104,16 @@ def partitions_used(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def run_in_process(bootstrap: str, topic: str, out: Path, **kwargs: object) -> FailureSink:
-    """Run the sink in this process, in a new group, until the topic has been idle for 2 s."""
+def run_in_process(
+    bootstrap: str, topic: str, out: Path, *, group: str | None = None, **kwargs: object
+) -> FailureSink:
+    """Run the sink in this process, in ``group`` (default: a new one), until the topic has been idle
+    for 2 s."""
     config = SinkConfig(
         output_dir=out,
         kafka={"bootstrap.servers": bootstrap},
         topic=topic,
-        group="sink-" + uuid.uuid4().hex[:8],
+        group=group or "sink-" + uuid.uuid4().hex[:8],
         rotate_seconds=None,
         idle_exit=2.0,
         consumer_overrides=FAST_GROUP,
@@ -188,26 +192,40 @@ def test_undecodable_values_are_dead_lettered(
     assert files_multiset(tmp_path) == Counter(payload for _, _, payload in good)
     assert (sink.stats.undecodable, sink.stats.dead_lettered, sink.stats.dead_letter_failed) == (3, 3, 0)
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka_bootstrap,
-            "group.id": "dlq-" + uuid.uuid4().hex,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([dlq])
-    dead: list = []
-    deadline = time.monotonic() + 20
-    while len(dead) < 3 and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and message.error() is None:
-            dead.append(message)
-    consumer.close()
-    assert sorted((m.key(), m.value()) for m in dead) == sorted(bad, key=lambda kv: kv[0] or b"")
-    for message in dead:
-        headers = dict(message.headers())
-        assert headers["dlq.topic"] == topic.encode() and headers["dlq.stage"] == b"sink"
-        assert int(headers["dlq.offset"]) >= 0 and headers["dlq.error"]
+    letters = read_letters(kafka_bootstrap, dlq)
+    assert sorted((m.key, m.value) for m in letters) == sorted(bad, key=lambda kv: kv[0] or b"")
+    # the contract's coordinates lead back to the very record that was dead-lettered
+    source = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe-" + uuid.uuid4().hex})
+    try:
+        for letter in letters:
+            headers = letter.headers
+            assert (headers.stage, headers.topic, headers.error_type) == ("sink", topic, "UndecodableValue")
+            assert headers.error and headers.sender is None and headers.unsampled is None
+            source.assign([TopicPartition(topic, headers.partition, headers.offset)])
+            [original] = source.consume(1, timeout=10)
+            assert (original.key(), original.value()) == (letter.key, letter.value)
+    finally:
+        source.close()
+
+
+def test_dead_letter_sent_again_after_a_replay_carries_the_same_coordinates(
+    kafka_bootstrap: str, new_topic: TopicFactory, records: list[tuple[bytes, bytes, bytes]], tmp_path: Path
+) -> None:
+    """A crash after a dead letter was acknowledged but before its offset was committed redelivers the
+    record, and the sink dead-letters it again: what a rewound group replays, here on purpose. The copy
+    carries the same source coordinates, by which a DLQ consumer keeps one (schemas/dead_letter.md)."""
+    topic, dlq = new_topic(1, prefix="sink"), new_topic(1, prefix="sink-dlq")
+    items: list[tuple[bytes | None, bytes | None]] = [(key, value) for key, value, _ in records[:20]]
+    items.insert(10, (b"bad", b"not avro"))
+    produce(kafka_bootstrap, topic, items)
+    group = "sink-" + uuid.uuid4().hex[:8]
+    first = run_in_process(kafka_bootstrap, topic, tmp_path / "first", group=group, dlq_topic=dlq)
+    rewind_group(kafka_bootstrap, group, topic)
+    second = run_in_process(kafka_bootstrap, topic, tmp_path / "second", group=group, dlq_topic=dlq)
+    assert first.stats.dead_lettered == second.stats.dead_lettered == 1
+    letters = read_letters(kafka_bootstrap, dlq)
+    assert [letter.value for letter in letters] == [b"not avro", b"not avro"]
+    assert {letter.headers.origin() for letter in letters} == {("sink", topic, 0, 10)}
 
 
 # ------------------------------------------------------------------------------ the command, as a process
