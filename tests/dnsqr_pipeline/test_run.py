@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,8 +184,11 @@ def test_sigterm_stops_the_job_and_everything_it_started(tmp_path: Path) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+    broker = None
     try:
         for line in proc.stderr:
+            if found := re.search(r"local Kafka broker on (127\.0\.0\.1:\d+)", line):
+                broker = found[1]
             if "started 1 worker(s)" in line:
                 break
         proc.send_signal(signal.SIGTERM)
@@ -192,8 +196,9 @@ def test_sigterm_stops_the_job_and_everything_it_started(tmp_path: Path) -> None
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
-    # The broker's command line names its directory; tests run one at a time, so any worker or sink
-    # process still alive now is the job's.
-    for pattern in (str(tmp_path), "dnsqr_pipeline.cli (worker|sink)"):
+    assert broker is not None
+    # The broker's command line names its directory, the stages' name the broker's address (other tests'
+    # workers may run at the same time).
+    for pattern in (str(tmp_path), f"dnsqr_pipeline.cli (worker|sink) .*{broker}"):
         left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
         assert not left, f"processes matching {pattern!r} still running: {left}"
