@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dnsqr_pipeline import localkafka
+from dnsqr_pipeline import kafka_security, localkafka
 
 
 def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kafka-version",
         help=f"Kafka version (default: $DNSQR_KAFKA_VERSION, else {localkafka.KAFKA_VERSION})",
     )
+    p.add_argument(
+        "--security",
+        choices=tuple(kafka_security.SECURITY_PROTOCOLS),
+        help="client listener (default plaintext; fixed at first start): sasl_ssl or sasl_plaintext make "
+        "SCRAM-SHA-512 users per stage (ingest, worker, sink) plus admin, ACLs that give each stage only "
+        "what it needs, and for sasl_ssl a CA and broker certificate; prints each user's client settings",
+    )
     p.add_argument("--heap", default=localkafka.DEFAULT_HEAP, help="JVM heap per node (default %(default)s)")
     p.add_argument("--timeout", type=float, default=localkafka.START_TIMEOUT, help="seconds to wait for it")
     p.set_defaults(func=_start)
@@ -86,6 +93,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _node_arg(p)
     p.set_defaults(func=_start_node)
 
+    p = actions.add_parser("password", help="print a user's password on a secured cluster")
+    _add_dir(p)
+    p.add_argument("user", choices=kafka_security.USERS[:-1], help="the SCRAM user")
+    p.set_defaults(func=_password)
+
     p = actions.add_parser("fetch", help="resolve the broker jars (cached) and print their directory")
     p.add_argument(
         "--kafka-version",
@@ -103,11 +115,25 @@ def _start(args: argparse.Namespace) -> int:
         port=args.port,
         controller_port=args.controller_port,
         version=args.kafka_version,
+        security=args.security,
         heap=args.heap,
         timeout=args.timeout,
     )
     print(layout.bootstrap())
+    _print_client_settings(layout)
     return 0
+
+
+def _print_client_settings(layout: localkafka.ClusterLayout) -> None:
+    """On a secured cluster, how each user connects (to stderr: stdout stays the bootstrap address)."""
+    if kafka_security.is_secured(layout.security):
+        text = kafka_security.client_settings_text(
+            layout.bootstrap(),
+            layout.security,
+            layout.directory,
+            layout.ca_file,
+        )
+        print(text, file=sys.stderr)
 
 
 @_reporting
@@ -129,7 +155,10 @@ def _status(args: argparse.Namespace) -> int:
         state = f"running (pid {pid})" if pid else "stopped"
         print(f"node {node}: {localkafka.HOST}:{layout.client_port(node)} {state}")
     running = sum(pid is not None for pid in pids.values())
-    print(f"Kafka {layout.version}, {layout.nodes} node(s), bootstrap {layout.bootstrap()}")
+    print(
+        f"Kafka {layout.version}, {layout.nodes} node(s), bootstrap {layout.bootstrap()}, "
+        f"security {layout.security}"
+    )
     return 0 if running == len(pids) else (1 if running else 3)
 
 
@@ -154,6 +183,16 @@ def _start_node(args: argparse.Namespace) -> int:
         raise localkafka.LocalKafkaError(f"no Kafka cluster in {directory}; run `kafka start` first")
     layout = localkafka.start(directory, only=[args.node])
     print(layout.bootstrap([args.node]))
+    return 0
+
+
+@_reporting
+def _password(args: argparse.Namespace) -> int:
+    directory = (args.dir or localkafka.default_dir()).resolve()
+    layout = localkafka.load_layout(directory)
+    if layout is None or not kafka_security.is_secured(layout.security):
+        raise localkafka.LocalKafkaError(f"no secured Kafka cluster in {directory}")
+    print(kafka_security.load_credentials(directory)[args.user])
     return 0
 
 
