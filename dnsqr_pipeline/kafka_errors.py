@@ -117,6 +117,11 @@ def access_error(exc: BaseException, conf: Mapping[str, object]) -> KafkaAccessE
     return None
 
 
+def is_refusal(error: KafkaError) -> bool:
+    """True for librdkafka errors that retrying cannot fix: authentication or authorization refused."""
+    return _refused_code(error) is not None
+
+
 def _refused(exc: BaseException) -> str | None:
     if isinstance(exc, KafkaAccessError):
         return exc.refused

@@ -249,8 +249,8 @@ def stage_acls(settings: Settings | None = None, *, sink_topic: str = DEFAULT_TO
     - worker: read raw; write failures, ns-stats, counts, progress and the DLQ; read ns-stats (the
       aggregator consumes it); create those topics when missing; its group (the app id); and, by the app
       id as a prefix, the tables' changelogs, Faust's own topics and the transactional ids of exactly_once;
-    - sink: read the failures topic, its groups (the default one and the job's ``APP_ID-sink``), write its
-      DLQ.
+    - sink: read the failures topic, its groups (the default one and the job's ``APP_ID-sink``), write
+      (and create) its DLQ.
 
     Each topic is named (LITERAL), so no stage can touch the others' topics; only names derived from the
     app id are prefixes. Idempotent producers need no cluster ACL since Kafka 3 (WRITE on a topic is
@@ -270,7 +270,8 @@ def stage_acls(settings: Settings | None = None, *, sink_topic: str = DEFAULT_TO
         Grant("worker", _GROUP, s.app_id, (_READ, _DESCRIBE)),
         Grant("worker", _TXN, f"{s.app_id}-", rw, prefixed=True),
         Grant("sink", _TOPIC, sink_topic, (_READ, _DESCRIBE)),
-        Grant("sink", _TOPIC, sink_dlq, rw),
+        # created on first use (the broker auto-creates it for a client allowed to)
+        Grant("sink", _TOPIC, sink_dlq, (*rw, _CREATE)),
         Grant("sink", _GROUP, DEFAULT_GROUP, (_READ, _DESCRIBE)),
         Grant("sink", _GROUP, f"{s.app_id}-sink", (_READ, _DESCRIBE)),
     ]

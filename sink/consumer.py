@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from dnsqr_pipeline.kafka_errors import is_refusal
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from processors.failure_record import FailureRecordError, failure_payload
@@ -241,7 +242,7 @@ class FailureSink:
         error = message.error()
         if error is not None:
             self.stats.consumer_errors += 1
-            if error.fatal():
+            if error.fatal() or is_refusal(error):  # refused credentials or ACLs: retrying cannot help
                 raise KafkaException(error)
             log.warning("consumer error: %s", error)
             return
