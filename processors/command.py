@@ -230,5 +230,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
+        # a refusal after the up-front check (aiokafka's *AuthorizationFailed*) keeps its exit status
+        refused = access_error(worker.crash_reason, kafka) if worker.crash_reason else None
+        return report("worker", refused) if refused else int(exc.code or 0)
     return 0
