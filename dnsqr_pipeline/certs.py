@@ -60,6 +60,15 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def stored_tls(directory: Path) -> BrokerTls:
+    """The file names :func:`make_broker_tls` writes in ``directory``."""
+    return BrokerTls(
+        ca_file=directory / "ca.pem",
+        key_file=directory / "broker-key.pem",
+        cert_file=directory / "broker-cert.pem",
+    )
+
+
 def make_broker_tls(directory: Path, hosts: Iterable[str]) -> BrokerTls:
     """Create a CA and a broker certificate for ``hosts`` in ``directory``; return their paths.
 
@@ -118,11 +127,7 @@ def make_broker_tls(directory: Path, hosts: Iterable[str]) -> BrokerTls:
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    tls = BrokerTls(
-        ca_file=directory / "ca.pem",
-        key_file=directory / "broker-key.pem",
-        cert_file=directory / "broker-cert.pem",
-    )
+    tls = stored_tls(directory)
     tls.ca_file.write_bytes(ca_cert.public_bytes(pem))
     tls.cert_file.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     _write_private(

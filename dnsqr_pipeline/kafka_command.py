@@ -12,7 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dnsqr_pipeline import kafka_security, localkafka
+from confluent_kafka import KafkaException
+
+from dnsqr_pipeline import compose_secrets, kafka_security, localkafka, topics
+from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
 
 
 def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -97,6 +101,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_dir(p)
     p.add_argument("user", choices=kafka_security.USERS[:-1], help="the SCRAM user")
     p.set_defaults(func=_password)
+
+    p = actions.add_parser(
+        "grant",
+        help="as an admin, give the stage users (ingest, worker, sink) their ACLs on any cluster",
+        description="Create the ACLs `kafka start --security` grants (see dnsqr_pipeline/kafka_security.py) "
+        "on the cluster the connection flags name, as a user allowed to alter ACLs. Idempotent.",
+    )
+    add_kafka_arguments(p)
+    p.set_defaults(func=_grant)
+
+    p = actions.add_parser(
+        "secrets",
+        help="write the secured Docker Compose profile's CA, broker settings and passwords (once)",
+    )
+    p.add_argument("--dir", type=Path, required=True, help="one subdirectory per reader: broker, admin, ...")
+    p.add_argument("--hostname", required=True, help="the broker's name on the Compose network")
+    p.set_defaults(func=_secrets)
 
     p = actions.add_parser("fetch", help="resolve the broker jars (cached) and print their directory")
     p.add_argument(
@@ -193,6 +214,29 @@ def _password(args: argparse.Namespace) -> int:
     if layout is None or not kafka_security.is_secured(layout.security):
         raise localkafka.LocalKafkaError(f"no secured Kafka cluster in {directory}")
     print(kafka_security.load_credentials(directory)[args.user])
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    kafka = client_config(args)
+    try:
+        check_access(kafka)
+        count = kafka_security.grant(topics.admin_client(kafka), kafka_security.stage_acls())
+    except KafkaAccessError as exc:
+        return report("kafka grant", exc)
+    except KafkaException as exc:
+        refused = access_error(exc, kafka)
+        if refused:
+            return report("kafka grant", refused)
+        print(f"dnsqr-pipeline kafka grant: {exc.args[0].str()}", file=sys.stderr)
+        return 1
+    print(f"granted {count} ACL bindings to the users ingest, worker and sink")
+    return 0
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    written = compose_secrets.write_compose_secrets(args.dir, args.hostname)
+    print(f"{'wrote' if written else 'kept the existing'} secrets in {args.dir}")
     return 0
 
 

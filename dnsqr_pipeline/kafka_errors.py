@@ -140,7 +140,12 @@ def _refused_code(error: KafkaError) -> str | None:
     if error.code() in _AUTHENTICATION_CODES:
         return f"authentication ({_reason(error.str())})"
     resource = _AUTHORIZATION_CODES.get(error.code())
-    return f"{resource} access ({error.str()})" if resource else None
+    return f"{resource} access ({_shortened(error.str())})" if resource else None
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    """The broker's message, cut: some carry a whole request dump."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _reason(text: str) -> str:

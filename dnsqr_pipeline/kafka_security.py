@@ -43,6 +43,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dnsqr_pipeline.certs import BrokerTls
 from processors.app import Settings, internal_topic_specs
 from sink.consumer import DEFAULT_DLQ_SUFFIX, DEFAULT_GROUP, DEFAULT_TOPIC
 
@@ -88,9 +89,14 @@ def create_credentials(directory: Path) -> dict[str, str]:
 
     URL-safe base64 text: it needs no quoting in the ``--add-scram`` syntax, JAAS settings or a shell.
     """
-    passwords = {user: secrets.token_urlsafe(24) for user in USERS}
+    passwords = new_passwords()
     write_private(directory / CREDENTIALS_FILE, json.dumps(passwords, indent=2) + "\n")
     return passwords
+
+
+def new_passwords() -> dict[str, str]:
+    """A random password for each of :data:`USERS`."""
+    return {user: secrets.token_urlsafe(24) for user in USERS}
 
 
 def load_credentials(directory: Path) -> dict[str, str]:
@@ -114,33 +120,39 @@ def _jaas(module: str, user: str, password: str, *, plain_users: bool = False) -
     return f'{module} required username="{user}" password="{password}"{extra};'
 
 
+def scram_jaas(user: str, password: str) -> str:
+    """A Java client's SCRAM login (``sasl.jaas.config``)."""
+    return _jaas(_SCRAM_LOGIN, user, password)
+
+
 def listener_properties(
     *,
     security: str,
     client: str,
     controller: str,
     passwords: Mapping[str, str],
-    ca_file: Path | None = None,
-    key_file: Path | None = None,
-    cert_file: Path | None = None,
+    tls: BrokerTls | None = None,
+    advertised: str | None = None,
 ) -> list[str]:
     """The ``server.properties`` lines of a secured node's listeners, SASL, TLS and authorizer.
 
-    ``client`` and ``controller`` are ``host:port`` to bind (and advertise, for the client listener).
+    ``client`` and ``controller`` are ``host:port`` to bind; ``advertised`` (default ``client``) is the
+    client listener's address as clients reach it. The PEM texts go inline: Kafka reads a PEM key store
+    file only with an encrypted key and its password, and inline settings need no paths, so the same
+    text serves a node here and a broker in a container.
     """
     protocol = SECURITY_PROTOCOLS[security]
     broker_password = passwords[BROKER]
     lines = [
         f"listeners=CLIENT://{client},CONTROLLER://{controller}",
-        f"advertised.listeners=CLIENT://{client}",
+        f"advertised.listeners=CLIENT://{advertised or client}",
         f"listener.security.protocol.map=CLIENT:{protocol},CONTROLLER:SASL_PLAINTEXT",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=CLIENT",
         f"sasl.mechanism.inter.broker.protocol={MECHANISM}",
         "sasl.mechanism.controller.protocol=PLAIN",
         f"listener.name.client.sasl.enabled.mechanisms={MECHANISM}",
-        f"listener.name.client.{MECHANISM.lower()}.sasl.jaas.config="
-        + _jaas(_SCRAM_LOGIN, BROKER, broker_password),
+        f"listener.name.client.{MECHANISM.lower()}.sasl.jaas.config=" + scram_jaas(BROKER, broker_password),
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         "listener.name.controller.plain.sasl.jaas.config="
         + _jaas(_PLAIN_LOGIN, BROKER, broker_password, plain_users=True),
@@ -149,18 +161,21 @@ def listener_properties(
         "allow.everyone.if.no.acl.found=false",
     ]
     if uses_tls(security):
-        if ca_file is None or key_file is None or cert_file is None:
+        if tls is None:
             raise ValueError("sasl_ssl needs the CA, the broker key and its certificate")
         lines += [
             "ssl.keystore.type=PEM",
-            # inline PEM: Kafka reads a PEM key store file only with an encrypted key and a password
-            "ssl.keystore.key=" + _escape(key_file.read_text()),
-            "ssl.keystore.certificate.chain=" + _escape(cert_file.read_text()),
-            "ssl.truststore.type=PEM",
-            f"ssl.truststore.location={ca_file}",
+            "ssl.keystore.key=" + _escape(tls.key_file.read_text()),
+            "ssl.keystore.certificate.chain=" + _escape(tls.cert_file.read_text()),
+            *truststore_properties(tls.ca_file),
             "ssl.client.auth=none",
         ]
     return lines
+
+
+def truststore_properties(ca_file: Path) -> list[str]:
+    """A Java client's or broker's trust in the CA (inline PEM)."""
+    return ["ssl.truststore.type=PEM", "ssl.truststore.certificates=" + _escape(ca_file.read_text())]
 
 
 def _escape(pem: str) -> str:

@@ -200,11 +200,9 @@ class ClusterLayout:
     @property
     def ca_file(self) -> Path | None:
         """The CA certificate clients verify the brokers with (sasl_ssl), else None."""
-        return (
-            self.directory / kafka_security.TLS_DIR / "ca.pem"
-            if kafka_security.uses_tls(self.security)
-            else None
-        )
+        if not kafka_security.uses_tls(self.security):
+            return None
+        return certs.stored_tls(self.directory / kafka_security.TLS_DIR).ca_file
 
     def client_config(self, user: str = kafka_security.ADMIN) -> dict[str, str]:
         """librdkafka properties to reach this cluster, as ``user`` when it is secured."""
@@ -222,7 +220,7 @@ class ClusterLayout:
             )
 
 
-def _random_cluster_id() -> str:
+def random_cluster_id() -> str:
     """A Kafka ``Uuid`` in its text form (URL-safe base64 of 16 bytes), as ``kafka-storage random-uuid``."""
     while True:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -282,7 +280,7 @@ def plan_layout(
         port=port,
         controller_port=controller_port or port + CONTROLLER_PORT_OFFSET,
         version=version or kafka_version(),
-        cluster_id=_random_cluster_id(),
+        cluster_id=random_cluster_id(),
         security=security or "plaintext",
     )
 
@@ -340,15 +338,12 @@ def _listener_properties(layout: ClusterLayout, node: int) -> list[str]:
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
         ]
-    tls = layout.directory / kafka_security.TLS_DIR
     return kafka_security.listener_properties(
         security=layout.security,
         client=client,
         controller=controller,
         passwords=kafka_security.load_credentials(layout.directory),
-        ca_file=tls / "ca.pem",
-        key_file=tls / "broker-key.pem",
-        cert_file=tls / "broker-cert.pem",
+        tls=certs.stored_tls(layout.directory / kafka_security.TLS_DIR),
     )
 
 

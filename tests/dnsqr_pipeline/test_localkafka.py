@@ -50,7 +50,7 @@ def test_three_node_properties_form_a_quorum_on_consecutive_ports(tmp_path: Path
 
 def test_cluster_id_looks_like_a_kafka_uuid() -> None:
     for _ in range(50):
-        cid = localkafka._random_cluster_id()
+        cid = localkafka.random_cluster_id()
         assert len(cid) == 22 and not cid.startswith("-")
 
 
