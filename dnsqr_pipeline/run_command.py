@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage and what is short. Without --bootstrap-servers it starts its own broker (its data is kept "
         "after a failure). On a given broker it uses per-run topics, deleted at the end unless "
         "--keep-topics, or the raw and DLQ topics named by --raw-topic/--dlq-topic. Exit status: 0 "
-        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage.",
+        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage, 3 Kafka "
+        "refused the credentials or an operation (one line names the principal, broker and operation).",
     )
     add_ingest_arguments(run)
     # Not the contract's names: a job uses its own topics unless it is given names (see --keep-topics).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AclBindingFilter, AdminClient
 
 from dnsqr_pipeline import kafka_security, localkafka
 from dnsqr_pipeline.job import job_files, read_latest_counts
@@ -291,4 +291,43 @@ def test_credentials_are_readable_by_their_owner_only(secured: Secured) -> None:
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert json.loads((secured.layout.directory / kafka_security.CREDENTIALS_FILE).read_text()).keys() == set(
         kafka_security.USERS
+    )
+
+
+def test_a_sink_whose_acl_is_removed_while_it_runs_stops_instead_of_retrying(
+    secured: Secured, tmp_path: Path
+) -> None:
+    log = tmp_path / "sink.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            secured.command("sink", "sink", "--output-dir", str(tmp_path / "out")),
+            env=secured.env("sink"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    admin = AdminClient(secured.conf("admin"))
+    read_failures = [g for g in kafka_security.stage_acls() if g.user == "sink" and g.name == FAILURES]
+    try:
+        deadline = time.monotonic() + 60
+        while "assigned partitions" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        filters = [
+            AclBindingFilter(
+                b.restype, b.name, b.resource_pattern_type, b.principal, None, b.operation, b.permission_type
+            )
+            for g in read_failures
+            for b in g.bindings()
+        ]
+        for future in admin.delete_acls(filters).values():
+            future.result(timeout=30)
+        assert proc.wait(timeout=30) == EXIT_REFUSED, log.read_text()
+    finally:
+        stop(proc)
+        kafka_security.grant(admin, read_failures)
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("dnsqr-pipeline sink: Kafka at") and "refused User:sink: topic access" in last, (
+        last
     )
