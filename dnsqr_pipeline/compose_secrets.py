@@ -27,7 +27,6 @@ from dnsqr_pipeline.localkafka import random_cluster_id
 CLIENT_PORT = 19093
 CONTROLLER_ADDRESS = "127.0.0.1:9094"
 DATA_DIR = "/var/lib/kafka/data"
-CLIENT_USERS = (kafka_security.ADMIN, *kafka_security.STAGES)
 
 
 def broker_properties(hostname: str, passwords: dict[str, str], tls: certs.BrokerTls) -> list[str]:
@@ -74,7 +73,7 @@ def write_compose_secrets(directory: Path, hostname: str) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         tls = certs.make_broker_tls(Path(tmp), [hostname, "localhost", "127.0.0.1"])
         broker.mkdir(parents=True, exist_ok=True)
-        for user in CLIENT_USERS:
+        for user in kafka_security.CLIENT_USERS:
             (directory / user).mkdir(parents=True, exist_ok=True)
             kafka_security.write_private(directory / user / "password", passwords[user])
             shutil.copyfile(tls.ca_file, directory / user / "ca.pem")

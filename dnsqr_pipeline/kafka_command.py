@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("password", help="print a user's password on a secured cluster")
     _add_dir(p)
-    p.add_argument("user", choices=kafka_security.USERS[:-1], help="the SCRAM user")
+    p.add_argument("user", choices=kafka_security.CLIENT_USERS, help="the SCRAM user")
     p.set_defaults(func=_password)
 
     p = actions.add_parser(

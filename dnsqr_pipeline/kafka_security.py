@@ -53,7 +53,9 @@ MECHANISM = "SCRAM-SHA-512"
 ADMIN = "admin"
 BROKER = "broker"
 STAGES = ("ingest", "worker", "sink")
-USERS = (ADMIN, *STAGES, BROKER)
+#: the users clients connect as; BROKER is the nodes' own
+CLIENT_USERS = (ADMIN, *STAGES)
+USERS = (*CLIENT_USERS, BROKER)
 SUPER_USERS = (ADMIN, BROKER)
 CREDENTIALS_FILE = "credentials.json"
 TLS_DIR = "tls"
