@@ -40,14 +40,24 @@ def add_kafka_arguments(parser: argparse.ArgumentParser, *, embedded_default: bo
         choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         default=os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
     )
-    group.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    group.add_argument(
+        "--sasl-mechanism",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        default=os.environ.get("KAFKA_SASL_MECHANISM"),
+        help="(default: $KAFKA_SASL_MECHANISM)",
+    )
     group.add_argument("--sasl-username", default=os.environ.get("KAFKA_SASL_USERNAME"))
     group.add_argument(
         "--sasl-password",
         default=os.environ.get("KAFKA_SASL_PASSWORD"),
         help="(default: $KAFKA_SASL_PASSWORD; prefer the variable to keep it out of ps)",
     )
-    group.add_argument("--ssl-ca-location", metavar="PEM", help="CA bundle to verify the brokers")
+    group.add_argument(
+        "--ssl-ca-location",
+        metavar="PEM",
+        default=os.environ.get("KAFKA_SSL_CA_LOCATION"),
+        help="CA bundle to verify the brokers (default: $KAFKA_SSL_CA_LOCATION)",
+    )
     group.add_argument(
         "--kafka-config",
         action="append",

@@ -15,12 +15,15 @@ own log4j 1 binding, so its log goes to node-N/logs/stdout.log only.
 
 Layout of ``--dir`` (default ``$DNSQR_KAFKA_DIR``, else ``./var/kafka``)::
 
-    cluster.json            version, cluster id, node count and ports: later commands need no flags
+    cluster.json            version, cluster id, node count, ports, security: later commands need no flags
     log4j2.properties       the broker logs to node-N/logs/server.log (rotated)
     node-N/server.properties, node-N/data/, node-N/logs/{server.log,stdout.log}, node-N/kafka.pid
+    credentials.json        secured clusters only (0600): the SCRAM users' passwords
+    tls/ca.pem              sasl_ssl only: the CA clients verify the brokers with (and the broker's key)
 
 Node N (1-based) listens for clients on ``port + N - 1`` and for the controller quorum on
-``controller_port + N - 1``.
+``controller_port + N - 1``. ``--security sasl_ssl`` or ``sasl_plaintext`` (fixed at the first start)
+makes it a secured cluster: SCRAM users per stage, TLS, ACLs; see :mod:`dnsqr_pipeline.kafka_security`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from importlib import resources
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
+
+from dnsqr_pipeline import certs, kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +171,8 @@ class ClusterLayout:
     controller_port: int
     version: str
     cluster_id: str
+    #: "plaintext", "sasl_plaintext" or "sasl_ssl" (:data:`kafka_security.SECURITY_PROTOCOLS`)
+    security: str = "plaintext"
 
     @property
     def node_ids(self) -> range:
@@ -190,6 +197,22 @@ class ClusterLayout:
     def log_file(self, node: int) -> Path:
         return self.node_dir(node) / "logs" / "server.log"
 
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate clients verify the brokers with (sasl_ssl), else None."""
+        if not kafka_security.uses_tls(self.security):
+            return None
+        return certs.stored_tls(self.directory / kafka_security.TLS_DIR).ca_file
+
+    def client_config(self, user: str = kafka_security.ADMIN) -> dict[str, str]:
+        """librdkafka properties to reach this cluster, as ``user`` when it is secured."""
+        password = (
+            kafka_security.load_credentials(self.directory)[user]
+            if kafka_security.is_secured(self.security)
+            else ""
+        )
+        return kafka_security.client_config(self.bootstrap(), self.security, user, password, self.ca_file)
+
     def check_node(self, node: int) -> None:
         if node not in self.node_ids:
             raise LocalKafkaError(
@@ -197,7 +220,7 @@ class ClusterLayout:
             )
 
 
-def _random_cluster_id() -> str:
+def random_cluster_id() -> str:
     """A Kafka ``Uuid`` in its text form (URL-safe base64 of 16 bytes), as ``kafka-storage random-uuid``."""
     while True:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -221,6 +244,7 @@ def plan_layout(
     port: int | None = None,
     controller_port: int | None = None,
     version: str | None = None,
+    security: str | None = None,
 ) -> ClusterLayout:
     """The stored layout, checked against the flags given; or a new one from the flags and defaults.
 
@@ -230,7 +254,13 @@ def plan_layout(
     directory = directory.resolve()
     existing = load_layout(directory)
     if existing:
-        asked = {"nodes": nodes, "port": port, "controller_port": controller_port, "version": version}
+        asked = {
+            "nodes": nodes,
+            "port": port,
+            "controller_port": controller_port,
+            "version": version,
+            "security": security,
+        }
         clashes = [
             f"{k}={v} (it has {getattr(existing, k)})"
             for k, v in asked.items()
@@ -250,7 +280,8 @@ def plan_layout(
         port=port,
         controller_port=controller_port or port + CONTROLLER_PORT_OFFSET,
         version=version or kafka_version(),
-        cluster_id=_random_cluster_id(),
+        cluster_id=random_cluster_id(),
+        security=security or "plaintext",
     )
 
 
@@ -275,11 +306,7 @@ def server_properties(layout: ClusterLayout, node: int) -> str:
     lines = [
         "process.roles=broker,controller",
         f"node.id={node}",
-        f"listeners=PLAINTEXT://{HOST}:{layout.client_port(node)},CONTROLLER://{HOST}:{layout.quorum_port(node)}",
-        f"advertised.listeners=PLAINTEXT://{HOST}:{layout.client_port(node)}",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
+        *_listener_properties(layout, node),
         quorum,
         f"log.dirs={layout.node_dir(node) / 'data'}",
         f"default.replication.factor={internal_rf}",
@@ -297,6 +324,27 @@ def server_properties(layout: ClusterLayout, node: int) -> str:
         "num.io.threads=4",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _listener_properties(layout: ClusterLayout, node: int) -> list[str]:
+    """Listeners and, on a secured cluster, SASL, TLS and the authorizer."""
+    client = f"{HOST}:{layout.client_port(node)}"
+    controller = f"{HOST}:{layout.quorum_port(node)}"
+    if not kafka_security.is_secured(layout.security):
+        return [
+            f"listeners=PLAINTEXT://{client},CONTROLLER://{controller}",
+            f"advertised.listeners=PLAINTEXT://{client}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+        ]
+    return kafka_security.listener_properties(
+        security=layout.security,
+        client=client,
+        controller=controller,
+        passwords=kafka_security.load_credentials(layout.directory),
+        tls=certs.stored_tls(layout.directory / kafka_security.TLS_DIR),
+    )
 
 
 LOG4J2_PROPERTIES = """\
@@ -326,9 +374,16 @@ def _write_layout(layout: ClusterLayout) -> None:
     del data["directory"]  # the directory is where the file is: the tree can be moved
     (layout.directory / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
     (layout.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+    if kafka_security.is_secured(layout.security):
+        kafka_security.create_credentials(layout.directory)
+        if kafka_security.uses_tls(layout.security):
+            certs.make_broker_tls(layout.directory / kafka_security.TLS_DIR, kafka_security.LOCAL_HOSTS)
     for node in layout.node_ids:
         (layout.node_dir(node) / "logs").mkdir(parents=True, exist_ok=True)
-        (layout.node_dir(node) / "server.properties").write_text(server_properties(layout, node))
+        # a secured node's properties hold the broker's password
+        kafka_security.write_private(
+            layout.node_dir(node) / "server.properties", server_properties(layout, node)
+        )
 
 
 def _format_storage(layout: ClusterLayout, libs: Path) -> None:
@@ -357,6 +412,8 @@ def _format_storage(layout: ClusterLayout, libs: Path) -> None:
         ]
         if layout.nodes == 1:
             cmd.append("--standalone")
+        if kafka_security.is_secured(layout.security):
+            cmd += kafka_security.scram_format_args(kafka_security.load_credentials(layout.directory))
         running[node] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     failures = []
     for node, proc in running.items():
@@ -462,6 +519,7 @@ def wait_ready(
     for node in nodes:
         admin = AdminClient(
             {
+                **layout.client_config(),
                 "bootstrap.servers": layout.bootstrap([node]),
                 "log_level": 0,  # "connection refused" until the node listens is expected, not news
                 "logger": logging.getLogger("localkafka.admin"),
@@ -498,6 +556,7 @@ def start(
     port: int | None = None,
     controller_port: int | None = None,
     version: str | None = None,
+    security: str | None = None,
     heap: str = DEFAULT_HEAP,
     only: Iterable[int] | None = None,
     timeout: float = START_TIMEOUT,
@@ -505,10 +564,16 @@ def start(
     """Start the cluster in ``directory`` (all its nodes, or ``only`` some), formatting it on first use.
 
     Nodes that already run are left alone, so starting twice is harmless; returns once every node
-    answers.
+    answers. A secured cluster's stage ACLs (:func:`kafka_security.stage_acls`) are granted on every
+    start, which keeps them complete after an upgrade of this module.
     """
     layout = plan_layout(
-        directory or default_dir(), nodes=nodes, port=port, controller_port=controller_port, version=version
+        directory or default_dir(),
+        nodes=nodes,
+        port=port,
+        controller_port=controller_port,
+        version=version,
+        security=security,
     )
     targets = list(only or layout.node_ids)
     for node in targets:
@@ -522,6 +587,10 @@ def start(
             pid = _spawn_node(layout, node, libs, heap)
             log.info("started Kafka node %d (pid %d) on %s:%d", node, pid, HOST, layout.client_port(node))
     wait_ready(layout, targets, timeout)
+    if kafka_security.is_secured(layout.security):
+        admin = AdminClient({**layout.client_config(), "logger": logging.getLogger("localkafka.admin")})
+        granted = kafka_security.grant(admin, kafka_security.stage_acls())
+        log.info("granted %d ACL bindings to the stage users", granted)
     return layout
 
 

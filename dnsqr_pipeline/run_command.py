@@ -15,6 +15,7 @@ from pathlib import Path
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.job import JobConfig, JobError, format_table, job_files, run_job, write_counts_json
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
 from dnsqr_pipeline.localkafka import LocalKafkaError
 from dnsqr_pipeline.topics import TopicAdminError
 from ingest.bridge import IngestConfig
@@ -37,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage and what is short. Without --bootstrap-servers it starts its own broker (its data is kept "
         "after a failure). On a given broker it uses per-run topics, deleted at the end unless "
         "--keep-topics, or the raw and DLQ topics named by --raw-topic/--dlq-topic. Exit status: 0 "
-        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage.",
+        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage, 3 Kafka "
+        "refused the credentials or an operation (one line names the principal, broker and operation).",
     )
     add_ingest_arguments(run)
     # Not the contract's names: a job uses its own topics unless it is given names (see --keep-topics).
@@ -153,9 +155,17 @@ def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
     # SIGTERM (e.g. from `timeout` or a scheduler) unwinds like Ctrl-C, so the job's workers, sink and
     # embedded broker are stopped on the way out instead of being left running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    config = _job_config(args, ingest)
     try:
-        result = run_job(_job_config(args, ingest))
+        if config.kafka.get("bootstrap.servers"):
+            check_access(config.kafka)
+        result = run_job(config)
+    except KafkaAccessError as exc:
+        return report(args.command, exc)
     except (JobError, CompletionError, IngestError, LocalKafkaError, TopicAdminError) as exc:
+        refused = access_error(exc, config.kafka)
+        if refused:
+            return report(args.command, refused)
         print(f"dnsqr-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print(format_table(result.totals, args.top))

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from dnsqr_pipeline import topics
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
 from processors.app import Settings, internal_topic_specs
 
 
@@ -120,8 +121,14 @@ def _run(args: argparse.Namespace, action: str) -> dict[str, str | int]:
 
 def _report(args: argparse.Namespace, action: str) -> int:
     try:
+        check_access(client_config(args), timeout=args.timeout)
         outcome = _run(args, action)
+    except KafkaAccessError as exc:
+        return report(f"topics {action}", exc)
     except topics.TopicAdminError as exc:
+        refused = access_error(exc, client_config(args))
+        if refused:
+            return report(f"topics {action}", refused)
         print(f"dnsqr-pipeline topics {action}: {exc}", file=sys.stderr)
         return 1
     for name, what in outcome.items():

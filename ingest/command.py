@@ -21,7 +21,10 @@ import sys
 import threading
 from types import FrameType
 
+from confluent_kafka.admin import AclOperation
+
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, check_access, report, topic_needs
 from ingest.bridge import Bridge, IngestConfig, IngestSummary
 from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS
 from ingest.producer import COMPRESSIONS, IngestError
@@ -56,7 +59,8 @@ EXIT_STATUS_HELP = f"""exit status:
      every record before the damage was delivered
   {EXIT_USAGE}  bad usage, a missing or unreadable input, no broker or no raw topic: nothing was read
   {EXIT_UNDELIVERED}  not every record read was delivered: delivery failed, the producer hit a fatal
-     error, or a source failed
+     error, or a source failed; or Kafka refused the credentials or the write to a topic (nothing
+     was read; one line names the principal, the broker and what was refused)
   130  a second SIGINT interrupted the final flush"""
 
 
@@ -304,7 +308,10 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
 def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
+        check_access(config.kafka, topic_needs(AclOperation.WRITE, [config.raw_topic, config.dlq_topic]))
         bridge = Bridge(config)
+    except KafkaAccessError as exc:
+        return report("ingest", exc)
     except IngestError as exc:
         print(f"dnsqr-pipeline ingest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,9 +12,18 @@ import logging
 import time
 from typing import Any
 
+from confluent_kafka.admin import AclOperation
 from faust.worker import Worker
 
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import (
+    KafkaAccessError,
+    Need,
+    access_error,
+    check_access,
+    report,
+    topic_needs,
+)
 from dnsqr_pipeline.topics import (
     TopicAdminError,
     admin_client,
@@ -136,7 +145,8 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
     agent starts against a topic that is not there yet (see :func:`processors.app.internal_topic_specs`).
 
     Only missing topics are created (a job or ``topics create`` usually made them already), and a cluster
-    that cannot answer yet (its controller failing over) is asked again until :data:`TOPICS_TIMEOUT`.
+    that cannot answer yet (its controller failing over) is asked again until :data:`TOPICS_TIMEOUT`; a
+    refused operation (no ACL) is not.
     """
     admin = admin_client(kafka)
     specs = internal_topic_specs(settings)
@@ -158,7 +168,7 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
             have = list_topics(admin, bootstrap=settings.bootstrap_servers)
             break
         except TopicAdminError as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or access_error(exc, kafka):
                 raise
             log.warning("%s; asking again", exc)
             time.sleep(1)
@@ -176,16 +186,35 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
         )
 
 
+def access_needs(settings: Settings) -> list[Need]:
+    """What the worker does on Kafka, checked before it starts: read raw and its group, write its outputs
+    and read back ns-stats and the changelogs (the aggregator and the tables)."""
+    outputs = [spec.name for spec in internal_topic_specs(settings)]
+    changelogs = copartitioned_topics(settings)[1:]
+    return [
+        *topic_needs(AclOperation.READ, [settings.raw_topic, settings.stats_topic, *changelogs]),
+        *topic_needs(AclOperation.WRITE, outputs),
+        Need("group", settings.app_id, AclOperation.READ),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM."""
     settings = settings_from_args(args)
+    kafka = client_config(args)
     try:
+        check_access(kafka, access_needs(settings))
         if not settings.replication_factor:
-            admin = admin_client(client_config(args))
+            admin = admin_client(kafka)
             rf = cluster_replication_factor(admin, bootstrap=settings.bootstrap_servers)
             settings = settings.with_overrides(replication_factor=rf)
-        create_internal_topics(client_config(args), settings)
+        create_internal_topics(kafka, settings)
+    except KafkaAccessError as exc:
+        return report("worker", exc)
     except TopicAdminError as exc:
+        refused = access_error(exc, kafka)
+        if refused:
+            return report("worker", refused)
         log.error("%s", exc)
         return 2
     app = create_app(settings)
@@ -201,5 +230,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
+        # a refusal after the up-front check (aiokafka's *AuthorizationFailed*) keeps its exit status
+        refused = access_error(worker.crash_reason, kafka) if worker.crash_reason else None
+        return report("worker", refused) if refused else int(exc.code or 0)
     return 0

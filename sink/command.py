@@ -12,8 +12,10 @@ import signal
 from pathlib import Path
 
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AclOperation
 
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, Need, access_error, check_access, report
 from sink.consumer import DEFAULT_DLQ_SUFFIX, DEFAULT_GROUP, DEFAULT_TOPIC, FailureSink, SinkConfig
 from sink.files import DEFAULT_PREFIX
 
@@ -116,15 +118,30 @@ def run(args: argparse.Namespace) -> int:
         sink = FailureSink(config)
     except ValueError as exc:
         raise SystemExit(f"sink: {exc}") from None
+    try:
+        check_access(
+            config.kafka,
+            [
+                Need("topic", config.topic, AclOperation.READ),
+                Need("group", config.group, AclOperation.READ),
+                Need("topic", config.dead_letter_topic, AclOperation.WRITE),
+            ],
+        )
+    except KafkaAccessError as exc:
+        return report("sink", exc)
     previous = {
         sig: signal.signal(sig, lambda _sig, _frame: sink.stop()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
         stats = sink.run()
     except (OSError, KafkaException) as exc:
-        log.error("sink failed; uncommitted files discarded, a restart resumes from the last commit: %s", exc)
+        refused = access_error(exc, config.kafka)
+        if refused is None:
+            log.error(
+                "sink failed; uncommitted files discarded, a restart resumes from the last commit: %s", exc
+            )
         print(sink.stats.summary())
-        return 1
+        return report("sink", refused) if refused else 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -31,6 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from dnsqr_pipeline.kafka_errors import is_refusal
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
@@ -244,7 +245,7 @@ class FailureSink:
         error = message.error()
         if error is not None:
             self.stats.consumer_errors += 1
-            if error.fatal():
+            if error.fatal() or is_refusal(error):  # refused credentials or ACLs: retrying cannot help
                 raise KafkaException(error)
             log.warning("consumer error: %s", error)
             return

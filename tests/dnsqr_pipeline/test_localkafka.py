@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from dnsqr_pipeline import kafka_command, localkafka
+from dnsqr_pipeline import kafka_command, kafka_security, localkafka
 
 
 def _props(text: str) -> dict[str, str]:
@@ -49,7 +50,7 @@ def test_three_node_properties_form_a_quorum_on_consecutive_ports(tmp_path: Path
 
 def test_cluster_id_looks_like_a_kafka_uuid() -> None:
     for _ in range(50):
-        cid = localkafka._random_cluster_id()
+        cid = localkafka.random_cluster_id()
         assert len(cid) == 22 and not cid.startswith("-")
 
 
@@ -234,3 +235,44 @@ def test_faust_consumes_and_produces_through_this_broker(
             worker.kill()
             output, _ = worker.communicate()
     assert b"Traceback" not in output, output.decode(errors="replace")[-3000:]
+
+
+def test_secured_cluster_listens_on_loopback_with_sasl_only(tmp_path: Path) -> None:
+    layout = localkafka.plan_layout(tmp_path, nodes=3, port=30000, controller_port=30003, security="sasl_ssl")
+    localkafka._write_layout(layout)
+    props = _props((tmp_path / "node-3" / "server.properties").read_text())
+    assert props["listeners"] == "CLIENT://127.0.0.1:30002,CONTROLLER://127.0.0.1:30005"
+    assert props["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SASL_PLAINTEXT"
+    # replication between brokers is authenticated and encrypted like client traffic
+    assert props["inter.broker.listener.name"] == "CLIENT"
+    assert props["super.users"] == "User:admin;User:broker"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    passwords = kafka_security.load_credentials(tmp_path)
+    assert f'password="{passwords["broker"]}"' in props["listener.name.client.scram-sha-512.sasl.jaas.config"]
+    for private in (tmp_path / "credentials.json", tmp_path / "node-1" / "server.properties"):
+        assert private.stat().st_mode & 0o777 == 0o600
+    assert layout.ca_file == tmp_path.resolve() / "tls" / "ca.pem" and layout.ca_file.exists()
+    assert layout.client_config("sink") == {
+        "bootstrap.servers": layout.bootstrap(),
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "sink",
+        "sasl.password": passwords["sink"],
+        "ssl.ca.location": str(layout.ca_file),
+    }
+    with pytest.raises(localkafka.LocalKafkaError, match="security=plaintext"):
+        localkafka.plan_layout(tmp_path, security="plaintext")
+
+
+def test_a_cluster_from_before_security_stays_plaintext(tmp_path: Path) -> None:
+    layout = localkafka.plan_layout(tmp_path, port=19092)
+    localkafka._write_layout(layout)
+    meta = tmp_path / "cluster.json"
+    data = json.loads(meta.read_text())
+    del data["security"]
+    meta.write_text(json.dumps(data))
+    assert localkafka.load_layout(tmp_path.resolve()) == layout
+    assert layout.client_config() == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "PLAINTEXT",
+    }

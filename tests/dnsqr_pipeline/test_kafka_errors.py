@@ -1,0 +1,139 @@
+"""Recognising refused credentials and operations, and the up-front check's verdicts without a broker."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import errors as aioerrors
+from confluent_kafka import KafkaError, KafkaException
+
+from dnsqr_pipeline import kafka_errors
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, is_refusal
+from dnsqr_pipeline.topics import TopicAdminError
+
+SINK = {
+    "bootstrap.servers": "127.0.0.1:1",
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "SCRAM-SHA-512",
+    "sasl.username": "sink",
+    "sasl.password": "secret",
+}
+
+
+def test_principal_is_the_sasl_user_or_anonymous() -> None:
+    assert kafka_errors.principal_of(SINK) == "User:sink"
+    assert kafka_errors.principal_of({**SINK, "security.protocol": "SSL"}) == "User:ANONYMOUS"
+    assert kafka_errors.principal_of({}) == "User:ANONYMOUS"
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (KafkaError._AUTHENTICATION, "authentication"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "topic access"),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, "group access"),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, "cluster access"),
+        (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactional id access"),
+    ],
+)
+def test_librdkafka_refusals_name_principal_broker_and_what(code: int, said: str) -> None:
+    error = KafkaError(code)
+    assert is_refusal(error)
+    found = access_error(KafkaException(error), SINK)
+    assert found is not None
+    assert str(found).startswith("Kafka at 127.0.0.1:1 refused User:sink: " + said)
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (aioerrors.TopicAuthorizationFailedError(), "topic access"),
+        (aioerrors.GroupAuthorizationFailedError(), "group access"),
+        (aioerrors.TransactionalIdAuthorizationFailed(), "transactional id access"),
+        (aioerrors.SaslAuthenticationFailed(), "authentication"),
+    ],
+)
+def test_aiokafka_refusals_are_recognised_too(exc: Exception, said: str) -> None:
+    found = access_error(exc, SINK)
+    assert found is not None and found.refused.startswith(said)
+
+
+def test_the_outer_message_says_what_was_being_done() -> None:
+    try:
+        try:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+        except KafkaException as inner:
+            raise TopicAdminError("creating topic 'dnsqr.raw' failed: Authorization failed.") from inner
+    except TopicAdminError as exc:
+        found = access_error(exc, SINK)
+    assert found is not None
+    assert found.refused == "creating topic 'dnsqr.raw' failed: Authorization failed."
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [KafkaException(KafkaError(KafkaError._TRANSPORT)), ValueError("x"), aioerrors.KafkaConnectionError()],
+)
+def test_other_failures_are_not_refusals(exc: Exception) -> None:
+    assert access_error(exc, SINK) is None
+
+
+def test_evidence_trusts_a_disconnect_only_when_it_repeats() -> None:
+    evidence = kafka_errors._Evidence()
+    line = "FAIL [rdkafka#producer-1] [thrd:x]: x: Disconnected: connection closed by peer"
+    evidence.log(6, "%s", line + " (after 1ms in state APIVERSION_QUERY)")
+    assert evidence.refusal() is None
+    evidence.log(6, "%s", line + " (after 2ms in state APIVERSION_QUERY)")
+    assert "--security-protocol" in (evidence.refusal() or "")
+    tls = kafka_errors._Evidence()
+    tls.log(3, "x: SSL handshake failed: certificate verify failed (after 7ms in state SSL_HANDSHAKE)")
+    assert tls.refusal() == "the TLS handshake (certificate verify failed)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_nothing_listening_is_left_to_the_command() -> None:
+    started = time.monotonic()
+    check_access({**SINK, "bootstrap.servers": f"127.0.0.1:{free_port()}"})
+    assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def slamming_port() -> Iterator[int]:
+    """A TCP port that accepts connections and closes them at once, like a TLS listener to a plain client."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    done.set()
+    thread.join()
+    server.close()
+
+
+def test_a_port_that_answers_but_hangs_up_is_a_refused_connection(slamming_port: int) -> None:
+    conf = {"bootstrap.servers": f"127.0.0.1:{slamming_port}", "security.protocol": "PLAINTEXT"}
+    started = time.monotonic()
+    with pytest.raises(
+        KafkaAccessError, match=r"refused User:ANONYMOUS: the connection .*--security-protocol"
+    ):
+        check_access(conf)
+    assert time.monotonic() - started < 10
