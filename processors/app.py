@@ -3,15 +3,13 @@
 Everything a worker needs (topic names, partitions, processing guarantee, window size) lives in one frozen
 :class:`Settings`, built from command flags (``dnsqr-pipeline worker``) or from environment variables (the
 ``faust`` command, whose own flags cannot carry ours). :func:`create_app` turns settings into a
-:class:`PipelineApp` with the filter agent, the aggregator agent, its tables and the web views installed.
+:class:`PipelineApp` with the filter agent, the aggregator agent and the web views installed.
 
 Settings chosen here, and why:
 
-- ``store="memory://"``: the tables are small (a few counters per name server and window) and rebuild from
-  their changelog topics in seconds on restart; RocksDB would add a native dependency and disk state per
-  worker for no gain at this size. Because of that, ``table_standby_replicas=0``: a memory-store standby
-  would put other workers' keys into the same local dict, and the web views (which list the local table)
-  would show them twice across workers.
+- No Faust tables: the aggregator keeps its per-name-server state itself (``processors/aggregator.py`` says
+  why), with its own compacted changelog topic (:func:`changelog_spec`). :func:`internal_topic_specs` names
+  every topic a worker needs besides the raw topic, so they can all be created before the agents start.
 - ``processing_guarantee``: ``at_least_once`` by default. Outputs are keyed and the sink is idempotent by
   offset range, so replays after a crash duplicate nothing downstream. ``exactly_once`` uses Kafka
   transactions (one transactional producer per input partition); the broker must allow it: three brokers, or
@@ -36,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from dnsqr_pipeline.kafka_config import default_bootstrap
+from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 if TYPE_CHECKING:
-    from processors.aggregator import Tables
+    from processors.aggregator import Aggregation
     from processors.filter_agent import Output
 
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -58,14 +57,15 @@ class Settings:
     stats_topic: str = "dnsqr.edns.ns-stats"
     counts_topic: str = "dnsqr.edns.ns-counts"
     dlq_topic: str = "dnsqr.raw.dlq"
-    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ) and of the
-    #: tables' changelogs; ns-stats and the changelogs must agree (co-partitioning).
+    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
+    #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).
     partitions: int = 4
     replication_factor: int = 1
     processing_guarantee: str = "at_least_once"
     #: tumbling window size for the per-name-server counts, in seconds of record time
     window_seconds: int = 3600
-    #: windows older than this (wall clock) leave the table; 0 keeps every window. Totals never expire.
+    #: windows starting this many seconds (record time) before the newest window seen are freed; 0 keeps
+    #: every window. Totals never expire.
     window_expires_seconds: int = 7 * 86400
     #: how often the aggregator publishes snapshots of changed name servers to the counts topic
     snapshot_interval: float = 1.0
@@ -116,11 +116,50 @@ class Settings:
             )
         if self.partitions < 1 or self.window_seconds <= 0 or self.snapshot_interval <= 0:
             raise ValueError("partitions, window_seconds and snapshot_interval must be positive")
+        if self.window_expires_seconds < 0:
+            raise ValueError("window_expires_seconds must be 0 (never) or positive")
         return self
+
+    @property
+    def changelog_topic(self) -> str:
+        """The aggregator's state changelog: per app id, since it holds that consumer group's state."""
+        return f"{self.app_id}-ns-state-changelog"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the command use it)."""
         return replace(self, **changes).validated()
+
+
+#: the changelog's segments roll at this size, so compaction (which skips the active segment) keeps up and a
+#: restore reads about one record per key
+CHANGELOG_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+def changelog_spec(settings: Settings) -> TopicSpec:
+    """The aggregator's state changelog: compacted, one partition per ns-stats partition."""
+    return TopicSpec(
+        settings.changelog_topic,
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        config={"cleanup.policy": "compact", "segment.bytes": str(CHANGELOG_SEGMENT_BYTES)},
+    )
+
+
+def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic a worker needs besides the raw topic: ns-stats, counts, failures, the dead letters and
+    the state changelog, with the partitions and configuration the worker expects."""
+
+    def spec(name: str, config: Mapping[str, str] | None = None) -> TopicSpec:
+        return TopicSpec(name, settings.partitions, settings.replication_factor, dict(config or {}))
+
+    return [
+        spec(settings.stats_topic),
+        # a snapshot per name server and window: only the newest per key matters to a reader
+        spec(settings.counts_topic, {"cleanup.policy": "compact"}),
+        spec(settings.failures_topic),
+        spec(settings.dlq_topic, CONTAINER_TOPIC_CONFIG),
+        changelog_spec(settings),
+    ]
 
 
 def broker_credentials(credentials: Mapping[str, str]) -> Any:
@@ -153,46 +192,48 @@ class FilterCounters:
     records: int = 0
     failures: int = 0
     dead_letters: int = 0
+    #: (name server, window) deltas sent to the ns-stats topic
     deltas: int = 0
     #: raw records Faust delivered again after they were processed (committed or acknowledged), dropped
     redelivered: int = 0
-    #: the same for ns-stats deltas, dropped by the aggregator agent
-    redelivered_deltas: int = 0
+    #: the same for ns-stats records, dropped by the aggregator agent
+    redelivered_stats: int = 0
+    #: ns-stats records that did not decode, skipped by the aggregator agent
+    bad_stats: int = 0
 
 
 class PipelineApp(faust.App):
-    """A Faust app that also carries its :class:`Settings`, the filter's counters and its output."""
+    """A Faust app that also carries its :class:`Settings`, the filter's counters, its output and the
+    aggregator's state."""
 
     settings: Settings
     counters: FilterCounters
     output: Output
-    dnsqr_tables: Tables
+    aggregation: Aggregation
 
 
 def _datadir(app_id: str) -> str:
-    """Faust keeps a per-app directory even with the memory store: under ``$DNSQR_FAUST_DATADIR`` or the
-    temp dir, not (Faust's default) the user's working directory."""
+    """Faust keeps a per-app directory even without tables: under ``$DNSQR_FAUST_DATADIR`` or the temp
+    dir, not (Faust's default) the user's working directory."""
     base = Path(os.environ.get("DNSQR_FAUST_DATADIR") or Path(tempfile.gettempdir()) / "dnsqr-faust")
     base.mkdir(parents=True, exist_ok=True)
     return str(base / f"{app_id}-data")
 
 
 def create_app(settings: Settings) -> PipelineApp:
-    """Build the app and install the agents, tables and views for ``settings``."""
+    """Build the app and install the agents and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, consumer, diagnostics, filter_agent, views, watchdog
+    from processors import aggregator, consumer, diagnostics, filter_agent, views
 
     settings = settings.validated()
     app = PipelineApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.credentials),
-        store="memory://",
         datadir=_datadir(settings.app_id),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        table_standby_replicas=0,
         autodiscover=False,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
@@ -211,10 +252,9 @@ def create_app(settings: Settings) -> PipelineApp:
     app.settings = settings
     app.counters = FilterCounters()
     filter_agent.install(app)
-    app.dnsqr_tables = aggregator.install(app)
-    views.install(app, app.dnsqr_tables)
+    app.aggregation = aggregator.install(app)
+    views.install(app, app.aggregation)
     diagnostics.install(app)
-    watchdog.install(app)
     return app
 
 

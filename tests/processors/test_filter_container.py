@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
@@ -12,24 +11,25 @@ from dataclasses import asdict
 from typing import Any
 
 import pytest
-from fastavro import schemaless_reader
+from aiokafka.partitioner import DefaultPartitioner
 
-from dnsqr_schemas import avro_schema
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
 from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
+from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
 from processors.filter_agent import (
     ContainerResult,
     Counts,
+    KeyPartitioner,
     PartitionBatch,
     WindowClock,
-    encode_delta,
     filter_container,
 )
+from processors.ns_stats_batch import decode_batch
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 
@@ -80,28 +80,47 @@ def test_window_clock_fast_path_agrees_with_full_parse(time_sec: int) -> None:
     assert clock.window_start(unusual) == time_sec - time_sec % 60
 
 
-def test_deltas_are_avro_ns_stats() -> None:
-    batch = run_case("live_resolver", 1000)
-    deltas = batch.deltas()
-    assert len(deltas) == len(batch.counts)
-    decoded = [schemaless_reader(io.BytesIO(v), avro_schema("ns_stats"), None) for _, v in deltas]
-    assert sum(d["failures"] for d in decoded) == sum(corpus.expected_counts("live_resolver").values())
-    assert all(k.decode() == d["name_server"] for (k, _), d in zip(deltas, decoded, strict=True))
-    assert sum(d["timeouts"] for d in decoded) > 0, "the corpus has unanswered EDNS queries"
-
-
-def test_encode_delta_round_trip() -> None:
-    c = Counts(edns_answered=5, failures=2, timeouts=1, by_kind=Counter(noopt=2))
-    value = schemaless_reader(io.BytesIO(encode_delta("192.0.2.1", 3600, c)), avro_schema("ns_stats"), None)
-    assert value == {
-        "name_server": "192.0.2.1",
-        "window_start": 3600,
-        "edns_answered": 5,
-        "failures": 2,
-        "by_kind": {"noopt": 2},
-        "timeouts": 1,
-        "observations": {},
+def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One record per ns-stats partition (in parts of at most MAX_ROWS rows), each with the rows of the
+    name servers of that partition in window order; together exactly the batch's counts."""
+    monkeypatch.setattr(filter_agent, "MAX_ROWS", 7)
+    clock = WindowClock(1)  # live_resolver spans a few seconds: several windows
+    batch = PartitionBatch()
+    for data in raw_containers("live_resolver", 1000):
+        batch.add(filter_container(data, clock))
+    partition_of = KeyPartitioner(3)
+    records = batch.deltas(partition_of)
+    assert set(records) == {partition_of(ns.encode()) for ns, _start in batch.counts}
+    got: dict[tuple[str, int], tuple[int, int, int, dict[str, int], dict[str, int]]] = {}
+    for p, values in records.items():
+        decoded = [decode_batch(v) for v in values]
+        assert [d.part for d in decoded] == list(range(len(values)))
+        assert all(len(d.name_servers) <= 7 for d in decoded)
+        starts = [s for d in decoded for s in d.window_starts]
+        assert starts == sorted(starts)
+        for d in decoded:
+            kinds = {row: (k, o) for row, k, o in d.kinds}
+            for i, ns in enumerate(d.name_servers):
+                assert partition_of(ns.encode()) == p
+                k, o = kinds.get(i, ({}, {}))
+                got[(ns, d.window_starts[i])] = (d.edns_answered[i], d.failures[i], d.timeouts[i], k, o)
+    assert got == {
+        key: (c.edns_answered, c.failures, c.timeouts, dict(c.by_kind), dict(c.observations))
+        for key, c in batch.counts.items()
     }
+    assert sum(v[1] for v in got.values()) == sum(corpus.expected_counts("live_resolver").values())
+    assert sum(v[2] for v in got.values()) > 0, "the corpus has unanswered EDNS queries"
+
+
+def test_key_partitioner_is_kafkas_default_partitioner() -> None:
+    """The ns-stats record of a name server goes where a record keyed by it would (aiokafka's partitioner,
+    murmur2 as the Java client), also once the cache has started over."""
+    reference = DefaultPartitioner()
+    partitioner = KeyPartitioner(5)
+    partitioner.CACHE_SIZE = 10
+    keys = [f"192.0.2.{i}".encode() for i in range(40)] + [f"2001:db8::{i:x}".encode() for i in range(40)]
+    for key in keys * 2:
+        assert partitioner(key) == reference(key, list(range(5)), list(range(5)))
 
 
 @pytest.mark.parametrize(
