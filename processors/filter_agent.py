@@ -468,8 +468,22 @@ class KafkaBatchOutput:
 
     async def partitioner(self, topic: str) -> KeyPartitioner:
         producer: Any = self.app.producer
-        partitions = await producer._ensure_producer().partitions_for(topic)
+        partitions = await self._partitions(producer._ensure_producer(), topic)
         return self._key_partitioner(topic, len(partitions))
+
+    async def _partitions(self, producer: Any, topic: str) -> list[int]:
+        """``topic``'s partitions, once ``producer``'s client tracks the topic.
+
+        aiokafka's client refreshes metadata only for the topics it tracks, and tracks a topic only if it
+        was unknown when first used: one learnt from a full metadata response (Faust asks for one at
+        start) is not tracked, and the first topic created later (this app's changelog) narrows every
+        refresh to the tracked ones. The untracked topics then lose their leaders in the client, and their
+        queued batches waited forever (a worker stuck after its first commit, seen with the e2e bench).
+        """
+        client = producer.client
+        if topic not in client._topics:
+            client.add_topic(topic)
+        return sorted(await producer.partitions_for(topic))
 
     async def send(
         self,
@@ -527,7 +541,7 @@ class KafkaBatchOutput:
         """Append ``records`` to the producer as one batch per partition (their keys', or ``partition``);
         the futures of their delivery."""
         pending: list[asyncio.Future[Any]] = []
-        partitions = sorted(await producer.partitions_for(topic))
+        partitions = await self._partitions(producer, topic)
         key_partition = self._key_partitioner(topic, len(partitions))
         builders: dict[int, Any] = {}
         for key, value in records:
