@@ -38,15 +38,14 @@ partition's state is back, its ns-stats records are kept (not applied) and its o
 partitions' states are dropped (the commits of the revocation wrote what they had). This replaces Faust's
 table recovery, whose stalls needed a watchdog.
 
-Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``) from a timer every
-``snapshot_interval`` seconds: one per changed (name server, window) since the previous tick, with the
-name server's totals at that moment.
+Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/ns_counts.py``)
+from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
+tick, with the name server's totals at that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 import time
@@ -55,12 +54,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from fastavro import schemaless_reader, schemaless_writer
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_pipeline.topics import admin_client, create_topics
-from dnsqr_schemas import avro_schema
-from processors.ns_state import BY_KIND, OBSERVATIONS, Counts, NsState, Origin
+from processors.ns_counts import SnapshotEncoder
+from processors.ns_state import NsState, Origin
 from processors.ns_stats_batch import DeltaBatch, decode_batch
 
 if TYPE_CHECKING:
@@ -70,54 +68,6 @@ log = logging.getLogger(__name__)
 
 #: a recovery thread looks for a request to stop this often while the changelog has nothing to read
 POLL_SECONDS = 0.5
-
-
-def failure_rate(counts: Counts) -> float:
-    """Failures per EDNS query answered; 0.0 when none was answered."""
-    answered = counts[0]
-    return counts[1] / answered if answered else 0.0
-
-
-def count_values(counts: Counts) -> dict[str, Any]:
-    """``NsCountValues`` (``schemas/ns_counts.avsc``) of a counts list."""
-    return {
-        "edns_answered": counts[0],
-        "failures": counts[1],
-        "failure_rate": failure_rate(counts),
-        "by_kind": dict(counts[BY_KIND] or {}),
-        "timeouts": counts[2],
-        "observations": dict(counts[OBSERVATIONS] or {}),
-    }
-
-
-def encode_snapshot(
-    name_server: str,
-    window_start: int,
-    window_seconds: int,
-    window: Counts,
-    total: Counts,
-    snapshot_time_ms: int | None = None,
-) -> bytes:
-    """Schemaless Avro ``NsCounts`` (``schemas/ns_counts.avsc``)."""
-    out = io.BytesIO()
-    schemaless_writer(
-        out,
-        avro_schema("ns_counts"),
-        {
-            "name_server": name_server,
-            "snapshot_time_ms": int(time.time() * 1000) if snapshot_time_ms is None else snapshot_time_ms,
-            "window_start": window_start,
-            "window_seconds": window_seconds,
-            "window": count_values(window),
-            "total": count_values(total),
-        },
-    )
-    return out.getvalue()
-
-
-def decode_snapshot(data: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_snapshot`, for consumers and tests."""
-    return schemaless_reader(io.BytesIO(data), avro_schema("ns_counts"), None)
 
 
 def record_origin(headers: Any, part: int) -> Origin | None:
@@ -390,7 +340,7 @@ def install(app: PipelineApp) -> Aggregation:
     @app.timer(settings.snapshot_interval)
     async def publish_snapshots() -> None:
         """Publish a snapshot of every (name server, window) changed since the last tick."""
-        now_ms = int(time.time() * 1000)
+        encode = SnapshotEncoder(settings.window_seconds)
         output = app.output
         # a name server's counts partition is its ns-stats partition when the topics agree in size
         same = (await output.partitioner(settings.counts_topic)).count == (
@@ -398,7 +348,7 @@ def install(app: PipelineApp) -> Aggregation:
         ).count
         for p, state in list(aggregation.states.items()):
             records = [
-                (ns.encode(), encode_snapshot(ns, start, settings.window_seconds, window, total, now_ms))
+                (ns.encode(), encode(ns, start, window, total))
                 for ns, start, window, total in state.snapshots()
             ]
             await output.send(settings.counts_topic, records, source=None, partition=p if same else None)

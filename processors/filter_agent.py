@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -42,7 +43,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT, StreamT
 
 from nmsgdns.classify import classify_failure, observe
@@ -241,10 +241,9 @@ class PartitionBatch:
     def deltas(self, partition_of: Callable[[bytes], int]) -> dict[int, list[bytes]]:
         """The counts as ``NsStatsBatch`` records (``schemas/ns_stats.avsc``) by ns-stats partition: one
         record per partition the name servers fall in (``partition_of`` their key), split into parts of
-        :data:`processors.ns_stats_batch.MAX_ROWS` rows; rows in window order, which the aggregator's loop
-        takes advantage of."""
+        :data:`processors.ns_stats_batch.MAX_ROWS` rows."""
         rows: dict[int, list[DeltaRow]] = {}
-        for (ns, start), c in sorted(self.counts.items(), key=_window_start):
+        for (ns, start), c in self.counts.items():
             p = partition_of(ns.encode())
             mine = rows.get(p)
             if mine is None:
@@ -257,10 +256,6 @@ class PartitionBatch:
             ]
             for p, mine in rows.items()
         }
-
-
-def _window_start(item: tuple[CountsKey, Counts]) -> int:
-    return item[0][1]
 
 
 async def process_events(
@@ -400,9 +395,39 @@ class Redelivery:
         return out
 
 
+_MURMUR_M = 0x5BD1E995
+_WORDS: dict[int, struct.Struct] = {}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of ``data`` (unsigned), as ``org.apache.kafka.common.utils.Utils.murmur2`` and
+    aiokafka compute it; about twice as fast as aiokafka's version (whole words unpacked at once)."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    unpack = _WORDS.get(words)
+    if unpack is None:
+        unpack = _WORDS[words] = struct.Struct(f"<{words}I")
+    for k in unpack.unpack_from(data):
+        k = (k * _MURMUR_M) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * _MURMUR_M) & 0xFFFFFFFF) ^ ((k * _MURMUR_M) & 0xFFFFFFFF)
+    rest = length & 3
+    if rest:
+        tail = data[length - rest :]
+        if rest == 3:
+            h ^= tail[2] << 16
+        if rest >= 2:
+            h ^= tail[1] << 8
+        h = ((h ^ tail[0]) * _MURMUR_M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
 class KeyPartitioner:
-    """Kafka's default partition of a key among ``count`` partitions (murmur2, as the Java client and
-    aiokafka compute it), cached: most keys repeat, and murmur2 in Python costs ~3 us a key."""
+    """Kafka's default partition of a key among ``count`` partitions (:func:`murmur2`, as the Java client
+    and aiokafka), cached: most keys repeat, and murmur2 in Python costs ~2 us a key."""
 
     #: keys remembered at most (about 20 MB); the cache starts over when full
     CACHE_SIZE = 200_000

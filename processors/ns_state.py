@@ -53,14 +53,18 @@ CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
 
 
-def _merge(current: dict[str, int] | None, more: Mapping[str, int]) -> dict[str, int] | None:
-    """``current`` plus ``more`` (None stands for an empty map and stays None when nothing is added)."""
+def _add_kinds(counts: Counts, index: int, more: Mapping[str, int]) -> None:
+    """Add ``more`` to the map at ``counts[index]`` (None stands for an empty map). The map is the state's
+    own, updated in place: ``more`` is copied, never kept, since the same batch map goes to the totals
+    and to a window."""
     if not more:
-        return current
-    merged = dict(current) if current else {}
+        return
+    current = counts[index]
+    if current is None:
+        counts[index] = dict(more)
+        return
     for kind, n in more.items():
-        merged[kind] = merged.get(kind, 0) + n
-    return merged
+        current[kind] = current.get(kind, 0) + n
 
 
 def encode_value(value: list[Any]) -> bytes:
@@ -170,8 +174,8 @@ class NsState:
             if window is not None:
                 targets.append(window[ns])
             for c in targets:
-                c[BY_KIND] = _merge(c[BY_KIND], by_kind)
-                c[OBSERVATIONS] = _merge(c[OBSERVATIONS], observations)
+                _add_kinds(c, BY_KIND, by_kind)
+                _add_kinds(c, OBSERVATIONS, observations)
         return True
 
     def _window(self, start: int) -> dict[str, Counts] | None:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
-from processors.aggregator import Aggregation, count_values, failure_rate
+from processors.aggregator import Aggregation
+from processors.ns_counts import count_values, failure_rate
 from processors.ns_state import Counts
 
 if TYPE_CHECKING:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from processors.aggregator import decode_snapshot, encode_snapshot
 from processors.app import PipelineApp, Settings, create_app
 from processors.failure_record import decode_failure
 from processors.filter_agent import Headers, KeyPartitioner, Record
+from processors.ns_counts import SnapshotEncoder, decode_snapshot
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch, encode_batch
 from processors.views import rows, top, worst_page
@@ -184,8 +184,9 @@ async def _aggregator_state() -> None:
     }
     assert "192.0.2.1" in worst_page(by_failures)
     # the snapshots of what changed: one per (name server, window), with the latest totals
+    encode = SnapshotEncoder(60)
     snapshots = [
-        decode_snapshot(encode_snapshot(ns, start, 60, window, total))
+        decode_snapshot(encode(ns, start, window, total))
         for state in states.values()
         for ns, start, window, total in state.snapshots()
     ]

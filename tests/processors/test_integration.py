@@ -26,8 +26,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
-from processors.aggregator import decode_snapshot
 from processors.failure_record import decode_failure
+from processors.ns_counts import decode_snapshot
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 
