@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 import struct
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -100,22 +100,32 @@ class Output(Protocol):
         """Send ``records`` as part of committing ``tp``; the futures the commit must wait for."""
 
 
-@dataclass
+def _kind_counts() -> defaultdict[str, int]:
+    return defaultdict(int)
+
+
+@dataclass(slots=True)
 class Counts:
-    """Counts for one name server in one window, in the shape of ``NsStatsDelta``."""
+    """Counts for one name server in one window, a row of ``NsStatsBatch``.
+
+    One is made per distinct (name server, window) of a container, so it is kept cheap: slots, and
+    ``defaultdict(int)`` maps rather than ``Counter`` (0.6 us instead of 1.5 us to make one; at ~480k
+    distinct name servers per million records that was a tenth of a worker's time).
+    """
 
     edns_answered: int = 0
     failures: int = 0
     timeouts: int = 0
-    by_kind: Counter[str] = field(default_factory=Counter)
-    observations: Counter[str] = field(default_factory=Counter)
+    by_kind: defaultdict[str, int] = field(default_factory=_kind_counts)
+    observations: defaultdict[str, int] = field(default_factory=_kind_counts)
 
     def merge(self, other: Counts) -> None:
         self.edns_answered += other.edns_answered
         self.failures += other.failures
         self.timeouts += other.timeouts
-        self.by_kind.update(other.by_kind)
-        self.observations.update(other.observations)
+        for mine, theirs in ((self.by_kind, other.by_kind), (self.observations, other.observations)):
+            for kind, n in theirs.items():
+                mine[kind] += n
 
 
 CountsKey = tuple[str, int]  # (name server, window start)
