@@ -178,7 +178,9 @@ def read_changelog(
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-            "fetch.max.bytes": 64 * 1024 * 1024,
+            # prefetch bounded (librdkafka's default is 64 MB per partition): this runs inside a worker
+            "queued.max.messages.kbytes": 16 * 1024,
+            "fetch.max.bytes": 16 * 1024 * 1024,
         }
     )
     try:

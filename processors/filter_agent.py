@@ -437,21 +437,30 @@ def murmur2(data: bytes) -> int:
 
 class KeyPartitioner:
     """Kafka's default partition of a key among ``count`` partitions (:func:`murmur2`, as the Java client
-    and aiokafka), cached: most keys repeat, and murmur2 in Python costs ~2 us a key."""
+    and aiokafka), cached: most keys repeat, and murmur2 in Python costs ~2 us a key.
 
-    #: keys remembered at most (about 20 MB); the cache starts over when full
+    Two generations of at most :attr:`CACHE_SIZE` keys each: when the newer one is full it becomes the
+    older one, and keys found only there move up, so the frequent keys survive a turnover (with ~480k
+    distinct name servers a cache that started over when full missed most of the time).
+    """
+
+    #: keys per generation (about 20 MB each)
     CACHE_SIZE = 200_000
 
     def __init__(self, count: int) -> None:
         self.count = count
         self._cache: dict[bytes, int] = {}
+        self._older: dict[bytes, int] = {}
 
     def __call__(self, key: bytes) -> int:
         p = self._cache.get(key)
         if p is None:
+            p = self._older.get(key)
+            if p is None:
+                p = (murmur2(key) & 0x7FFFFFFF) % self.count
             if len(self._cache) >= self.CACHE_SIZE:
-                self._cache.clear()
-            p = self._cache[key] = (murmur2(key) & 0x7FFFFFFF) % self.count
+                self._older, self._cache = self._cache, {}
+            self._cache[key] = p
         return p
 
 
