@@ -444,8 +444,8 @@ class KeyPartitioner:
     distinct name servers a cache that started over when full missed most of the time).
     """
 
-    #: keys per generation (about 20 MB each)
-    CACHE_SIZE = 200_000
+    #: keys per generation (about 10 MB each)
+    CACHE_SIZE = 100_000
 
     def __init__(self, count: int) -> None:
         self.count = count
