@@ -1,171 +1,77 @@
-"""The aggregator agent: per-name-server deltas in; Faust tables of totals and tumbling windows out.
+"""The aggregator agent: ns-stats batches in; per-name-server counts in memory, a changelog, snapshots out.
 
-The filter agent sends its deltas to the ns-stats topic keyed by name server, and this agent consumes that
-topic, so each name server's deltas arrive in one partition and the tables (whose changelog partitions
-follow the source partition) are co-partitioned with them. Tables can only be written from an agent
-("Cannot modify table outside of agent/stream"), which is why the deltas travel through a topic instead of
-being added to the table from the filter agent or a timer.
+The filter agent sends, per batch of raw records and input partition, one ``NsStatsBatch`` record
+(``processors/ns_stats_batch.py``) to each ns-stats partition its name servers fall in (Kafka's default
+partitioner on the name server). This agent consumes the ns-stats topic and adds each record's rows, in one
+loop, to the :class:`processors.ns_state.NsState` of its partition.
 
-Two tables, both name server -> counts dict (``edns_answered``, ``failures``, ``timeouts``, ``by_kind``,
-``observations``):
+Why not Faust Tables (which this module used until issue #11): with 1M records naming ~480k distinct name
+servers the pipeline fell from 108k to 3k records/s. Every delta was one Kafka record and one Faust event
+(~150 us), and every table write one changelog message through Faust's per-message producer path (~50-100
+us): the cost followed distinct keys, not records. Here an ns-stats record carries thousands of deltas,
+applying one costs a few microseconds, and state changes reach the changelog once per changed key per
+commit (a record cache, as Kafka Streams does), appended to the producer as whole batches.
 
-- ``ns-totals``: since the tables began; never expires.
-- ``ns-windows``: tumbling windows of record time (``window_seconds``, default 1 h). The window of a delta
-  is its ``window_start`` field (the filter already bucketed by record time), not the Kafka timestamp, so
-  replaying an old capture fills the windows of its own time.
+Durability: the changelog topic (``{app id}-ns-state-changelog``, compacted, one partition per ns-stats
+partition) receives, for ns-stats partition P, :meth:`NsState.changelog` records from Faust's commit path
+(``app._attachments.publish_for_tp_offset(P, offset)``, called right before Faust commits P's offsets):
 
-Exactly once: faust-streaming 0.15.3 writes a table's changelog into the transaction of its partition number,
-which the raw and ns-stats partitions of that number share. A commit triggered for the raw partition
-therefore also commits changelog updates of ns-stats deltas whose own offsets are not committed yet, and a
-worker killed then leaves the new owner a table that already holds deltas it will consume again. So each
-delta carries the input partition it derives from and its place in that partition's output order (headers
-set by the filter agent: the last input offset of its batch and a sequence number, see
-``processors.filter_agent.SourceOrder``), and every table value remembers, in ``applied``, the last such
-place applied per input partition, with the delta's window start: a delta at or below it is a replay and is
-skipped. The window start tells apart the deltas of one batch for one name server (one per window its
-records fall in, sent in window order). The sequence number keeps the order when a raw record is processed
-after later ones of its partition (the consumer's re-fetch of a record Faust skipped,
-``processors/consumer.py``): by offset alone its delta looked like a replay and was skipped, and counts came
-out low (3 of 40 crash-test runs). The worker's consumer also waits for Faust's buffered changelog writes
-before each commit, so an update is never committed later than its delta's offsets, and this agent drops a
-delta Faust delivers a second time (after a rebalance or a seek back).
-Not under at_least_once: there a replayed input batch may be cut differently, so a delta can partly
-overlap an applied one, and skipping it would lose counts (at-least-once counts may be high, never low).
+- at_least_once: sent and acknowledged before the offsets are committed (Faust waits for the returned
+  futures). A crash after the changelog write and before the commit re-applies some records: counts may be
+  high, never low.
+- exactly_once: sent into P's transaction (the one that commits P's offsets), so changelog and offsets
+  become visible together. The state can hold records applied after the offsets being committed (applied
+  but not acknowledged yet), and the raw and ns-stats partitions of one number share a transaction, so a
+  new owner may restore a state that includes records it will consume again. So each ns-stats record
+  carries its place in its input partition's output order (headers set by the filter agent: the input
+  partition, the last input offset of its batch and a sequence number, see
+  ``processors.filter_agent.SourceOrder``; and the record's part), and the state keeps ONE mark per input
+  partition, the place of the last record applied, written to the changelog with the counts: a record at
+  or below it is skipped. The sequence number keeps the order when a raw record is processed after later
+  ones of its partition (the consumer's re-fetch, ``processors/consumer.py``). Not under at_least_once:
+  there a replayed raw batch may be cut differently, and skipping would lose counts.
 
-Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``) from a timer every
-``snapshot_interval`` seconds: latest value per (name server, window) since the previous tick, so a burst of
-deltas for one busy name server costs one snapshot, not one per delta.
+Recovery: when ns-stats partitions are assigned, their states are rebuilt from the changelog (read to its
+end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
+partition's state is back, its ns-stats records are kept (not applied) and its offsets are not committed
+(:attr:`processors.consumer.PipelineConsumer.held`); then the kept records are applied in order. Revoked
+partitions' states are dropped (the commits of the revocation wrote what they had). This replaces Faust's
+table recovery, whose stalls needed a watchdog.
+
+Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/ns_counts.py``)
+from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
+tick, with the name server's totals at that moment.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastavro import schemaless_reader, schemaless_writer
-from faust.serializers import codecs
-from faust.types import EventT, StreamT
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from faust.types import TP, EventT, StreamT
 
-from dnsqr_schemas import avro_schema
+from dnsqr_pipeline.topics import admin_client, create_topics
+from processors.ns_counts import SnapshotEncoder
+from processors.ns_state import NsState, Origin
+from processors.ns_stats_batch import DeltaBatch, decode_batch
 
 if TYPE_CHECKING:
-    from faust.types.tables import TableT, WindowWrapperT
+    from processors.app import PipelineApp, Settings
 
-    from processors.app import PipelineApp
+log = logging.getLogger(__name__)
 
-CountsDict = dict[str, Any]
-#: key of a table value's {input partition (text): [last input offset, sequence, window start] applied};
-#: exactly_once only. Values written before the sequence was added hold the offset alone.
-APPLIED = "applied"
-#: (input partition, last input offset of its batch, sequence, window start) of a delta
-Source = tuple[int, int, int, int]
-#: (input partition, last input offset of its batch, sequence) from a delta's headers
-Origin = tuple[int, int, int]
-STATS_CODEC = "dnsqr-ns-stats"
+#: a recovery thread looks for a request to stop this often while the changelog has nothing to read
+POLL_SECONDS = 0.5
 
 
-class AvroCodec(codecs.Codec):
-    """Faust codec for a schemaless Avro topic value, so the agent's stream yields dicts."""
-
-    def __init__(self, schema_name: str) -> None:
-        super().__init__(schema_name=schema_name)
-        self.schema_name = schema_name
-
-    def _loads(self, s: bytes) -> Any:
-        return schemaless_reader(io.BytesIO(s), avro_schema(self.schema_name), None)
-
-    def _dumps(self, s: Any) -> bytes:
-        out = io.BytesIO()
-        schemaless_writer(out, avro_schema(self.schema_name), s)
-        return out.getvalue()
-
-
-codecs.register(STATS_CODEC, AvroCodec("ns_stats"))
-
-
-def empty_counts() -> CountsDict:
-    """A zero counts dict: the tables' default value."""
-    return {"edns_answered": 0, "failures": 0, "timeouts": 0, "by_kind": {}, "observations": {}}
-
-
-def applied(current: Mapping[str, Any], source: Source | None) -> bool:
-    """Whether the table value ``current`` already includes the delta of ``source``."""
-    if source is None:
-        return False
-    done = (current.get(APPLIED) or {}).get(str(source[0]))
-    if done is None:
-        return False
-    if isinstance(done, int):  # an older mark: the whole batch up to that offset
-        return source[1] <= done
-    return (source[1], source[2], source[3]) <= (done[0], done[1], done[2])
-
-
-def add_counts(
-    current: Mapping[str, Any], delta: Mapping[str, Any], source: Source | None = None
-) -> CountsDict:
-    """A new counts dict: ``current`` plus ``delta`` (a table value must be replaced, not mutated, for Faust
-    to write it to the changelog); with ``source``, it also records that delta as applied."""
-    result = empty_counts()
-    if source is not None or current.get(APPLIED):
-        marks = dict(current.get(APPLIED) or {})
-        if source is not None:
-            marks[str(source[0])] = [source[1], source[2], source[3]]
-        result[APPLIED] = marks
-    for name in ("edns_answered", "failures", "timeouts"):
-        result[name] = current.get(name, 0) + delta.get(name, 0)
-    for name in ("by_kind", "observations"):
-        merged = dict(current.get(name) or {})
-        for kind, n in (delta.get(name) or {}).items():
-            merged[kind] = merged.get(kind, 0) + n
-        result[name] = merged
-    return result
-
-
-def failure_rate(counts: Mapping[str, Any]) -> float:
-    """Failures per EDNS query answered; 0.0 when none was answered."""
-    answered = counts.get("edns_answered", 0)
-    return counts.get("failures", 0) / answered if answered else 0.0
-
-
-def count_values(counts: Mapping[str, Any]) -> CountsDict:
-    """``NsCountValues`` for a counts dict (adds the rate)."""
-    full = add_counts(empty_counts(), counts)
-    full.pop(APPLIED, None)  # bookkeeping, not a count
-    full["failure_rate"] = failure_rate(full)
-    return full
-
-
-def encode_snapshot(
-    name_server: str, window_start: int, window_seconds: int, window: CountsDict, total: CountsDict
-) -> bytes:
-    """Schemaless Avro ``NsCounts`` (``schemas/ns_counts.avsc``)."""
-    out = io.BytesIO()
-    schemaless_writer(
-        out,
-        avro_schema("ns_counts"),
-        {
-            "name_server": name_server,
-            "snapshot_time_ms": int(time.time() * 1000),
-            "window_start": window_start,
-            "window_seconds": window_seconds,
-            "window": count_values(window),
-            "total": count_values(total),
-        },
-    )
-    return out.getvalue()
-
-
-def decode_snapshot(data: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_snapshot`, for consumers and tests."""
-    return schemaless_reader(io.BytesIO(data), avro_schema("ns_counts"), None)
-
-
-def delta_origin(event: EventT) -> Origin | None:
-    """(input partition, last input offset, sequence) from a delta's headers; None when absent."""
-    headers = event.headers
+def record_origin(headers: Any, part: int) -> Origin | None:
+    """(input partition, last input offset, sequence, part) of an ns-stats record; None without headers."""
     items = headers.items() if isinstance(headers, Mapping) else headers or ()
     found = {k: v for k, v in items}
     try:
@@ -173,66 +79,152 @@ def delta_origin(event: EventT) -> Origin | None:
             int(found["dnsqr-source-partition"]),
             int(found["dnsqr-source-offset"]),
             int(found.get("dnsqr-source-seq", b"0")),
+            part,
         )
     except (KeyError, ValueError):
         return None
 
 
-def _delta_window(event: EventT | None) -> float:
-    """The windowed table's clock: the current delta's ``window_start`` (record time)."""
-    if event is None:
-        raise RuntimeError("the windowed table is only written while processing a delta")
-    return float(event.value["window_start"])
-
-
 @dataclass
-class Tables:
-    """The aggregator's tables and the snapshots waiting for the next timer tick."""
+class Restoring:
+    """Partitions being rebuilt from the changelog, and the ns-stats records that arrived meanwhile."""
 
-    totals: TableT
-    windows: WindowWrapperT
-    #: (name server, window start) -> (window counts, total counts) changed since the last snapshot
-    pending: dict[tuple[str, int], tuple[CountsDict, CountsDict]] = field(default_factory=dict)
-
-    def apply(self, delta: Mapping[str, Any], origin: Origin | None = None) -> None:
-        """Add one ``NsStatsDelta`` to both tables (call from the agent only).
-
-        ``origin`` (from :func:`delta_origin`) makes the update idempotent: a table value that has applied
-        that delta already is left as it is (see the module doc).
-        """
-        ns = delta["name_server"]
-        source = None if origin is None else (*origin, delta["window_start"])
-        current = self.totals[ns]
-        total = current if applied(current, source) else add_counts(current, delta, source)
-        if total is not current:
-            self.totals[ns] = total
-        current = self.windows[ns].value()
-        window = current if applied(current, source) else add_counts(current, delta, source)
-        if window is not current:
-            self.windows[ns] = window
-        # Re-insert at the end: snapshots go out in insertion order, and the last one of a name server
-        # (whichever window it is for) must carry its newest total, since readers keep the latest.
-        key = (ns, delta["window_start"])
-        self.pending.pop(key, None)
-        self.pending[key] = (window, total)
-
-    def take_snapshots(self, window_seconds: int) -> list[tuple[bytes, bytes]]:
-        """Encoded snapshots of everything changed since the previous call, keyed by name server."""
-        pending, self.pending = self.pending, {}
-        return [
-            (ns.encode(), encode_snapshot(ns, start, window_seconds, window, total))
-            for (ns, start), (window, total) in pending.items()
-        ]
+    partitions: set[int]
+    stop: threading.Event = field(default_factory=threading.Event)
+    #: partition -> (encoded NsStatsBatch, origin) in arrival order, applied once the state is back
+    waiting: dict[int, list[tuple[bytes, Origin | None]]] = field(default_factory=dict)
 
 
-def install(app: PipelineApp) -> Tables:
-    """Add the ns-stats topic, the tables, the aggregator agent and the snapshot timer to ``app``."""
+class Aggregation:
+    """The states of the ns-stats partitions assigned to this worker (no Kafka here: see :func:`install`).
+
+    A partition is either ready (``states``) or restoring (its records wait); records of a partition in
+    neither (revoked while the record was on its way) are ignored: its next owner applies them.
+    """
+
+    def __init__(self, expires: int, *, marks: bool) -> None:
+        self.expires = expires
+        #: exactly_once: apply each record once (marks); at_least_once: apply what comes
+        self.marks = marks
+        self.states: dict[int, NsState] = {}
+        self.restoring: dict[int, Restoring] = {}
+        #: ns-stats records skipped because their state had applied them (exactly_once)
+        self.replayed = 0
+
+    def begin_restore(self, partitions: Iterable[int]) -> Restoring:
+        """Mark ``partitions`` as restoring (their records wait from now on)."""
+        restoring = Restoring(set(partitions))
+        for p in restoring.partitions:
+            self.states.pop(p, None)
+            self.restoring[p] = restoring
+            restoring.waiting[p] = []
+        return restoring
+
+    def restored(self, restoring: Restoring, states: Mapping[int, NsState]) -> list[int]:
+        """Install the rebuilt ``states`` of a restore still current, after applying the records that
+        waited; the partitions that became ready."""
+        ready = []
+        for p, state in states.items():
+            if self.restoring.get(p) is not restoring:
+                continue  # revoked, or restored again since
+            del self.restoring[p]
+            for value, origin in restoring.waiting.pop(p):
+                self._apply(state, decode_batch(value), origin)
+            self.states[p] = state
+            ready.append(p)
+        return ready
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget the states of revoked partitions, and stop restoring them."""
+        for p in partitions:
+            self.states.pop(p, None)
+            restoring = self.restoring.pop(p, None)
+            if restoring is not None:
+                restoring.waiting.pop(p, None)
+                if not any(self.restoring.get(q) is restoring for q in restoring.partitions):
+                    restoring.stop.set()
+
+    def offer(self, partition: int, value: bytes, headers: Any) -> None:
+        """Apply one ns-stats record now, or keep it until its partition's state is restored; ValueError
+        when it does not decode."""
+        state = self.states.get(partition)
+        restoring = self.restoring.get(partition)
+        if state is None and restoring is None:
+            log.info("ns-stats partition %d is not assigned here: record ignored", partition)
+            return
+        batch = decode_batch(value)
+        origin = record_origin(headers, batch.part) if self.marks else None
+        if state is not None:
+            self._apply(state, batch, origin)
+        elif restoring is not None:
+            restoring.waiting[partition].append((value, origin))
+
+    def _apply(self, state: NsState, batch: DeltaBatch, origin: Origin | None) -> None:
+        if not state.apply(batch, origin):
+            self.replayed += 1
+
+
+def read_changelog(
+    config: Mapping[str, str], topic: str, partitions: Iterable[int], expires: int, stop: threading.Event
+) -> dict[int, NsState] | None:
+    """States rebuilt from ``partitions`` of the changelog ``topic``, each read to its end
+    (``read_committed``: under exactly_once only committed transactions count); None if ``stop`` was set
+    first. Blocking: run it in a thread."""
+    states = {p: NsState(expires) for p in partitions}
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": f"{topic}-restore",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            # prefetch bounded (librdkafka's default is 64 MB per partition): this runs inside a worker
+            "queued.max.messages.kbytes": 16 * 1024,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in states])
+        remaining = set(states)
+        while remaining:
+            if stop.is_set():
+                return None
+            for msg in consumer.consume(10_000, POLL_SECONDS):
+                error = msg.error()
+                if error is None:
+                    states[msg.partition()].load(msg.key(), msg.value())
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(msg.partition())
+                else:
+                    raise KafkaException(error)
+    finally:
+        consumer.close()
+    for state in states.values():
+        state.loaded()
+    return states
+
+
+def client_config(settings: Settings) -> dict[str, str]:
+    """librdkafka properties for this worker's broker and credentials (the recovery's own clients)."""
+    config = {"bootstrap.servers": settings.bootstrap_servers}
+    # Settings.credentials uses the librdkafka names with "_" for "." (security_protocol, sasl_username...)
+    config.update({key.replace("_", "."): value for key, value in settings.credentials.items()})
+    return config
+
+
+def install(app: PipelineApp) -> Aggregation:
+    """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``."""
+    from processors.app import changelog_spec  # this module is imported by processors.app
+
     settings = app.settings
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    aggregation = Aggregation(settings.window_expires_seconds, marks=exactly_once)
     stats = app.topic(
         settings.stats_topic,
         key_type=bytes,
+        value_type=bytes,
         key_serializer="raw",
-        value_serializer=STATS_CODEC,
+        value_serializer="raw",
         partitions=settings.partitions,
         # internal: Faust creates it before subscribing, so a fresh cluster needs no topic set-up
         internal=True,
@@ -240,27 +232,107 @@ def install(app: PipelineApp) -> Tables:
     counts_topic = app.topic(
         settings.counts_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )
-    # keys and values are JSON in the changelogs (Faust's default for non-bytes types)
-    table_options: dict[str, Any] = {"default": empty_counts, "partitions": settings.partitions}
-    totals = app.Table("ns-totals", help="per name server totals", **table_options)
-    windows = (
-        app.Table("ns-windows", help="per name server tumbling windows", **table_options)
-        .tumbling(settings.window_seconds, expires=settings.window_expires_seconds or None)
-        .relative_to(_delta_window)
-    )
-    tables = Tables(totals, windows)
-    exactly_once = settings.processing_guarantee == "exactly_once"
+    changelog = changelog_spec(settings)
+    config = client_config(settings)
+
+    def ensure_changelog(partitions: set[int]) -> None:
+        """Create the changelog topic when missing; it must have a partition per ns-stats partition."""
+        admin = admin_client(config)
+        create_topics(
+            admin,
+            [changelog],
+            bootstrap=settings.bootstrap_servers,
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+        )
+        have = len(admin.list_topics(changelog.name, timeout=10).topics[changelog.name].partitions)
+        if max(partitions) >= have:
+            raise RuntimeError(
+                f"changelog topic {changelog.name} has {have} partitions, but ns-stats partition "
+                f"{max(partitions)} needs one: give it as many partitions as {settings.stats_topic}"
+            )
+
+    def restore_blocking(restoring: Restoring) -> dict[int, NsState] | None:
+        ensure_changelog(restoring.partitions)
+        return read_changelog(
+            config, changelog.name, restoring.partitions, aggregation.expires, restoring.stop
+        )
+
+    restores: set[asyncio.Future[None]] = set()
+
+    async def restore(restoring: Restoring) -> None:
+        started = time.monotonic()
+        try:
+            states = await asyncio.to_thread(restore_blocking, restoring)
+        except Exception as exc:
+            await app.crash(exc)
+            return
+        if states is None:
+            return  # revoked meanwhile
+        ready = aggregation.restored(restoring, states)
+        app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
+        if ready:
+            log.info(
+                "ns-stats partitions %s restored from %s in %.1f s: %d name servers",
+                sorted(ready),
+                changelog.name,
+                time.monotonic() - started,
+                sum(len(aggregation.states[p].totals) for p in ready),
+            )
+
+    @app.on_partitions_revoked.connect
+    async def drop_states(sender: Any, revoked: set[TP], **_: Any) -> None:
+        """Revoked partitions' states go (what they applied is in the changelog: see the module doc)."""
+        mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
+        aggregation.drop(mine)
+        app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
+
+    @app.on_partitions_assigned.connect
+    async def restore_states(sender: Any, assigned: set[TP], **_: Any) -> None:
+        """Rebuild the states of newly assigned partitions in the background (see the module doc)."""
+        mine = {
+            tp.partition
+            for tp in assigned
+            if tp.topic == settings.stats_topic
+            and tp.partition not in aggregation.states
+            and tp.partition not in aggregation.restoring
+        }
+        if mine:
+            app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
+            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine)))
+            restores.add(task)
+            task.add_done_callback(restores.discard)
+
+    attachments: Any = app._attachments
+    publish = attachments.publish_for_tp_offset
+
+    async def publish_for_tp_offset(tp: TP, offset: int) -> list[Awaitable[Any]]:
+        """Faust's commit of ``tp`` also writes what changed in its state to the changelog (module doc)."""
+        pending = await publish(tp, offset)
+        state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
+        if state is not None:
+            pending += await app.output.send_for_commit(
+                tp, changelog.name, state.changelog(), partition=tp.partition
+            )
+        return pending
+
+    attachments.publish_for_tp_offset = publish_for_tp_offset
 
     @app.agent(stats, name="dnsqr-ns-aggregator")
-    async def aggregate(stream: StreamT[dict[str, Any]]) -> None:
-        """Apply each delta to the tables once (see the module doc)."""
+    async def aggregate(stream: StreamT[bytes]) -> None:
+        """Apply each ns-stats record to its partition's state (see the module doc)."""
         done = app.consumer.done
+        event: EventT
         async for event in stream.events():
             message = event.message
             if done(message.tp, message.offset):
-                app.counters.redelivered_deltas += 1
+                app.counters.redelivered_stats += 1
                 continue
-            tables.apply(event.value, delta_origin(event) if exactly_once else None)
+            try:
+                aggregation.offer(message.tp.partition, message.value, message.headers)
+            except ValueError as exc:
+                log.warning("ns-stats record at %s offset %d skipped: %s", message.tp, message.offset, exc)
+                app.counters.bad_stats += 1
 
     @app.task
     async def declare_counts_topic() -> None:
@@ -269,9 +341,18 @@ def install(app: PipelineApp) -> Tables:
 
     @app.timer(settings.snapshot_interval)
     async def publish_snapshots() -> None:
-        """Publish the snapshots accumulated since the last tick (a timer may read tables, not write)."""
-        records = tables.take_snapshots(settings.window_seconds)
-        if records:
-            await app.output.send(settings.counts_topic, records, source=None)
+        """Publish a snapshot of every (name server, window) changed since the last tick."""
+        encode = SnapshotEncoder(settings.window_seconds)
+        output = app.output
+        # a name server's counts partition is its ns-stats partition when the topics agree in size
+        same = (await output.partitioner(settings.counts_topic)).count == (
+            await output.partitioner(settings.stats_topic)
+        ).count
+        for p, state in list(aggregation.states.items()):
+            records = [
+                (ns.encode(), encode(ns, start, window, total))
+                for ns, start, window, total in state.snapshots()
+            ]
+            await output.send(settings.counts_topic, records, source=None, partition=p if same else None)
 
-    return tables
+    return aggregation

@@ -3,15 +3,13 @@
 Everything a worker needs (topic names, partitions, processing guarantee, window size) lives in one frozen
 :class:`Settings`, built from command flags (``dnsqr-pipeline worker``) or from environment variables (the
 ``faust`` command, whose own flags cannot carry ours). :func:`create_app` turns settings into a
-:class:`PipelineApp` with the filter agent, the aggregator agent, its tables and the web views installed.
+:class:`PipelineApp` with the filter agent, the aggregator agent and the web views installed.
 
 Settings chosen here, and why:
 
-- ``store="memory://"``: the tables are small (a few counters per name server and window) and rebuild from
-  their changelog topics in seconds on restart; RocksDB would add a native dependency and disk state per
-  worker for no gain at this size. Because of that, ``table_standby_replicas=0``: a memory-store standby
-  would put other workers' keys into the same local dict, and the web views (which list the local table)
-  would show them twice across workers.
+- No Faust tables: the aggregator keeps its per-name-server state itself (``processors/aggregator.py`` says
+  why), with its own compacted changelog topic (:func:`changelog_spec`). :func:`internal_topic_specs` names
+  every topic a worker needs besides the raw topic, so they can all be created before the agents start.
 - ``processing_guarantee``: ``at_least_once`` by default. Outputs are keyed and the sink is idempotent by
   offset range, so replays after a crash duplicate nothing downstream. ``exactly_once`` uses Kafka
   transactions (one transactional producer per input partition); the broker must allow it: three brokers, or
@@ -39,7 +37,7 @@ from dnsqr_pipeline.kafka_config import default_bootstrap
 from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 if TYPE_CHECKING:
-    from processors.aggregator import Tables
+    from processors.aggregator import Aggregation
     from processors.filter_agent import Output
 
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -61,15 +59,16 @@ class Settings:
     dlq_topic: str = "dnsqr.raw.dlq"
     #: the filter agent's receipts (``processors/progress.py``): one partition
     progress_topic: str = "dnsqr.edns.progress"
-    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ) and of the
-    #: tables' changelogs; ns-stats and the changelogs must agree (co-partitioning).
+    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
+    #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).
     partitions: int = 4
     #: of the topics the worker creates (and Faust's own); 0: min(3, brokers), resolved as the worker starts
     replication_factor: int = 0
     processing_guarantee: str = "at_least_once"
     #: tumbling window size for the per-name-server counts, in seconds of record time
     window_seconds: int = 3600
-    #: windows older than this (wall clock) leave the table; 0 keeps every window. Totals never expire.
+    #: windows starting this many seconds (record time) before the newest window seen are freed; 0 keeps
+    #: every window. Totals never expire.
     window_expires_seconds: int = 7 * 86400
     #: how often the aggregator publishes snapshots of changed name servers to the counts topic
     snapshot_interval: float = 1.0
@@ -120,11 +119,33 @@ class Settings:
             )
         if self.partitions < 1 or self.window_seconds <= 0 or self.snapshot_interval <= 0:
             raise ValueError("partitions, window_seconds and snapshot_interval must be positive")
+        if self.window_expires_seconds < 0:
+            raise ValueError("window_expires_seconds must be 0 (never) or positive")
         return self
+
+    @property
+    def changelog_topic(self) -> str:
+        """The aggregator's state changelog: per app id, since it holds that consumer group's state."""
+        return f"{self.app_id}-ns-state-changelog"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the command use it)."""
         return replace(self, **changes).validated()
+
+
+#: the changelog's segments roll at this size, so compaction (which skips the active segment) keeps up and a
+#: restore reads about one record per key
+CHANGELOG_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+def changelog_spec(settings: Settings) -> TopicSpec:
+    """The aggregator's state changelog: compacted, one partition per ns-stats partition."""
+    return TopicSpec(
+        settings.changelog_topic,
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor or None,
+        config={"cleanup.policy": "compact", "segment.bytes": str(CHANGELOG_SEGMENT_BYTES)},
+    )
 
 
 def broker_credentials(credentials: Mapping[str, str]) -> Any:
@@ -157,36 +178,40 @@ class FilterCounters:
     records: int = 0
     failures: int = 0
     dead_letters: int = 0
+    #: (name server, window) deltas sent to the ns-stats topic
     deltas: int = 0
     #: raw records Faust delivered again after they were processed (committed or acknowledged), dropped
     redelivered: int = 0
-    #: the same for ns-stats deltas, dropped by the aggregator agent
-    redelivered_deltas: int = 0
+    #: the same for ns-stats records, dropped by the aggregator agent
+    redelivered_stats: int = 0
+    #: ns-stats records that did not decode, skipped by the aggregator agent
+    bad_stats: int = 0
 
 
 class PipelineApp(faust.App):
-    """A Faust app that also carries its :class:`Settings`, the filter's counters and its output."""
+    """A Faust app that also carries its :class:`Settings`, the filter's counters, its output and the
+    aggregator's state."""
 
     settings: Settings
     counters: FilterCounters
     #: ``host:pid``, written into the filter receipts
     worker_name: str
     output: Output
-    dnsqr_tables: Tables
+    aggregation: Aggregation
 
 
 def _datadir(app_id: str) -> str:
-    """Faust keeps a per-app directory even with the memory store: under ``$DNSQR_FAUST_DATADIR`` or the
-    temp dir, not (Faust's default) the user's working directory."""
+    """Faust keeps a per-app directory even without tables: under ``$DNSQR_FAUST_DATADIR`` or the temp
+    dir, not (Faust's default) the user's working directory."""
     base = Path(os.environ.get("DNSQR_FAUST_DATADIR") or Path(tempfile.gettempdir()) / "dnsqr-faust")
     base.mkdir(parents=True, exist_ok=True)
     return str(base / f"{app_id}-data")
 
 
 def create_app(settings: Settings) -> PipelineApp:
-    """Build the app and install the agents, tables and views for ``settings``."""
+    """Build the app and install the agents and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, consumer, diagnostics, filter_agent, views, watchdog
+    from processors import aggregator, consumer, diagnostics, filter_agent, views
     from processors.progress import worker_name
     from processors.supervisor import BoundedRestarts
 
@@ -195,12 +220,10 @@ def create_app(settings: Settings) -> PipelineApp:
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.credentials),
-        store="memory://",
         datadir=_datadir(settings.app_id),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor or 1,
-        table_standby_replicas=0,
         agent_supervisor=BoundedRestarts,
         autodiscover=False,
         web_enabled=settings.web_enabled,
@@ -221,28 +244,21 @@ def create_app(settings: Settings) -> PipelineApp:
     app.counters = FilterCounters()
     app.worker_name = worker_name()
     filter_agent.install(app)
-    app.dnsqr_tables = aggregator.install(app)
-    views.install(app, app.dnsqr_tables)
+    app.aggregation = aggregator.install(app)
+    views.install(app, app.aggregation)
     diagnostics.install(app)
-    watchdog.install(app)
     return app
 
 
-#: the tables of ``aggregator.install``; Faust names their changelog topics ``{app id}-{table}-changelog``
-TABLES = ("ns-totals", "ns-windows")
-
-
 def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic a worker writes or keeps state in besides the raw topic, as it must exist before the
-    agents start: Faust creates missing ones itself, but a changelog topic that is not yet in the
-    cluster's metadata when a table starts crashes its agent (``PartitionsMismatch``: 0 partitions), so
-    ``dnsqr-pipeline worker``, ``topics create`` and ``run`` create them all first.
+    """Every topic a worker writes or keeps state in besides the raw topic, with the partitions and
+    configuration it expects. ``dnsqr-pipeline worker``, ``topics create`` and ``run`` create them all
+    before any agent starts, so no agent meets a topic that is not in the cluster's metadata yet.
 
-    The ns-stats topic and the changelogs share the partition count (co-partitioning); the progress topic
-    has one partition, so a reader sees every receipt in order.
+    The ns-stats topic and the state changelog share the partition count (:func:`copartitioned_topics`);
+    the progress topic has one partition, so a reader sees every receipt in order.
     """
     n = settings.partitions
-    changelog = {"cleanup.policy": "compact"}
     return [
         TopicSpec(settings.failures_topic, partitions=n),
         TopicSpec(settings.stats_topic, partitions=n),
@@ -250,14 +266,14 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.counts_topic, partitions=n, config={"cleanup.policy": "compact"}),
         TopicSpec(settings.dlq_topic, partitions=n, config=CONTAINER_TOPIC_CONFIG),
         TopicSpec(settings.progress_topic, partitions=1),
-        *(TopicSpec(name, partitions=n, config=changelog) for name in copartitioned_topics(settings)[1:]),
+        changelog_spec(settings),
     ]
 
 
 def copartitioned_topics(settings: Settings) -> list[str]:
-    """The ns-stats topic, then the tables' changelogs: their partition counts must be equal, since a name
-    server's deltas and its table rows must land in partitions of the same number."""
-    return [settings.stats_topic, *(f"{settings.app_id}-{table}-changelog" for table in TABLES)]
+    """The ns-stats topic and the state changelog: their partition counts must be equal, since the
+    changelog partition of a name server's state is the ns-stats partition its deltas arrive in."""
+    return [settings.stats_topic, settings.changelog_topic]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,9 @@ record first, which proves the hole holds no deliverable record (transaction mar
 lets the commit through. Records delivered again by the seek are dropped by the filter agent
 (:class:`processors.filter_agent.Redelivery`), which asks :meth:`PipelineConsumer.done` whether an offset was
 processed already.
+
+It also commits nothing of the partitions in :attr:`PipelineConsumer.held` (the aggregator's, while their
+state is being restored).
 """
 
 from __future__ import annotations
@@ -44,34 +47,6 @@ log = logging.getLogger(__name__)
 
 #: At most one seek back per partition and hole this often, while the hole persists.
 RESEEK_SECONDS = 2.0
-#: How long a commit waits for buffered table changelog writes before it gives up (for now).
-UNACKNOWLEDGED_TIMEOUT = 30.0
-
-
-class Unacknowledged:
-    """The messages Faust's producer buffer took (table changelog writes) that are not acknowledged yet."""
-
-    def __init__(self) -> None:
-        self.futures: set[asyncio.Future[Any]] = set()
-
-    def track(self, buffer: Any) -> None:
-        """Record every message put into ``buffer`` (a Faust ``ProducerBuffer``) until it is acknowledged."""
-        put = buffer.put
-
-        def tracked_put(fut: asyncio.Future[Any]) -> None:
-            self.futures.add(fut)
-            fut.add_done_callback(self.futures.discard)
-            put(fut)
-
-        buffer.put = tracked_put
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until everything put so far is acknowledged (or failed); False on timeout."""
-        pending = set(self.futures)
-        if not pending:
-            return True
-        _done, left = await asyncio.wait(pending, timeout=timeout)
-        return not left
 
 
 @dataclass
@@ -101,9 +76,9 @@ class PipelineConsumer(Consumer):
         #: exactly_once: whether Faust's transactions are open (see :meth:`commit_and_end_transactions`)
         self.transactions_open = False
         self._seeks: set[asyncio.Future[None]] = set()
-        #: table changelog writes a commit must wait for (see :meth:`_commit_offsets`)
-        self.unacknowledged = Unacknowledged()
-        self.unacknowledged.track(self.app.producer.buffer)
+        #: partitions whose offsets must not be committed for now: the aggregator's ns-stats partitions while
+        #: their state is restored (``processors/aggregator.py``)
+        self.held: set[TP] = set()
         deliver = self.callback
 
         async def callback(message: Message) -> None:
@@ -172,34 +147,16 @@ class PipelineConsumer(Consumer):
         self.transactions_open = False
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        """Wait for the table changelog writes before committing; skip a transactional commit once the
-        transactions are ended.
+        """Skip a transactional commit once the transactions are ended.
 
-        Faust sends table changelog records from a buffer (``send_soon``) and does not wait for it before
-        committing: under at_least_once its flush gives up after 0.1 s, under exactly_once there is none.
-        Under exactly_once a changelog write still in the buffer then joined the *next* transaction, and a
-        worker killed before that one committed lost the table update while the offset of its delta stayed
-        committed: counts low by about a container (2 of 27 crash-test runs under load); under
-        at_least_once the same race would lose it outright. So every message handed to the buffer before
-        the commit is acknowledged first (:class:`Unacknowledged`): under exactly_once it is then in the
-        transaction that commits, under at_least_once durable before its offset.
-
-        Once the transactions are ended it commits nothing. Faust ends them (commits without beginning new
-        ones) when partitions are revoked and when it stops, but streams keep acknowledging events until
-        they are stopped, and its stop path commits a second time: ``send_offsets_to_transaction`` then
-        raised "Not in the middle of a transaction" and the worker hung on SIGTERM instead of exiting (seen
-        in tests/processors/test_worker_crash.py). Offsets not committed here are processed again by the
-        next owner, whose transaction has the outputs too.
+        Faust ends them (commits without beginning new ones) when partitions are revoked and when it stops,
+        but streams keep acknowledging events until they are stopped, and its stop path commits a second
+        time: ``send_offsets_to_transaction`` then raised "Not in the middle of a transaction" and the
+        worker hung on SIGTERM instead of exiting (seen in tests/processors/test_worker_crash.py). Offsets
+        not committed here are processed again by the next owner, whose transaction has the outputs too.
         """
         if self.in_transaction and not self.transactions_open:
             log.info("transactions ended: not committing %s (replayed by the next owner)", dict(offsets))
-            return False
-        if not await self.unacknowledged.wait(UNACKNOWLEDGED_TIMEOUT):
-            log.warning(
-                "table changelog writes not acknowledged within %.0f s: not committing %s now",
-                UNACKNOWLEDGED_TIMEOUT,
-                dict(offsets),
-            )
             return False
         return await super()._commit_offsets(offsets, start_new_transaction)
 
@@ -212,6 +169,8 @@ class PipelineConsumer(Consumer):
                 self._read_offset[tp] = last
 
     def _new_offset(self, tp: TP) -> int | None:
+        if tp in self.held:
+            return None
         committed = self._committed_offset[tp]
         acked = self._acked[tp]
         if committed is not None and acked:

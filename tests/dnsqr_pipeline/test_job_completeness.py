@@ -106,7 +106,7 @@ def names(prefix: str) -> dict[str, str]:
 def test_a_worker_creates_missing_changelogs_before_its_agents_start(
     kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path: Path
 ) -> None:
-    """Only the raw topic exists: the worker creates every other topic, the tables' changelogs included,
+    """Only the raw topic exists: the worker creates every other topic, the state changelog included,
     with the ns-stats partition count, and the corpus comes out exact, with no agent crash on the way."""
     run = uuid.uuid4().hex[:8]
     app_id, topics = f"test-cl-{run}", names(f"test-cl-{run}")
@@ -142,8 +142,7 @@ def test_a_worker_creates_missing_changelogs_before_its_agents_start(
             assert time.monotonic() < deadline, latest
             time.sleep(0.5)
         metadata = kafka_admin.list_topics(timeout=10).topics
-        for table in ("ns-totals", "ns-windows"):
-            assert len(metadata[f"{app_id}-{table}-changelog"].partitions) == 4
+        assert len(metadata[f"{app_id}-ns-state-changelog"].partitions) == 4
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -160,14 +159,14 @@ def test_a_worker_refuses_a_changelog_with_the_wrong_partition_count(
     run = uuid.uuid4().hex[:8]
     app_id, topics = f"test-cl-{run}", names(f"test-cl-{run}")
     create(kafka_admin, topics["raw"], 4)
-    create(kafka_admin, f"{app_id}-ns-windows-changelog", 1, {"cleanup.policy": "compact"})
+    create(kafka_admin, f"{app_id}-ns-state-changelog", 1, {"cleanup.policy": "compact"})
     log = tmp_path / "worker.log"
     proc = worker(kafka_bootstrap, app_id, topics, log)
     try:
         assert proc.wait(60) == 2
     finally:
         proc.kill()
-    assert f"{app_id}-ns-windows-changelog has 1" in log.read_text()
+    assert f"{app_id}-ns-state-changelog has 1" in log.read_text()
 
 
 def test_a_truncated_capture_makes_run_exit_1_naming_file_and_offset(

@@ -68,14 +68,13 @@ def test_pipeline_topics_are_the_architecture_table_and_the_workers_own() -> Non
         "dnsqr.edns.ns-counts",
         "dnsqr.raw.dlq",
         "dnsqr.edns.progress",
-        "dnsqr-edns-ns-totals-changelog",
-        "dnsqr-edns-ns-windows-changelog",
+        "dnsqr-edns-ns-state-changelog",
     ]
     assert specs["dnsqr.edns.progress"].partitions == 1
     # co-partitioned with ns-stats, compacted
-    for name in ("dnsqr.edns.ns-stats", "dnsqr-edns-ns-totals-changelog", "dnsqr-edns-ns-windows-changelog"):
+    for name in ("dnsqr.edns.ns-stats", "dnsqr-edns-ns-state-changelog"):
         assert specs[name].partitions == 6
-    assert specs["dnsqr-edns-ns-windows-changelog"].config == {"cleanup.policy": "compact"}
+    assert specs["dnsqr-edns-ns-state-changelog"].config["cleanup.policy"] == "compact"
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The agents under Faust's test_context (memory store, no broker): filter, aggregator, views."""
+"""The agents under Faust's test_context (no broker): filter, aggregator, views."""
 
 from __future__ import annotations
 
@@ -10,26 +10,50 @@ from typing import Any
 import pytest
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
-from processors.aggregator import AvroCodec, decode_snapshot
 from processors.app import PipelineApp, Settings, create_app
 from processors.failure_record import decode_failure
-from processors.filter_agent import Headers, Record
+from processors.filter_agent import Headers, KeyPartitioner, Record
+from processors.ns_counts import SnapshotEncoder, decode_snapshot
+from processors.ns_state import NsState
+from processors.ns_stats_batch import decode_batch, encode_batch
 from processors.views import rows, top, worst_page
 from tests import corpus
 from tests.processors import helpers
 from tests.processors.helpers import expected_failures, raw_containers
 
+PARTITIONS = 4
+
 
 class RecordingOutput:
-    """Stands in for Kafka: keeps what the agents send, per topic."""
+    """Stands in for Kafka (topics of :data:`PARTITIONS` partitions): keeps what the agents send, per
+    topic, with the partition each record would go to."""
 
     def __init__(self) -> None:
-        self.sent: dict[str, list[tuple[Record, Headers | None]]] = defaultdict(list)
+        self.sent: dict[str, list[tuple[Record, Headers | None, int]]] = defaultdict(list)
+        self.partitioners: dict[str, KeyPartitioner] = {}
+
+    async def partitioner(self, topic: str) -> KeyPartitioner:
+        return self.partitioners.setdefault(topic, KeyPartitioner(PARTITIONS))
 
     async def send(
-        self, topic: str, records: Sequence[Record], *, source: Any, headers: Headers | None = None
+        self,
+        topic: str,
+        records: Sequence[Record],
+        *,
+        source: Any,
+        headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
-        self.sent[topic].extend((r, headers) for r in records)
+        of_key = await self.partitioner(topic)
+        for key, value in records:
+            p = partition if partition is not None else of_key(key or b"")
+            self.sent[topic].append(((key, value), headers, p))
+
+    async def send_for_commit(
+        self, tp: Any, topic: str, records: Sequence[Record], *, partition: int | None = None
+    ) -> list[Any]:
+        await self.send(topic, records, source=tp, partition=partition)
+        return []
 
 
 def make_app() -> tuple[PipelineApp, RecordingOutput]:
@@ -62,11 +86,21 @@ async def _filter_agent_sends_failures_and_deltas(case: str) -> None:
             await test_agent.put(data, key=b"sensor")
         await wait_for(lambda: app.counters.containers == len(containers))
     failures = out.sent[settings.failures_topic]
-    assert Counter(decode_failure(v)["payload"] for (_, v), _ in failures) == expected_failures(case)
+    assert Counter(decode_failure(v)["payload"] for (_, v), _, _ in failures) == expected_failures(case)
     assert app.counters.failures == len(failures)
     assert app.counters.records == len(helpers.read_payloads(corpus.path(f"{case}.nmsg")))
     assert app.counters.dead_letters == 0
-    assert out.sent[settings.stats_topic], "deltas were sent"
+    stats = out.sent[settings.stats_topic]
+    assert stats, "deltas were sent"
+    failures_by_ns: Counter[str] = Counter()
+    for (key, value), headers, partition in stats:
+        assert key is None
+        assert dict(headers or [])["dnsqr-source-partition"] == b"0"
+        batch = decode_batch(value)
+        # every row's name server belongs to the partition its record went to, as a keyed record would
+        assert {KeyPartitioner(PARTITIONS)(ns.encode()) for ns in batch.name_servers} == {partition}
+        failures_by_ns.update(dict(zip(batch.name_servers, batch.failures, strict=True)))
+    assert {ns: n for ns, n in failures_by_ns.items() if n} == corpus.expected_counts(case)
 
 
 def test_undecodable_container_goes_to_dead_letters_and_agent_carries_on() -> None:
@@ -84,7 +118,7 @@ async def _undecodable_container() -> None:
         await wait_for(lambda: app.counters.containers == len(good))
     dlq = out.sent[app.settings.dlq_topic]
     assert len(dlq) == 1
-    (key, value), headers = dlq[0]
+    (key, value), headers, _ = dlq[0]
     assert (key, value) == (b"k1", b"NMSG\x00\x02garbage")
     letter = DeadLetterHeaders.decode(headers or [])
     assert (letter.stage, letter.topic, letter.offset) == ("worker", app.settings.raw_topic, 0)
@@ -93,97 +127,93 @@ async def _undecodable_container() -> None:
     assert len(out.sent[app.settings.failures_topic]) == sum(expected_failures("edge_cases").values())
 
 
-def test_aggregator_tables_totals_windows_and_snapshots() -> None:
-    asyncio.run(_aggregator_tables())
+def ready(app: PipelineApp) -> None:
+    """Give the aggregator empty states for every partition, as a restore from an empty changelog would."""
+    aggregation = app.aggregation
+    restoring = aggregation.begin_restore(range(PARTITIONS))
+    states = {p: NsState() for p in range(PARTITIONS)}
+    assert aggregation.restored(restoring, states) == list(range(PARTITIONS))
 
 
-async def _aggregator_tables() -> None:
+def row(ns: str, start: int, answered: int, failures: int, timeouts: int = 0, **by_kind: int) -> Any:
+    return (ns, start, answered, failures, timeouts, by_kind, {})
+
+
+def test_aggregator_state_views_and_snapshots() -> None:
+    asyncio.run(_aggregator_state())
+
+
+async def _aggregator_state() -> None:
     app, _out = make_app()
-    deltas = [
-        {
-            "name_server": "192.0.2.1",
-            "window_start": 0,
-            "edns_answered": 4,
-            "failures": 2,
-            "by_kind": {"noopt": 2},
-            "timeouts": 1,
-            "observations": {},
-        },
-        {
-            "name_server": "192.0.2.1",
-            "window_start": 60,
-            "edns_answered": 6,
-            "failures": 1,
-            "by_kind": {"formerr": 1},
-            "timeouts": 0,
-            "observations": {},
-        },
-        {
-            "name_server": "192.0.2.2",
-            "window_start": 0,
-            "edns_answered": 1,
-            "failures": 1,
-            "by_kind": {"noopt": 1},
-            "timeouts": 0,
-            "observations": {},
-        },
-        {
-            "name_server": "192.0.2.1",
-            "window_start": 0,
-            "edns_answered": 2,
-            "failures": 0,
-            "by_kind": {},
-            "timeouts": 0,
-            "observations": {},
-        },
+    ready(app)
+    partition_of = KeyPartitioner(PARTITIONS)
+    batches = [
+        [row("192.0.2.1", 0, 4, 2, 1, noopt=2), row("192.0.2.1", 60, 6, 1, formerr=1)],
+        [row("192.0.2.2", 0, 1, 1, noopt=1)],
+        [row("192.0.2.1", 0, 2, 0)],
     ]
     agent = app.agents["dnsqr-ns-aggregator"]
-    tables = app.dnsqr_tables
     async with agent.test_context() as test_agent:
-        for d in deltas:
-            await test_agent.put(d, key=d["name_server"].encode())
-    totals = dict(tables.totals.items())
-    assert totals["192.0.2.1"] == {
-        "edns_answered": 12,
-        "failures": 3,
+        for rows_ in batches:
+            p = partition_of(rows_[0][0].encode())
+            await test_agent.put(encode_batch(0, rows_), partition=p)
+    states = app.aggregation.states
+    totals = {ns: c for state in states.values() for ns, c in state.totals.items()}
+    assert totals["192.0.2.1"] == [12, 3, 1, {"noopt": 2, "formerr": 1}, None]
+    assert totals["192.0.2.2"][:3] == [1, 1, 0]
+    windows = {(r[0], r[1]): r[2] for r in rows(app.aggregation, "window")}
+    assert windows[("192.0.2.1", 0)][:2] == [6, 2]
+    assert windows[("192.0.2.1", 60)][:2] == [6, 1]
+    # the views
+    by_failures = top(rows(app.aggregation, "total"), by="failures")
+    assert [r["name_server"] for r in by_failures] == ["192.0.2.1", "192.0.2.2"]
+    assert by_failures[0]["by_kind"] == {"noopt": 2, "formerr": 1}
+    assert by_failures[0]["failure_rate"] == pytest.approx(3 / 12)
+    by_rate = top(rows(app.aggregation, "total"), by="rate")
+    assert [r["name_server"] for r in by_rate] == ["192.0.2.2", "192.0.2.1"]
+    assert top(rows(app.aggregation, "total"), by="rate", min_answered=2)[0]["name_server"] == "192.0.2.1"
+    assert top(rows(app.aggregation, "window"), n=1)[0] | {"failure_rate": 0} == {
+        "name_server": "192.0.2.1",
+        "window_start": 0,
+        "edns_answered": 6,
+        "failures": 2,
+        "failure_rate": 0,
+        "by_kind": {"noopt": 2},
         "timeouts": 1,
-        "by_kind": {"noopt": 2, "formerr": 1},
         "observations": {},
     }
-    assert totals["192.0.2.2"]["failures"] == 1
-    windows = {(r["name_server"], r["window_start"]): r for r in rows(tables, "window")}
-    assert windows[("192.0.2.1", 0)]["edns_answered"] == 6
-    assert windows[("192.0.2.1", 0)]["failures"] == 2
-    assert windows[("192.0.2.1", 60)]["failures"] == 1
-    # the views
-    by_failures = top(rows(tables, "total"), by="failures")
-    assert [r["name_server"] for r in by_failures] == ["192.0.2.1", "192.0.2.2"]
-    assert [r["name_server"] for r in top(rows(tables, "total"), by="rate")] == ["192.0.2.2", "192.0.2.1"]
-    assert top(rows(tables, "total"), by="rate", min_answered=2)[0]["name_server"] == "192.0.2.1"
     assert "192.0.2.1" in worst_page(by_failures)
-    # the snapshots of what changed: latest value per (ns, window)
-    snapshots = [decode_snapshot(v) for k, v in tables.take_snapshots(60)]
+    # the snapshots of what changed: one per (name server, window), with the latest totals
+    encode = SnapshotEncoder(60)
+    snapshots = [
+        decode_snapshot(encode(ns, start, window, total))
+        for state in states.values()
+        for ns, start, window, total in state.snapshots()
+    ]
     assert len(snapshots) == 3
     latest = {(s["name_server"], s["window_start"]): s for s in snapshots}
     assert latest[("192.0.2.1", 0)]["total"]["failures"] == 3
+    assert latest[("192.0.2.1", 60)]["total"]["failures"] == 3
     assert latest[("192.0.2.1", 0)]["window"]["failure_rate"] == pytest.approx(2 / 6)
-    assert tables.take_snapshots(60) == []
+    assert all(state.snapshots() == [] for state in states.values())
 
 
-def test_corpus_counts_reach_the_table() -> None:
+def test_corpus_counts_reach_the_state() -> None:
     """Filter then aggregate a whole case in one event loop: the totals equal the reference counts."""
 
     async def scenario() -> dict[str, int]:
         app, out = make_app()
+        ready(app)
         containers = raw_containers("live_resolver", 300)
         async with app.agents["dnsqr-edns-filter"].test_context() as filt:
             for data in containers:
                 await filt.put(data)
             await wait_for(lambda: app.counters.containers == len(containers))
         async with app.agents["dnsqr-ns-aggregator"].test_context() as agg:
-            codec = AvroCodec("ns_stats")
-            for (key, value), _ in out.sent[app.settings.stats_topic]:
-                await agg.put(codec.loads(value), key=key)
-        return {ns: c["failures"] for ns, c in app.dnsqr_tables.totals.items() if c["failures"]}
+            for (_key, value), headers, partition in out.sent[app.settings.stats_topic]:
+                await agg.put(value, partition=partition, headers=headers)
+        return {
+            ns: c[1] for state in app.aggregation.states.values() for ns, c in state.totals.items() if c[1]
+        }
 
     assert asyncio.run(scenario()) == corpus.expected_counts("live_resolver")

@@ -14,7 +14,6 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
-from processors import consumer as consumer_module
 from processors.app import Settings, create_app
 from processors.consumer import PipelineConsumer
 from processors.filter_agent import Redelivery
@@ -197,47 +196,38 @@ def test_redelivery_drops_committed_acknowledged_and_repeated_offsets() -> None:
     assert [(e.message.tp.partition, e.message.offset) for e in fresh] == [(1, 12), (1, 13), (2, 9)]
 
 
-class FakeBuffer:
-    """Stands for Faust's ProducerBuffer: takes the futures of messages to send."""
+def test_held_partitions_are_not_committed_until_released() -> None:
+    """The aggregator holds an ns-stats partition's offsets while its state is restored."""
 
-    def __init__(self) -> None:
-        self.taken: list[asyncio.Future[Any]] = []
+    async def scenario() -> None:
+        c = make_consumer().consumer
+        c._committed_offset[RAW] = 24
+        ack(c, 24, 25, 26)
+        c.held.add(RAW)
+        assert c._new_offset(RAW) is None
+        c.held.discard(RAW)
+        assert c._new_offset(RAW) == 27
 
-    def put(self, fut: asyncio.Future[Any]) -> None:
-        self.taken.append(fut)
+    asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_commit_waits_for_buffered_table_writes(monkeypatch: pytest.MonkeyPatch, guarantee: str) -> None:
-    """Faust sends table changelogs from a buffer; a commit must not make offsets durable before the table
-    updates they caused (under exactly_once: before those are in the transaction), or a crash loses them."""
-    calls: list[str] = []
+@pytest.mark.parametrize("transactions_open", [True, False])
+def test_no_transactional_commit_once_the_transactions_ended(
+    monkeypatch: pytest.MonkeyPatch, transactions_open: bool
+) -> None:
+    """Faust's stop path commits again after ending the transactions; that commit must not be sent."""
+    calls: list[dict[TP, int]] = []
 
     async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
-        calls.append("commit")
+        calls.append(dict(offsets))
         return True
 
     async def scenario() -> None:
-        consumer = make_consumer(guarantee).consumer
-        consumer.in_transaction = guarantee == "exactly_once"  # what a worker process of the app has
-        consumer.transactions_open = True
-        buffer = FakeBuffer()
-        consumer.unacknowledged.track(buffer)
+        c = make_consumer("exactly_once").consumer
+        c.in_transaction = True  # what a worker process of the app has
+        c.transactions_open = transactions_open
         monkeypatch.setattr(FaustConsumer, "_commit_offsets", commit)
-        loop = asyncio.get_running_loop()
-        write: asyncio.Future[Any] = loop.create_future()
-        buffer.put(write)
-        assert buffer.taken == [write]
-        committing = asyncio.ensure_future(consumer._commit_offsets({RAW: 5}))
-        await asyncio.sleep(0.05)
-        assert calls == []  # the changelog write is not acknowledged yet
-        write.set_result(None)
-        assert await committing
-        assert calls == ["commit"]
-        # a write that is never acknowledged: no commit now (later, or the next owner replays)
-        buffer.put(loop.create_future())
-        monkeypatch.setattr(consumer_module, "UNACKNOWLEDGED_TIMEOUT", 0.05)
-        assert not await consumer._commit_offsets({RAW: 6})
-        assert calls == ["commit"]
+        assert await c._commit_offsets({RAW: 5}) is transactions_open
+        assert calls == ([{RAW: 5}] if transactions_open else [])
 
     asyncio.run(scenario())

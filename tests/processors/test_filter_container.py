@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import pytest
-from fastavro import schemaless_reader
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given
+from hypothesis import strategies as st
 
-from dnsqr_schemas import avro_schema
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
 from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
+from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
 from processors.filter_agent import (
     ContainerResult,
     Counts,
+    KeyPartitioner,
     PartitionBatch,
     WindowClock,
-    encode_delta,
     filter_container,
+    murmur2,
 )
+from processors.ns_stats_batch import decode_batch
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 
@@ -85,28 +89,50 @@ def test_window_clock_fast_path_agrees_with_full_parse(time_sec: int) -> None:
     assert clock.window_start(unusual) == time_sec - time_sec % 60
 
 
-def test_deltas_are_avro_ns_stats() -> None:
-    batch = run_case("live_resolver", 1000)
-    deltas = batch.deltas()
-    assert len(deltas) == len(batch.counts)
-    decoded = [schemaless_reader(io.BytesIO(v), avro_schema("ns_stats"), None) for _, v in deltas]
-    assert sum(d["failures"] for d in decoded) == sum(corpus.expected_counts("live_resolver").values())
-    assert all(k.decode() == d["name_server"] for (k, _), d in zip(deltas, decoded, strict=True))
-    assert sum(d["timeouts"] for d in decoded) > 0, "the corpus has unanswered EDNS queries"
-
-
-def test_encode_delta_round_trip() -> None:
-    c = Counts(edns_answered=5, failures=2, timeouts=1, by_kind=Counter(noopt=2))
-    value = schemaless_reader(io.BytesIO(encode_delta("192.0.2.1", 3600, c)), avro_schema("ns_stats"), None)
-    assert value == {
-        "name_server": "192.0.2.1",
-        "window_start": 3600,
-        "edns_answered": 5,
-        "failures": 2,
-        "by_kind": {"noopt": 2},
-        "timeouts": 1,
-        "observations": {},
+def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One record per ns-stats partition (in parts of at most MAX_ROWS rows), each with the rows of the
+    name servers of that partition; together exactly the batch's counts."""
+    monkeypatch.setattr(filter_agent, "MAX_ROWS", 7)
+    clock = WindowClock(1)  # live_resolver spans a few seconds: several windows
+    batch = PartitionBatch()
+    for offset, data in enumerate(raw_containers("live_resolver", 1000)):
+        batch.add(offset, filter_container(data, clock))
+    partition_of = KeyPartitioner(3)
+    records = batch.deltas(partition_of)
+    assert set(records) == {partition_of(ns.encode()) for ns, _start in batch.counts}
+    got: dict[tuple[str, int], tuple[int, int, int, dict[str, int], dict[str, int]]] = {}
+    for p, values in records.items():
+        decoded = [decode_batch(v) for v in values]
+        assert [d.part for d in decoded] == list(range(len(values)))
+        assert all(len(d.name_servers) <= 7 for d in decoded)
+        for d in decoded:
+            kinds = {row: (k, o) for row, k, o in d.kinds}
+            for i, ns in enumerate(d.name_servers):
+                assert partition_of(ns.encode()) == p
+                k, o = kinds.get(i, ({}, {}))
+                got[(ns, d.window_starts[i])] = (d.edns_answered[i], d.failures[i], d.timeouts[i], k, o)
+    assert got == {
+        key: (c.edns_answered, c.failures, c.timeouts, dict(c.by_kind), dict(c.observations))
+        for key, c in batch.counts.items()
     }
+    assert sum(v[1] for v in got.values()) == sum(corpus.expected_counts("live_resolver").values())
+    assert sum(v[2] for v in got.values()) > 0, "the corpus has unanswered EDNS queries"
+
+
+def test_key_partitioner_is_kafkas_default_partitioner() -> None:
+    """The ns-stats record of a name server goes where a record keyed by it would (aiokafka's partitioner,
+    murmur2 as the Java client), also once the cache has started over."""
+    reference = DefaultPartitioner()
+    partitioner = KeyPartitioner(5)
+    partitioner.CACHE_SIZE = 10
+    keys = [f"192.0.2.{i}".encode() for i in range(40)] + [f"2001:db8::{i:x}".encode() for i in range(40)]
+    for key in keys * 2:
+        assert partitioner(key) == reference(key, list(range(5)), list(range(5)))
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_is_kafkas(data: bytes) -> None:
+    assert murmur2(data) == aiokafka_murmur2(data) & 0xFFFFFFFF
 
 
 @pytest.mark.parametrize(
@@ -152,6 +178,11 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
     return ContainerResult(len(payloads), failures, counts)
 
 
+def plain(c: Counts) -> dict[str, Any]:
+    """``c`` as a dict of plain values (``dataclasses.asdict`` cannot copy a defaultdict before 3.12)."""
+    return {f.name: dict(v) if isinstance(v, dict) else v for f in fields(c) for v in [getattr(c, f.name)]}
+
+
 def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]:
     """Every output of filtering ``case`` (several container sizes, plain and zlib), comparably."""
     out = []
@@ -159,7 +190,7 @@ def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]
         clock = WindowClock(60)
         for data in raw_containers(case, per_container, compress=compress):
             r = filter_fn(data, clock)
-            out.append((r.records, r.failures, sorted((k, asdict(c)) for k, c in r.counts.items())))
+            out.append((r.records, r.failures, sorted((k, plain(c)) for k, c in r.counts.items())))
     return out
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -27,8 +28,8 @@ from confluent_kafka import Consumer, Producer
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
-from processors.aggregator import decode_snapshot
 from processors.failure_record import decode_failure
+from processors.ns_counts import decode_snapshot
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 
@@ -257,6 +258,11 @@ def test_one_worker_exact_failures_counts_and_dead_letter(
     run.produce_corpus()
     check_outputs(run)
     assert wait_web_totals(port, expected_total_counts()) == expected_total_counts()
+    for query in ("top/?n=abc", "top/?min_answered=-1", "top/?by=size", "worst/?n=1.5"):
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/dnsqr/{query}", timeout=5)
+        assert bad.value.code == 400, query
+        assert json.load(bad.value)["error"], query
 
 
 def test_two_workers_one_group_same_result(

@@ -1,0 +1,270 @@
+"""The aggregator's state for one ns-stats partition: per-name-server counts in memory, with a record cache.
+
+Pure Python, no Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
+(:class:`processors.ns_stats_batch.DeltaBatch`) here in one tight loop, writes what changed to its
+changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
+
+What is kept:
+
+- ``totals``: name server -> counts since the state began; never expires.
+- ``windows``: window start -> {name server -> counts}, tumbling windows of record time. Windows that start
+  more than ``expires`` seconds before the newest window seen are freed (0 keeps every window), and a
+  delta for such a window counts in the totals only.
+- ``marks`` (exactly_once only): input partition -> the place (last input offset, sequence, part) of the
+  last ns-stats record of that input partition applied; a record at or below it was applied already and
+  is skipped (see the aggregator's module doc for why one mark per input partition is enough).
+
+Counts are small lists, ``[edns_answered, failures, timeouts, by_kind, observations]``, with ``None`` for
+empty maps (most name servers never fail): a name server with one window costs about 400 bytes of RSS
+(measured: ``bench`` figures in docs/design.md).
+
+The record cache: applying marks keys dirty instead of writing anything. :meth:`NsState.changelog` turns
+every key changed since its previous call into ONE changelog record, however often it changed (Kafka
+Streams' record cache), and :meth:`NsState.snapshots` does the same for the counts snapshots, on its own
+interval. Changelog records (key, value):
+
+- ``T<name server>`` -> counts of the totals
+- ``W<window start> <name server>`` -> counts of one window; ``None`` (a tombstone) once it expired
+- ``M<input partition>`` -> the mark
+
+Values are a version byte (1) and the JSON of the counts list or of ``[offset, sequence, part]``: orjson
+writes one in about 0.3 us, several times faster than Avro in Python, and these records are internal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from processors.ns_stats_batch import DeltaBatch
+
+#: [edns_answered, failures, timeouts, by_kind or None, observations or None]
+Counts = list[Any]
+ANSWERED, FAILURES, TIMEOUTS, BY_KIND, OBSERVATIONS = range(5)
+#: (last input offset, sequence, part) of an ns-stats record in its input partition's output order
+Place = tuple[int, int, int]
+#: (input partition, *Place)
+Origin = tuple[int, int, int, int]
+Record = tuple[bytes, bytes | None]
+
+CHANGELOG_VERSION = b"\x01"
+TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
+
+
+def _add_kinds(counts: Counts, index: int, more: Mapping[str, int]) -> None:
+    """Add ``more`` to the map at ``counts[index]`` (None stands for an empty map). The map is the state's
+    own, updated in place: ``more`` is copied, never kept, since the same batch map goes to the totals
+    and to a window."""
+    if not more:
+        return
+    current = counts[index]
+    if current is None:
+        counts[index] = dict(more)
+        return
+    for kind, n in more.items():
+        current[kind] = current.get(kind, 0) + n
+
+
+def encode_value(value: list[Any]) -> bytes:
+    """A changelog value: the version byte and the JSON of a counts list or a mark."""
+    return CHANGELOG_VERSION + orjson.dumps(value)
+
+
+def decode_value(data: bytes) -> list[Any]:
+    """Inverse of :func:`encode_value`; ValueError for another version or a damaged value."""
+    if data[:1] != CHANGELOG_VERSION:
+        raise ValueError(f"changelog value of version {data[:1]!r}, this worker reads {CHANGELOG_VERSION!r}")
+    try:
+        value = orjson.loads(data[1:])
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"damaged changelog value: {exc}") from exc
+    if not isinstance(value, list):
+        raise ValueError("damaged changelog value: not a list")
+    return value
+
+
+def _counts(value: list[Any]) -> Counts:
+    if len(value) != 5 or not all(isinstance(n, int) for n in value[:3]):
+        raise ValueError(f"damaged counts in the changelog: {value!r}")
+    return value
+
+
+def window_key(start: int, name_server: str) -> bytes:
+    return WINDOW_TAG + b"%d " % start + name_server.encode()
+
+
+class NsState:
+    """Totals, windows and marks of one ns-stats partition, and what changed since they were last written.
+
+    ``expires``: windows starting more than this many seconds before the newest window are freed (0: never).
+    """
+
+    def __init__(self, expires: int = 0) -> None:
+        self.expires = expires
+        self.totals: dict[str, Counts] = {}
+        self.windows: dict[int, dict[str, Counts]] = {}
+        self.marks: dict[int, Place] = {}
+        #: start of the newest window seen (record time); expiry counts back from it
+        self.newest: int | None = None
+        # the record cache: keys changed since the last changelog() ...
+        self._dirty_totals: set[str] = set()
+        self._dirty_windows: dict[int, set[str]] = {}
+        self._dirty_marks: set[int] = set()
+        #: windows freed since the last changelog(): their keys get tombstones
+        self._freed: dict[int, list[str]] = {}
+        # ... and (name server, window) changed since the last snapshots()
+        self._changed: dict[int, set[str]] = {}
+
+    def applied(self, origin: Origin) -> bool:
+        """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
+        mark = self.marks.get(origin[0])
+        return mark is not None and origin[1:] <= mark
+
+    def apply(self, batch: DeltaBatch, origin: Origin | None = None) -> bool:
+        """Add every row of ``batch``; with ``origin`` (exactly_once) only once: False if it was applied."""
+        if origin is not None:
+            if self.applied(origin):
+                return False
+            self.marks[origin[0]] = origin[1:]
+            self._dirty_marks.add(origin[0])
+        totals = self.totals
+        dirty_totals = self._dirty_totals
+        current: int | None = None
+        window: dict[str, Counts] | None = None
+        dirty: set[str] = set()
+        changed: set[str] = set()
+        for ns, start, answered, failures, timeouts in zip(
+            batch.name_servers,
+            batch.window_starts,
+            batch.edns_answered,
+            batch.failures,
+            batch.timeouts,
+            strict=True,
+        ):
+            c = totals.get(ns)
+            if c is None:
+                totals[ns] = [answered, failures, timeouts, None, None]
+            else:
+                c[0] += answered
+                c[1] += failures
+                c[2] += timeouts
+            dirty_totals.add(ns)
+            if start != current:
+                current = start
+                window = self._window(start)
+                if window is not None:
+                    dirty = self._dirty_windows.setdefault(start, set())
+                    changed = self._changed.setdefault(start, set())
+            if window is not None:
+                c = window.get(ns)
+                if c is None:
+                    window[ns] = [answered, failures, timeouts, None, None]
+                else:
+                    c[0] += answered
+                    c[1] += failures
+                    c[2] += timeouts
+                dirty.add(ns)
+                changed.add(ns)
+        for row, by_kind, observations in batch.kinds:
+            ns, start = batch.name_servers[row], batch.window_starts[row]
+            targets = [totals[ns]]
+            window = self.windows.get(start)
+            if window is not None:
+                targets.append(window[ns])
+            for c in targets:
+                _add_kinds(c, BY_KIND, by_kind)
+                _add_kinds(c, OBSERVATIONS, observations)
+        return True
+
+    def _window(self, start: int) -> dict[str, Counts] | None:
+        """The window starting at ``start``, created if new; None when it is expired."""
+        window = self.windows.get(start)
+        if window is not None:
+            return window
+        if self._expired(start):
+            return None
+        window = self.windows[start] = {}
+        if self.newest is None or start > self.newest:
+            self.newest = start
+            self.expire()
+        return window
+
+    def _expired(self, start: int) -> bool:
+        return bool(self.expires) and self.newest is not None and start <= self.newest - self.expires
+
+    def expire(self) -> None:
+        """Free the windows that are too old (their changelog keys get tombstones)."""
+        for start in [s for s in self.windows if self._expired(s)]:
+            self._freed[start] = list(self.windows.pop(start))
+            self._dirty_windows.pop(start, None)
+            self._changed.pop(start, None)
+
+    def changelog(self) -> list[Record]:
+        """One changelog record per key changed since the previous call, then forget that they changed."""
+        totals, windows, dumps, version = self.totals, self.windows, orjson.dumps, CHANGELOG_VERSION
+        records: list[Record] = [
+            (TOTAL_TAG + ns.encode(), version + dumps(totals[ns])) for ns in self._dirty_totals
+        ]
+        for start, names in self._dirty_windows.items():
+            window = windows[start]
+            prefix = WINDOW_TAG + b"%d " % start
+            records += [(prefix + ns.encode(), version + dumps(window[ns])) for ns in names]
+        for start, names in self._freed.items():
+            records += [(window_key(start, ns), None) for ns in names]
+        records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
+        self._dirty_totals = set()
+        self._dirty_windows = {}
+        self._dirty_marks = set()
+        self._freed = {}
+        return records
+
+    def snapshots(self) -> list[tuple[str, int, Counts, Counts]]:
+        """(name server, window start, window counts, total counts) of every window changed since the
+        previous call, then forget that they changed."""
+        out: list[tuple[str, int, Counts, Counts]] = []
+        totals = self.totals
+        for start, names in self._changed.items():
+            window = self.windows[start]
+            out += [(ns, start, window[ns], totals[ns]) for ns in names]
+        self._changed = {}
+        return out
+
+    def load(self, key: bytes, value: bytes | None) -> None:
+        """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an
+        earlier one, a tombstone deletes it). ValueError for a record this version did not write."""
+        tag = key[:1]
+        if tag == TOTAL_TAG:
+            ns = key[1:].decode()
+            if value is None:
+                self.totals.pop(ns, None)
+            else:
+                self.totals[ns] = _counts(decode_value(value))
+        elif tag == WINDOW_TAG:
+            start_text, sep, ns_bytes = key[1:].partition(b" ")
+            if not sep:
+                raise ValueError(f"damaged window key in the changelog: {key!r}")
+            start, ns = int(start_text), ns_bytes.decode()
+            if value is None:
+                window = self.windows.get(start)
+                if window is not None:
+                    window.pop(ns, None)
+            else:
+                self.windows.setdefault(start, {})[ns] = _counts(decode_value(value))
+        elif tag == MARK_TAG:
+            if value is not None:
+                mark = decode_value(value)
+                if len(mark) != 3 or not all(isinstance(n, int) for n in mark):
+                    raise ValueError(f"damaged mark in the changelog: {mark!r}")
+                self.marks[int(key[1:])] = (mark[0], mark[1], mark[2])
+        else:
+            raise ValueError(f"unknown changelog key {key[:40]!r}")
+
+    def loaded(self) -> None:
+        """After the last :meth:`load`: drop emptied windows and expire the old ones."""
+        for start in [s for s, w in self.windows.items() if not w]:
+            del self.windows[start]
+        if self.windows:
+            self.newest = max(self.windows)
+        self.expire()
