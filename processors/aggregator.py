@@ -243,7 +243,7 @@ def install(app: PipelineApp) -> Aggregation:
             [changelog],
             bootstrap=settings.bootstrap_servers,
             partitions=settings.partitions,
-            replication_factor=settings.replication_factor,
+            replication_factor=settings.replication_factor or None,  # 0: the cluster default
         )
         have = len(admin.list_topics(changelog.name, timeout=10).topics[changelog.name].partitions)
         if max(partitions) >= have:
