@@ -186,7 +186,7 @@ def _datadir(app_id: str) -> str:
 def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents, tables and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, consumer, diagnostics, filter_agent, views, watchdog
+    from processors import aggregator, consumer, diagnostics, filter_agent, metrics, views, watchdog
     from processors.progress import worker_name
     from processors.supervisor import BoundedRestarts
 
@@ -225,6 +225,7 @@ def create_app(settings: Settings) -> PipelineApp:
     views.install(app, app.dnsqr_tables)
     diagnostics.install(app)
     watchdog.install(app)
+    metrics.install(app)
     return app
 
 
