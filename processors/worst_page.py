@@ -9,7 +9,8 @@ What the page does in the browser, with the script below and no library:
 
 - sorts the rows when a column header is clicked (again: the other way), ties in the server's order; the
   sort is kept in the URL fragment (``#sort=rate:desc``), so a reload or the auto-refresh keeps it;
-- reloads itself every ``refresh`` seconds (0: never), unless "pause" is ticked;
+- reloads itself every ``refresh`` seconds (0: never), unless "pause" is ticked; when the worker does not
+  answer (a HEAD request first), it keeps the page, says so, and tries again;
 - the filter form (kind, minimum answered, rows, windows, refresh, ranking) is a plain GET form: the
   server picks the rows, since the worst N depend on the filters.
 """
@@ -333,22 +334,32 @@ SCRIPT = """
   if (saved && sortBy(saved[1], saved[2])) { remember(saved[1], saved[2]); }
   var seconds = parseInt(document.body.getAttribute("data-refresh"), 10) || 0;
   var pause = document.getElementById("pause");
+  var stale = document.getElementById("stale");
   var timer = null;
   function arm() {
     clearTimeout(timer);
-    if (seconds > 0 && !(pause && pause.checked)) {
-      timer = setTimeout(function () { location.reload(); }, seconds * 1000);
-    }
+    if (seconds > 0 && !(pause && pause.checked)) { timer = setTimeout(reload, seconds * 1000); }
+  }
+  function keep(why) {
+    stale.textContent = " The worker " + why + " (" + new Date().toISOString().slice(11, 19) +
+      " UTC): these counts are from the time above; trying again every " + seconds + " s.";
+    arm();
+  }
+  function reload() {
+    fetch(location.href, {method: "HEAD", cache: "no-store"}).then(function (answer) {
+      if (answer.ok) { location.reload(); } else { keep("answered " + answer.status); }
+    }, function () { keep("does not answer"); });
   }
   if (pause) { pause.addEventListener("change", arm); }
   arm();
 })();
 """
 
-#: nothing but this document's own inline style and script; forms submit to the worker itself
+#: nothing but this document's own inline style and script; the form and the reload's check go to the
+#: worker itself
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
-    "form-action 'self'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; base-uri 'none'"
 )
 
 
@@ -363,7 +374,10 @@ def render(page: WorstPage) -> str:
         f"{page.name_servers:,} name servers. Updated {generated} UTC"
     )
     if f.refresh:
-        meta += f'; reloads every {f.refresh} s <label><input type="checkbox" id="pause"> pause</label>'
+        meta += (
+            f'; reloads every {f.refresh} s <label><input type="checkbox" id="pause"> pause</label>'
+            '<span id="stale" class="warn"></span>'
+        )
     warning = ""
     if page.restoring:
         warning = (

@@ -131,6 +131,7 @@ def test_the_form_shows_the_filters_in_use() -> None:
     assert doc.all("body")[0]["data-refresh"] == "0" and not doc.all("input", id="pause")
     refreshing = Elements(render(page()))
     assert refreshing.all("body")[0]["data-refresh"] == "30" and refreshing.all("input", id="pause")
+    assert refreshing.all("span", id="stale")  # where the script says the worker does not answer
     # the filtered kind stands out in the by-kind column
     assert "<b>noopt 40</b>" in text
 

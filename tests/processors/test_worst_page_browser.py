@@ -9,7 +9,8 @@ the records sent, not from the worker.
 
 Chromium is driven through the DevTools protocol (``tests/chromium.py``): the test reads the rendered DOM
 (rows, their values, one drawn SVG per row), clicks column headers with real mouse events and reads the
-order again, follows the page's own auto-refresh, and saves a screenshot (``worst-page.png`` in the test's
+order again, follows the page's own auto-refresh (and, once the worker is stopped, its note that the
+worker does not answer, the rows kept), and saves a screenshot (``worst-page.png`` in the test's
 tmp dir, copied to ``$DNSQR_TEST_ARTIFACTS`` or the repository's ``test-artifacts/``).
 """
 
@@ -116,9 +117,11 @@ class Feed:
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> Iterator[int]:
-    """``dnsqr-pipeline worker`` with 60 s windows on topics of its own, fed :class:`Feed`; its web port.
-    The topics it created are deleted after."""
+def worker(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> Iterator[tuple[int, Stage]]:
+    """``dnsqr-pipeline worker`` with 60 s windows on topics of its own, fed :class:`Feed`; its web port
+    and process. The topics it created are deleted after."""
     name = f"worst-page-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         app_id=name,
@@ -161,7 +164,7 @@ def worker(kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) 
         expected = dict(feed.failures)
         got = wait_web_totals(port, expected, timeout=120)
         assert got == expected, f"worker {stage.proc.poll()}: {stage.log_path.read_text()[-3000:]}"
-        yield port
+        yield port, stage
     finally:
         stage.stop()
         created = [spec.name for spec in internal_topic_specs(settings)]
@@ -204,7 +207,7 @@ def when(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-async def browse(tab: Tab, base: str, feed: Feed, shot: Path) -> None:
+async def browse(tab: Tab, base: str, feed: Feed, shot: Path, stop_worker: Callable[[], object]) -> None:
     # --- rows as the worker ranks them (most failures first), with their values and sparklines
     await tab.navigate(f"{base}?windows={WINDOWS}&refresh=0")
     rows = await tab.evaluate(ROWS_JS)
@@ -277,9 +280,19 @@ async def browse(tab: Tab, base: str, feed: Feed, shot: Path) -> None:
     await tab.click('th[data-key="rate"]')
     await tab.screenshot(shot, WIDTH, HEIGHT)
 
+    # --- the worker goes away: the page stays, says so, and keeps trying
+    await tab.navigate(f"{base}?windows={WINDOWS}&refresh=2")
+    await asyncio.to_thread(stop_worker)
+    deadline = time.monotonic() + 30
+    while "does not answer" not in await tab.evaluate("document.getElementById('stale').textContent"):
+        assert time.monotonic() < deadline, "the page did not notice the worker was gone"
+        await asyncio.sleep(0.5)
+    assert len(await tab.evaluate(ROWS_JS)) == len(feed.failures)
 
-def test_worst_page_in_chromium(worker: int, tmp_path: Path) -> None:
-    base = f"http://127.0.0.1:{worker}/dnsqr/worst/"
+
+def test_worst_page_in_chromium(worker: tuple[int, Stage], tmp_path: Path) -> None:
+    port, stage = worker
+    base = f"http://127.0.0.1:{port}/dnsqr/worst/"
     # the server's side first: GET only, bad parameters refused with a message
     for query, status in (("?n=abc", 400), ("?kind=bogus", 400), ("?refresh=1", 400), ("?typo=1", 400)):
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -297,7 +310,7 @@ def test_worst_page_in_chromium(worker: int, tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with browser.tab() as tab:
-            await browse(tab, base, the_feed(), shot)
+            await browse(tab, base, the_feed(), shot, stage.stop)
 
     try:
         asyncio.run(scenario())
