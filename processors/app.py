@@ -211,7 +211,7 @@ def _datadir(app_id: str) -> str:
 def create_app(settings: Settings) -> PipelineApp:
     """Build the app and install the agents and views for ``settings``."""
     # Imported here: these modules import this one for PipelineApp/Settings.
-    from processors import aggregator, consumer, diagnostics, filter_agent, views
+    from processors import aggregator, consumer, diagnostics, filter_agent, metrics, views
     from processors.progress import worker_name
     from processors.supervisor import BoundedRestarts
 
@@ -247,6 +247,7 @@ def create_app(settings: Settings) -> PipelineApp:
     app.aggregation = aggregator.install(app)
     views.install(app, app.aggregation)
     diagnostics.install(app)
+    metrics.install(app)
     return app
 
 

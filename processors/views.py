@@ -1,13 +1,14 @@
-"""Faust web views over the aggregator's state: JSON top-N and an HTML page of the worst name servers.
+"""Faust web views over the aggregator's state: JSON top-N and the page of the worst name servers.
 
 Each worker serves the name servers of the ns-stats partitions assigned to it (``processors/aggregator.py``
 keeps only those). With one worker that is everything; with several, ask each worker, or read the counts
 topic, which carries every name server's latest snapshot.
 
-Routes (Faust's web server, ``--web-port``, default 6066):
+Routes (Faust's web server, ``--web-port``, default 6066), GET only (other methods answer 405):
 
 - ``GET /dnsqr/top/?by=failures|rate&n=20&min_answered=1&scope=total|window`` -> JSON list
-- ``GET /dnsqr/worst/?n=50`` -> HTML table
+- ``GET /dnsqr/worst/?by=failures|rate&kind=KIND&min_answered=1&n=50&windows=24&refresh=30`` -> the
+  page (``processors/worst_page.py`` renders it; here the rows are gathered)
 - ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back)
 
 A bad query parameter answers 400 with a message saying which and why.
@@ -17,21 +18,26 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import html
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
+from nmsgdns.classify import KINDS
 from processors.aggregator import Aggregation
 from processors.ns_counts import count_values, failure_rate
-from processors.ns_state import Counts
+from processors.ns_state import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts
+from processors.worst_page import ORDERS, Filters, WorstPage, WorstRow, render
 
 if TYPE_CHECKING:
     from processors.app import PipelineApp
 
-ORDERS = ("failures", "rate")
 SCOPES = ("total", "window")
+#: Most rows, and most windows per sparkline, the page draws.
+MAX_ROWS, MAX_WINDOWS = 1000, 500
+#: Shortest auto-refresh period but 0 (off), and the longest.
+MIN_REFRESH, MAX_REFRESH = 2, 86400
 
 #: (name server, window start or None for totals, counts)
 Row = tuple[str, int | None, Counts]
@@ -53,10 +59,16 @@ def rows(aggregation: Aggregation, scope: str) -> Iterable[Row]:
                     yield ns, start, counts
 
 
-def top(
-    all_rows: Iterable[Row], *, by: str = "failures", n: int = 20, min_answered: int = 1
-) -> list[dict[str, Any]]:
-    """The ``n`` worst rows by failures (ties by rate) or by rate (ties by failures), as JSON objects.
+def pick(
+    all_rows: Iterable[Row],
+    *,
+    by: str = "failures",
+    n: int = 20,
+    min_answered: int = 1,
+    kind: str | None = None,
+) -> list[Row]:
+    """The ``n`` worst rows by failures (ties by rate) or by rate (ties by failures), of those with a
+    failure (of ``kind`` when given) and at least ``min_answered`` EDNS answers.
 
     ``min_answered`` keeps a name server asked once and failed once (rate 1.0) from topping the rate
     list over one that failed thousands of times out of a few more. Picks with a heap, so a worker with a
@@ -64,13 +76,24 @@ def top(
     """
     if by not in ORDERS:
         raise BadRequest(f"by must be one of {ORDERS}")
-    kept = (r for r in all_rows if r[2][1] > 0 and r[2][0] >= min_answered)
+    kept = (
+        r
+        for r in all_rows
+        if r[2][FAILURES] > 0
+        and r[2][ANSWERED] >= min_answered
+        and (kind is None or (r[2][BY_KIND] or {}).get(kind))
+    )
     if by == "failures":
-        best = heapq.nsmallest(n, kept, key=lambda r: (-r[2][1], -failure_rate(r[2]), r[0], r[1] or 0))
-    else:
-        best = heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][1], r[0], r[1] or 0))
+        return heapq.nsmallest(n, kept, key=lambda r: (-r[2][1], -failure_rate(r[2]), r[0], r[1] or 0))
+    return heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][1], r[0], r[1] or 0))
+
+
+def top(
+    all_rows: Iterable[Row], *, by: str = "failures", n: int = 20, min_answered: int = 1
+) -> list[dict[str, Any]]:
+    """:func:`pick` as JSON objects."""
     out = []
-    for ns, start, counts in best:
+    for ns, start, counts in pick(all_rows, by=by, n=n, min_answered=min_answered):
         row: dict[str, Any] = {"name_server": ns}
         if start is not None:
             row["window_start"] = start
@@ -79,42 +102,90 @@ def top(
     return out
 
 
-def int_arg(request: Request, name: str, default: int) -> int:
-    """The non-negative integer query parameter ``name``, or ``default`` when absent."""
-    value = request.query.get(name)
+def int_arg(
+    query: Mapping[str, str], name: str, default: int, least: int = 0, most: int | None = None
+) -> int:
+    """The integer query parameter ``name`` (from ``least`` to ``most``), or ``default`` when absent."""
+    value = query.get(name)
     if value in (None, ""):
         return default
     try:
         number = int(value)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, not {value!r}") from None
-    if number < 0:
-        raise BadRequest(f"{name} must not be negative")
+    if number < least:
+        raise BadRequest(f"{name} must be at least {least}" if least else f"{name} must not be negative")
+    if most is not None and number > most:
+        raise BadRequest(f"{name} must be at most {most}")
     return number
 
 
-def worst_page(top_rows: list[dict[str, Any]]) -> str:
-    """A small self-contained HTML page of the given rows."""
-    body = "\n".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1%}</td><td>{}</td><td>{}</td></tr>".format(
-            html.escape(r["name_server"]),
-            r["failures"],
-            r["edns_answered"],
-            r["failure_rate"],
-            r["timeouts"],
-            html.escape(", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))),
+WORST_PARAMETERS = ("by", "kind", "min_answered", "n", "windows", "refresh")
+
+
+def worst_filters(query: Mapping[str, str]) -> Filters:
+    """The page's parameters, checked; BadRequest names the first bad one (an unknown one too: a typo
+    would otherwise be ignored silently)."""
+    unknown = sorted(set(query) - set(WORST_PARAMETERS))
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}; the page takes {', '.join(WORST_PARAMETERS)}")
+    default = Filters()
+    by = query.get("by") or default.by
+    if by not in ORDERS:
+        raise BadRequest(f"by must be one of {', '.join(ORDERS)}, not {by!r}")
+    kind = query.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise BadRequest(f"kind must be one of {', '.join(KINDS)} (or empty for any), not {kind!r}")
+    refresh = int_arg(query, "refresh", default.refresh, 0, MAX_REFRESH)
+    if 0 < refresh < MIN_REFRESH:
+        raise BadRequest(f"refresh must be 0 (off) or at least {MIN_REFRESH} seconds")
+    return Filters(
+        by=by,
+        kind=kind,
+        min_answered=int_arg(query, "min_answered", default.min_answered),
+        n=int_arg(query, "n", default.n, 1, MAX_ROWS),
+        windows=int_arg(query, "windows", default.windows, 1, MAX_WINDOWS),
+        refresh=refresh,
+    )
+
+
+def worst(
+    aggregation: Aggregation, filters: Filters, *, window_seconds: int
+) -> tuple[list[WorstRow], list[int]]:
+    """The rows of the page, and the window starts of their sparklines (the ``filters.windows`` windows
+    up to the newest held, oldest first).
+
+    Only the rows picked get a series: the windows of their own state, ``windows`` lookups each.
+    """
+    states = list(aggregation.states.values())
+    picked = pick(
+        rows(aggregation, "total"),
+        by=filters.by,
+        n=filters.n,
+        min_answered=filters.min_answered,
+        kind=filters.kind,
+    )
+    newest = max((max(s.windows) for s in states if s.windows), default=None)
+    axis = [] if newest is None else [newest - i * window_seconds for i in range(filters.windows - 1, -1, -1)]
+    out = []
+    for ns, _, counts in picked:
+        state = next(s for s in states if ns in s.totals)
+        series: list[tuple[int, int] | None] = []
+        for start in axis:
+            c = state.windows.get(start, {}).get(ns)
+            series.append(None if c is None else (c[FAILURES], c[ANSWERED]))
+        out.append(
+            WorstRow(
+                ns, counts[ANSWERED], counts[FAILURES], counts[TIMEOUTS], dict(counts[BY_KIND] or {}), series
+            )
         )
-        for r in top_rows
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>EDNS0 failures by name server</title>"
-        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}"
-        "td:first-child,td:last-child{text-align:left}</style></head><body>"
-        "<h1>Name servers answering EDNS0 queries without OPT</h1>"
-        "<p>This worker's ns-stats partitions; failures = selected by the reference rule, rate = failures "
-        "per EDNS query answered.</p><table><tr><th>name server</th><th>failures</th><th>EDNS answered</th>"
-        f"<th>rate</th><th>timeouts</th><th>by kind</th></tr>\n{body}\n</table></body></html>"
-    )
+    return out, axis
+
+
+def held_range(aggregation: Aggregation, window_seconds: int) -> tuple[int, int] | None:
+    """Record time the windows held cover: the start of the oldest, the end of the newest."""
+    starts = [start for state in list(aggregation.states.values()) for start in state.windows]
+    return (min(starts), max(starts) + window_seconds) if starts else None
 
 
 def install(app: PipelineApp, aggregation: Aggregation) -> None:
@@ -130,21 +201,37 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             if by not in ORDERS or scope not in SCOPES:
                 return self.error(400, f"by must be one of {ORDERS}, scope one of {SCOPES}")
             try:
-                n, min_answered = int_arg(request, "n", 20), int_arg(request, "min_answered", 1)
+                n, min_answered = int_arg(request.query, "n", 20), int_arg(request.query, "min_answered", 1)
             except BadRequest as exc:
                 return self.error(400, str(exc))
             return self.json(top(rows(aggregation, scope), by=by, n=n, min_answered=min_answered))
 
     @app.page("/dnsqr/worst/")
     class WorstView(View):
-        """HTML page of the worst name servers by failures."""
+        """The page of the worst name servers (``processors/worst_page.py``)."""
 
         async def get(self, request: Request) -> Response:
             try:
-                n = int_arg(request, "n", 50)
+                filters = worst_filters(request.query)
             except BadRequest as exc:
                 return self.error(400, str(exc))
-            return self.html(worst_page(top(rows(aggregation, "total"), n=n)))
+            settings = app.settings
+            page_rows, axis = worst(aggregation, filters, window_seconds=settings.window_seconds)
+            page = WorstPage(
+                rows=page_rows,
+                filters=filters,
+                kinds=KINDS,
+                window_seconds=settings.window_seconds,
+                axis=axis,
+                held=held_range(aggregation, settings.window_seconds),
+                expires=settings.window_expires_seconds,
+                generated=time.time(),
+                worker=app.worker_name,
+                partitions=sorted(aggregation.states),
+                restoring=sorted(aggregation.restoring),
+                name_servers=sum(len(s.totals) for s in list(aggregation.states.values())),
+            )
+            return self.html(render(page))
 
     @app.page("/dnsqr/stats/")
     class StatsView(View):

@@ -94,6 +94,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="finish after N records (the rest stays for the next run)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port at /metrics (default: no metrics)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the metrics port listens on (default %(default)s; 0.0.0.0 in a container)",
+    )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -113,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         compress=args.zlib,
         idle_exit=args.idle_exit,
         max_records=args.max_records,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         sink = FailureSink(config)

@@ -37,6 +37,7 @@ from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from processors.failure_record import FailureRecordError, failure_payload
 from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
+from sink.metrics import STATISTICS_INTERVAL_MS, SinkMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,12 @@ _LOG_FIRST = 20
 
 
 class UndecodableValue(ValueError):
-    """A failures-topic value that is not a valid ``EdnsFailure``; the message says why."""
+    """A failures-topic value that is not a valid ``EdnsFailure``; the message says why, ``reason`` in a
+    word (one of ``sink.metrics.DEAD_LETTER_REASONS``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def decode_failure_payload(value: bytes | None) -> bytes:
@@ -60,21 +66,23 @@ def decode_failure_payload(value: bytes | None) -> bytes:
     a complete base:dnsqr ``NmsgPayload`` (anything else would make a file nmsgtool cannot read back).
     """
     if value is None:
-        raise UndecodableValue("null value")
+        raise UndecodableValue("null value", "null")
     try:
         payload = failure_payload(value)
     except FailureRecordError as exc:  # fastavro's error or the trailing bytes, e.g. "Avro: EOFError: ..."
-        raise UndecodableValue(f"Avro: {exc}") from exc
+        raise UndecodableValue(f"Avro: {exc}", "avro") from exc
     # a upb parse (about 1 us) is cheaper here than the hand walk of nmsgdns.payload, and checks as much
     envelope = NmsgPayload()
     try:
         envelope.ParseFromString(payload)
     except DecodeError as exc:
-        raise UndecodableValue(f"payload is not an NmsgPayload: {exc}") from exc
+        raise UndecodableValue(f"payload is not an NmsgPayload: {exc}", "not_nmsg_payload") from exc
     if not envelope.IsInitialized():
-        raise UndecodableValue("payload is not an NmsgPayload: required fields missing")
+        raise UndecodableValue("payload is not an NmsgPayload: required fields missing", "not_nmsg_payload")
     if (envelope.vid, envelope.msgtype) != (VID_BASE, MSGTYPE_DNSQR):
-        raise UndecodableValue(f"payload is vid {envelope.vid} msgtype {envelope.msgtype}, not base:dnsqr")
+        raise UndecodableValue(
+            f"payload is vid {envelope.vid} msgtype {envelope.msgtype}, not base:dnsqr", "not_dnsqr"
+        )
     return payload
 
 
@@ -101,6 +109,9 @@ class SinkConfig:
     poll_timeout: float = 0.25
     #: extra consumer properties (tests lower session.timeout.ms, for instance)
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    #: serve Prometheus metrics on this port (0: any free port) of ``metrics_host``; None: no metrics
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def dead_letter_topic(self) -> str:
@@ -114,6 +125,8 @@ class SinkStats:
 
     records: int = 0
     undecodable: int = 0
+    #: undecodable values by ``UndecodableValue.reason``
+    undecodable_by_reason: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
     dead_letter_failed: int = 0
     commits: int = 0
@@ -160,6 +173,7 @@ class FailureSink:
         self.config = config
         self.clock = clock
         self.stats = SinkStats()
+        self.metrics = SinkMetrics(self) if config.metrics_port is not None else None
         self.files = PartitionFileSet(
             config.output_dir,
             prefix=config.prefix,
@@ -168,6 +182,7 @@ class FailureSink:
             rotate_idle=config.rotate_idle,
             compress=config.compress,
             clock=clock,
+            on_fsync=self.metrics.fsync.observe if self.metrics is not None else None,
         )
         self._stopping = False
         #: partition -> offset to commit (all records below it are durable)
@@ -196,6 +211,9 @@ class FailureSink:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         consumer = self._consumer = Consumer(self._consumer_config())
         clean = False
+        if self.metrics is not None:
+            port = self.metrics.serve(config.metrics_port or 0, config.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, port)
         try:
             consumer.subscribe(
                 [config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -222,6 +240,8 @@ class FailureSink:
             self._flush_dead_letters()
             consumer.close()
             self._collect_file_stats()
+            if self.metrics is not None:
+                self.metrics.stop()
         return self.stats
 
     def _idle_for(self) -> float:
@@ -239,6 +259,10 @@ class FailureSink:
         conf["group.id"] = self.config.group
         conf["enable.auto.commit"] = False
         conf["enable.auto.offset.store"] = False
+        if self.metrics is not None:
+            # the consumer lag per partition; the callback runs inside consume(), in the sink's thread
+            conf["statistics.interval.ms"] = STATISTICS_INTERVAL_MS
+            conf["stats_cb"] = self.metrics.on_statistics
         return conf
 
     def _handle(self, message: Message) -> None:
@@ -264,6 +288,7 @@ class FailureSink:
         except UndecodableValue as exc:
             payload = None
             self.stats.undecodable += 1
+            self.stats.undecodable_by_reason[exc.reason] += 1
             if self.stats.undecodable <= _LOG_FIRST or self.stats.undecodable % _LOG_EVERY == 0:
                 log.warning(
                     "undecodable value at %s[%d]@%d (%d so far): %s",
@@ -298,6 +323,7 @@ class FailureSink:
             log.warning("dead letters not yet acknowledged: commit postponed")
             return
         offsets = [TopicPartition(self.config.topic, p, o) for p, o in sorted(pending.items())]
+        started = time.perf_counter()
         try:
             result = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -305,6 +331,8 @@ class FailureSink:
             log.warning("offset commit failed (will retry): %s", exc)
             return
         self.stats.commits += 1
+        if self.metrics is not None:
+            self.metrics.commit.observe(time.perf_counter() - started)
         for tp in result or offsets:
             if tp.error is not None:
                 self.stats.commit_failures += 1

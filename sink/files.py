@@ -122,6 +122,8 @@ class FileSetStats:
     files: int = 0
     payloads: int = 0
     payload_bytes: int = 0
+    #: bytes of the final files (containers as written, compressed or not)
+    file_bytes: int = 0
     #: redelivered offsets skipped because an existing final file already holds them
     already_durable: int = 0
     #: partially filled files thrown away, by reason: Kafka redelivers their range
@@ -168,6 +170,8 @@ class PartitionFileSet:
     :meth:`expire`, so a quiet partition still gets its records on disk and its offsets committed.
     ``rotate_idle`` also finalizes a file no payload has joined for that long: a batch job, whose input
     ends, has its last records durable that soon instead of up to ``rotate_seconds`` later.
+    ``on_fsync`` is told how long each finalization took to make its file durable (fsync of the file, rename,
+    fsync of the directory), for the sink's metrics.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class PartitionFileSet:
         rotate_idle: float | None = None,
         compress: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        on_fsync: Callable[[float], None] | None = None,
     ) -> None:
         if not prefix or "/" in prefix or prefix.startswith("."):
             raise ValueError(f"file prefix must be a plain, non-hidden name, got {prefix!r}")
@@ -192,6 +197,7 @@ class PartitionFileSet:
         self.rotate_idle = rotate_idle if rotate_idle and rotate_idle > 0 else None
         self.compress = compress
         self.clock = clock
+        self.on_fsync = on_fsync
         self.stats = FileSetStats()
         self._partitions: dict[int, _Partition] = {}
 
@@ -341,13 +347,18 @@ class PartitionFileSet:
         for container in current.packer.flush():
             current.fh.write(container)
         current.fh.flush()
+        size = current.fh.tell()
+        started = time.perf_counter()
         os.fsync(current.fh.fileno())
         current.fh.close()
         final = self.directory / final_name(self.prefix, current.partition, current.first, current.last)
         os.replace(current.tmp, final)
         fsync_directory(self.directory)
+        if self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - started)
         state.current = None
         self.stats.files += 1
+        self.stats.file_bytes += size
         self.stats.payloads += current.payloads
         self.stats.payload_bytes += current.payload_bytes
         log.debug("finalized %s (%d payloads)", final.name, current.payloads)
