@@ -8,15 +8,15 @@ What is kept:
 
 - ``totals``: name server -> counts since the state began; never expires.
 - ``windows``: window start -> {name server -> counts}, tumbling windows of record time. Windows that start
-  more than ``expires`` seconds before the newest window seen are freed (0 keeps every window), and a
-  delta for such a window counts in the totals only.
+  ``expires`` seconds or more before the newest window seen are freed (0 keeps every window), and a delta
+  for such a window counts in the totals only.
 - ``marks`` (exactly_once only): input partition -> the place (last input offset, sequence, part) of the
   last ns-stats record of that input partition applied; a record at or below it was applied already and
   is skipped (see the aggregator's module doc for why one mark per input partition is enough).
 
 Counts are small lists, ``[edns_answered, failures, timeouts, by_kind, observations]``, with ``None`` for
-empty maps (most name servers never fail): a name server with one window costs about 400 bytes of RSS
-(measured: ``bench`` figures in docs/design.md).
+empty maps: a name server with one window costs about 470 bytes when a quarter of them have a kinds map,
+~800 bytes of RSS on the high-cardinality bench file where most do (docs/design.md).
 
 The record cache: applying marks keys dirty instead of writing anything. :meth:`NsState.changelog` turns
 every key changed since its previous call into ONE changelog record, however often it changed (Kafka
