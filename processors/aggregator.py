@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: a recovery thread looks for a request to stop this often while the changelog has nothing to read
 POLL_SECONDS = 0.5
+#: how long a changelog topic just created may take to show its partitions in the metadata
+TOPIC_METADATA_SECONDS = 30.0
 
 
 def record_origin(headers: Any, part: int) -> Origin | None:
@@ -247,7 +249,14 @@ def install(app: PipelineApp) -> Aggregation:
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
         )
-        have = len(admin.list_topics(changelog.name, timeout=10).topics[changelog.name].partitions)
+        deadline = time.monotonic() + TOPIC_METADATA_SECONDS
+        have = 0
+        while True:  # a topic just created can take a moment to show its partitions
+            topic = admin.list_topics(changelog.name, timeout=10).topics.get(changelog.name)
+            have = len(topic.partitions) if topic is not None and topic.error is None else 0
+            if have or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if max(partitions) >= have:
             raise RuntimeError(
                 f"changelog topic {changelog.name} has {have} partitions, but ns-stats partition "
