@@ -33,7 +33,6 @@ writes one in about 0.3 us, several times faster than Avro in Python, and these 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from sys import intern
 from typing import Any
 
@@ -54,21 +53,15 @@ CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
 
 
-def _add_kinds(counts: Counts, index: int, more: Mapping[str, int]) -> None:
-    """Add ``more`` to the map at ``counts[index]`` (None stands for an empty map). The map is the state's
-    own, updated in place: ``more`` is copied, never kept, since the same batch map goes to the totals
-    and to a window. Kind names are interned: a few names recur in hundreds of thousands of maps."""
-    if not more:
-        return
+def _add_kind(counts: Counts, index: int, kind: str, n: int) -> None:
+    """Add ``n`` to ``kind`` in the map at ``counts[index]`` (None stands for an empty map)."""
     current = counts[index]
     if current is None:
-        counts[index] = {intern(kind): n for kind, n in more.items()}
-        return
-    for kind, n in more.items():
-        if kind in current:
-            current[kind] += n
-        else:
-            current[intern(kind)] = n
+        counts[index] = {kind: n}
+    elif kind in current:
+        current[kind] += n
+    else:
+        current[kind] = n
 
 
 def encode_value(value: list[Any]) -> bytes:
@@ -177,15 +170,17 @@ class NsState:
                     c[2] += timeouts
                 dirty.add(ns)
                 changed.add(ns)
-        for row, by_kind, observations in batch.kinds:
-            ns, start = batch.name_servers[row], batch.window_starts[row]
-            targets = [totals[ns]]
-            window = self.windows.get(start)
-            if window is not None:
-                targets.append(window[ns])
-            for c in targets:
-                _add_kinds(c, BY_KIND, by_kind)
-                _add_kinds(c, OBSERVATIONS, observations)
+        names, starts, windows = batch.name_servers, batch.window_starts, self.windows
+        # kind names are interned: a few names recur in hundreds of thousands of maps
+        kind_names = [intern(kind) for kind in batch.kind_names]
+        for index, flat in ((BY_KIND, batch.by_kind), (OBSERVATIONS, batch.observations)):
+            it = iter(flat)
+            for row, name, n in zip(it, it, it, strict=True):
+                ns, kind = names[row], kind_names[name]
+                _add_kind(totals[ns], index, kind, n)
+                window = windows.get(starts[row])
+                if window is not None:
+                    _add_kind(window[ns], index, kind, n)
         return True
 
     def _window(self, start: int) -> dict[str, Counts] | None:
