@@ -78,14 +78,15 @@ def _map(counts: dict[str, int] | None) -> bytes:
 
 def _values(counts: Counts) -> bytes:
     answered, failures, timeouts, by_kind, observations = counts
+    small = _SMALL
     return b"".join(
         (
-            _long(answered),
-            _long(failures),
+            small[answered] if 0 <= answered < 8192 else _long(answered),
+            small[failures] if 0 <= failures < 8192 else _long(failures),
             _DOUBLE.pack(failures / answered if answered else 0.0),
-            _map(by_kind),
-            _long(timeouts),
-            _map(observations),
+            _map(by_kind) if by_kind else _EMPTY_MAP,
+            small[timeouts] if 0 <= timeouts < 8192 else _long(timeouts),
+            _map(observations) if observations else _EMPTY_MAP,
         )
     )
 
