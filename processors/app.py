@@ -18,7 +18,10 @@ Settings chosen here, and why:
   whole per-partition batches of failures (see ``filter_agent.py``); requests stay under the broker's default
   ``message.max.bytes`` (about 1 MB).
 - Consumer: low session timeout and heartbeat interval so a group join (tests, restarts) takes seconds, and
-  a fetch size large enough for containers of ~1000 records.
+  a fetch size large enough for containers of ~1000 records. At most :data:`STREAM_BUFFER` events wait in
+  an agent's buffer (Faust's default is 4096): a raw event is a whole container (~300 KB), so a worker
+  behind its input held up to a gigabyte of prefetched containers; a few batches of the filter agent
+  (``BATCH_CONTAINERS``) keep it busy as well.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
     from processors.filter_agent import Output
 
 GUARANTEES = ("at_least_once", "exactly_once")
+
+#: Faust's ``stream_buffer_maxsize``: events prefetched per agent (see the module doc)
+STREAM_BUFFER = 256
 
 #: Environment variable for each :class:`Settings` field read by :meth:`Settings.from_env`.
 ENV_PREFIX = "DNSQR_"
@@ -234,6 +240,7 @@ def create_app(settings: Settings) -> PipelineApp:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_commit_interval=1.0,
         consumer_max_fetch_size=8 * 1024 * 1024,
+        stream_buffer_maxsize=STREAM_BUFFER,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=1_000_000,
         producer_linger=0.005,

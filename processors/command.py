@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
         "--partitions",
         type=int,
         default=DEFAULTS.partitions,
-        help="partitions of topics and table changelogs the worker creates (default: %(default)s)",
+        help="partitions of the topics the worker creates: ns-stats, counts, failures, DLQ, state changelog "
+        "(default: %(default)s)",
     )
     topics.add_argument(
         "--replication-factor",

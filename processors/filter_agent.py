@@ -505,7 +505,9 @@ class KafkaBatchOutput:
 
     def __init__(self, app: PipelineApp) -> None:
         self.app = app
-        self._partitioners: dict[tuple[str, int], KeyPartitioner] = {}
+        #: by partition count: a key's partition depends on nothing else, so the failures and ns-stats
+        #: topics (both keyed by name server) share one cache when they have as many partitions
+        self._partitioners: dict[int, KeyPartitioner] = {}
         self._held: dict[TP, list[HeldOutput]] = {}
 
     def _producer(self, source: TP) -> tuple[Any, AbstractAsyncContextManager[Any]] | None:
@@ -519,16 +521,16 @@ class KafkaBatchOutput:
             return None
         return producer, faust_producer._trn_locks[tid]
 
-    def _key_partitioner(self, topic: str, count: int) -> KeyPartitioner:
-        partitioner = self._partitioners.get((topic, count))
+    def _key_partitioner(self, count: int) -> KeyPartitioner:
+        partitioner = self._partitioners.get(count)
         if partitioner is None:
-            partitioner = self._partitioners[(topic, count)] = KeyPartitioner(count)
+            partitioner = self._partitioners[count] = KeyPartitioner(count)
         return partitioner
 
     async def partitioner(self, topic: str) -> KeyPartitioner:
         producer: Any = self.app.producer
         partitions = await self._partitions(producer._ensure_producer(), topic)
-        return self._key_partitioner(topic, len(partitions))
+        return self._key_partitioner(len(partitions))
 
     async def _partitions(self, producer: Any, topic: str) -> list[int]:
         """``topic``'s partitions, once ``producer``'s client tracks the topic.
@@ -601,7 +603,7 @@ class KafkaBatchOutput:
         the futures of their delivery."""
         pending: list[asyncio.Future[Any]] = []
         partitions = await self._partitions(producer, topic)
-        key_partition = self._key_partitioner(topic, len(partitions))
+        key_partition = self._key_partitioner(len(partitions))
         builders: dict[int, Any] = {}
         for key, value in records:
             if partition is not None:

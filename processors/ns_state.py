@@ -8,15 +8,15 @@ What is kept:
 
 - ``totals``: name server -> counts since the state began; never expires.
 - ``windows``: window start -> {name server -> counts}, tumbling windows of record time. Windows that start
-  more than ``expires`` seconds before the newest window seen are freed (0 keeps every window), and a
-  delta for such a window counts in the totals only.
+  ``expires`` seconds or more before the newest window seen are freed (0 keeps every window), and a delta
+  for such a window counts in the totals only.
 - ``marks`` (exactly_once only): input partition -> the place (last input offset, sequence, part) of the
   last ns-stats record of that input partition applied; a record at or below it was applied already and
   is skipped (see the aggregator's module doc for why one mark per input partition is enough).
 
 Counts are small lists, ``[edns_answered, failures, timeouts, by_kind, observations]``, with ``None`` for
-empty maps (most name servers never fail): a name server with one window costs about 400 bytes of RSS
-(measured: ``bench`` figures in docs/design.md).
+empty maps: a name server with one window costs about 470 bytes when a quarter of them have a kinds map,
+~800 bytes of RSS on the high-cardinality bench file where most do (docs/design.md).
 
 The record cache: applying marks keys dirty instead of writing anything. :meth:`NsState.changelog` turns
 every key changed since its previous call into ONE changelog record, however often it changed (Kafka
@@ -33,7 +33,7 @@ writes one in about 0.3 us, several times faster than Avro in Python, and these 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from sys import intern
 from typing import Any
 
 import orjson
@@ -53,18 +53,15 @@ CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
 
 
-def _add_kinds(counts: Counts, index: int, more: Mapping[str, int]) -> None:
-    """Add ``more`` to the map at ``counts[index]`` (None stands for an empty map). The map is the state's
-    own, updated in place: ``more`` is copied, never kept, since the same batch map goes to the totals
-    and to a window."""
-    if not more:
-        return
+def _add_kind(counts: Counts, index: int, kind: str, n: int) -> None:
+    """Add ``n`` to ``kind`` in the map at ``counts[index]`` (None stands for an empty map)."""
     current = counts[index]
     if current is None:
-        counts[index] = dict(more)
-        return
-    for kind, n in more.items():
-        current[kind] = current.get(kind, 0) + n
+        counts[index] = {kind: n}
+    elif kind in current:
+        current[kind] += n
+    else:
+        current[kind] = n
 
 
 def encode_value(value: list[Any]) -> bytes:
@@ -88,6 +85,12 @@ def decode_value(data: bytes) -> list[Any]:
 def _counts(value: list[Any]) -> Counts:
     if len(value) != 5 or not all(isinstance(n, int) for n in value[:3]):
         raise ValueError(f"damaged counts in the changelog: {value!r}")
+    for i in (BY_KIND, OBSERVATIONS):
+        kinds = value[i]
+        if kinds is not None:
+            if not isinstance(kinds, dict):
+                raise ValueError(f"damaged counts in the changelog: {value!r}")
+            value[i] = {intern(kind): n for kind, n in kinds.items()} if kinds else None
     return value
 
 
@@ -167,15 +170,17 @@ class NsState:
                     c[2] += timeouts
                 dirty.add(ns)
                 changed.add(ns)
-        for row, by_kind, observations in batch.kinds:
-            ns, start = batch.name_servers[row], batch.window_starts[row]
-            targets = [totals[ns]]
-            window = self.windows.get(start)
-            if window is not None:
-                targets.append(window[ns])
-            for c in targets:
-                _add_kinds(c, BY_KIND, by_kind)
-                _add_kinds(c, OBSERVATIONS, observations)
+        names, starts, windows = batch.name_servers, batch.window_starts, self.windows
+        # kind names are interned: a few names recur in hundreds of thousands of maps
+        kind_names = [intern(kind) for kind in batch.kind_names]
+        for index, flat in ((BY_KIND, batch.by_kind), (OBSERVATIONS, batch.observations)):
+            it = iter(flat)
+            for row, name, n in zip(it, it, it, strict=True):
+                ns, kind = names[row], kind_names[name]
+                _add_kind(totals[ns], index, kind, n)
+                window = windows.get(starts[row])
+                if window is not None:
+                    _add_kind(window[ns], index, kind, n)
         return True
 
     def _window(self, start: int) -> dict[str, Counts] | None:

@@ -35,7 +35,7 @@ from processors.filter_agent import (
 )
 from processors.ns_stats_batch import decode_batch
 from tests import corpus
-from tests.processors.helpers import expected_failures, raw_containers
+from tests.processors.helpers import expected_failures, raw_containers, row_kinds
 
 
 def run_case(case: str, per_container: int, compress: bool = False) -> PartitionBatch:
@@ -106,7 +106,7 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
         assert [d.part for d in decoded] == list(range(len(values)))
         assert all(len(d.name_servers) <= 7 for d in decoded)
         for d in decoded:
-            kinds = {row: (k, o) for row, k, o in d.kinds}
+            kinds = row_kinds(d)
             for i, ns in enumerate(d.name_servers):
                 assert partition_of(ns.encode()) == p
                 k, o = kinds.get(i, ({}, {}))
