@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
@@ -117,6 +118,16 @@ class Run:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+    def close(self) -> None:
+        """Stop the workers and delete the topics they created for their app id (the state changelog,
+        Faust's assignor topic); ``new_topic`` deletes the others."""
+        self.stop_workers()
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        created = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{self.app_id}-")]
+        if created:
+            for future in admin.delete_topics(created).values():
+                future.result(timeout=30)
 
     def wait_group_stable(self, members: int, timeout: float = 60.0) -> None:
         """Until the workers' group is Stable with ``members`` members owning the raw partitions."""
@@ -231,7 +242,7 @@ def runs() -> Iterator[list[Run]]:
     runs: list[Run] = []
     yield runs
     for run in runs:
-        run.stop_workers()
+        run.close()
 
 
 def check_outputs(run: Run) -> None:

@@ -178,7 +178,7 @@ def crash_runs() -> Iterator[list[CliRun]]:
     runs: list[CliRun] = []
     yield runs
     for run in runs:
-        run.stop_workers()
+        run.close()
 
 
 def produce_with_kill(
