@@ -169,16 +169,25 @@ class Aggregation:
 
 
 def read_changelog(
-    config: Mapping[str, str], topic: str, partitions: Iterable[int], expires: int, stop: threading.Event
+    config: Mapping[str, str],
+    topic: str,
+    partitions: Iterable[int],
+    expires: int,
+    stop: threading.Event,
+    group: str,
 ) -> dict[int, NsState] | None:
     """States rebuilt from ``partitions`` of the changelog ``topic``, each read to its end
     (``read_committed``: under exactly_once only committed transactions count); None if ``stop`` was set
-    first. Blocking: run it in a thread."""
+    first. Blocking: run it in a thread.
+
+    ``group`` is the worker's own group id: the reader assigns its partitions and commits nothing, so it
+    never joins that group, and a secured cluster needs no other group ACL for it.
+    """
     states = {p: NsState(expires) for p in partitions}
     consumer = Consumer(
         {
             **config,
-            "group.id": f"{topic}-restore",
+            "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
@@ -266,7 +275,7 @@ def install(app: PipelineApp) -> Aggregation:
     def restore_blocking(restoring: Restoring) -> dict[int, NsState] | None:
         ensure_changelog(restoring.partitions)
         return read_changelog(
-            config, changelog.name, restoring.partitions, aggregation.expires, restoring.stop
+            config, changelog.name, restoring.partitions, aggregation.expires, restoring.stop, settings.app_id
         )
 
     restores: set[asyncio.Future[None]] = set()

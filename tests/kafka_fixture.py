@@ -34,11 +34,13 @@ from dnsqr_pipeline import localkafka, topics
 TopicFactory = Callable[..., str]
 
 
-def free_port_block(count: int, *, start: int = 20000, stop: int = 60000) -> int:
+def free_port_block(count: int, *, start: int = 20000, stop: int = 32000) -> int:
     """First port of ``count`` consecutive loopback ports that are free now.
 
     Test brokers must not collide with a developer's broker on 9092 or with another test session, and a
-    cluster needs consecutive ports, so ask the kernel rather than hard-coding them.
+    cluster needs consecutive ports, so ask the kernel rather than hard-coding them. They stay below
+    Linux's ephemeral range (32768 and up): a node stopped in a fault test must get its port back when it
+    restarts, and a client's outgoing connection could otherwise take it in between.
     """
     rng = uuid.uuid4().int
     span = stop - start - count
@@ -76,14 +78,29 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka
 
 
 @pytest.fixture(scope="session")
-def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.ClusterLayout]:
-    """A 3-node cluster of the session's own for fault tests (always started here, whatever
-    ``$KAFKA_BOOTSTRAP`` says); a test that stops a node starts it again before it ends."""
+def _kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.ClusterLayout]:
     layout = start_test_cluster(tmp_path_factory.mktemp("kafka-cluster"), nodes=3)
     try:
         yield layout
     finally:
         localkafka.stop(layout.directory)
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_cluster: localkafka.ClusterLayout) -> localkafka.ClusterLayout:
+    """The session's 3-node cluster for fault tests (always started here, whatever ``$KAFKA_BOOTSTRAP``
+    says), with every node running and registered when the test starts, whatever an earlier test did."""
+    layout = _kafka_cluster
+    stopped = [node for node, pid in localkafka.status(layout.directory).items() if pid is None]
+    if stopped:
+        localkafka.start(layout.directory, only=stopped, timeout=120)
+    admin = AdminClient({"bootstrap.servers": layout.bootstrap()})
+    deadline = time.monotonic() + 60
+    while len(admin.list_topics(timeout=10).brokers) < layout.nodes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test cluster in {layout.directory} does not show {layout.nodes} brokers")
+        time.sleep(0.5)
+    return layout
 
 
 @pytest.fixture(scope="session")

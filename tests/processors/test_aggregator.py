@@ -129,7 +129,7 @@ def test_read_changelog_restores_what_was_written(
                 producer.produce(topic, v, key, partition=p)
     assert producer.flush(30) == 0
     config = {"bootstrap.servers": kafka_bootstrap}
-    got = read_changelog(config, topic, [0, 1], 0, threading.Event())
+    got = read_changelog(config, topic, [0, 1], 0, threading.Event(), f"{topic}-test")
     assert got is not None
     for p, state in states.items():
         assert got[p].totals == state.totals
@@ -137,4 +137,4 @@ def test_read_changelog_restores_what_was_written(
         assert got[p].marks == state.marks == {3: (5, 0, 0)}
     stopped = threading.Event()
     stopped.set()
-    assert read_changelog(config, topic, [0], 0, stopped) is None
+    assert read_changelog(config, topic, [0], 0, stopped, f"{topic}-test") is None
