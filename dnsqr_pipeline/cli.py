@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "processors.command",
     "sink.command",
     "dnsqr_pipeline.tail_command",
+    "dnsqr_pipeline.top_command",
     "dnsqr_pipeline.run_command",
 )
 

@@ -22,7 +22,6 @@ where each stage stands every 10 s.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -39,8 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
-from fastavro import schemaless_reader
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import (
@@ -63,10 +61,10 @@ from dnsqr_pipeline.topics import (
     delete_topics,
     wait_for_leaders,
 )
-from dnsqr_schemas import avro_schema
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.input import ContainerStreamReader
 from processors.app import Settings, internal_topic_specs
+from processors.ns_counts import decode_snapshot
 from processors.progress import Ledger, Totals
 
 log = logging.getLogger(__name__)
@@ -348,15 +346,22 @@ def wait_for_assignment(
         time.sleep(POLL_SECONDS)
 
 
-def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[str, Any]]:
-    """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to the end)."""
-    consumer = job_consumer(kafka, "reader")
-    schema = avro_schema("ns_counts")
+def read_latest_counts(
+    kafka: Mapping[str, str], topic: str, window_start: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to its end
+    now), or with ``window_start`` the ``window`` of each one's newest snapshot of that window (name
+    servers without one are left out). Newest is by ``snapshot_time_ms``.
+
+    It stops at each partition's end-of-partition event rather than at its end offset, which under
+    exactly_once may be a transaction marker that no record ever reaches.
+    """
+    consumer = job_consumer(kafka, "reader", **{"enable.partition.eof": True})
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     try:
         ends = end_offsets(consumer, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        done = {p for p, end in ends.items() if end == 0}
+        done: set[int] = set()
         deadline = time.monotonic() + 60
         while len(done) < len(ends):
             if time.monotonic() > deadline:
@@ -365,17 +370,20 @@ def read_latest_counts(kafka: Mapping[str, str], topic: str) -> dict[str, dict[s
             if msg is None:
                 continue
             if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+                    continue
                 raise JobError(f"reading {topic}: {msg.error().str()}")
-            value = schemaless_reader(io.BytesIO(msg.value()), schema, None)
+            value = decode_snapshot(msg.value())
+            if window_start is not None and value["window_start"] != window_start:
+                continue
             snapshot_time = value["snapshot_time_ms"]
             ns = value["name_server"]
             if ns not in latest or snapshot_time >= latest[ns][0]:
-                latest[ns] = (snapshot_time, value["total"])
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
+                latest[ns] = (snapshot_time, value["total" if window_start is None else "window"])
     finally:
         consumer.close()
-    return {ns: total for ns, (_t, total) in latest.items()}
+    return {ns: counts for ns, (_t, counts) in latest.items()}
 
 
 def job_files(output_dir: Path) -> list[Path]:
@@ -724,7 +732,13 @@ def write_counts_json(path: Path, counts: Mapping[str, int]) -> None:
 
 def format_table(totals: Mapping[str, Mapping[str, Any]], top: int = 20) -> str:
     """Name servers by failures, with their EDNS queries answered and failure rate."""
-    rows = sorted(totals.items(), key=lambda kv: (-kv[1]["failures"], -kv[1]["failure_rate"], kv[0]))[:top]
+    rows = sorted(totals.items(), key=lambda kv: (-kv[1]["failures"], -kv[1]["failure_rate"], kv[0]))
+    return format_rows(rows[:top], more=max(0, len(rows) - top))
+
+
+def format_rows(rows: Sequence[tuple[str, Mapping[str, Any]]], more: int = 0) -> str:
+    """Ranked (name server, ``NsCountValues``) rows as a table, and a last line counting the ``more``
+    name servers left out."""
     if not rows:
         return "no name servers seen"
     width = max(len("name server"), *(len(ns) for ns, _ in rows))
@@ -734,6 +748,6 @@ def format_table(totals: Mapping[str, Mapping[str, Any]], top: int = 20) -> str:
         lines.append(
             f"{ns:<{width}}  {t['failures']:>8}  {t['edns_answered']:>8}  {t['failure_rate']:>6.1%}  {kinds}"
         )
-    if len(totals) > top:
-        lines.append(f"... and {len(totals) - top} more name servers")
+    if more:
+        lines.append(f"... and {more} more name servers")
     return "\n".join(lines)
