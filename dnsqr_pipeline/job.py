@@ -434,7 +434,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             per_run = [
                 name for name, outcome in created.items() if outcome == "created" and name not in given
             ]
-            stack.callback(_delete_topics, kafka, per_run)
+            stack.callback(_delete_topics, kafka, per_run, app_id)
         # The job's input is what ingest adds to the raw topic: on a given topic that already holds
         # records, the workers start at its end instead of processing what others put there.
         raw_start = _end_offsets(kafka, topics.raw)
@@ -693,11 +693,14 @@ def _create_job_topics(
     return created
 
 
-def _delete_topics(kafka: Mapping[str, str], names: list[str]) -> None:
-    """Delete the job's per-run topics from a shared broker (``--keep-topics`` keeps them)."""
+def _delete_topics(kafka: Mapping[str, str], names: list[str], app_id: str) -> None:
+    """Delete the job's per-run topics from a shared broker (``--keep-topics`` keeps them): ``names``, and
+    those its workers' Faust app made under the per-run app id (the assignor's leader topic)."""
+    admin = admin_client(kafka)
     try:
-        delete_topics(admin_client(kafka), names, bootstrap=kafka["bootstrap.servers"])
-    except TopicAdminError as exc:
+        names = names + [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
+        delete_topics(admin, sorted(set(names)), bootstrap=kafka["bootstrap.servers"])
+    except (KafkaException, TopicAdminError) as exc:
         print(f"could not delete the job's topics ({', '.join(names)}): {exc}", file=sys.stderr)
 
 

@@ -26,6 +26,8 @@ Settings chosen here, and why:
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import ssl
 import tempfile
@@ -38,6 +40,8 @@ import faust
 
 from dnsqr_pipeline.kafka_config import default_bootstrap
 from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from processors.aggregator import Aggregation
@@ -206,6 +210,16 @@ class PipelineApp(faust.App):
     aggregation: Aggregation
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _datadir(app_id: str) -> str:
     """Faust keeps a per-app directory even without tables: under ``$DNSQR_FAUST_DATADIR`` or the temp
     dir, not (Faust's default) the user's working directory."""
@@ -222,6 +236,13 @@ def create_app(settings: Settings) -> PipelineApp:
     from processors.supervisor import BoundedRestarts
 
     settings = settings.validated()
+    if settings.web_enabled and not is_loopback(settings.web_host):
+        log.warning(
+            "the web views and /metrics on %s:%d have no authentication: anyone who reaches that address "
+            "reads the per-name-server counts; keep it on a trusted network",
+            settings.web_host,
+            settings.web_port,
+        )
     app = PipelineApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],

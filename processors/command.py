@@ -93,7 +93,12 @@ def register(subparsers: Any) -> None:
         help="drop windows older than this from the table, 0 = never (default: %(default)s)",
     )
     faust_group.add_argument("--snapshot-interval", type=float, default=DEFAULTS.snapshot_interval)
-    faust_group.add_argument("--web-host", default=DEFAULTS.web_host)
+    faust_group.add_argument(
+        "--web-host",
+        default=DEFAULTS.web_host,
+        help="address of the web views and /metrics (default %(default)s; they have no authentication, "
+        "so another address is logged as a warning)",
+    )
     faust_group.add_argument("--web-port", type=int, default=DEFAULTS.web_port)
     faust_group.add_argument("--no-web", action="store_true", help="do not start the web server")
     faust_group.add_argument("--session-timeout", type=float, default=DEFAULTS.session_timeout)

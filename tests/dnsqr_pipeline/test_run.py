@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline.job import JobConfig, JobError, Topics, job_files, run_job
@@ -112,8 +113,11 @@ def test_two_workers_share_the_work(kafka_bootstrap: str, tmp_path: Path) -> Non
 
 
 def test_run_command_on_a_given_broker(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """``dnsqr-pipeline run --bootstrap-servers`` as scripts call it: every stage reaches that broker."""
+    """``dnsqr-pipeline run --bootstrap-servers`` as scripts call it: every stage reaches that broker, and
+    the job deletes its per-run topics at the end (no --keep-topics)."""
     out, counts = tmp_path / "out", tmp_path / "counts.json"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    before = set(admin.list_topics(timeout=10).topics)
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "dnsqr_pipeline.cli", "run", "--no-progress-bar"),
@@ -127,6 +131,8 @@ def test_run_command_on_a_given_broker(kafka_bootstrap: str, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(counts.read_text()) == corpus.expected_counts("edge_cases")
     assert payloads_of(job_files(out)) == payloads_of([corpus.path("edge_cases.filtered.nmsg")])
+    left = {t for t in set(admin.list_topics(timeout=10).topics) - before if "run-" in t}
+    assert not left, f"per-run topics left behind: {left}"
 
 
 def test_run_refuses_a_directory_with_earlier_results(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -96,3 +96,11 @@ def test_faust_cli_finds_the_app() -> None:
         [str(faust), "-A", "processors.app", "agents"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "dnsqr-edns-filter" in out and "dnsqr-ns-aggregator" in out
+
+
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True)])
+def test_views_beyond_loopback_are_logged_as_unauthenticated(
+    host: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_app(command.settings_from_args(parse(["--web-host", host])))
+    assert ("no authentication" in caplog.text) is warned
