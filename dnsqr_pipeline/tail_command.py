@@ -26,6 +26,7 @@ import dns.rcode
 import dns.rdatatype
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from dnsqr_pipeline.argtypes import positive_int
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
 from processors.failure_record import decode_failure
@@ -42,13 +43,6 @@ def _row(*cells: str) -> str:
 
 
 HEADER = _row("time", "name server", "kind", "qname", "qtype", "rcode", "resolver")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"start at the first record (default: {DEFAULT_LAST} or -n records before the end of each "
         "partition)",
     )
-    parser.add_argument("-n", dest="count", type=_positive_int, metavar="N", help="stop after N records")
+    parser.add_argument("-n", dest="count", type=positive_int, metavar="N", help="stop after N records")
     parser.add_argument("--json", action="store_true", help="one JSON object per record instead of a table")
     parser.add_argument(
         "--follow", action="store_true", help="keep printing new records instead of stopping at the end"

@@ -22,19 +22,13 @@ from typing import Any, TextIO
 
 from confluent_kafka import KafkaException
 
+from dnsqr_pipeline.argtypes import positive_int
 from dnsqr_pipeline.job import JobError, format_rows, read_latest_counts
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
 from processors.ns_state import Counts
 from processors.views import top
 from processors.worst_page import ORDERS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Example: dnsqr-pipeline top --by rate --min-answered 100 -n 50",
     )
     parser.add_argument("--by", choices=ORDERS, default="failures", help="ranking (default %(default)s)")
-    parser.add_argument("-n", type=_positive_int, default=20, metavar="N", help="rows (default %(default)s)")
+    parser.add_argument("-n", type=positive_int, default=20, metavar="N", help="rows (default %(default)s)")
     parser.add_argument(
         "--window",
         type=int,

@@ -23,6 +23,7 @@ from types import FrameType
 
 from confluent_kafka.admin import AclOperation
 
+from dnsqr_pipeline.argtypes import positive_int
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from dnsqr_pipeline.kafka_errors import KafkaAccessError, check_access, report, topic_needs
 from ingest.bridge import Bridge, IngestConfig, IngestSummary
@@ -75,13 +76,6 @@ def exit_status(summary: IngestSummary) -> int:
 
 def _flag(variable: str) -> str:
     return "--" + variable.lower().replace("_", "-")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -192,14 +186,14 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--key", help="record key, e.g. a sensor name (default: none, spread over partitions)")
     out.add_argument(
         "--container-records",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CONTAINER_RECORDS,
         metavar="N",
         help="most records per container (default %(default)s)",
     )
     out.add_argument(
         "--container-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CONTAINER_BYTES,
         metavar="N",
         help="most body bytes per container (default %(default)s; keep under message.max.bytes)",
