@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
 
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import (
@@ -52,6 +52,7 @@ from dnsqr_pipeline.completion import (
     end_offsets,
     job_consumer,
 )
+from dnsqr_pipeline.counts_view import LatestCounts
 from dnsqr_pipeline.topics import (
     CONTAINER_TOPIC_CONFIG,
     TopicAdminError,
@@ -64,7 +65,6 @@ from dnsqr_pipeline.topics import (
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.input import ContainerStreamReader
 from processors.app import Settings, internal_topic_specs
-from processors.ns_counts import decode_snapshot
 from processors.progress import Ledger, Totals
 
 log = logging.getLogger(__name__)
@@ -344,46 +344,6 @@ def wait_for_assignment(
         if time.monotonic() > deadline:
             raise JobError(f"timed out: group {group} does not own the {partitions} partitions of {topic}")
         time.sleep(POLL_SECONDS)
-
-
-def read_latest_counts(
-    kafka: Mapping[str, str], topic: str, window_start: int | None = None
-) -> dict[str, dict[str, Any]]:
-    """Newest ``NsCounts.total`` per name server on the counts topic (read from the beginning to its end
-    now), or with ``window_start`` the ``window`` of each one's newest snapshot of that window (name
-    servers without one are left out). Newest is by ``snapshot_time_ms``.
-
-    It stops at each partition's end-of-partition event rather than at its end offset, which under
-    exactly_once may be a transaction marker that no record ever reaches.
-    """
-    consumer = job_consumer(kafka, "reader", **{"enable.partition.eof": True})
-    latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    try:
-        ends = end_offsets(consumer, topic)
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        done: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(done) < len(ends):
-            if time.monotonic() > deadline:
-                raise JobError(f"timed out reading the counts topic {topic}")
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-                    continue
-                raise JobError(f"reading {topic}: {msg.error().str()}")
-            value = decode_snapshot(msg.value())
-            if window_start is not None and value["window_start"] != window_start:
-                continue
-            snapshot_time = value["snapshot_time_ms"]
-            ns = value["name_server"]
-            if ns not in latest or snapshot_time >= latest[ns][0]:
-                latest[ns] = (snapshot_time, value["total" if window_start is None else "window"])
-    finally:
-        consumer.close()
-    return {ns: counts for ns, (_t, counts) in latest.items()}
 
 
 def job_files(output_dir: Path) -> list[Path]:
@@ -712,10 +672,11 @@ def _wait_for_totals(
     twice), and unchanged in two reads in a row."""
     totals: dict[str, dict[str, Any]] = {}
     previous: int | None = None
+    view = LatestCounts(kafka, topic)
 
     def status() -> str | None:
         nonlocal totals, previous
-        totals = read_latest_counts(kafka, topic)
+        totals = view.read()
         got = sum(t["failures"] for t in totals.values())
         settled = got == failures if exact else got >= failures and got == previous
         previous = got
@@ -725,7 +686,10 @@ def _wait_for_totals(
         got = sum(t["failures"] for t in totals.values())
         return f"the aggregator's totals count {got} failures, the filter agent selected {failures}"
 
-    waiter.until(status, timeout)
+    try:
+        waiter.until(status, timeout)
+    finally:
+        view.close()
     return totals
 
 

@@ -7,7 +7,7 @@ at ``snapshot_time_ms``: the newest snapshot of each name server holds its curre
 ``--window START`` the newest snapshot of that window holds the window's counts.
 
 It reads from the beginning to the current end with a throw-away group, assigning the partitions itself
-and committing nothing (``dnsqr_pipeline.job.read_latest_counts``), then ranks like the workers' view
+and committing nothing (``dnsqr_pipeline.counts_view.read_latest_counts``), then ranks like the workers' view
 (``processors.views.top``): by failures, ties by rate, or by rate, ties by failures, of the name servers
 with a failure and at least ``--min-answered`` EDNS answers.
 """
@@ -23,7 +23,9 @@ from typing import Any, TextIO
 from confluent_kafka import KafkaException
 
 from dnsqr_pipeline.argtypes import positive_int
-from dnsqr_pipeline.job import JobError, format_rows, read_latest_counts
+from dnsqr_pipeline.completion import CompletionError
+from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.job import format_rows
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
 from processors.ns_state import Counts
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         latest = read_latest_counts(client_config(args), args.counts_topic, args.window)
-    except (JobError, KafkaException) as exc:
+    except (CompletionError, KafkaException) as exc:
         detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
         print(f"dnsqr-pipeline top: {args.counts_topic}: {detail}", file=sys.stderr)
         return 1

@@ -25,7 +25,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AclBindingFilter, AdminClient
 
 from dnsqr_pipeline import kafka_security, localkafka
-from dnsqr_pipeline.job import job_files, read_latest_counts
+from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.job import job_files
 from dnsqr_pipeline.kafka_errors import EXIT_REFUSED
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus

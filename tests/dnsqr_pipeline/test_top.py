@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from dnsqr_pipeline.cli import build_parser
+from dnsqr_pipeline.counts_view import LatestCounts
 from dnsqr_pipeline.top_command import rank
 from processors.ns_counts import SnapshotEncoder
 
@@ -136,3 +138,32 @@ def test_top_across_partitions(kafka_bootstrap: str, new_topic) -> None:
     assert rows == [{"name_server": "192.0.2.2", "window_start": W2, **values(40, 20)}]
 
     assert top(kafka_bootstrap, topic, "--window", "1") == ["no name servers seen"]
+
+
+@pytest.mark.integration
+def test_latest_counts_reads_each_snapshot_once(kafka_bootstrap: str, new_topic) -> None:
+    """A job asks the counts topic again every few seconds: each read takes only what was added since the
+    previous one, and a read with nothing new returns at once."""
+    topic = new_topic(partitions=2, config={"cleanup.policy": "compact"})
+    produce_snapshots(kafka_bootstrap, topic)
+    view = LatestCounts({"bootstrap.servers": kafka_bootstrap}, topic)
+    taken: list[str] = []
+    original = view._take
+    view._take = lambda snapshot: (taken.append(snapshot["name_server"]), original(snapshot))  # type: ignore[method-assign]
+    try:
+        assert view.read() == {**TOTALS, "192.0.2.5": values(50, 0)}
+        assert len(taken) == len(SNAPSHOTS)
+        started = time.monotonic()
+        assert view.read() == {**TOTALS, "192.0.2.5": values(50, 0)}
+        assert time.monotonic() - started < 5
+        assert len(taken) == len(SNAPSHOTS)  # nothing read twice
+
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        encode = SnapshotEncoder(WINDOW, snapshot_time_ms=3000)
+        newer = [300, 70, 0, {"servfail": 70}, None]
+        producer.produce(topic, key=b"192.0.2.1", value=encode("192.0.2.1", W2, newer, newer), partition=0)
+        assert producer.flush(30) == 0
+        assert view.read()["192.0.2.1"] == values(300, 70)
+        assert taken[len(SNAPSHOTS) :] == ["192.0.2.1"]
+    finally:
+        view.close()

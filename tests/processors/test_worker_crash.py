@@ -43,7 +43,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
 from dnsqr_pipeline.completion import CompletionError, Progress, wait_caught_up
-from dnsqr_pipeline.job import JobError, free_port, read_latest_counts
+from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.job import free_port
 from dnsqr_schemas import avro_schema
 from nmsgdns.edns import EdnsFilter
 from processors.filter_agent import Counts, WindowClock, filter_container
@@ -272,7 +273,7 @@ def wait_for_totals(
     while time.monotonic() < deadline:
         try:
             latest = read_latest_counts(run.kafka, run.topics["counts"])
-        except JobError:
+        except CompletionError:
             latest = {}
         got = {ns: {f: t[f] for f in COUNT_FIELDS} for ns, t in latest.items()}
         if got == want or (
