@@ -28,7 +28,7 @@ from dnsqr_pipeline.counts_view import read_latest_counts
 from dnsqr_pipeline.job import format_rows
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
-from processors.ns_state import Counts
+from processors.cluster_view import counts_of
 from processors.views import top
 from processors.worst_page import ORDERS
 
@@ -70,18 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def counts_of(values: Mapping[str, Any]) -> Counts:
-    """The counts list (``processors.ns_state``) of an ``NsCountValues``: the inverse of
-    ``processors.ns_counts.count_values``."""
-    return [
-        values["edns_answered"],
-        values["failures"],
-        values["timeouts"],
-        values["by_kind"],
-        values["observations"],
-    ]
 
 
 def rank(

@@ -1,14 +1,18 @@
 """Faust web views over the aggregator's state: JSON top-N and the page of the worst name servers.
 
-Each worker serves the name servers of the ns-stats partitions assigned to it (``processors/aggregator.py``
-keeps only those). With one worker that is everything; with several, ask each worker, or read the counts
-topic, which carries every name server's latest snapshot.
+Each worker holds the name servers of the ns-stats partitions assigned to it (``processors/aggregator.py``
+keeps only those). ``/dnsqr/top/`` and ``/dnsqr/worst/`` answer for the whole cluster on any worker: the
+worker asked gathers the other workers' parts (``processors/cluster_view.py``) and merges them; with
+``local=1`` a worker answers for its own partitions only (that is what it is asked by the others). When a
+worker does not answer, ``/dnsqr/top/`` fails with 503 naming it and its partitions, and the page says which
+name servers are missing.
 
 Routes (Faust's web server, ``--web-port``, default 6066), GET only (other methods answer 405):
 
-- ``GET /dnsqr/top/?by=failures|rate&n=20&min_answered=1&scope=total|window`` -> JSON list
+- ``GET /dnsqr/top/?by=failures|rate&n=20&min_answered=1&scope=total|window[&local=1]`` -> JSON list
 - ``GET /dnsqr/worst/?by=failures|rate&kind=KIND&min_answered=1&n=50&windows=24&refresh=30`` -> the
-  page (``processors/worst_page.py`` renders it; here the rows are gathered)
+  page (``processors/worst_page.py`` renders it; here the rows are gathered); with ``local=1`` this
+  worker's rows as JSON
 - ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back)
 
 A bad query parameter answers 400 with a message saying which and why.
@@ -20,12 +24,14 @@ import dataclasses
 import heapq
 import time
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
 from nmsgdns.classify import KINDS
 from processors.aggregator import Aggregation
+from processors.cluster_view import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
 from processors.ns_counts import count_values, failure_rate
 from processors.ns_state import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts
 from processors.worst_page import ORDERS, Filters, WorstPage, WorstRow, render
@@ -102,6 +108,11 @@ def top(
     return out
 
 
+def missing_partitions(missing: Iterable[Missing]) -> list[int]:
+    """The ns-stats partitions of the workers that did not answer."""
+    return sorted(p for m in missing for p in m.peer.partitions)
+
+
 def int_arg(
     query: Mapping[str, str], name: str, default: int, least: int = 0, most: int | None = None
 ) -> int:
@@ -126,7 +137,7 @@ WORST_PARAMETERS = ("by", "kind", "min_answered", "n", "windows", "refresh")
 def worst_filters(query: Mapping[str, str]) -> Filters:
     """The page's parameters, checked; BadRequest names the first bad one (an unknown one too: a typo
     would otherwise be ignored silently)."""
-    unknown = sorted(set(query) - set(WORST_PARAMETERS))
+    unknown = sorted(set(query) - {*WORST_PARAMETERS, LOCAL})
     if unknown:
         raise BadRequest(f"unknown parameter {unknown[0]!r}; the page takes {', '.join(WORST_PARAMETERS)}")
     default = Filters()
@@ -165,8 +176,9 @@ def worst(
         min_answered=filters.min_answered,
         kind=filters.kind,
     )
-    newest = max((max(s.windows) for s in states if s.windows), default=None)
-    axis = [] if newest is None else [newest - i * window_seconds for i in range(filters.windows - 1, -1, -1)]
+    axis = window_axis(
+        max((max(s.windows) for s in states if s.windows), default=None), filters, window_seconds
+    )
     out = []
     for ns, _, counts in picked:
         state = next(s for s in states if ns in s.totals)
@@ -182,6 +194,13 @@ def worst(
     return out, axis
 
 
+def window_axis(newest: int | None, filters: Filters, window_seconds: int) -> list[int]:
+    """The starts of the ``filters.windows`` windows up to ``newest``, oldest first."""
+    if newest is None:
+        return []
+    return [newest - i * window_seconds for i in range(filters.windows - 1, -1, -1)]
+
+
 def held_range(aggregation: Aggregation, window_seconds: int) -> tuple[int, int] | None:
     """Record time the windows held cover: the start of the oldest, the end of the newest."""
     starts = [start for state in list(aggregation.states.values()) for start in state.windows]
@@ -193,43 +212,85 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
 
     @app.page("/dnsqr/top/")
     class TopView(View):
-        """JSON top-N name servers."""
+        """JSON top-N name servers of the cluster (or, with ``local=1``, of this worker)."""
 
         async def get(self, request: Request) -> Response:
-            by = request.query.get("by", "failures")
-            scope = request.query.get("scope", "total")
+            query = request.query
+            by = query.get("by", "failures")
+            scope = query.get("scope", "total")
             if by not in ORDERS or scope not in SCOPES:
                 return self.error(400, f"by must be one of {ORDERS}, scope one of {SCOPES}")
             try:
-                n, min_answered = int_arg(request.query, "n", 20), int_arg(request.query, "min_answered", 1)
+                n, min_answered = int_arg(query, "n", 20), int_arg(query, "min_answered", 1)
             except BadRequest as exc:
                 return self.error(400, str(exc))
-            return self.json(top(rows(aggregation, scope), by=by, n=n, min_answered=min_answered))
+            found: Iterable[Row] = rows(aggregation, scope)
+            if not query.get(LOCAL):
+                answers, missing = await gather(
+                    app, "/dnsqr/top/", {k: v for k, v in query.items() if k != LOCAL}
+                )
+                if missing:
+                    return self.json(
+                        {
+                            "error": "; ".join(m.describe() for m in missing),
+                            "missing_partitions": missing_partitions(missing),
+                        },
+                        status=503,
+                    )
+                found = chain(found, *(top_rows(answer) for _, answer in answers))
+            return self.json(top(found, by=by, n=n, min_answered=min_answered))
 
     @app.page("/dnsqr/worst/")
     class WorstView(View):
-        """The page of the worst name servers (``processors/worst_page.py``)."""
+        """The page of the worst name servers of the cluster (``processors/worst_page.py``); with
+        ``local=1`` this worker's rows as JSON."""
 
         async def get(self, request: Request) -> Response:
+            query = request.query
             try:
-                filters = worst_filters(request.query)
+                filters = worst_filters(query)
             except BadRequest as exc:
                 return self.error(400, str(exc))
             settings = app.settings
-            page_rows, axis = worst(aggregation, filters, window_seconds=settings.window_seconds)
+            window_seconds = settings.window_seconds
+            own_rows, own_axis = worst(aggregation, filters, window_seconds=window_seconds)
+            part = {
+                "rows": worst_json(own_rows, own_axis),
+                "newest": own_axis[-1] if own_axis else None,
+                "held": held_range(aggregation, window_seconds),
+                "partitions": sorted(aggregation.states),
+                "restoring": sorted(aggregation.restoring),
+                "name_servers": sum(len(s.totals) for s in list(aggregation.states.values())),
+            }
+            if query.get(LOCAL):
+                return self.json(part)
+            answers, missing = await gather(
+                app, "/dnsqr/worst/", {k: v for k, v in query.items() if k != LOCAL}
+            )
+            parts = [part, *(answer for _, answer in answers)]
+            axis = window_axis(
+                max((p["newest"] for p in parts if p["newest"] is not None), default=None),
+                filters,
+                window_seconds,
+            )
+            helds = [p["held"] for p in parts if p["held"]]
             page = WorstPage(
-                rows=page_rows,
+                rows=rank_worst(
+                    chain.from_iterable(worst_rows(p["rows"], axis) for p in parts), filters.by, filters.n
+                ),
                 filters=filters,
                 kinds=KINDS,
-                window_seconds=settings.window_seconds,
+                window_seconds=window_seconds,
                 axis=axis,
-                held=held_range(aggregation, settings.window_seconds),
+                held=(min(h[0] for h in helds), max(h[1] for h in helds)) if helds else None,
                 expires=settings.window_expires_seconds,
                 generated=time.time(),
                 worker=app.worker_name,
-                partitions=sorted(aggregation.states),
-                restoring=sorted(aggregation.restoring),
-                name_servers=sum(len(s.totals) for s in list(aggregation.states.values())),
+                workers=len(parts),
+                partitions=sorted(chain.from_iterable(p["partitions"] for p in parts)),
+                restoring=sorted(chain.from_iterable(p["restoring"] for p in parts)),
+                name_servers=sum(p["name_servers"] for p in parts),
+                missing=[m.describe() for m in missing],
             )
             return self.html(render(page))
 

@@ -91,6 +91,10 @@ class WorstPage:
     restoring: Sequence[int] = ()
     #: name servers in the states held
     name_servers: int = 0
+    #: workers whose states the page shows (this one and the others that answered)
+    workers: int = 1
+    #: the workers that did not answer, with their partitions and why: their name servers are missing
+    missing: Sequence[str] = ()
 
 
 def when(seconds: float) -> str:
@@ -369,8 +373,11 @@ def render(page: WorstPage) -> str:
     scale = spark_scale(page.rows)
     generated = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(page.generated))
     held = ", ".join(map(str, page.partitions)) or "none"
+    others = (
+        f" and {page.workers - 1} other worker{'s' if page.workers > 2 else ''}" if page.workers > 1 else ""
+    )
     meta = (
-        f"Worker <b>{html.escape(page.worker)}</b>, ns-stats partitions {held}: "
+        f"Worker <b>{html.escape(page.worker)}</b>{others}, ns-stats partitions {held}: "
         f"{page.name_servers:,} name servers. Updated {generated} UTC"
     )
     if f.refresh:
@@ -384,6 +391,12 @@ def render(page: WorstPage) -> str:
             '<p class="meta warn">Partitions '
             + ", ".join(map(str, page.restoring))
             + " are being restored: their name servers are missing until then.</p>"
+        )
+    if page.missing:
+        warning += (
+            '<p class="meta warn" id="missing">Not shown: the name servers of '
+            + "; ".join(html.escape(m) for m in page.missing)
+            + ".</p>"
         )
     which = f"with {html.escape(f.kind)} failures, " if f.kind else ""
     summary = (

@@ -220,9 +220,11 @@ class Run:
         return {ns: n for ns, n in totals.items() if n}
 
 
-def web_totals(port: int) -> dict[str, int]:
-    """Failures per name server from one worker's ``/dnsqr/top/`` view (its table partitions)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/dnsqr/top/?n=100000", timeout=5) as resp:
+def web_totals(port: int, local: bool = False) -> dict[str, int]:
+    """Failures per name server from one worker's ``/dnsqr/top/`` view: the cluster's, or with ``local``
+    the worker's own partitions'."""
+    url = f"http://127.0.0.1:{port}/dnsqr/top/?n=100000" + ("&local=1" if local else "")
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return {r["name_server"]: r["failures"] for r in json.load(resp)}
 
 
@@ -287,7 +289,31 @@ def test_two_workers_one_group_same_result(
     run.wait_group_stable(2)
     run.produce_corpus()
     check_outputs(run)
+    want = expected_total_counts()
     merged: Counter[str] = Counter()
     for port in ports:
-        merged.update(web_totals(port))
-    assert dict(merged) == expected_total_counts(), "each worker serves its own partitions, together all"
+        own = web_totals(port, local=True)
+        assert own and set(own) < set(want), "each worker holds its own partitions' name servers"
+        merged.update(own)
+        # any worker answers for the cluster: it asks the other one for its part
+        assert wait_web_totals(port, want) == want
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/dnsqr/worst/?n=1000&refresh=0", timeout=10
+        ) as r:
+            page = r.read().decode()
+        assert "and 1 other worker" in page
+        assert all(f">{ns}<" in page for ns in want), "the page lists the name servers of both workers"
+    assert dict(merged) == want, "the workers' own parts are disjoint and together all"
+
+    # A worker that does not answer is named, with its partitions, not left out silently.
+    frozen, _, _ = run.workers[1]
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as unanswered:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/dnsqr/top/", timeout=10)
+        assert unanswered.value.code == 503
+        body = json.load(unanswered.value)
+        assert f"127.0.0.1:{ports[1]}" in body["error"]
+        assert body["missing_partitions"]
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
