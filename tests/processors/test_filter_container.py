@@ -7,7 +7,6 @@ import pickle
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -24,15 +23,9 @@ from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
 from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
-from processors.filter_agent import (
-    ContainerResult,
-    Counts,
-    KeyPartitioner,
-    PartitionBatch,
-    WindowClock,
-    filter_container,
-    murmur2,
-)
+from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
+from processors.key_partition import KeyPartitioner, murmur2
+from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
 from processors.ns_stats_batch import decode_batch
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers, row_kinds
@@ -51,10 +44,10 @@ def test_selection_and_counts_match_reference(case: str) -> None:
     batch = run_case(case, 100)
     assert Counter(decode_failure(v)["payload"] for _, v in batch.failures) == expected_failures(case)
     per_ns: Counter[str] = Counter()
-    for (ns, _start), c in batch.counts.items():
-        per_ns[ns] += c.failures
-        assert c.failures == sum(c.by_kind.values())
-        assert c.failures <= c.edns_answered
+    for ns, _start, answered, failures, _timeouts, by_kind, _observations in rows(batch.counts):
+        per_ns[ns] += failures
+        assert failures == sum(by_kind.values())
+        assert failures <= answered
     assert {ns: n for ns, n in per_ns.items() if n} == corpus.expected_counts(case)
     # one receipt per container, vouching for what it held
     payloads = len(corpus.read_payloads(corpus.path(f"{case}.nmsg")))
@@ -99,7 +92,8 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
         batch.add(offset, filter_container(data, clock))
     partition_of = KeyPartitioner(3)
     records = batch.deltas(partition_of)
-    assert set(records) == {partition_of(ns.encode()) for ns, _start in batch.counts}
+    expected = rows(batch.counts)
+    assert set(records) == {partition_of(row[0].encode()) for row in expected}
     got: dict[tuple[str, int], tuple[int, int, int, dict[str, int], dict[str, int]]] = {}
     for p, values in records.items():
         decoded = [decode_batch(v) for v in values]
@@ -111,10 +105,7 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
                 assert partition_of(ns.encode()) == p
                 k, o = kinds.get(i, ({}, {}))
                 got[(ns, d.window_starts[i])] = (d.edns_answered[i], d.failures[i], d.timeouts[i], k, o)
-    assert got == {
-        key: (c.edns_answered, c.failures, c.timeouts, dict(c.by_kind), dict(c.observations))
-        for key, c in batch.counts.items()
-    }
+    assert got == {(ns, start): tuple(values) for ns, start, *values in expected}
     assert sum(v[1] for v in got.values()) == sum(corpus.expected_counts("live_resolver").values())
     assert sum(v[2] for v in got.values()) > 0, "the corpus has unanswered EDNS queries"
 
@@ -149,7 +140,7 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
     the envelope parsed again and fastavro for every failure. The new one must give the same bytes."""
     payloads = decode_container(data).payloads
     failures: list[tuple[bytes | None, bytes]] = []
-    counts: dict[tuple[str, int], Counts] = {}
+    counted: list[object] = []
     for payload in payloads:
         j = judge_py(payload, detail=True)
         if j.selected:
@@ -158,29 +149,21 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
             failures.append(
                 (ns.encode(), encode_failure_py(failure_dict(payload, j, detail.kind, detail=detail)))
             )
-            c = counts.setdefault((ns, clock.window_start(payload)), Counts())
-            c.failures += 1
-            c.edns_answered += 1
-            c.by_kind[detail.kind] += 1
+            ip = j.record.response_ip if j.ns_ip is not None else b""
+            counted += (ip, clock.window_start(payload), FAILURE, detail.kind)
         elif j.edns_answered or j.edns_timeout:
             if j.ns_ip is None:
                 continue
-            c = counts.setdefault((j.ns_ip, clock.window_start(payload)), Counts())
+            start = clock.window_start(payload)
             if j.edns_timeout:
-                c.timeouts += 1
+                counted += (j.record.response_ip, start, TIMEOUT, None)
             else:
-                c.edns_answered += 1
+                seen = None
                 if j.response_opt is not None:
                     assert j.response is not None
                     seen = observe(j.record.type, j.query_opt, j.response_opt, j.response[3] & 0x0F)
-                    if seen is not None:
-                        c.observations[seen] += 1
-    return ContainerResult(len(payloads), failures, counts)
-
-
-def plain(c: Counts) -> dict[str, Any]:
-    """``c`` as a dict of plain values (``dataclasses.asdict`` cannot copy a defaultdict before 3.12)."""
-    return {f.name: dict(v) if isinstance(v, dict) else v for f in fields(c) for v in [getattr(c, f.name)]}
+                counted += (j.record.response_ip, start, ANSWERED, seen)
+    return ContainerResult(len(payloads), failures, counted)
 
 
 def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]:
@@ -190,7 +173,7 @@ def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]
         clock = WindowClock(60)
         for data in raw_containers(case, per_container, compress=compress):
             r = filter_fn(data, clock)
-            out.append((r.records, r.failures, sorted((k, plain(c)) for k, c in r.counts.items())))
+            out.append((r.records, r.failures, r.counted))
     return out
 
 
