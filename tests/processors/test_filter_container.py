@@ -10,10 +10,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from hypothesis import given
-from hypothesis import strategies as st
 
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
@@ -24,7 +20,7 @@ from nmsgdns.payload import make_payload
 from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
 from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
-from processors.key_partition import KeyPartitioner, murmur2
+from processors.key_partition import KeyPartitioner
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
 from processors.ns_stats_batch import decode_batch
 from tests import corpus
@@ -60,6 +56,25 @@ def test_failure_keys_are_the_name_server() -> None:
     batch = run_case("edge_cases", 1000, compress=True)
     for key, value in batch.failures:
         assert key.decode() == decode_failure(value)["name_server"]
+
+
+def test_a_container_that_raises_half_way_leaves_no_counts() -> None:
+    """Its counted records reach the batch only with the whole container (else: dead-letter topic)."""
+    batch = run_case("live_resolver", 500)
+    before = {key: [*c[:3], dict(c[3] or {}), dict(c[4] or {})] for key, c in batch.counts.items()}
+    calls = 0
+
+    class FailingClock(WindowClock):
+        def window_start(self, payload: bytes) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 50:
+                raise ValueError("half way")
+            return super().window_start(payload)
+
+    with pytest.raises(ValueError, match="half way"):
+        batch.add(99, filter_container(raw_containers("live_resolver", 500)[0], FailingClock(3600)))
+    assert {key: [*c[:3], dict(c[3] or {}), dict(c[4] or {})] for key, c in batch.counts.items()} == before
 
 
 def test_windows_follow_record_time() -> None:
@@ -108,22 +123,6 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
     assert got == {(ns, start): tuple(values) for ns, start, *values in expected}
     assert sum(v[1] for v in got.values()) == sum(corpus.expected_counts("live_resolver").values())
     assert sum(v[2] for v in got.values()) > 0, "the corpus has unanswered EDNS queries"
-
-
-def test_key_partitioner_is_kafkas_default_partitioner() -> None:
-    """The ns-stats record of a name server goes where a record keyed by it would (aiokafka's partitioner,
-    murmur2 as the Java client), also once the cache has started over."""
-    reference = DefaultPartitioner()
-    partitioner = KeyPartitioner(5)
-    partitioner.CACHE_SIZE = 10
-    keys = [f"192.0.2.{i}".encode() for i in range(40)] + [f"2001:db8::{i:x}".encode() for i in range(40)]
-    for key in keys * 2:
-        assert partitioner(key) == reference(key, list(range(5)), list(range(5)))
-
-
-@given(st.binary(max_size=64))
-def test_murmur2_is_kafkas(data: bytes) -> None:
-    assert murmur2(data) == aiokafka_murmur2(data) & 0xFFFFFFFF
 
 
 @pytest.mark.parametrize(
