@@ -113,7 +113,15 @@ add_kind(PyObject *list, Py_ssize_t slot, PyObject *kind)
     return rc;
 }
 
-/* A new counts list [0, 0, 0, None, None]. */
+/*
+ * A new counts list [0, 0, 0, None, None], untracked by the cyclic garbage collector.
+ *
+ * Why untracked: at high cardinality a batch holds ~100k of these lists, and the collections that the
+ * allocations trigger walked every one of them again and again (measured: 0.15 s of fold()'s 0.19 s on
+ * 200 containers of 480k name servers). They hold only ints, None and dicts of str -> int (which
+ * CPython itself leaves untracked), so they can never be part of a reference cycle; reference counting
+ * frees them as it would anyway.
+ */
 static PyObject *
 new_counts(void)
 {
@@ -132,6 +140,7 @@ new_counts(void)
             Py_INCREF(item);
         PyList_SET_ITEM(list, i, item);
     }
+    PyObject_GC_UnTrack(list);
     return list;
 }
 
@@ -188,6 +197,8 @@ ns_fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 Py_DECREF(key);
                 return NULL;
             }
+            /* a tuple of bytes and int, which the collector would untrack itself on its next pass */
+            PyObject_GC_UnTrack(key);
             if (PyDict_SetItem(counts, key, c) < 0) {
                 Py_DECREF(c);
                 Py_DECREF(key);
