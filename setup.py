@@ -8,9 +8,10 @@ The extensions are per-record hot paths, each held to a pure-Python specificatio
 - ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records.
 
 They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
-warning and nmsgdns uses its pure-Python implementation, which gives the same results
-(``nmsgdns.wire.IMPLEMENTATION`` and ``processors.ns_deltas.IMPLEMENTATION`` say which). ``pip install -e .``
-compiles them in place (nmsgdns/_*.so, processors/_*.so, git-ignored); run it again after editing a C source, or the old build keeps being imported.
+warning and the pure-Python implementations run, which give the same results (``nmsgdns.wire.IMPLEMENTATION``
+and ``processors.ns_deltas.IMPLEMENTATION`` say which). ``pip install -e .`` compiles them in place
+(nmsgdns/_*.so, processors/_*.so, git-ignored); run it again after editing a C source, or the old build keeps
+being imported.
 """
 
 from setuptools import Extension, setup
