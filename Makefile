@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint venv protos clean
 
-# setup.py and the C sources: the editable install compiles the nmsgdns extensions in place, so a change
+# setup.py and the C sources: the editable install compiles the C extensions in place, so a change
 # to any of them must re-run it.
-$(BIN)/dnsqr-pipeline: pyproject.toml setup.py $(wildcard nmsgdns/*.c)
+$(BIN)/dnsqr-pipeline: pyproject.toml setup.py $(wildcard nmsgdns/*.c processors/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

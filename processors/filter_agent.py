@@ -34,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -48,11 +46,12 @@ from faust.types import TP, EventT, StreamT
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
-from nmsgdns.dnsqr import ip_to_text
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
 from processors.failure_record import encode_failure, failure_dict, failure_fast
-from processors.ns_stats_batch import MAX_ROWS, DeltaRow, encode_batch
+from processors.key_partition import KeyPartitioner
+from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, Counts, CountsKey, encode, fold
+from processors.ns_stats_batch import MAX_ROWS
 from processors.progress import Receipt, encode_progress, progress_key
 
 if TYPE_CHECKING:
@@ -102,44 +101,14 @@ class Output(Protocol):
         """Send ``records`` as part of committing ``tp``; the futures the commit must wait for."""
 
 
-def _kind_counts() -> defaultdict[str, int]:
-    return defaultdict(int)
-
-
-@dataclass(slots=True)
-class Counts:
-    """Counts for one name server in one window, a row of ``NsStatsBatch``.
-
-    One is made per distinct (name server, window) of a container, so it is kept cheap: slots, and
-    ``defaultdict(int)`` maps rather than ``Counter`` (0.6 us instead of 1.5 us to make one; at ~480k
-    distinct name servers per million records that was a tenth of a worker's time).
-    """
-
-    edns_answered: int = 0
-    failures: int = 0
-    timeouts: int = 0
-    by_kind: defaultdict[str, int] = field(default_factory=_kind_counts)
-    observations: defaultdict[str, int] = field(default_factory=_kind_counts)
-
-    def merge(self, other: Counts) -> None:
-        self.edns_answered += other.edns_answered
-        self.failures += other.failures
-        self.timeouts += other.timeouts
-        for mine, theirs in ((self.by_kind, other.by_kind), (self.observations, other.observations)):
-            for kind, n in theirs.items():
-                mine[kind] += n
-
-
-CountsKey = tuple[str, int]  # (name server, window start)
-
-
 @dataclass
 class ContainerResult:
-    """What one container produced: its record count, failures (key, Avro value) and counts."""
+    """What one container produced: its record count, failures (key, Avro value) and counted records
+    (flat quadruples, :mod:`processors.ns_deltas`)."""
 
     records: int
     failures: list[Record]
-    counts: dict[CountsKey, Counts]
+    counted: list[object]
 
 
 class WindowClock:
@@ -183,7 +152,8 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
     """
     payloads = decode_container(data).payloads
     failures: list[Record] = []
-    counts: dict[CountsKey, Counts] = {}
+    counted: list[object] = []
+    count = counted.extend  # one call per counted record: (response_ip, window start, what, kind)
     selected = Verdict.SELECTED
     fast = failure_fast
     for payload in payloads:
@@ -201,26 +171,21 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
                 kind = detail.kind
                 avro = encode_failure(failure_dict(payload, j, kind, detail=detail, time=(sec, nsec)))
             failures.append((ns.encode(), avro))
-            key = (ns, clock.window_start(payload))
-            c = counts.get(key) or counts.setdefault(key, Counts())
-            c.failures += 1
-            c.edns_answered += 1
-            c.by_kind[kind] += 1
+            # counted against the failure's name server: "" (key b"") when the address is not usable
+            ip = response_ip if len(response_ip) in (4, 16) else b""
+            count((ip, clock.window_start(payload), FAILURE, kind))
         elif answered or timeout:
             if len(response_ip) not in (4, 16):
                 continue  # Judgement.ns_ip is None: no usable name server to count against
-            key = (ip_to_text(response_ip), clock.window_start(payload))
-            c = counts.get(key) or counts.setdefault(key, Counts())
             if timeout:
                 # counted in ``timeouts``; observe() would call it the "timeout" observation
-                c.timeouts += 1
+                count((response_ip, clock.window_start(payload), TIMEOUT, None))
             else:
-                c.edns_answered += 1
+                seen = None
                 if response_opt is not None:
                     seen = observe(rtype, query_opt, response_opt, response[3] & 0x0F)  # type: ignore[index]
-                    if seen is not None:
-                        c.observations[seen] += 1
-    return ContainerResult(len(payloads), failures, counts)
+                count((response_ip, clock.window_start(payload), ANSWERED, seen))
+    return ContainerResult(len(payloads), failures, counted)
 
 
 def dead_letter_headers(exc: BaseException, source: TP, offset: int) -> Headers:
@@ -242,38 +207,22 @@ class PartitionBatch:
     """Outputs derived from one input partition within one batch of events."""
 
     failures: list[Record] = field(default_factory=list)
+    #: per (name server address, window) counts (:mod:`processors.ns_deltas`)
     counts: dict[CountsKey, Counts] = field(default_factory=dict)
     #: one per container of the batch, judged or dead-lettered (``processors/progress.py``)
     receipts: list[Receipt] = field(default_factory=list)
 
     def add(self, offset: int, result: ContainerResult) -> None:
+        """Take a container's outputs (only once it was processed whole)."""
         self.receipts.append(Receipt(offset, result.records, len(result.failures)))
         self.failures.extend(result.failures)
-        for key, c in result.counts.items():
-            mine = self.counts.get(key)
-            if mine is None:
-                self.counts[key] = c
-            else:
-                mine.merge(c)
+        fold(self.counts, result.counted)
 
-    def deltas(self, partition_of: Callable[[bytes], int]) -> dict[int, list[bytes]]:
+    def deltas(self, partition_of: KeyPartitioner) -> dict[int, list[bytes]]:
         """The counts as ``NsStatsBatch`` records (``schemas/ns_stats.avsc``) by ns-stats partition: one
         record per partition the name servers fall in (``partition_of`` their key), split into parts of
         :data:`processors.ns_stats_batch.MAX_ROWS` rows."""
-        rows: dict[int, list[DeltaRow]] = {}
-        for (ns, start), c in self.counts.items():
-            p = partition_of(ns.encode())
-            mine = rows.get(p)
-            if mine is None:
-                mine = rows[p] = []
-            mine.append((ns, start, c.edns_answered, c.failures, c.timeouts, c.by_kind, c.observations))
-        return {
-            p: [
-                encode_batch(part, mine[i : i + MAX_ROWS])
-                for part, i in enumerate(range(0, len(mine), MAX_ROWS))
-            ]
-            for p, mine in rows.items()
-        }
+        return encode(self.counts, partition_of, MAX_ROWS)
 
 
 async def process_events(
@@ -418,65 +367,6 @@ class Redelivery:
             taken.add(key)
             out.append(event)
         return out
-
-
-_MURMUR_M = 0x5BD1E995
-_WORDS: dict[int, struct.Struct] = {}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data`` (unsigned), as ``org.apache.kafka.common.utils.Utils.murmur2`` and
-    aiokafka compute it; about twice as fast as aiokafka's version (whole words unpacked at once)."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    unpack = _WORDS.get(words)
-    if unpack is None:
-        unpack = _WORDS[words] = struct.Struct(f"<{words}I")
-    for k in unpack.unpack_from(data):
-        k = (k * _MURMUR_M) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * _MURMUR_M) & 0xFFFFFFFF) ^ ((k * _MURMUR_M) & 0xFFFFFFFF)
-    rest = length & 3
-    if rest:
-        tail = data[length - rest :]
-        if rest == 3:
-            h ^= tail[2] << 16
-        if rest >= 2:
-            h ^= tail[1] << 8
-        h = ((h ^ tail[0]) * _MURMUR_M) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * _MURMUR_M) & 0xFFFFFFFF
-    return h ^ (h >> 15)
-
-
-class KeyPartitioner:
-    """Kafka's default partition of a key among ``count`` partitions (:func:`murmur2`, as the Java client
-    and aiokafka), cached: most keys repeat, and murmur2 in Python costs ~2 us a key.
-
-    Two generations of at most :attr:`CACHE_SIZE` keys each: when the newer one is full it becomes the
-    older one, and keys found only there move up, so the frequent keys survive a turnover (with ~480k
-    distinct name servers a cache that started over when full missed most of the time).
-    """
-
-    #: keys per generation (about 10 MB each)
-    CACHE_SIZE = 100_000
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._cache: dict[bytes, int] = {}
-        self._older: dict[bytes, int] = {}
-
-    def __call__(self, key: bytes) -> int:
-        p = self._cache.get(key)
-        if p is None:
-            p = self._older.get(key)
-            if p is None:
-                p = (murmur2(key) & 0x7FFFFFFF) % self.count
-            if len(self._cache) >= self.CACHE_SIZE:
-                self._older, self._cache = self._cache, {}
-            self._cache[key] = p
-        return p
 
 
 @dataclass

@@ -7,14 +7,9 @@ import pickle
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import fields
 from typing import Any
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from hypothesis import given
-from hypothesis import strategies as st
 
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
@@ -24,15 +19,9 @@ from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
 from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
-from processors.filter_agent import (
-    ContainerResult,
-    Counts,
-    KeyPartitioner,
-    PartitionBatch,
-    WindowClock,
-    filter_container,
-    murmur2,
-)
+from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
+from processors.key_partition import KeyPartitioner
+from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
 from processors.ns_stats_batch import decode_batch
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers, row_kinds
@@ -51,10 +40,10 @@ def test_selection_and_counts_match_reference(case: str) -> None:
     batch = run_case(case, 100)
     assert Counter(decode_failure(v)["payload"] for _, v in batch.failures) == expected_failures(case)
     per_ns: Counter[str] = Counter()
-    for (ns, _start), c in batch.counts.items():
-        per_ns[ns] += c.failures
-        assert c.failures == sum(c.by_kind.values())
-        assert c.failures <= c.edns_answered
+    for ns, _start, answered, failures, _timeouts, by_kind, _observations in rows(batch.counts):
+        per_ns[ns] += failures
+        assert failures == sum(by_kind.values())
+        assert failures <= answered
     assert {ns: n for ns, n in per_ns.items() if n} == corpus.expected_counts(case)
     # one receipt per container, vouching for what it held
     payloads = len(corpus.read_payloads(corpus.path(f"{case}.nmsg")))
@@ -67,6 +56,25 @@ def test_failure_keys_are_the_name_server() -> None:
     batch = run_case("edge_cases", 1000, compress=True)
     for key, value in batch.failures:
         assert key.decode() == decode_failure(value)["name_server"]
+
+
+def test_a_container_that_raises_half_way_leaves_no_counts() -> None:
+    """Its counted records reach the batch only with the whole container (else: dead-letter topic)."""
+    batch = run_case("live_resolver", 500)
+    before = {key: [*c[:3], dict(c[3] or {}), dict(c[4] or {})] for key, c in batch.counts.items()}
+    calls = 0
+
+    class FailingClock(WindowClock):
+        def window_start(self, payload: bytes) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 50:
+                raise ValueError("half way")
+            return super().window_start(payload)
+
+    with pytest.raises(ValueError, match="half way"):
+        batch.add(99, filter_container(raw_containers("live_resolver", 500)[0], FailingClock(3600)))
+    assert {key: [*c[:3], dict(c[3] or {}), dict(c[4] or {})] for key, c in batch.counts.items()} == before
 
 
 def test_windows_follow_record_time() -> None:
@@ -99,7 +107,8 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
         batch.add(offset, filter_container(data, clock))
     partition_of = KeyPartitioner(3)
     records = batch.deltas(partition_of)
-    assert set(records) == {partition_of(ns.encode()) for ns, _start in batch.counts}
+    expected = rows(batch.counts)
+    assert set(records) == {partition_of(row[0].encode()) for row in expected}
     got: dict[tuple[str, int], tuple[int, int, int, dict[str, int], dict[str, int]]] = {}
     for p, values in records.items():
         decoded = [decode_batch(v) for v in values]
@@ -111,28 +120,9 @@ def test_deltas_are_ns_stats_batches_by_partition(monkeypatch: pytest.MonkeyPatc
                 assert partition_of(ns.encode()) == p
                 k, o = kinds.get(i, ({}, {}))
                 got[(ns, d.window_starts[i])] = (d.edns_answered[i], d.failures[i], d.timeouts[i], k, o)
-    assert got == {
-        key: (c.edns_answered, c.failures, c.timeouts, dict(c.by_kind), dict(c.observations))
-        for key, c in batch.counts.items()
-    }
+    assert got == {(ns, start): tuple(values) for ns, start, *values in expected}
     assert sum(v[1] for v in got.values()) == sum(corpus.expected_counts("live_resolver").values())
     assert sum(v[2] for v in got.values()) > 0, "the corpus has unanswered EDNS queries"
-
-
-def test_key_partitioner_is_kafkas_default_partitioner() -> None:
-    """The ns-stats record of a name server goes where a record keyed by it would (aiokafka's partitioner,
-    murmur2 as the Java client), also once the cache has started over."""
-    reference = DefaultPartitioner()
-    partitioner = KeyPartitioner(5)
-    partitioner.CACHE_SIZE = 10
-    keys = [f"192.0.2.{i}".encode() for i in range(40)] + [f"2001:db8::{i:x}".encode() for i in range(40)]
-    for key in keys * 2:
-        assert partitioner(key) == reference(key, list(range(5)), list(range(5)))
-
-
-@given(st.binary(max_size=64))
-def test_murmur2_is_kafkas(data: bytes) -> None:
-    assert murmur2(data) == aiokafka_murmur2(data) & 0xFFFFFFFF
 
 
 @pytest.mark.parametrize(
@@ -149,7 +139,7 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
     the envelope parsed again and fastavro for every failure. The new one must give the same bytes."""
     payloads = decode_container(data).payloads
     failures: list[tuple[bytes | None, bytes]] = []
-    counts: dict[tuple[str, int], Counts] = {}
+    counted: list[object] = []
     for payload in payloads:
         j = judge_py(payload, detail=True)
         if j.selected:
@@ -158,29 +148,21 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
             failures.append(
                 (ns.encode(), encode_failure_py(failure_dict(payload, j, detail.kind, detail=detail)))
             )
-            c = counts.setdefault((ns, clock.window_start(payload)), Counts())
-            c.failures += 1
-            c.edns_answered += 1
-            c.by_kind[detail.kind] += 1
+            ip = j.record.response_ip if j.ns_ip is not None else b""
+            counted += (ip, clock.window_start(payload), FAILURE, detail.kind)
         elif j.edns_answered or j.edns_timeout:
             if j.ns_ip is None:
                 continue
-            c = counts.setdefault((j.ns_ip, clock.window_start(payload)), Counts())
+            start = clock.window_start(payload)
             if j.edns_timeout:
-                c.timeouts += 1
+                counted += (j.record.response_ip, start, TIMEOUT, None)
             else:
-                c.edns_answered += 1
+                seen = None
                 if j.response_opt is not None:
                     assert j.response is not None
                     seen = observe(j.record.type, j.query_opt, j.response_opt, j.response[3] & 0x0F)
-                    if seen is not None:
-                        c.observations[seen] += 1
-    return ContainerResult(len(payloads), failures, counts)
-
-
-def plain(c: Counts) -> dict[str, Any]:
-    """``c`` as a dict of plain values (``dataclasses.asdict`` cannot copy a defaultdict before 3.12)."""
-    return {f.name: dict(v) if isinstance(v, dict) else v for f in fields(c) for v in [getattr(c, f.name)]}
+                counted += (j.record.response_ip, start, ANSWERED, seen)
+    return ContainerResult(len(payloads), failures, counted)
 
 
 def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]:
@@ -190,7 +172,7 @@ def container_outputs(case: str, filter_fn: Any = filter_container) -> list[Any]
         clock = WindowClock(60)
         for data in raw_containers(case, per_container, compress=compress):
             r = filter_fn(data, clock)
-            out.append((r.records, r.failures, sorted((k, plain(c)) for k, c in r.counts.items())))
+            out.append((r.records, r.failures, r.counted))
     return out
 
 
