@@ -34,10 +34,13 @@ class LatestCounts:
         )
         #: partition -> offset to read from next
         self._next: dict[int, int] = {}
-        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        #: name server -> its newest counts, and the snapshot time they are from
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._times: dict[str, int] = {}
 
-    def read(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Read on to the end of every partition as it is now; {name server: ``NsCountValues``}.
+    def read(self, timeout: float = 60.0) -> Mapping[str, dict[str, Any]]:
+        """Read on to the end of every partition as it is now; {name server: ``NsCountValues``}, a live
+        view that the next read updates (a copy of ~500k entries per read would cost more than the read).
 
         Each call assigns the partitions again at the offsets it has reached, so that every partition
         reports its end anew (librdkafka reports an end once per arrival there) and a partition with
@@ -65,15 +68,15 @@ class LatestCounts:
                     raise CompletionError(f"reading {self.topic}: {error.str()}")
                 self._next[msg.partition()] = msg.offset() + 1
                 self._take(decode_snapshot(msg.value()))
-        return {ns: counts for ns, (_time, counts) in self._latest.items()}
+        return self._latest
 
     def _take(self, snapshot: Mapping[str, Any]) -> None:
         if self.window_start is not None and snapshot["window_start"] != self.window_start:
             return
         ns, snapshot_time = snapshot["name_server"], snapshot["snapshot_time_ms"]
-        current = self._latest.get(ns)
-        if current is None or snapshot_time >= current[0]:
-            self._latest[ns] = (snapshot_time, snapshot["total" if self.window_start is None else "window"])
+        if snapshot_time >= self._times.get(ns, snapshot_time):
+            self._times[ns] = snapshot_time
+            self._latest[ns] = snapshot["total" if self.window_start is None else "window"]
 
     def close(self) -> None:
         self._consumer.close()
@@ -85,6 +88,6 @@ def read_latest_counts(
     """The counts topic read once from the beginning to its end (see :class:`LatestCounts`)."""
     view = LatestCounts(kafka, topic, window_start)
     try:
-        return view.read()
+        return dict(view.read())
     finally:
         view.close()

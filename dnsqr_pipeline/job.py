@@ -174,8 +174,8 @@ class JobResult:
     @property
     def failures_by_ns(self) -> dict[str, int]:
         """``{name_server_ip: failures}``, the form of ``dnsqr-edns-filter --counts-json``."""
-        ranked = sorted(self.totals.items(), key=lambda kv: (-kv[1]["failures"], kv[0]))
-        return {ns: t["failures"] for ns, t in ranked if t["failures"]}
+        failing = [(ns, t["failures"]) for ns, t in self.totals.items() if t["failures"]]
+        return dict(sorted(failing, key=lambda kv: (-kv[1], kv[0])))
 
 
 def free_port() -> int:
@@ -670,7 +670,7 @@ def _wait_for_totals(
     """The aggregator publishes snapshots on a timer: wait until its totals account for every failure:
     exactly under exactly_once; under at_least_once at least (replays after a restart may count some
     twice), and unchanged in two reads in a row."""
-    totals: dict[str, dict[str, Any]] = {}
+    totals: Mapping[str, dict[str, Any]] = {}
     previous: int | None = None
     view = LatestCounts(kafka, topic)
 
@@ -690,7 +690,7 @@ def _wait_for_totals(
         waiter.until(status, timeout)
     finally:
         view.close()
-    return totals
+    return dict(totals)
 
 
 def write_counts_json(path: Path, counts: Mapping[str, int]) -> None:
