@@ -8,6 +8,10 @@ run`` does, so the time includes the workers' start-up and group join (a job's t
 that nothing was lost: the sink's files must hold exactly what the standalone filter selects from the
 same input, and the tables' counts must equal its counts.
 
+Also reports what the aggregation cost in messages (records per second of the processing time on the
+ns-stats topic, the aggregator's changelog and the counts topic) and the workers' peak RSS (sampled every
+0.2 s from /proc), for the name-server cardinality figures of issue #11.
+
     python bench/make_big.py --records 300000 --out bench/out/300k.nmsg
     python bench/pipeline_e2e.py bench/out/300k.nmsg --workers 1 [--bootstrap-servers H:P]
 """
@@ -17,12 +21,60 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
-from dnsqr_pipeline.job import JobConfig, run_job
+from confluent_kafka import Consumer, TopicPartition
+
+from dnsqr_pipeline.completion import end_offsets
+from dnsqr_pipeline.job import JobConfig, Topics, run_job
+from dnsqr_pipeline.topics import admin_client, delete_topics
 from ingest.bridge import IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
+
+
+class PeakRss:
+    """The highest resident set size of the processes whose command line holds ``marker``, sampled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker.encode()
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    if self.marker not in (proc / "cmdline").read_bytes():
+                        continue
+                    for line in (proc / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                except OSError:
+                    continue  # exited meanwhile
+
+
+def topic_records(bootstrap: str, topic: str) -> int:
+    """Offsets used on ``topic`` (its records, at_least_once has no transaction markers)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dnsqr-bench-ends"})
+    try:
+        ends = end_offsets(consumer, topic)
+        starts = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in ends}
+        return sum(ends[p] - starts[p] for p in ends)
+    finally:
+        consumer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +102,38 @@ def main(argv: list[str] | None = None) -> int:
             processing_guarantee=args.processing_guarantee,
             timeout=3600,
             wait_for_stages=not args.cold,
+            # on a given broker: counted below, then deleted
+            keep_topics=bool(args.bootstrap_servers),
         )
-        result = run_job(cfg)
+        # the worker's app id: per run on a given broker, the contract's on an embedded one (job.py)
+        app_id = f"dnsqr-edns-run-{cfg.run_id}" if args.bootstrap_servers else "dnsqr-edns"
+        with PeakRss(f"--app-id\0{app_id}\0") as rss:
+            result = run_job(cfg)
+        if args.bootstrap_servers:
+            topics = Topics.named(f".run-{cfg.run_id}")
+            changelog = f"{app_id}-ns-state-changelog"
+            counted = {
+                name: topic_records(args.bootstrap_servers, t)
+                for name, t in (
+                    ("ns-stats", topics.stats),
+                    ("changelog", changelog),
+                    ("counts", topics.counts),
+                )
+            }
+            print(
+                "messages: "
+                + ", ".join(f"{name} {n:,} ({n / result.processing:,.0f}/s)" for name, n in counted.items())
+            )
+            admin = admin_client({"bootstrap.servers": args.bootstrap_servers})
+            ours = [
+                t
+                for t in admin.list_topics(timeout=10).topics
+                if t.endswith(f".run-{cfg.run_id}")
+                or t.startswith(f"{app_id}-")
+                or f".run-{cfg.run_id}." in t
+            ]
+            delete_topics(admin, ours, bootstrap=args.bootstrap_servers)
+        print(f"worker peak RSS {rss.peak_kb / 1024:,.0f} MB (largest of {args.workers})")
     records = sum(result.ingest.records_in.values())
     lost = rule.selected - result.sink_records
     if result.startup is not None:
