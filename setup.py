@@ -1,26 +1,29 @@
-"""Build of the optional C extensions of ``nmsgdns``; all other metadata is in pyproject.toml.
+"""Build of the optional C extensions of ``nmsgdns`` and ``processors``; all other metadata is in
+pyproject.toml.
 
 The extensions are per-record hot paths, each held to a pure-Python specification by the tests:
 
 - ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge), qname text, Avro writer;
 - ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
-- ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values).
+- ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values);
+- ``processors._ns_state``: the aggregator's apply, changelog and snapshot records (per name server).
 
 They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
 warning and nmsgdns uses its pure-Python implementation, which gives the same results
 (``nmsgdns.wire.IMPLEMENTATION`` says which). ``pip install -e .`` compiles them in place
-(nmsgdns/_*.so, git-ignored); run it again after editing a C source, or the old build keeps being imported.
+(nmsgdns/_*.so, processors/_*.so, git-ignored); run it again after editing a C source, or the old build
+keeps being imported.
 """
 
 from setuptools import Extension, setup
 
-EXTENSIONS = ("_wirescan", "_nmsgbody", "_avro")
+EXTENSIONS = ("nmsgdns._wirescan", "nmsgdns._nmsgbody", "nmsgdns._avro", "processors._ns_state")
 
 setup(
     ext_modules=[
         Extension(
-            f"nmsgdns.{name}",
-            sources=[f"nmsgdns/{name}.c"],
+            name,
+            sources=[name.replace(".", "/") + ".c"],
             optional=True,  # no compiler: skipped with a warning, and the pure-Python code runs
         )
         for name in EXTENSIONS

@@ -425,9 +425,9 @@ def scan_opt_py(wire: bytes) -> Opt | None:
 PURE_PYTHON_ENV = "NMSGDNS_PURE_PYTHON"
 
 
-def load_extension(name: str = "_wirescan") -> ModuleType | None:
-    """The compiled extension ``nmsgdns.<name>``, or None when it is not built (no C compiler at install
-    time) or ``$NMSGDNS_PURE_PYTHON`` is set.
+def load_extension(name: str = "_wirescan", package: str = "nmsgdns") -> ModuleType | None:
+    """The compiled extension ``<package>.<name>`` (``processors`` has its own), or None when it is not
+    built (no C compiler at install time) or ``$NMSGDNS_PURE_PYTHON`` is set.
 
     Quietly None: the pure-Python code gives the same results, only slower, and a worker must not log a
     warning per process for it; :data:`IMPLEMENTATION` tells which one runs.
@@ -435,7 +435,7 @@ def load_extension(name: str = "_wirescan") -> ModuleType | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
-        return import_module(f"nmsgdns.{name}")
+        return import_module(f"{package}.{name}")
     except ImportError:
         return None
 

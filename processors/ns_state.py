@@ -33,12 +33,14 @@ writes one in about 0.3 us, several times faster than Avro in Python, and these 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from sys import intern
 from typing import Any
 
 import orjson
 
-from processors.ns_stats_batch import DeltaBatch
+from nmsgdns.wire import load_extension
+from processors.ns_stats_batch import DeltaBatch, decode_batch
 
 #: [edns_answered, failures, timeouts, by_kind or None, observations or None]
 Counts = list[Any]
@@ -98,6 +100,26 @@ def window_key(start: int, name_server: str) -> bytes:
     return WINDOW_TAG + b"%d " % start + name_server.encode()
 
 
+def counts_records_py(
+    prefix: bytes,
+    counts: dict[str, Counts],
+    names: Iterable[str],
+    encode: Callable[[list[Any]], bytes] = encode_value,
+) -> list[Record]:
+    """The changelog records (``prefix`` + name server, ``encode`` of its counts) of ``names``, the keys
+    of ``counts`` that changed."""
+    return [(prefix + ns.encode(), encode(counts[ns])) for ns in names]
+
+
+#: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
+_ext = load_extension("_ns_state", "processors")
+#: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
+counts_records: Callable[
+    [bytes, dict[str, Counts], Iterable[str], Callable[[list[Any]], bytes]], list[Record]
+]
+counts_records = counts_records_py if _ext is None else _ext.counts_records
+
+
 class NsState:
     """Totals, windows and marks of one ns-stats partition, and what changed since they were last written.
 
@@ -125,13 +147,29 @@ class NsState:
         mark = self.marks.get(origin[0])
         return mark is not None and origin[1:] <= mark
 
+    def _mark(self, origin: Origin) -> bool:
+        """False if the record of ``origin`` was applied already, else True with ``origin`` as the mark of
+        its input partition (the record is being applied)."""
+        if self.applied(origin):
+            return False
+        self.marks[origin[0]] = origin[1:]
+        self._dirty_marks.add(origin[0])
+        return True
+
+    def apply_record(self, data: bytes, origin: Origin | None = None) -> bool:
+        """:meth:`apply` of the encoded ``NsStatsBatch`` ``data``: in C when built (without building the
+        decoded batch), else (and for any record the C code leaves to it) through :func:`decode_batch`.
+        ValueError, with nothing applied, when ``data`` does not decode."""
+        if _ext is not None:
+            applied = _ext.apply(self, data, origin)
+            if applied is not None:
+                return bool(applied)
+        return self.apply(decode_batch(data), origin)
+
     def apply(self, batch: DeltaBatch, origin: Origin | None = None) -> bool:
         """Add every row of ``batch``; with ``origin`` (exactly_once) only once: False if it was applied."""
-        if origin is not None:
-            if self.applied(origin):
-                return False
-            self.marks[origin[0]] = origin[1:]
-            self._dirty_marks.add(origin[0])
+        if origin is not None and not self._mark(origin):
+            return False
         totals = self.totals
         dirty_totals = self._dirty_totals
         current: int | None = None
@@ -208,14 +246,9 @@ class NsState:
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
-        totals, windows, dumps, version = self.totals, self.windows, orjson.dumps, CHANGELOG_VERSION
-        records: list[Record] = [
-            (TOTAL_TAG + ns.encode(), version + dumps(totals[ns])) for ns in self._dirty_totals
-        ]
+        records = counts_records(TOTAL_TAG, self.totals, self._dirty_totals, encode_value)
         for start, names in self._dirty_windows.items():
-            window = windows[start]
-            prefix = WINDOW_TAG + b"%d " % start
-            records += [(prefix + ns.encode(), version + dumps(window[ns])) for ns in names]
+            records += counts_records(WINDOW_TAG + b"%d " % start, self.windows[start], names, encode_value)
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
         records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
@@ -230,11 +263,16 @@ class NsState:
         previous call, then forget that they changed."""
         out: list[tuple[str, int, Counts, Counts]] = []
         totals = self.totals
-        for start, names in self._changed.items():
+        for start, names in self.take_changed().items():
             window = self.windows[start]
             out += [(ns, start, window[ns], totals[ns]) for ns in names]
-        self._changed = {}
         return out
+
+    def take_changed(self) -> dict[int, set[str]]:
+        """Window start -> the name servers changed in that window since the previous call (or
+        :meth:`snapshots`), then forget that they changed."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an
