@@ -345,18 +345,24 @@ add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
     return rc;
 }
 
-/* table[ns] as a counts list, borrowed; KeyError as Python's table[ns] gives. */
+/* table[ns], borrowed; KeyError as Python's table[ns] gives. */
 static PyObject *
-counts_of(PyObject *table, PyObject *ns)
+item_of(PyObject *table, PyObject *ns)
 {
     PyObject *c = PyDict_GetItemWithError(table, ns);
 
-    if (c == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, ns);
-        return NULL;
-    }
-    return check_counts(c);
+    if (c == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, ns);
+    return c;
+}
+
+/* table[ns] as a counts list, borrowed */
+static PyObject *
+counts_of(PyObject *table, PyObject *ns)
+{
+    PyObject *c = item_of(table, ns);
+
+    return c == NULL ? NULL : check_counts(c);
 }
 
 /* One kinds column's triples added to the totals and to the windows that are still there. */
@@ -897,7 +903,7 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
         if (iter == NULL)
             goto error;
         while ((ns = PyIter_Next(iter)) != NULL) {
-            PyObject *w = counts_of(window, ns), *t = w == NULL ? NULL : counts_of(totals, ns), *value;
+            PyObject *w = item_of(window, ns), *t = w == NULL ? NULL : item_of(totals, ns), *value;
             const char *text;
             Py_ssize_t size;
             if (t == NULL) {
