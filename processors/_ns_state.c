@@ -5,7 +5,7 @@
  * adding them to the state, writing the changelog values and the counts snapshots cost ~8 s of CPU of a
  * ~25 s worker run in Python, nearly all of it per-row interpreter work (dict and list building, one
  * orjson or Avro call per key). These functions do the same work on the SAME Python objects the rest of
- * the code reads (NsState.totals, windows, the dirty sets; counts lists [answered, failures, timeouts,
+ * the code reads (NsState.totals, windows, the changed name servers; counts lists [answered, failures, timeouts,
  * by_kind dict | None, observations dict | None]), so views, metrics and recovery are unchanged.
  *
  * The Python functions are the specification (tests/processors/test_ns_state_c.py holds these to them):
@@ -403,7 +403,7 @@ add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_
     return 0;
 }
 
-/* getattr(state, name), which must be of `type` (a dict or a set) */
+/* getattr(state, name), which must be of `type` */
 static PyObject *
 state_attr(PyObject *state, const char *name, PyTypeObject *type)
 {
@@ -427,7 +427,7 @@ apply_rows(PyObject *state, batch_t *b)
 
     if ((totals = state_attr(state, "totals", &PyDict_Type)) == NULL ||
         (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
-        (dirty_totals = state_attr(state, "_dirty_totals", &PySet_Type)) == NULL ||
+        (dirty_totals = state_attr(state, "_dirty_totals", &PyDict_Type)) == NULL ||
         (dirty_windows = state_attr(state, "_dirty_windows", &PyDict_Type)) == NULL ||
         (changed = state_attr(state, "_changed", &PyDict_Type)) == NULL)
         goto done;
@@ -436,7 +436,7 @@ apply_rows(PyObject *state, batch_t *b)
         int64_t start = packed(b->starts, row), a = packed(b->answered, row), f = packed(b->failures, row),
                 t = packed(b->timeouts, row);
 
-        if (add_row(totals, ns, a, f, t) < 0 || PySet_Add(dirty_totals, ns) < 0)
+        if (add_row(totals, ns, a, f, t) < 0 || PyDict_SetItem(dirty_totals, ns, Py_None) < 0)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
@@ -458,16 +458,16 @@ apply_rows(PyObject *state, batch_t *b)
                 Py_CLEAR(dirty);
                 Py_CLEAR(changed_names);
                 for (int k = 0; k < 2; k++) {
-                    empty = PySet_New(NULL);
+                    empty = PyDict_New();
                     if (empty == NULL) {
                         Py_DECREF(key);
                         goto done;
                     }
                     set = PyDict_SetDefault(k == 0 ? dirty_windows : changed, key, empty);
                     Py_DECREF(empty);
-                    if (set == NULL || !PySet_Check(set)) {
+                    if (set == NULL || !PyDict_Check(set)) {
                         if (set != NULL)
-                            PyErr_SetString(PyExc_TypeError, "NsState's dirty names must be sets");
+                            PyErr_SetString(PyExc_TypeError, "NsState's changed names must be dicts");
                         Py_DECREF(key);
                         goto done;
                     }
@@ -481,7 +481,8 @@ apply_rows(PyObject *state, batch_t *b)
             Py_DECREF(key);
         }
         if (window != Py_None) {
-            if (add_row(window, ns, a, f, t) < 0 || PySet_Add(dirty, ns) < 0 || PySet_Add(changed_names, ns) < 0)
+            if (add_row(window, ns, a, f, t) < 0 || PyDict_SetItem(dirty, ns, Py_None) < 0 ||
+                PyDict_SetItem(changed_names, ns, Py_None) < 0)
                 goto done;
         }
     }
@@ -862,7 +863,7 @@ encoder_field(PyObject *encoder, const char *name)
 PyDoc_STRVAR(snapshot_records_doc,
 "snapshot_records(changed, windows, totals, encoder) -> list[tuple[bytes, bytes]]\n--\n\n"
 "ns_counts.snapshot_records_py: (ns.encode(), encoder(ns, start, windows[start][ns], totals[ns])) for\n"
-"each ns of each window start of ``changed`` (dict of sets), in that order; the plain values written\n"
+"each ns of each window start of ``changed`` (dict of iterables of name servers), in that order; the plain values written\n"
 "here, byte for byte as the SnapshotEncoder ``encoder`` writes them.");
 
 static PyObject *

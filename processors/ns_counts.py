@@ -20,7 +20,7 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
 from nmsgdns.wire import load_extension
-from processors.ns_state import BY_KIND, OBSERVATIONS, Counts, NsState, Record
+from processors.ns_state import BY_KIND, OBSERVATIONS, Counts, Names, NsState, Record
 
 
 def failure_rate(counts: Counts) -> float:
@@ -116,7 +116,7 @@ class SnapshotEncoder:
 
 
 def snapshot_records_py(
-    changed: dict[int, set[str]],
+    changed: dict[int, Names],
     windows: dict[int, dict[str, Counts]],
     totals: dict[str, Counts],
     encode: SnapshotEncoder,
@@ -133,7 +133,7 @@ def snapshot_records_py(
 _ext = load_extension("_ns_state", "processors")
 #: :func:`snapshot_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
 snapshot_records: Callable[
-    [dict[int, set[str]], dict[int, dict[str, Counts]], dict[str, Counts], SnapshotEncoder], list[Record]
+    [dict[int, Names], dict[int, dict[str, Counts]], dict[str, Counts], SnapshotEncoder], list[Record]
 ] = snapshot_records_py if _ext is None else _ext.snapshot_records
 
 

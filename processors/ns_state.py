@@ -50,6 +50,8 @@ Place = tuple[int, int, int]
 #: (input partition, *Place)
 Origin = tuple[int, int, int, int]
 Record = tuple[bytes, bytes | None]
+#: name servers as an ordered set (the keys; the values are None)
+Names = dict[str, None]
 
 CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
@@ -133,14 +135,16 @@ class NsState:
         self.marks: dict[int, Place] = {}
         #: start of the newest window seen (record time); expiry counts back from it
         self.newest: int | None = None
-        # the record cache: keys changed since the last changelog() ...
-        self._dirty_totals: set[str] = set()
-        self._dirty_windows: dict[int, set[str]] = {}
+        # the record cache: keys changed since the last changelog() ... (name servers as the keys of dicts,
+        # ordered sets: written in the order they changed, their counts are read in about the order they
+        # were allocated, ~2x faster than a set's hash order at 100k name servers, cache misses dominate)
+        self._dirty_totals: Names = {}
+        self._dirty_windows: dict[int, Names] = {}
         self._dirty_marks: set[int] = set()
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
         # ... and (name server, window) changed since the last snapshots()
-        self._changed: dict[int, set[str]] = {}
+        self._changed: dict[int, Names] = {}
 
     def applied(self, origin: Origin) -> bool:
         """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
@@ -174,8 +178,8 @@ class NsState:
         dirty_totals = self._dirty_totals
         current: int | None = None
         window: dict[str, Counts] | None = None
-        dirty: set[str] = set()
-        changed: set[str] = set()
+        dirty: Names = {}
+        changed: Names = {}
         for ns, start, answered, failures, timeouts in zip(
             batch.name_servers,
             batch.window_starts,
@@ -191,13 +195,13 @@ class NsState:
                 c[0] += answered
                 c[1] += failures
                 c[2] += timeouts
-            dirty_totals.add(ns)
+            dirty_totals[ns] = None
             if start != current:
                 current = start
                 window = self._window(start)
                 if window is not None:
-                    dirty = self._dirty_windows.setdefault(start, set())
-                    changed = self._changed.setdefault(start, set())
+                    dirty = self._dirty_windows.setdefault(start, {})
+                    changed = self._changed.setdefault(start, {})
             if window is not None:
                 c = window.get(ns)
                 if c is None:
@@ -206,8 +210,8 @@ class NsState:
                     c[0] += answered
                     c[1] += failures
                     c[2] += timeouts
-                dirty.add(ns)
-                changed.add(ns)
+                dirty[ns] = None
+                changed[ns] = None
         names, starts, windows = batch.name_servers, batch.window_starts, self.windows
         # kind names are interned: a few names recur in hundreds of thousands of maps
         kind_names = [intern(kind) for kind in batch.kind_names]
@@ -252,7 +256,7 @@ class NsState:
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
         records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
-        self._dirty_totals = set()
+        self._dirty_totals = {}
         self._dirty_windows = {}
         self._dirty_marks = set()
         self._freed = {}
@@ -268,7 +272,7 @@ class NsState:
             out += [(ns, start, window[ns], totals[ns]) for ns in names]
         return out
 
-    def take_changed(self) -> dict[int, set[str]]:
+    def take_changed(self) -> dict[int, Names]:
         """Window start -> the name servers changed in that window since the previous call (or
         :meth:`snapshots`), then forget that they changed."""
         changed, self._changed = self._changed, {}
