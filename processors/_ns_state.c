@@ -26,6 +26,9 @@
  *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
  *    goes to the encoder itself.
  *
+ * The counts lists apply creates are untracked by the cycle collector (see add_row): the one difference
+ * from the Python path, invisible to everything but gc.is_tracked() and gc.get_objects().
+ *
  * Every read of a record is bounds-checked against the size of its bytes object. Values are fixed-size
  * local buffers; a value that would not fit goes to the Python fallback, it is never truncated.
  */
@@ -284,8 +287,11 @@ check_counts(PyObject *counts)
     return counts;
 }
 
-/* The counts of `ns` in `table` plus (answered, failures, timeouts); a new [a, f, t, None, None] if none. */
-static int
+/*
+ * The counts of `ns` in `table` plus (answered, failures, timeouts), a new [a, f, t, None, None] if none:
+ * that counts list (borrowed from table), or NULL with an exception.
+ */
+static PyObject *
 add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
 {
     PyObject *c = PyDict_GetItemWithError(table, ns);
@@ -293,17 +299,23 @@ add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
     if (c == NULL) {
         int rc;
         if (PyErr_Occurred())
-            return -1;
+            return NULL;
         c = Py_BuildValue("[LLLOO]", (long long)a, (long long)f, (long long)t, Py_None, Py_None);
         if (c == NULL)
-            return -1;
+            return NULL;
+        /* Not tracked by the cycle collector: a counts list holds ints, None and kinds dicts of str ->
+         * int (which CPython leaves untracked), so it can never be part of a cycle, and with hundreds of
+         * thousands of name servers the collector's full passes over these lists (and every int and dict
+         * in them) cost ~40% of apply (bench/ns_state_bench.py). CPython untracks tuples and dicts of
+         * atomic values the same way; only this list is not untracked by CPython itself. */
+        PyObject_GC_UnTrack(c);
         rc = PyDict_SetItem(table, ns, c);
-        Py_DECREF(c);
-        return rc;
+        Py_DECREF(c); /* table holds it */
+        return rc < 0 ? NULL : c;
     }
     if (check_counts(c) == NULL)
-        return -1;
-    return add_at(c, 0, a) < 0 || add_at(c, 1, f) < 0 || add_at(c, 2, t) < 0 ? -1 : 0;
+        return NULL;
+    return add_at(c, 0, a) < 0 || add_at(c, 1, f) < 0 || add_at(c, 2, t) < 0 ? NULL : c;
 }
 
 /* ns_state._add_kind: n added to `kind` in the map at counts[index] (None stands for an empty map). */
@@ -365,10 +377,16 @@ counts_of(PyObject *table, PyObject *ns)
     return c == NULL ? NULL : check_counts(c);
 }
 
-/* One kinds column's triples added to the totals and to the windows that are still there. */
+/*
+ * One kinds column's triples added to the totals and to the windows that are still there. The rows' counts
+ * lists were kept by the rows' loop (row_totals, row_windows: borrowed, NULL for a row whose window had
+ * expired), which saves two lookups in dicts of hundreds of thousands of name servers per triple: those
+ * are cache misses. A window's lists are alive while the window is in `windows` (only expiry removes
+ * them, a whole window at a time), which is checked here as Python's windows.get(start) does.
+ */
 static int
-add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_t index, PyObject *totals,
-          PyObject *windows)
+add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_t index, PyObject **row_totals,
+          PyObject **row_windows, PyObject *windows)
 {
     int64_t cached_start = 0;
     PyObject *window = NULL; /* borrowed from windows: no Python code runs in this loop to free it */
@@ -379,9 +397,9 @@ add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_
         PyObject *ns = b->names[row];
         PyObject *kind = PyList_GET_ITEM(b->kind_names, (Py_ssize_t)packed(column, 3 * t + 1));
         int64_t n = packed(column, 3 * t + 2), start = packed(b->starts, row);
-        PyObject *c = counts_of(totals, ns);
+        PyObject *c = row_totals[row];
 
-        if (c == NULL || add_kind(c, index, kind, n) < 0)
+        if (add_kind(c, index, kind, n) < 0)
             return -1;
         if (!have_cache || start != cached_start) {
             PyObject *key = PyLong_FromLongLong((long long)start);
@@ -395,7 +413,7 @@ add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_
             have_cache = 1;
         }
         if (window != NULL && window != Py_None) {
-            c = counts_of(window, ns);
+            c = row_windows[row] != NULL ? row_windows[row] : counts_of(window, ns);
             if (c == NULL || add_kind(c, index, kind, n) < 0)
                 return -1;
         }
@@ -422,9 +440,15 @@ apply_rows(PyObject *state, batch_t *b)
 {
     PyObject *totals = NULL, *windows = NULL, *dirty_totals = NULL, *dirty_windows = NULL, *changed = NULL;
     PyObject *window = NULL, *dirty = NULL, *changed_names = NULL; /* of the current window */
+    PyObject **row_totals = PyMem_Calloc((size_t)b->rows * 2, sizeof(PyObject *));
+    PyObject **row_windows = row_totals + b->rows;
     int64_t current = 0;
     int have_current = 0, rc = -1;
 
+    if (row_totals == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     if ((totals = state_attr(state, "totals", &PyDict_Type)) == NULL ||
         (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
         (dirty_totals = state_attr(state, "_dirty_totals", &PyDict_Type)) == NULL ||
@@ -436,7 +460,8 @@ apply_rows(PyObject *state, batch_t *b)
         int64_t start = packed(b->starts, row), a = packed(b->answered, row), f = packed(b->failures, row),
                 t = packed(b->timeouts, row);
 
-        if (add_row(totals, ns, a, f, t) < 0 || PyDict_SetItem(dirty_totals, ns, Py_None) < 0)
+        if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL ||
+            PyDict_SetItem(dirty_totals, ns, Py_None) < 0)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
@@ -481,13 +506,14 @@ apply_rows(PyObject *state, batch_t *b)
             Py_DECREF(key);
         }
         if (window != Py_None) {
-            if (add_row(window, ns, a, f, t) < 0 || PyDict_SetItem(dirty, ns, Py_None) < 0 ||
+            if ((row_windows[row] = add_row(window, ns, a, f, t)) == NULL ||
+                PyDict_SetItem(dirty, ns, Py_None) < 0 ||
                 PyDict_SetItem(changed_names, ns, Py_None) < 0)
                 goto done;
         }
     }
-    if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, totals, windows) < 0 ||
-        add_kinds(b, b->observations, b->observation_triples, 4, totals, windows) < 0)
+    if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, row_totals, row_windows, windows) < 0 ||
+        add_kinds(b, b->observations, b->observation_triples, 4, row_totals, row_windows, windows) < 0)
         goto done;
     rc = 0;
 done:
@@ -499,6 +525,7 @@ done:
     Py_XDECREF(window);
     Py_XDECREF(dirty);
     Py_XDECREF(changed_names);
+    PyMem_Free(row_totals);
     return rc;
 }
 
