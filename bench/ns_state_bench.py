@@ -85,7 +85,7 @@ def run(
             t0 = clock()
             encode = SnapshotEncoder(args.window_seconds)
             for state in states.values():
-                snapshots += len(snapshot_records(state.take_changed(), state.windows, state.totals, encode))
+                snapshots += len(snapshot_records(state.take_changed(), state.totals, encode))
             spent["snapshots"] += clock() - t0
     ns_state.counts_records = counts_records_py if ext is None else ext.counts_records
     return spent, sum(len(s.totals) for s in states.values()), changelog, snapshots

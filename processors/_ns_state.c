@@ -17,11 +17,11 @@
  *    ValueError). So this code never rejects a record itself, and everything is validated before the
  *    state is mutated. The window lookup (NsState._window, with its expiry) and the marks
  *    (NsState._mark) stay Python calls: once per window change and once per record.
- *  - counts_records(prefix, counts, names, encode_value): ns_state.counts_records_py, the changelog
- *    records of some keys; values are orjson's compact JSON, written here for the plain cases (ints that
+ *  - counts_records(prefix, changed, encode_value): ns_state.counts_records_py, the changelog records
+ *    of the changed name servers (name server -> counts); values are orjson's compact JSON, written here for the plain cases (ints that
  *    fit int64, None, dicts of printable-ASCII keys that need no escaping) and left to encode_value for
  *    any other counts list.
- *  - snapshot_records(changed, windows, totals, encoder): ns_counts.snapshot_records_py, the counts-topic
+ *  - snapshot_records(changed, totals, encoder): ns_counts.snapshot_records_py, the counts-topic
  *    records (Avro NsCounts) of the changed (name server, window)s; a counts list this code does not
  *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
  *    goes to the encoder itself.
@@ -461,7 +461,7 @@ apply_rows(PyObject *state, batch_t *b)
                 t = packed(b->timeouts, row);
 
         if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL ||
-            PyDict_SetItem(dirty_totals, ns, Py_None) < 0)
+            PyDict_SetItem(dirty_totals, ns, row_totals[row]) < 0)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
@@ -507,8 +507,8 @@ apply_rows(PyObject *state, batch_t *b)
         }
         if (window != Py_None) {
             if ((row_windows[row] = add_row(window, ns, a, f, t)) == NULL ||
-                PyDict_SetItem(dirty, ns, Py_None) < 0 ||
-                PyDict_SetItem(changed_names, ns, Py_None) < 0)
+                PyDict_SetItem(dirty, ns, row_windows[row]) < 0 ||
+                PyDict_SetItem(changed_names, ns, row_windows[row]) < 0)
                 goto done;
         }
     }
@@ -755,61 +755,88 @@ append_record(PyObject *records, PyObject *key, PyObject *value)
     return rc;
 }
 
+/* (key, value) as list[i], taking both references (list was made by PyList_New(size)) */
+static int
+set_record(PyObject *records, Py_ssize_t i, PyObject *key, PyObject *value)
+{
+    PyObject *record;
+
+    if (key == NULL || value == NULL) {
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        return -1;
+    }
+    record = PyTuple_Pack(2, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    if (record == NULL)
+        return -1;
+    PyList_SET_ITEM(records, i, record);
+    return 0;
+}
+
 PyDoc_STRVAR(counts_records_doc,
-"counts_records(prefix, counts, names, encode_value) -> list[tuple[bytes, bytes]]\n--\n\n"
-"ns_state.counts_records_py: (prefix + ns.encode(), encode_value(counts[ns])) for each ns of the\n"
-"iterable ``names``, the plain values written here, byte for byte as orjson writes them.");
+"counts_records(prefix, changed, encode_value) -> list[tuple[bytes, bytes]]\n--\n\n"
+"ns_state.counts_records_py: (prefix + ns.encode(), encode_value(counts)) for each ns, counts of the\n"
+"dict ``changed``, the plain values written here, byte for byte as orjson writes them.");
 
 static PyObject *
 ns_counts_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *prefix, *counts, *names, *encode, *records, *iter, *ns;
+    PyObject *prefix, *changed, *encode, *records, *ns, *c;
+    Py_ssize_t pos = 0, i = 0;
     out_t o;
 
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "counts_records() takes exactly 4 arguments");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "counts_records() takes exactly 3 arguments");
         return NULL;
     }
     prefix = args[0];
-    counts = args[1];
-    names = args[2];
-    encode = args[3];
-    if (!PyBytes_CheckExact(prefix) || !PyDict_Check(counts)) {
+    changed = args[1];
+    encode = args[2];
+    if (!PyBytes_CheckExact(prefix) || !PyDict_CheckExact(changed)) {
         PyErr_SetString(PyExc_TypeError, "counts_records() needs a bytes prefix and a dict of counts");
         return NULL;
     }
-    records = PyList_New(0);
-    iter = records == NULL ? NULL : PyObject_GetIter(names);
-    if (iter == NULL) {
-        Py_XDECREF(records);
+    records = PyList_New(PyDict_GET_SIZE(changed));
+    if (records == NULL)
         return NULL;
-    }
-    while ((ns = PyIter_Next(iter)) != NULL) {
-        PyObject *c = PyDict_GetItemWithError(counts, ns), *value;
-        if (c == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, ns);
-            Py_DECREF(ns);
+    while (PyDict_Next(changed, &pos, &ns, &c)) {
+        PyObject *value;
+        if (i == PyList_GET_SIZE(records)) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
             goto error;
         }
         o.size = 0;
         o.full = 0;
         if (put_changelog_value(&o, c))
             value = PyBytes_FromStringAndSize((const char *)o.data, o.size);
-        else
+        else {
+            /* the Python encoder could in theory change the dict: keep what is being written alive */
+            Py_INCREF(ns);
+            Py_INCREF(c);
             value = PyObject_CallOneArg(encode, c);
-        if (value == NULL || append_record(records, prefixed_key(prefix, ns), value) < 0) {
+            Py_DECREF(c);
+            if (value == NULL) {
+                Py_DECREF(ns);
+                goto error;
+            }
+            if (set_record(records, i++, prefixed_key(prefix, ns), value) < 0) {
+                Py_DECREF(ns);
+                goto error;
+            }
             Py_DECREF(ns);
-            goto error;
+            continue;
         }
-        Py_DECREF(ns);
+        if (value == NULL || set_record(records, i++, prefixed_key(prefix, ns), value) < 0)
+            goto error;
     }
-    if (PyErr_Occurred())
+    if (i != PyList_GET_SIZE(records)) {
+        PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
         goto error;
-    Py_DECREF(iter);
+    }
     return records;
 error:
-    Py_DECREF(iter);
     Py_DECREF(records);
     return NULL;
 }
@@ -888,29 +915,28 @@ encoder_field(PyObject *encoder, const char *name)
 }
 
 PyDoc_STRVAR(snapshot_records_doc,
-"snapshot_records(changed, windows, totals, encoder) -> list[tuple[bytes, bytes]]\n--\n\n"
-"ns_counts.snapshot_records_py: (ns.encode(), encoder(ns, start, windows[start][ns], totals[ns])) for\n"
-"each ns of each window start of ``changed`` (dict of iterables of name servers), in that order; the plain values written\n"
-"here, byte for byte as the SnapshotEncoder ``encoder`` writes them.");
+"snapshot_records(changed, totals, encoder) -> list[tuple[bytes, bytes]]\n--\n\n"
+"ns_counts.snapshot_records_py: (ns.encode(), encoder(ns, start, window, totals[ns])) for each ns, window\n"
+"of each start, names of ``changed`` (dict of dicts), in that order; the plain values written here, byte\n"
+"for byte as the SnapshotEncoder ``encoder`` writes them.");
 
 static PyObject *
 ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *changed, *windows, *totals, *encoder, *records = NULL, *time_field = NULL, *seconds_field = NULL;
+    PyObject *changed, *totals, *encoder, *records = NULL, *time_field = NULL, *seconds_field = NULL;
     PyObject *start, *names;
     Py_ssize_t pos = 0;
     out_t o;
 
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "snapshot_records() takes exactly 4 arguments");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "snapshot_records() takes exactly 3 arguments");
         return NULL;
     }
     changed = args[0];
-    windows = args[1];
-    totals = args[2];
-    encoder = args[3];
-    if (!PyDict_Check(changed) || !PyDict_Check(windows) || !PyDict_Check(totals)) {
-        PyErr_SetString(PyExc_TypeError, "snapshot_records() needs dicts of changed names, windows, totals");
+    totals = args[1];
+    encoder = args[2];
+    if (!PyDict_CheckExact(changed) || !PyDict_Check(totals)) {
+        PyErr_SetString(PyExc_TypeError, "snapshot_records() needs dicts of changed counts and of totals");
         return NULL;
     }
     if ((time_field = encoder_field(encoder, "time_field")) == NULL ||
@@ -918,27 +944,24 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
         (records = PyList_New(0)) == NULL)
         goto error;
     while (PyDict_Next(changed, &pos, &start, &names)) {
-        PyObject *window = PyDict_GetItemWithError(windows, start), *iter, *ns;
+        PyObject *ns, *w;
+        Py_ssize_t at = 0;
         int64_t start_n = 0;
         int plain_start = small_int(start, &start_n);
 
-        if (window == NULL || !PyDict_Check(window)) {
-            if (!PyErr_Occurred())
-                PyErr_SetObject(window == NULL ? PyExc_KeyError : PyExc_TypeError, start);
+        if (!PyDict_CheckExact(names)) {
+            PyErr_SetString(PyExc_TypeError, "snapshot_records() needs a dict of counts per window");
             goto error;
         }
-        iter = PyObject_GetIter(names);
-        if (iter == NULL)
-            goto error;
-        while ((ns = PyIter_Next(iter)) != NULL) {
-            PyObject *w = item_of(window, ns), *t = w == NULL ? NULL : item_of(totals, ns), *value;
+        Py_INCREF(start);
+        Py_INCREF(names);
+        while (PyDict_Next(names, &at, &ns, &w)) {
+            PyObject *t = item_of(totals, ns), *value;
+            int rc;
             const char *text;
             Py_ssize_t size;
-            if (t == NULL) {
-                Py_DECREF(ns);
-                Py_DECREF(iter);
-                goto error;
-            }
+            if (t == NULL)
+                goto error_in_window;
             text = PyUnicode_Check(ns) ? PyUnicode_AsUTF8AndSize(ns, &size) : NULL;
             if (text == NULL)
                 PyErr_Clear(); /* the fallback raises what the Python encoder raises */
@@ -951,20 +974,31 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
                 put_long(&o, start_n);
                 put(&o, PyBytes_AS_STRING(seconds_field), PyBytes_GET_SIZE(seconds_field));
             }
-            if (text != NULL && plain_start && put_avro_values(&o, w) && put_avro_values(&o, t) && !o.full)
+            if (text != NULL && plain_start && put_avro_values(&o, w) && put_avro_values(&o, t) && !o.full) {
                 value = PyBytes_FromStringAndSize((const char *)o.data, o.size);
-            else
-                value = PyObject_CallFunctionObjArgs(encoder, ns, start, w, t, NULL);
-            if (value == NULL || append_record(records, PyUnicode_AsUTF8String(ns), value) < 0) {
-                Py_DECREF(ns);
-                Py_DECREF(iter);
-                goto error;
+                if (value == NULL || append_record(records, PyUnicode_AsUTF8String(ns), value) < 0)
+                    goto error_in_window;
+                continue;
             }
+            /* the Python encoder: keep what it is given alive whatever it does */
+            Py_INCREF(ns);
+            Py_INCREF(w);
+            Py_INCREF(t);
+            value = PyObject_CallFunctionObjArgs(encoder, ns, start, w, t, NULL);
+            rc = value == NULL ? -1 : append_record(records, PyUnicode_AsUTF8String(ns), value);
             Py_DECREF(ns);
+            Py_DECREF(w);
+            Py_DECREF(t);
+            if (rc < 0)
+                goto error_in_window;
         }
-        Py_DECREF(iter);
-        if (PyErr_Occurred())
-            goto error;
+        Py_DECREF(start);
+        Py_DECREF(names);
+        continue;
+    error_in_window:
+        Py_DECREF(start);
+        Py_DECREF(names);
+        goto error;
     }
     Py_DECREF(time_field);
     Py_DECREF(seconds_field);

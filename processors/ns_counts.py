@@ -20,7 +20,7 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
 from nmsgdns.wire import load_extension
-from processors.ns_state import BY_KIND, OBSERVATIONS, Counts, Names, NsState, Record
+from processors.ns_state import BY_KIND, OBSERVATIONS, Changed, Counts, NsState, Record
 
 
 def failure_rate(counts: Counts) -> float:
@@ -116,31 +116,28 @@ class SnapshotEncoder:
 
 
 def snapshot_records_py(
-    changed: dict[int, Names],
-    windows: dict[int, dict[str, Counts]],
-    totals: dict[str, Counts],
-    encode: SnapshotEncoder,
+    changed: dict[int, Changed], totals: dict[str, Counts], encode: SnapshotEncoder
 ) -> list[Record]:
-    """The counts-topic records (name server, ``NsCounts``) of the ``changed`` name servers of each window
-    (:meth:`processors.ns_state.NsState.take_changed`), with their totals."""
+    """The counts-topic records (name server, ``NsCounts``) of the name servers ``changed`` in each window
+    (:meth:`processors.ns_state.NsState.take_changed`: their window counts), with their totals."""
     return [
-        (ns.encode(), encode(ns, start, windows[start][ns], totals[ns]))
+        (ns.encode(), encode(ns, start, window, totals[ns]))
         for start, names in changed.items()
-        for ns in names
+        for ns, window in names.items()
     ]
 
 
 _ext = load_extension("_ns_state", "processors")
 #: :func:`snapshot_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
-snapshot_records: Callable[
-    [dict[int, Names], dict[int, dict[str, Counts]], dict[str, Counts], SnapshotEncoder], list[Record]
-] = snapshot_records_py if _ext is None else _ext.snapshot_records
+snapshot_records: Callable[[dict[int, Changed], dict[str, Counts], SnapshotEncoder], list[Record]] = (
+    snapshot_records_py if _ext is None else _ext.snapshot_records
+)
 
 
 def state_snapshots(state: NsState, encode: SnapshotEncoder) -> list[Record]:
     """The counts-topic records of every (name server, window) of ``state`` changed since the previous
     call (what :meth:`NsState.snapshots` gives, encoded), then forget that they changed."""
-    return snapshot_records(state.take_changed(), state.windows, state.totals, encode)
+    return snapshot_records(state.take_changed(), state.totals, encode)
 
 
 def encode_snapshot_avro(

@@ -33,7 +33,7 @@ writes one in about 0.3 us, several times faster than Avro in Python, and these 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from sys import intern
 from typing import Any
 
@@ -50,8 +50,8 @@ Place = tuple[int, int, int]
 #: (input partition, *Place)
 Origin = tuple[int, int, int, int]
 Record = tuple[bytes, bytes | None]
-#: name servers as an ordered set (the keys; the values are None)
-Names = dict[str, None]
+#: name server -> its counts, of the name servers changed since some moment, in the order they changed
+Changed = dict[str, Counts]
 
 CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
@@ -103,23 +103,18 @@ def window_key(start: int, name_server: str) -> bytes:
 
 
 def counts_records_py(
-    prefix: bytes,
-    counts: dict[str, Counts],
-    names: Iterable[str],
-    encode: Callable[[list[Any]], bytes] = encode_value,
+    prefix: bytes, changed: Changed, encode: Callable[[list[Any]], bytes] = encode_value
 ) -> list[Record]:
-    """The changelog records (``prefix`` + name server, ``encode`` of its counts) of ``names``, the keys
-    of ``counts`` that changed."""
-    return [(prefix + ns.encode(), encode(counts[ns])) for ns in names]
+    """The changelog records (``prefix`` + name server, ``encode`` of its counts) of ``changed``."""
+    return [(prefix + ns.encode(), encode(counts)) for ns, counts in changed.items()]
 
 
 #: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
 _ext = load_extension("_ns_state", "processors")
 #: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
-counts_records: Callable[
-    [bytes, dict[str, Counts], Iterable[str], Callable[[list[Any]], bytes]], list[Record]
-]
-counts_records = counts_records_py if _ext is None else _ext.counts_records
+counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Record]] = (
+    counts_records_py if _ext is None else _ext.counts_records
+)
 
 
 class NsState:
@@ -135,16 +130,17 @@ class NsState:
         self.marks: dict[int, Place] = {}
         #: start of the newest window seen (record time); expiry counts back from it
         self.newest: int | None = None
-        # the record cache: keys changed since the last changelog() ... (name servers as the keys of dicts,
-        # ordered sets: written in the order they changed, their counts are read in about the order they
-        # were allocated, ~2x faster than a set's hash order at 100k name servers, cache misses dominate)
-        self._dirty_totals: Names = {}
-        self._dirty_windows: dict[int, Names] = {}
+        # the record cache: keys changed since the last changelog() ... (name server -> its counts list,
+        # the very list in totals or the window: written without looking the name server up again, in the
+        # order they changed, which is about the order their counts were allocated in; at 100k name servers
+        # and more, cache misses are most of the cost, and a set's hash order or a lookup doubles them)
+        self._dirty_totals: Changed = {}
+        self._dirty_windows: dict[int, Changed] = {}
         self._dirty_marks: set[int] = set()
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
         # ... and (name server, window) changed since the last snapshots()
-        self._changed: dict[int, Names] = {}
+        self._changed: dict[int, Changed] = {}
 
     def applied(self, origin: Origin) -> bool:
         """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
@@ -178,8 +174,8 @@ class NsState:
         dirty_totals = self._dirty_totals
         current: int | None = None
         window: dict[str, Counts] | None = None
-        dirty: Names = {}
-        changed: Names = {}
+        dirty: Changed = {}
+        changed: Changed = {}
         for ns, start, answered, failures, timeouts in zip(
             batch.name_servers,
             batch.window_starts,
@@ -190,12 +186,12 @@ class NsState:
         ):
             c = totals.get(ns)
             if c is None:
-                totals[ns] = [answered, failures, timeouts, None, None]
+                c = totals[ns] = [answered, failures, timeouts, None, None]
             else:
                 c[0] += answered
                 c[1] += failures
                 c[2] += timeouts
-            dirty_totals[ns] = None
+            dirty_totals[ns] = c
             if start != current:
                 current = start
                 window = self._window(start)
@@ -205,13 +201,12 @@ class NsState:
             if window is not None:
                 c = window.get(ns)
                 if c is None:
-                    window[ns] = [answered, failures, timeouts, None, None]
+                    c = window[ns] = [answered, failures, timeouts, None, None]
                 else:
                     c[0] += answered
                     c[1] += failures
                     c[2] += timeouts
-                dirty[ns] = None
-                changed[ns] = None
+                dirty[ns] = changed[ns] = c
         names, starts, windows = batch.name_servers, batch.window_starts, self.windows
         # kind names are interned: a few names recur in hundreds of thousands of maps
         kind_names = [intern(kind) for kind in batch.kind_names]
@@ -250,9 +245,9 @@ class NsState:
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
-        records = counts_records(TOTAL_TAG, self.totals, self._dirty_totals, encode_value)
-        for start, names in self._dirty_windows.items():
-            records += counts_records(WINDOW_TAG + b"%d " % start, self.windows[start], names, encode_value)
+        records = counts_records(TOTAL_TAG, self._dirty_totals, encode_value)
+        for start, changed in self._dirty_windows.items():
+            records += counts_records(WINDOW_TAG + b"%d " % start, changed, encode_value)
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
         records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
@@ -267,14 +262,13 @@ class NsState:
         previous call, then forget that they changed."""
         out: list[tuple[str, int, Counts, Counts]] = []
         totals = self.totals
-        for start, names in self.take_changed().items():
-            window = self.windows[start]
-            out += [(ns, start, window[ns], totals[ns]) for ns in names]
+        for start, changed in self.take_changed().items():
+            out += [(ns, start, window, totals[ns]) for ns, window in changed.items()]
         return out
 
-    def take_changed(self) -> dict[int, Names]:
-        """Window start -> the name servers changed in that window since the previous call (or
-        :meth:`snapshots`), then forget that they changed."""
+    def take_changed(self) -> dict[int, Changed]:
+        """Window start -> {name server: its counts in that window} of those changed since the previous call
+        (or :meth:`snapshots`), then forget that they changed."""
         changed, self._changed = self._changed, {}
         return changed
 
