@@ -1,8 +1,10 @@
 """The aggregator's state for one ns-stats partition: per-name-server counts in memory, with a record cache.
 
-Pure Python, no Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
+No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
 (:class:`processors.ns_stats_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
+The Python code is the specification; when built, ``processors/_ns_state.c`` does the per-name-server loops
+(apply straight from the encoded record, changelog and snapshot records) on the same objects.
 
 What is kept:
 
