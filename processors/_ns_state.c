@@ -750,6 +750,9 @@ append_record(PyObject *records, PyObject *key, PyObject *value)
     Py_DECREF(value);
     if (record == NULL)
         return -1;
+    /* a tuple of two bytes can be in no cycle: the collector would untrack it at its next pass (CPython
+     * does so for tuples of untracked items), after traversing it; this spares it that work */
+    PyObject_GC_UnTrack(record);
     rc = PyList_Append(records, record);
     Py_DECREF(record);
     return rc;
@@ -771,6 +774,7 @@ set_record(PyObject *records, Py_ssize_t i, PyObject *key, PyObject *value)
     Py_DECREF(value);
     if (record == NULL)
         return -1;
+    PyObject_GC_UnTrack(record); /* as in append_record */
     PyList_SET_ITEM(records, i, record);
     return 0;
 }
