@@ -1,11 +1,13 @@
-"""Build of the optional C extensions of ``nmsgdns``; all other metadata is in pyproject.toml.
+"""Build of the optional C extensions of ``nmsgdns`` and ``processors``; all other metadata is in
+pyproject.toml.
 
 The extensions are per-record hot paths, each held to a pure-Python specification by the tests:
 
 - ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge), qname text, Avro writer;
 - ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
 - ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values);
-- ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records.
+- ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records;
+- ``processors._ns_state``: the aggregator's apply, changelog and snapshot records (per name server).
 
 They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
 warning and the pure-Python implementations run, which give the same results (``nmsgdns.wire.IMPLEMENTATION``
@@ -16,7 +18,13 @@ being imported.
 
 from setuptools import Extension, setup
 
-EXTENSIONS = ("nmsgdns._wirescan", "nmsgdns._nmsgbody", "nmsgdns._avro", "processors._ns_deltas")
+EXTENSIONS = (
+    "nmsgdns._wirescan",
+    "nmsgdns._nmsgbody",
+    "nmsgdns._avro",
+    "processors._ns_deltas",
+    "processors._ns_state",
+)
 
 setup(
     ext_modules=[

@@ -59,9 +59,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_pipeline.topics import admin_client, create_topics
-from processors.ns_counts import SnapshotEncoder
+from processors.ns_counts import SnapshotEncoder, state_snapshots
 from processors.ns_state import NsState, Origin
-from processors.ns_stats_batch import DeltaBatch, decode_batch
+from processors.ns_stats_batch import batch_part, decode_batch
 
 if TYPE_CHECKING:
     from processors.app import PipelineApp, Settings
@@ -133,7 +133,7 @@ class Aggregation:
                 continue  # revoked, or restored again since
             del self.restoring[p]
             for value, origin in restoring.waiting.pop(p):
-                self._apply(state, decode_batch(value), origin)
+                self._apply(state, value, origin)
             self.states[p] = state
             ready.append(p)
         return ready
@@ -156,15 +156,15 @@ class Aggregation:
         if state is None and restoring is None:
             log.info("ns-stats partition %d is not assigned here: record ignored", partition)
             return
-        batch = decode_batch(value)
-        origin = record_origin(headers, batch.part) if self.marks else None
+        origin = record_origin(headers, batch_part(value)) if self.marks else None
         if state is not None:
-            self._apply(state, batch, origin)
+            self._apply(state, value, origin)
         elif restoring is not None:
+            decode_batch(value)  # kept only if it decodes: its ValueError is for now, not for later
             restoring.waiting[partition].append((value, origin))
 
-    def _apply(self, state: NsState, batch: DeltaBatch, origin: Origin | None) -> None:
-        if not state.apply(batch, origin):
+    def _apply(self, state: NsState, value: bytes, origin: Origin | None) -> None:
+        if not state.apply_record(value, origin):
             self.replayed += 1
 
 
@@ -369,10 +369,7 @@ def install(app: PipelineApp) -> Aggregation:
             await output.partitioner(settings.stats_topic)
         ).count
         for p, state in list(aggregation.states.items()):
-            records = [
-                (ns.encode(), encode(ns, start, window, total))
-                for ns, start, window, total in state.snapshots()
-            ]
+            records = state_snapshots(state, encode)
             await output.send(settings.counts_topic, records, source=None, partition=p if same else None)
 
     return aggregation

@@ -13,12 +13,14 @@ from __future__ import annotations
 import io
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
-from processors.ns_state import BY_KIND, OBSERVATIONS, Counts
+from nmsgdns.wire import load_extension
+from processors.ns_state import BY_KIND, OBSERVATIONS, Changed, Counts, NsState, Record
 
 
 def failure_rate(counts: Counts) -> float:
@@ -96,20 +98,46 @@ class SnapshotEncoder:
 
     def __init__(self, window_seconds: int, snapshot_time_ms: int | None = None) -> None:
         now_ms = int(time.time() * 1000) if snapshot_time_ms is None else snapshot_time_ms
-        self._time = _long(now_ms)
-        self._window_seconds = _long(window_seconds)
+        #: the encoded fields shared by this tick's snapshots (the C writer copies them too)
+        self.time_field = _long(now_ms)
+        self.window_seconds_field = _long(window_seconds)
 
     def __call__(self, name_server: str, window_start: int, window: Counts, total: Counts) -> bytes:
         return b"".join(
             (
                 _string(name_server),
-                self._time,
+                self.time_field,
                 _long(window_start),
-                self._window_seconds,
+                self.window_seconds_field,
                 _values(window),
                 _values(total),
             )
         )
+
+
+def snapshot_records_py(
+    changed: dict[int, Changed], totals: dict[str, Counts], encode: SnapshotEncoder
+) -> list[Record]:
+    """The counts-topic records (name server, ``NsCounts``) of the name servers ``changed`` in each window
+    (:meth:`processors.ns_state.NsState.take_changed`: their window counts), with their totals."""
+    return [
+        (ns.encode(), encode(ns, start, window, totals[ns]))
+        for start, names in changed.items()
+        for ns, window in names.items()
+    ]
+
+
+_ext = load_extension("_ns_state", "processors")
+#: :func:`snapshot_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
+snapshot_records: Callable[[dict[int, Changed], dict[str, Counts], SnapshotEncoder], list[Record]] = (
+    snapshot_records_py if _ext is None else _ext.snapshot_records
+)
+
+
+def state_snapshots(state: NsState, encode: SnapshotEncoder) -> list[Record]:
+    """The counts-topic records of every (name server, window) of ``state`` changed since the previous
+    call (what :meth:`NsState.snapshots` gives, encoded), then forget that they changed."""
+    return snapshot_records(state.take_changed(), state.totals, encode)
 
 
 def encode_snapshot_avro(

@@ -1,8 +1,10 @@
 """The aggregator's state for one ns-stats partition: per-name-server counts in memory, with a record cache.
 
-Pure Python, no Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
+No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
 (:class:`processors.ns_stats_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
+The Python code is the specification; when built, ``processors/_ns_state.c`` does the per-name-server loops
+(apply straight from the encoded record, changelog and snapshot records) on the same objects.
 
 What is kept:
 
@@ -33,12 +35,14 @@ writes one in about 0.3 us, several times faster than Avro in Python, and these 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from sys import intern
 from typing import Any
 
 import orjson
 
-from processors.ns_stats_batch import DeltaBatch
+from nmsgdns.wire import load_extension
+from processors.ns_stats_batch import DeltaBatch, decode_batch
 
 #: [edns_answered, failures, timeouts, by_kind or None, observations or None]
 Counts = list[Any]
@@ -48,6 +52,8 @@ Place = tuple[int, int, int]
 #: (input partition, *Place)
 Origin = tuple[int, int, int, int]
 Record = tuple[bytes, bytes | None]
+#: name server -> its counts, of the name servers changed since some moment, in the order they changed
+Changed = dict[str, Counts]
 
 CHANGELOG_VERSION = b"\x01"
 TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
@@ -98,6 +104,21 @@ def window_key(start: int, name_server: str) -> bytes:
     return WINDOW_TAG + b"%d " % start + name_server.encode()
 
 
+def counts_records_py(
+    prefix: bytes, changed: Changed, encode: Callable[[list[Any]], bytes] = encode_value
+) -> list[Record]:
+    """The changelog records (``prefix`` + name server, ``encode`` of its counts) of ``changed``."""
+    return [(prefix + ns.encode(), encode(counts)) for ns, counts in changed.items()]
+
+
+#: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
+_ext = load_extension("_ns_state", "processors")
+#: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
+counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Record]] = (
+    counts_records_py if _ext is None else _ext.counts_records
+)
+
+
 class NsState:
     """Totals, windows and marks of one ns-stats partition, and what changed since they were last written.
 
@@ -111,33 +132,52 @@ class NsState:
         self.marks: dict[int, Place] = {}
         #: start of the newest window seen (record time); expiry counts back from it
         self.newest: int | None = None
-        # the record cache: keys changed since the last changelog() ...
-        self._dirty_totals: set[str] = set()
-        self._dirty_windows: dict[int, set[str]] = {}
+        # the record cache: keys changed since the last changelog() ... (name server -> its counts list,
+        # the very list in totals or the window: written without looking the name server up again, in the
+        # order they changed, which is about the order their counts were allocated in; at 100k name servers
+        # and more, cache misses are most of the cost, and a set's hash order or a lookup doubles them)
+        self._dirty_totals: Changed = {}
+        self._dirty_windows: dict[int, Changed] = {}
         self._dirty_marks: set[int] = set()
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
         # ... and (name server, window) changed since the last snapshots()
-        self._changed: dict[int, set[str]] = {}
+        self._changed: dict[int, Changed] = {}
 
     def applied(self, origin: Origin) -> bool:
         """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
         mark = self.marks.get(origin[0])
         return mark is not None and origin[1:] <= mark
 
+    def _mark(self, origin: Origin) -> bool:
+        """False if the record of ``origin`` was applied already, else True with ``origin`` as the mark of
+        its input partition (the record is being applied)."""
+        if self.applied(origin):
+            return False
+        self.marks[origin[0]] = origin[1:]
+        self._dirty_marks.add(origin[0])
+        return True
+
+    def apply_record(self, data: bytes, origin: Origin | None = None) -> bool:
+        """:meth:`apply` of the encoded ``NsStatsBatch`` ``data``: in C when built (without building the
+        decoded batch), else (and for any record the C code leaves to it) through :func:`decode_batch`.
+        ValueError, with nothing applied, when ``data`` does not decode."""
+        if _ext is not None:
+            applied = _ext.apply(self, data, origin)
+            if applied is not None:
+                return bool(applied)
+        return self.apply(decode_batch(data), origin)
+
     def apply(self, batch: DeltaBatch, origin: Origin | None = None) -> bool:
         """Add every row of ``batch``; with ``origin`` (exactly_once) only once: False if it was applied."""
-        if origin is not None:
-            if self.applied(origin):
-                return False
-            self.marks[origin[0]] = origin[1:]
-            self._dirty_marks.add(origin[0])
+        if origin is not None and not self._mark(origin):
+            return False
         totals = self.totals
         dirty_totals = self._dirty_totals
         current: int | None = None
         window: dict[str, Counts] | None = None
-        dirty: set[str] = set()
-        changed: set[str] = set()
+        dirty: Changed = {}
+        changed: Changed = {}
         for ns, start, answered, failures, timeouts in zip(
             batch.name_servers,
             batch.window_starts,
@@ -148,28 +188,27 @@ class NsState:
         ):
             c = totals.get(ns)
             if c is None:
-                totals[ns] = [answered, failures, timeouts, None, None]
+                c = totals[ns] = [answered, failures, timeouts, None, None]
             else:
                 c[0] += answered
                 c[1] += failures
                 c[2] += timeouts
-            dirty_totals.add(ns)
+            dirty_totals[ns] = c
             if start != current:
                 current = start
                 window = self._window(start)
                 if window is not None:
-                    dirty = self._dirty_windows.setdefault(start, set())
-                    changed = self._changed.setdefault(start, set())
+                    dirty = self._dirty_windows.setdefault(start, {})
+                    changed = self._changed.setdefault(start, {})
             if window is not None:
                 c = window.get(ns)
                 if c is None:
-                    window[ns] = [answered, failures, timeouts, None, None]
+                    c = window[ns] = [answered, failures, timeouts, None, None]
                 else:
                     c[0] += answered
                     c[1] += failures
                     c[2] += timeouts
-                dirty.add(ns)
-                changed.add(ns)
+                dirty[ns] = changed[ns] = c
         names, starts, windows = batch.name_servers, batch.window_starts, self.windows
         # kind names are interned: a few names recur in hundreds of thousands of maps
         kind_names = [intern(kind) for kind in batch.kind_names]
@@ -208,18 +247,13 @@ class NsState:
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
-        totals, windows, dumps, version = self.totals, self.windows, orjson.dumps, CHANGELOG_VERSION
-        records: list[Record] = [
-            (TOTAL_TAG + ns.encode(), version + dumps(totals[ns])) for ns in self._dirty_totals
-        ]
-        for start, names in self._dirty_windows.items():
-            window = windows[start]
-            prefix = WINDOW_TAG + b"%d " % start
-            records += [(prefix + ns.encode(), version + dumps(window[ns])) for ns in names]
+        records = counts_records(TOTAL_TAG, self._dirty_totals, encode_value)
+        for start, changed in self._dirty_windows.items():
+            records += counts_records(WINDOW_TAG + b"%d " % start, changed, encode_value)
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
         records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
-        self._dirty_totals = set()
+        self._dirty_totals = {}
         self._dirty_windows = {}
         self._dirty_marks = set()
         self._freed = {}
@@ -230,11 +264,15 @@ class NsState:
         previous call, then forget that they changed."""
         out: list[tuple[str, int, Counts, Counts]] = []
         totals = self.totals
-        for start, names in self._changed.items():
-            window = self.windows[start]
-            out += [(ns, start, window[ns], totals[ns]) for ns in names]
-        self._changed = {}
+        for start, changed in self.take_changed().items():
+            out += [(ns, start, window, totals[ns]) for ns, window in changed.items()]
         return out
+
+    def take_changed(self) -> dict[int, Changed]:
+        """Window start -> {name server: its counts in that window} of those changed since the previous call
+        (or :meth:`snapshots`), then forget that they changed."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an

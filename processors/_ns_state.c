@@ -1,0 +1,1041 @@
+/*
+ * processors._ns_state: the aggregator's per-name-server work (processors/ns_state.py, ns_counts.py) in C.
+ *
+ * Why this exists: at ~480k distinct name servers (bench/out/big-hc.nmsg) decoding the ns-stats records,
+ * adding them to the state, writing the changelog values and the counts snapshots cost ~8 s of CPU of a
+ * ~25 s worker run in Python, nearly all of it per-row interpreter work (dict and list building, one
+ * orjson or Avro call per key). These functions do the same work on the SAME Python objects the rest of
+ * the code reads (NsState.totals, windows, the changed name servers; counts lists [answered, failures, timeouts,
+ * by_kind dict | None, observations dict | None]), so views, metrics and recovery are unchanged.
+ *
+ * The Python functions are the specification (tests/processors/test_ns_state_c.py holds these to them):
+ *
+ *  - apply(state, data, origin): NsState.apply(decode_batch(data), origin), straight from the encoded
+ *    NsStatsBatch. It parses only what is clearly well-formed (canonical varints, strict UTF-8, no
+ *    trailing bytes, consistent columns) and returns None for anything else, WITHOUT touching the state:
+ *    the caller then runs the Python path, which decides (applies what fastavro reads, or raises
+ *    ValueError). So this code never rejects a record itself, and everything is validated before the
+ *    state is mutated. The window lookup (NsState._window, with its expiry) and the marks
+ *    (NsState._mark) stay Python calls: once per window change and once per record.
+ *  - counts_records(prefix, changed, encode_value): ns_state.counts_records_py, the changelog records
+ *    of the changed name servers (name server -> counts); values are orjson's compact JSON, written here for the plain cases (ints that
+ *    fit int64, None, dicts of printable-ASCII keys that need no escaping) and left to encode_value for
+ *    any other counts list.
+ *  - snapshot_records(changed, totals, encoder): ns_counts.snapshot_records_py, the counts-topic
+ *    records (Avro NsCounts) of the changed (name server, window)s; a counts list this code does not
+ *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
+ *    goes to the encoder itself.
+ *
+ * The counts lists apply creates are untracked by the cycle collector (see add_row): the one difference
+ * from the Python path, invisible to everything but gc.is_tracked() and gc.get_objects().
+ *
+ * Every read of a record is bounds-checked against the size of its bytes object. Values are fixed-size
+ * local buffers; a value that would not fit goes to the Python fallback, it is never truncated.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The longest varint of a 64-bit value: 9 bytes of 7 bits, then one byte holding bit 63. */
+#define VARINT_MAX_BYTES 10
+#define NS_STATS_VERSION 1
+/* a changelog value or a snapshot longer than this goes to the Python fallback */
+#define VALUE_MAX 1024
+/* 2**53: ints up to this size convert to double exactly, so C's division rounds as Python's does */
+#define EXACT_DOUBLE (INT64_C(1) << 53)
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Reading an NsStatsBatch                                                                          */
+
+/*
+ * The canonical zig-zag varint at buf[*pos]: 1 and *pos moved past it when it is the shortest encoding
+ * of an int64 and complete; 0 otherwise (fastavro reads longer forms too: the Python path decides).
+ */
+static int
+read_varint(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, int64_t *out)
+{
+    uint64_t n = 0;
+    Py_ssize_t p = *pos;
+
+    for (int k = 0; k < VARINT_MAX_BYTES; k++) {
+        unsigned char b;
+        if (p >= end)
+            return 0;
+        b = buf[p++];
+        n |= (uint64_t)(b & 0x7F) << (7 * k);
+        if (b & 0x80)
+            continue;
+        if ((b == 0 && k > 0) || (k == VARINT_MAX_BYTES - 1 && b > 1))
+            return 0; /* a longer form of a shorter varint, or bits past 63 */
+        *pos = p;
+        *out = (int64_t)((n >> 1) ^ (0 - (n & 1)));
+        return 1;
+    }
+    return 0;
+}
+
+/* A length-prefixed Avro string or bytes at buf[*pos]: 1 with its start and size, 0 if it is not whole. */
+static int
+read_span(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, const unsigned char **start,
+          Py_ssize_t *size)
+{
+    int64_t n;
+
+    if (!read_varint(buf, end, pos, &n) || n < 0 || n > end - *pos)
+        return 0;
+    *start = buf + *pos;
+    *size = (Py_ssize_t)n;
+    *pos += (Py_ssize_t)n;
+    return 1;
+}
+
+/* Little-endian int64 number i of a packed column (its size was checked). */
+static int64_t
+packed(const unsigned char *column, Py_ssize_t i)
+{
+    const unsigned char *p = column + 8 * i;
+    uint64_t n = 0;
+
+    for (int k = 7; k >= 0; k--)
+        n = (n << 8) | p[k];
+    return (int64_t)n;
+}
+
+/* The columns of one NsStatsBatch, pointing into its bytes; the strings as new Python objects. */
+typedef struct {
+    Py_ssize_t rows;
+    PyObject **names;    /* rows new references */
+    PyObject *kind_names; /* list of interned str */
+    const unsigned char *starts, *answered, *failures, *timeouts, *by_kind, *observations;
+    Py_ssize_t by_kind_triples, observation_triples;
+} batch_t;
+
+static void
+batch_free(batch_t *b)
+{
+    if (b->names != NULL) {
+        for (Py_ssize_t i = 0; i < b->rows; i++)
+            Py_XDECREF(b->names[i]);
+        PyMem_Free(b->names);
+        b->names = NULL;
+    }
+    Py_CLEAR(b->kind_names);
+}
+
+/* 1 when every (row, kind name, count) triple of a kinds column refers to a row and a kind name. */
+static int
+triples_valid(const unsigned char *column, Py_ssize_t triples, Py_ssize_t rows, Py_ssize_t kinds)
+{
+    for (Py_ssize_t t = 0; t < triples; t++) {
+        int64_t row = packed(column, 3 * t), name = packed(column, 3 * t + 1);
+        if (row < 0 || row >= rows || name < 0 || name >= kinds)
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * Parse a whole NsStatsBatch into *b: 1 when it is clearly well-formed, 0 when the Python path must
+ * decide (b is then empty), -1 with an exception (out of memory).
+ */
+static int
+batch_parse(const unsigned char *buf, Py_ssize_t end, batch_t *b)
+{
+    Py_ssize_t pos = 0, size, names_size, sizes[6];
+    const unsigned char *names_text, *columns[6];
+    int64_t version, part, count;
+
+    memset(b, 0, sizeof(*b));
+    if (!read_varint(buf, end, &pos, &version) || version != NS_STATS_VERSION)
+        return 0; /* another version: decode_batch words the error */
+    if (!read_varint(buf, end, &pos, &part) || !read_span(buf, end, &pos, &names_text, &names_size))
+        return 0;
+    for (int c = 0; c < 4; c++) /* window_starts, edns_answered, failures, timeouts */
+        if (!read_span(buf, end, &pos, &columns[c], &sizes[c]))
+            return 0;
+    b->kind_names = PyList_New(0);
+    if (b->kind_names == NULL)
+        return -1;
+    /* array<string>: blocks of a positive count and that many strings, ended by a 0 count (a negative
+     * count, which encode_batch never writes, is left to fastavro) */
+    for (;;) {
+        if (!read_varint(buf, end, &pos, &count) || count < 0)
+            goto undecided;
+        if (count == 0)
+            break;
+        while (count--) {
+            const unsigned char *text;
+            PyObject *kind;
+            if (!read_span(buf, end, &pos, &text, &size))
+                goto undecided;
+            kind = PyUnicode_DecodeUTF8((const char *)text, size, "strict");
+            if (kind == NULL)
+                goto undecided_or_error;
+            PyUnicode_InternInPlace(&kind);
+            if (PyList_Append(b->kind_names, kind) < 0) {
+                Py_DECREF(kind);
+                goto error;
+            }
+            Py_DECREF(kind);
+        }
+    }
+    for (int c = 4; c < 6; c++) /* by_kind, observations */
+        if (!read_span(buf, end, &pos, &columns[c], &sizes[c]))
+            goto undecided;
+    if (pos != end)
+        goto undecided; /* trailing bytes */
+
+    /* rows: the newline-separated names (str.split("\n"), so an empty text is one empty name) */
+    b->rows = 1;
+    for (Py_ssize_t i = 0; i < names_size; i++)
+        b->rows += names_text[i] == '\n';
+    for (int c = 0; c < 4; c++)
+        if (sizes[c] != 8 * b->rows)
+            goto undecided;
+    for (int c = 4; c < 6; c++)
+        if (sizes[c] % 24)
+            goto undecided;
+    b->starts = columns[0];
+    b->answered = columns[1];
+    b->failures = columns[2];
+    b->timeouts = columns[3];
+    b->by_kind = columns[4];
+    b->observations = columns[5];
+    b->by_kind_triples = sizes[4] / 24;
+    b->observation_triples = sizes[5] / 24;
+    if (!triples_valid(b->by_kind, b->by_kind_triples, b->rows, PyList_GET_SIZE(b->kind_names)) ||
+        !triples_valid(b->observations, b->observation_triples, b->rows, PyList_GET_SIZE(b->kind_names)))
+        goto undecided;
+
+    b->names = PyMem_Calloc((size_t)b->rows, sizeof(PyObject *));
+    if (b->names == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    {
+        Py_ssize_t start = 0, row = 0;
+        for (Py_ssize_t i = 0; i <= names_size; i++) {
+            if (i < names_size && names_text[i] != '\n')
+                continue;
+            /* '\n' never occurs inside a multi-byte sequence: the text is valid UTF-8 iff each name is */
+            b->names[row] = PyUnicode_DecodeUTF8((const char *)names_text + start, i - start, "strict");
+            if (b->names[row] == NULL)
+                goto undecided_or_error;
+            row++;
+            start = i + 1;
+        }
+    }
+    return 1;
+
+undecided_or_error:
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        goto error;
+    PyErr_Clear();
+undecided:
+    batch_free(b);
+    return 0;
+error:
+    batch_free(b);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Adding to counts lists                                                                           */
+
+/* list[i] += n, for a counts list (exact list of 5, checked by the caller). */
+static int
+add_at(PyObject *list, Py_ssize_t i, int64_t n)
+{
+    PyObject *old = PyList_GET_ITEM(list, i), *sum;
+
+    if (n == 0)
+        return 0; /* c[i] += 0 leaves the same value */
+    if (PyLong_CheckExact(old)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(old, &overflow), r;
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (!overflow && !__builtin_add_overflow(v, (long long)n, &r)) {
+            sum = PyLong_FromLongLong(r);
+            goto set;
+        }
+    }
+    {
+        PyObject *delta = PyLong_FromLongLong((long long)n);
+        if (delta == NULL)
+            return -1;
+        sum = PyNumber_Add(old, delta);
+        Py_DECREF(delta);
+    }
+set:
+    if (sum == NULL)
+        return -1;
+    PyList_SET_ITEM(list, i, sum);
+    Py_DECREF(old);
+    return 0;
+}
+
+/* counts, or a TypeError when it is not the [answered, failures, timeouts, by_kind, observations] list */
+static PyObject *
+check_counts(PyObject *counts)
+{
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != 5) {
+        PyErr_SetString(PyExc_TypeError, "a name server's counts must be a list of 5");
+        return NULL;
+    }
+    return counts;
+}
+
+/*
+ * The counts of `ns` in `table` plus (answered, failures, timeouts), a new [a, f, t, None, None] if none:
+ * that counts list (borrowed from table), or NULL with an exception.
+ */
+static PyObject *
+add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
+{
+    PyObject *c = PyDict_GetItemWithError(table, ns);
+
+    if (c == NULL) {
+        int rc;
+        if (PyErr_Occurred())
+            return NULL;
+        c = Py_BuildValue("[LLLOO]", (long long)a, (long long)f, (long long)t, Py_None, Py_None);
+        if (c == NULL)
+            return NULL;
+        /* Not tracked by the cycle collector: a counts list holds ints, None and kinds dicts of str ->
+         * int (which CPython leaves untracked), so it can never be part of a cycle, and with hundreds of
+         * thousands of name servers the collector's full passes over these lists (and every int and dict
+         * in them) cost ~40% of apply (bench/ns_state_bench.py). CPython untracks tuples and dicts of
+         * atomic values the same way; only this list is not untracked by CPython itself. */
+        PyObject_GC_UnTrack(c);
+        rc = PyDict_SetItem(table, ns, c);
+        Py_DECREF(c); /* table holds it */
+        return rc < 0 ? NULL : c;
+    }
+    if (check_counts(c) == NULL)
+        return NULL;
+    return add_at(c, 0, a) < 0 || add_at(c, 1, f) < 0 || add_at(c, 2, t) < 0 ? NULL : c;
+}
+
+/* ns_state._add_kind: n added to `kind` in the map at counts[index] (None stands for an empty map). */
+static int
+add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
+{
+    PyObject *current = PyList_GET_ITEM(counts, index), *number, *old;
+    int rc;
+
+    if (current == Py_None) {
+        PyObject *map = Py_BuildValue("{OL}", kind, (long long)n);
+        if (map == NULL)
+            return -1;
+        PyList_SET_ITEM(counts, index, map);
+        Py_DECREF(current);
+        return 0;
+    }
+    if (!PyDict_Check(current)) {
+        PyErr_SetString(PyExc_TypeError, "a kinds map must be a dict or None");
+        return -1;
+    }
+    number = PyLong_FromLongLong((long long)n);
+    if (number == NULL)
+        return -1;
+    old = PyDict_GetItemWithError(current, kind);
+    if (old != NULL) {
+        PyObject *sum = PyNumber_Add(old, number);
+        Py_DECREF(number);
+        if (sum == NULL)
+            return -1;
+        number = sum;
+    }
+    else if (PyErr_Occurred()) {
+        Py_DECREF(number);
+        return -1;
+    }
+    rc = PyDict_SetItem(current, kind, number);
+    Py_DECREF(number);
+    return rc;
+}
+
+/* table[ns], borrowed; KeyError as Python's table[ns] gives. */
+static PyObject *
+item_of(PyObject *table, PyObject *ns)
+{
+    PyObject *c = PyDict_GetItemWithError(table, ns);
+
+    if (c == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, ns);
+    return c;
+}
+
+/* table[ns] as a counts list, borrowed */
+static PyObject *
+counts_of(PyObject *table, PyObject *ns)
+{
+    PyObject *c = item_of(table, ns);
+
+    return c == NULL ? NULL : check_counts(c);
+}
+
+/*
+ * One kinds column's triples added to the totals and to the windows that are still there. The rows' counts
+ * lists were kept by the rows' loop (row_totals, row_windows: borrowed, NULL for a row whose window had
+ * expired), which saves two lookups in dicts of hundreds of thousands of name servers per triple: those
+ * are cache misses. A window's lists are alive while the window is in `windows` (only expiry removes
+ * them, a whole window at a time), which is checked here as Python's windows.get(start) does.
+ */
+static int
+add_kinds(batch_t *b, const unsigned char *column, Py_ssize_t triples, Py_ssize_t index, PyObject **row_totals,
+          PyObject **row_windows, PyObject *windows)
+{
+    int64_t cached_start = 0;
+    PyObject *window = NULL; /* borrowed from windows: no Python code runs in this loop to free it */
+    int have_cache = 0;
+
+    for (Py_ssize_t t = 0; t < triples; t++) {
+        Py_ssize_t row = (Py_ssize_t)packed(column, 3 * t);
+        PyObject *ns = b->names[row];
+        PyObject *kind = PyList_GET_ITEM(b->kind_names, (Py_ssize_t)packed(column, 3 * t + 1));
+        int64_t n = packed(column, 3 * t + 2), start = packed(b->starts, row);
+        PyObject *c = row_totals[row];
+
+        if (add_kind(c, index, kind, n) < 0)
+            return -1;
+        if (!have_cache || start != cached_start) {
+            PyObject *key = PyLong_FromLongLong((long long)start);
+            if (key == NULL)
+                return -1;
+            window = PyDict_GetItemWithError(windows, key);
+            Py_DECREF(key);
+            if (window == NULL && PyErr_Occurred())
+                return -1;
+            cached_start = start;
+            have_cache = 1;
+        }
+        if (window != NULL && window != Py_None) {
+            c = row_windows[row] != NULL ? row_windows[row] : counts_of(window, ns);
+            if (c == NULL || add_kind(c, index, kind, n) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* getattr(state, name), which must be of `type` */
+static PyObject *
+state_attr(PyObject *state, const char *name, PyTypeObject *type)
+{
+    PyObject *value = PyObject_GetAttrString(state, name);
+
+    if (value != NULL && !PyObject_TypeCheck(value, type)) {
+        PyErr_Format(PyExc_TypeError, "NsState.%s must be a %s", name, type->tp_name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+/* The rows of a parsed batch added to state (NsState.apply's loops). */
+static int
+apply_rows(PyObject *state, batch_t *b)
+{
+    PyObject *totals = NULL, *windows = NULL, *dirty_totals = NULL, *dirty_windows = NULL, *changed = NULL;
+    PyObject *window = NULL, *dirty = NULL, *changed_names = NULL; /* of the current window */
+    PyObject **row_totals = PyMem_Calloc((size_t)b->rows * 2, sizeof(PyObject *));
+    PyObject **row_windows = row_totals + b->rows;
+    int64_t current = 0;
+    int have_current = 0, rc = -1;
+
+    if (row_totals == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if ((totals = state_attr(state, "totals", &PyDict_Type)) == NULL ||
+        (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
+        (dirty_totals = state_attr(state, "_dirty_totals", &PyDict_Type)) == NULL ||
+        (dirty_windows = state_attr(state, "_dirty_windows", &PyDict_Type)) == NULL ||
+        (changed = state_attr(state, "_changed", &PyDict_Type)) == NULL)
+        goto done;
+    for (Py_ssize_t row = 0; row < b->rows; row++) {
+        PyObject *ns = b->names[row];
+        int64_t start = packed(b->starts, row), a = packed(b->answered, row), f = packed(b->failures, row),
+                t = packed(b->timeouts, row);
+
+        if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL ||
+            PyDict_SetItem(dirty_totals, ns, row_totals[row]) < 0)
+            goto done;
+        if (!have_current || start != current) {
+            /* a new window: NsState._window, in Python (it may create the window and expire others) */
+            PyObject *key = PyLong_FromLongLong((long long)start);
+            if (key == NULL)
+                goto done;
+            current = start;
+            have_current = 1;
+            Py_CLEAR(window);
+            window = PyObject_CallMethod(state, "_window", "(O)", key);
+            if (window == NULL || (window != Py_None && !PyDict_Check(window))) {
+                if (window != NULL)
+                    PyErr_SetString(PyExc_TypeError, "NsState._window must give a dict or None");
+                Py_DECREF(key);
+                goto done;
+            }
+            if (window != Py_None) {
+                PyObject *empty, *set;
+                Py_CLEAR(dirty);
+                Py_CLEAR(changed_names);
+                for (int k = 0; k < 2; k++) {
+                    empty = PyDict_New();
+                    if (empty == NULL) {
+                        Py_DECREF(key);
+                        goto done;
+                    }
+                    set = PyDict_SetDefault(k == 0 ? dirty_windows : changed, key, empty);
+                    Py_DECREF(empty);
+                    if (set == NULL || !PyDict_Check(set)) {
+                        if (set != NULL)
+                            PyErr_SetString(PyExc_TypeError, "NsState's changed names must be dicts");
+                        Py_DECREF(key);
+                        goto done;
+                    }
+                    Py_INCREF(set);
+                    if (k == 0)
+                        dirty = set;
+                    else
+                        changed_names = set;
+                }
+            }
+            Py_DECREF(key);
+        }
+        if (window != Py_None) {
+            if ((row_windows[row] = add_row(window, ns, a, f, t)) == NULL ||
+                PyDict_SetItem(dirty, ns, row_windows[row]) < 0 ||
+                PyDict_SetItem(changed_names, ns, row_windows[row]) < 0)
+                goto done;
+        }
+    }
+    if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, row_totals, row_windows, windows) < 0 ||
+        add_kinds(b, b->observations, b->observation_triples, 4, row_totals, row_windows, windows) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(totals);
+    Py_XDECREF(windows);
+    Py_XDECREF(dirty_totals);
+    Py_XDECREF(dirty_windows);
+    Py_XDECREF(changed);
+    Py_XDECREF(window);
+    Py_XDECREF(dirty);
+    Py_XDECREF(changed_names);
+    PyMem_Free(row_totals);
+    return rc;
+}
+
+PyDoc_STRVAR(apply_doc,
+"apply(state, data, origin) -> bool | None\n--\n\n"
+"NsState.apply(decode_batch(data), origin) for a clearly well-formed NsStatsBatch ``data`` (bytes):\n"
+"True when applied, False when ``origin`` was applied already. None, with the state untouched, for\n"
+"anything else: the Python path must decide (apply it, or raise ValueError).");
+
+static PyObject *
+ns_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *state, *data, *origin;
+    batch_t b;
+    int parsed;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "apply() takes exactly 3 arguments (state, data, origin)");
+        return NULL;
+    }
+    state = args[0];
+    data = args[1];
+    origin = args[2];
+    if (!PyBytes_CheckExact(data))
+        Py_RETURN_NONE;
+    parsed = batch_parse((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &b);
+    if (parsed < 0)
+        return NULL;
+    if (parsed == 0)
+        Py_RETURN_NONE;
+    if (origin != Py_None) {
+        PyObject *fresh = PyObject_CallMethod(state, "_mark", "(O)", origin);
+        int is_fresh = fresh == NULL ? -1 : PyObject_IsTrue(fresh);
+        Py_XDECREF(fresh);
+        if (is_fresh <= 0) {
+            batch_free(&b);
+            if (is_fresh < 0)
+                return NULL;
+            Py_RETURN_FALSE;
+        }
+    }
+    if (apply_rows(state, &b) < 0) {
+        batch_free(&b);
+        return NULL;
+    }
+    batch_free(&b);
+    Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Writing values                                                                                   */
+
+/* A value being written into a fixed buffer; `full` once something did not fit. */
+typedef struct {
+    unsigned char data[VALUE_MAX];
+    Py_ssize_t size;
+    int full;
+} out_t;
+
+static void
+put(out_t *o, const void *bytes, Py_ssize_t n)
+{
+    if (o->full || n > VALUE_MAX - o->size) {
+        o->full = 1;
+        return;
+    }
+    memcpy(o->data + o->size, bytes, (size_t)n);
+    o->size += n;
+}
+
+static void
+put_byte(out_t *o, unsigned char c)
+{
+    put(o, &c, 1);
+}
+
+/* n in decimal, as orjson writes an int */
+static void
+put_decimal(out_t *o, int64_t n)
+{
+    char text[24];
+    int len = 0;
+    uint64_t u = n < 0 ? (uint64_t)0 - (uint64_t)n : (uint64_t)n;
+
+    do {
+        text[sizeof(text) - 1 - len++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (n < 0)
+        text[sizeof(text) - 1 - len++] = '-';
+    put(o, text + sizeof(text) - len, len);
+}
+
+/* Avro long: zig-zag varint */
+static void
+put_long(out_t *o, int64_t n)
+{
+    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(n >> 63);
+
+    while (z > 0x7F) {
+        put_byte(o, (unsigned char)((z & 0x7F) | 0x80));
+        z >>= 7;
+    }
+    put_byte(o, (unsigned char)z);
+}
+
+/* An exact int that fits int64 into *n: 1; 0 for anything else (the Python fallback writes it). */
+static int
+small_int(PyObject *value, int64_t *n)
+{
+    int overflow;
+    long long v;
+
+    if (!PyLong_CheckExact(value))
+        return 0; /* bool, a subclass, a float...: orjson and the Avro encoder have their own ways */
+    v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *n = (int64_t)v;
+    return 1;
+}
+
+/* A str key orjson writes as its own bytes between quotes: printable ASCII without '"' or '\\'. */
+static int
+plain_key(PyObject *key, const char **text, Py_ssize_t *size)
+{
+    const unsigned char *s;
+
+    if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key))
+        return 0;
+    s = PyUnicode_1BYTE_DATA(key);
+    *size = PyUnicode_GET_LENGTH(key);
+    for (Py_ssize_t i = 0; i < *size; i++)
+        if (s[i] < 0x20 || s[i] > 0x7E || s[i] == '"' || s[i] == '\\')
+            return 0;
+    *text = (const char *)s;
+    return 1;
+}
+
+/* The changelog value of a counts list (b"\x01" and orjson's JSON of it): 1 written, 0 not plain. */
+static int
+put_changelog_value(out_t *o, PyObject *counts)
+{
+    put_byte(o, 0x01);
+    if (!PyList_CheckExact(counts))
+        return 0;
+    put_byte(o, '[');
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(counts); i++) {
+        PyObject *item = PyList_GET_ITEM(counts, i);
+        int64_t n;
+        if (i)
+            put_byte(o, ',');
+        if (item == Py_None)
+            put(o, "null", 4);
+        else if (small_int(item, &n))
+            put_decimal(o, n);
+        else if (PyDict_CheckExact(item)) {
+            PyObject *key, *value;
+            Py_ssize_t pos = 0, size;
+            const char *text;
+            int first = 1;
+            put_byte(o, '{');
+            while (PyDict_Next(item, &pos, &key, &value)) {
+                if (!plain_key(key, &text, &size) || !small_int(value, &n))
+                    return 0;
+                if (!first)
+                    put_byte(o, ',');
+                first = 0;
+                put_byte(o, '"');
+                put(o, text, size);
+                put(o, "\":", 2);
+                put_decimal(o, n);
+            }
+            put_byte(o, '}');
+        }
+        else
+            return 0;
+    }
+    put_byte(o, ']');
+    return !o->full;
+}
+
+/* `prefix` + ns.encode() */
+static PyObject *
+prefixed_key(PyObject *prefix, PyObject *ns)
+{
+    const char *text;
+    Py_ssize_t size;
+    PyObject *key;
+
+    if (!PyUnicode_Check(ns)) {
+        PyErr_SetString(PyExc_TypeError, "a name server must be a str");
+        return NULL;
+    }
+    text = PyUnicode_AsUTF8AndSize(ns, &size);
+    if (text == NULL)
+        return NULL;
+    key = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + size);
+    if (key == NULL)
+        return NULL;
+    memcpy(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
+    memcpy(PyBytes_AS_STRING(key) + PyBytes_GET_SIZE(prefix), text, (size_t)size);
+    return key;
+}
+
+/* Append (key, value) to records, taking both references. */
+static int
+append_record(PyObject *records, PyObject *key, PyObject *value)
+{
+    PyObject *record;
+    int rc;
+
+    if (key == NULL || value == NULL) {
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        return -1;
+    }
+    record = PyTuple_Pack(2, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    if (record == NULL)
+        return -1;
+    /* a tuple of two bytes can be in no cycle: the collector would untrack it at its next pass (CPython
+     * does so for tuples of untracked items), after traversing it; this spares it that work */
+    PyObject_GC_UnTrack(record);
+    rc = PyList_Append(records, record);
+    Py_DECREF(record);
+    return rc;
+}
+
+/* (key, value) as list[i], taking both references (list was made by PyList_New(size)) */
+static int
+set_record(PyObject *records, Py_ssize_t i, PyObject *key, PyObject *value)
+{
+    PyObject *record;
+
+    if (key == NULL || value == NULL) {
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        return -1;
+    }
+    record = PyTuple_Pack(2, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    if (record == NULL)
+        return -1;
+    PyObject_GC_UnTrack(record); /* as in append_record */
+    PyList_SET_ITEM(records, i, record);
+    return 0;
+}
+
+PyDoc_STRVAR(counts_records_doc,
+"counts_records(prefix, changed, encode_value) -> list[tuple[bytes, bytes]]\n--\n\n"
+"ns_state.counts_records_py: (prefix + ns.encode(), encode_value(counts)) for each ns, counts of the\n"
+"dict ``changed``, the plain values written here, byte for byte as orjson writes them.");
+
+static PyObject *
+ns_counts_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *prefix, *changed, *encode, *records, *ns, *c;
+    Py_ssize_t pos = 0, i = 0;
+    out_t o;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "counts_records() takes exactly 3 arguments");
+        return NULL;
+    }
+    prefix = args[0];
+    changed = args[1];
+    encode = args[2];
+    if (!PyBytes_CheckExact(prefix) || !PyDict_CheckExact(changed)) {
+        PyErr_SetString(PyExc_TypeError, "counts_records() needs a bytes prefix and a dict of counts");
+        return NULL;
+    }
+    records = PyList_New(PyDict_GET_SIZE(changed));
+    if (records == NULL)
+        return NULL;
+    while (PyDict_Next(changed, &pos, &ns, &c)) {
+        PyObject *value;
+        if (i == PyList_GET_SIZE(records)) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            goto error;
+        }
+        o.size = 0;
+        o.full = 0;
+        if (put_changelog_value(&o, c))
+            value = PyBytes_FromStringAndSize((const char *)o.data, o.size);
+        else {
+            /* the Python encoder could in theory change the dict: keep what is being written alive */
+            Py_INCREF(ns);
+            Py_INCREF(c);
+            value = PyObject_CallOneArg(encode, c);
+            Py_DECREF(c);
+            if (value == NULL) {
+                Py_DECREF(ns);
+                goto error;
+            }
+            if (set_record(records, i++, prefixed_key(prefix, ns), value) < 0) {
+                Py_DECREF(ns);
+                goto error;
+            }
+            Py_DECREF(ns);
+            continue;
+        }
+        if (value == NULL || set_record(records, i++, prefixed_key(prefix, ns), value) < 0)
+            goto error;
+    }
+    if (i != PyList_GET_SIZE(records)) {
+        PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+        goto error;
+    }
+    return records;
+error:
+    Py_DECREF(records);
+    return NULL;
+}
+
+/* An Avro map<long> of a kinds map (None or empty: the empty map): 1 written, 0 not plain. */
+static int
+put_avro_map(out_t *o, PyObject *map)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+
+    if (map == Py_None || (PyDict_CheckExact(map) && PyDict_GET_SIZE(map) == 0)) {
+        put_byte(o, 0);
+        return 1;
+    }
+    if (!PyDict_CheckExact(map))
+        return 0;
+    put_long(o, PyDict_GET_SIZE(map));
+    while (PyDict_Next(map, &pos, &key, &value)) {
+        Py_ssize_t size;
+        const char *text;
+        int64_t n;
+        if (!PyUnicode_CheckExact(key) || !small_int(value, &n))
+            return 0;
+        text = PyUnicode_AsUTF8AndSize(key, &size);
+        if (text == NULL) {
+            PyErr_Clear(); /* surrogates: the Python encoder raises its own error */
+            return 0;
+        }
+        put_long(o, size);
+        put(o, text, size);
+        put_long(o, n);
+    }
+    put_byte(o, 0);
+    return 1;
+}
+
+/* NsCountValues of a counts list: 1 written, 0 not plain. */
+static int
+put_avro_values(out_t *o, PyObject *counts)
+{
+    int64_t answered, failures, timeouts;
+    char rate[8];
+
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != 5 ||
+        !small_int(PyList_GET_ITEM(counts, 0), &answered) || !small_int(PyList_GET_ITEM(counts, 1), &failures) ||
+        !small_int(PyList_GET_ITEM(counts, 2), &timeouts))
+        return 0;
+    /* failures / answered as Python divides ints: exactly (double)f / (double)a while both are exact */
+    if (answered < -EXACT_DOUBLE || answered > EXACT_DOUBLE || failures < -EXACT_DOUBLE || failures > EXACT_DOUBLE)
+        return 0;
+    if (PyFloat_Pack8(answered ? (double)failures / (double)answered : 0.0, rate, 1) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    put_long(o, answered);
+    put_long(o, failures);
+    put(o, rate, 8);
+    if (!put_avro_map(o, PyList_GET_ITEM(counts, 3)))
+        return 0;
+    put_long(o, timeouts);
+    return put_avro_map(o, PyList_GET_ITEM(counts, 4));
+}
+
+/* bytes attribute `name` of the encoder (an Avro field it wrote once) */
+static PyObject *
+encoder_field(PyObject *encoder, const char *name)
+{
+    PyObject *value = PyObject_GetAttrString(encoder, name);
+
+    if (value != NULL && !PyBytes_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "SnapshotEncoder.%s must be bytes", name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+PyDoc_STRVAR(snapshot_records_doc,
+"snapshot_records(changed, totals, encoder) -> list[tuple[bytes, bytes]]\n--\n\n"
+"ns_counts.snapshot_records_py: (ns.encode(), encoder(ns, start, window, totals[ns])) for each ns, window\n"
+"of each start, names of ``changed`` (dict of dicts), in that order; the plain values written here, byte\n"
+"for byte as the SnapshotEncoder ``encoder`` writes them.");
+
+static PyObject *
+ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *changed, *totals, *encoder, *records = NULL, *time_field = NULL, *seconds_field = NULL;
+    PyObject *start, *names;
+    Py_ssize_t pos = 0;
+    out_t o;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "snapshot_records() takes exactly 3 arguments");
+        return NULL;
+    }
+    changed = args[0];
+    totals = args[1];
+    encoder = args[2];
+    if (!PyDict_CheckExact(changed) || !PyDict_Check(totals)) {
+        PyErr_SetString(PyExc_TypeError, "snapshot_records() needs dicts of changed counts and of totals");
+        return NULL;
+    }
+    if ((time_field = encoder_field(encoder, "time_field")) == NULL ||
+        (seconds_field = encoder_field(encoder, "window_seconds_field")) == NULL ||
+        (records = PyList_New(0)) == NULL)
+        goto error;
+    while (PyDict_Next(changed, &pos, &start, &names)) {
+        PyObject *ns, *w;
+        Py_ssize_t at = 0;
+        int64_t start_n = 0;
+        int plain_start = small_int(start, &start_n);
+
+        if (!PyDict_CheckExact(names)) {
+            PyErr_SetString(PyExc_TypeError, "snapshot_records() needs a dict of counts per window");
+            goto error;
+        }
+        Py_INCREF(start);
+        Py_INCREF(names);
+        while (PyDict_Next(names, &at, &ns, &w)) {
+            PyObject *t = item_of(totals, ns), *value;
+            int rc;
+            const char *text;
+            Py_ssize_t size;
+            if (t == NULL)
+                goto error_in_window;
+            text = PyUnicode_Check(ns) ? PyUnicode_AsUTF8AndSize(ns, &size) : NULL;
+            if (text == NULL)
+                PyErr_Clear(); /* the fallback raises what the Python encoder raises */
+            o.size = 0;
+            o.full = 0;
+            if (text != NULL && plain_start) {
+                put_long(&o, size);
+                put(&o, text, size);
+                put(&o, PyBytes_AS_STRING(time_field), PyBytes_GET_SIZE(time_field));
+                put_long(&o, start_n);
+                put(&o, PyBytes_AS_STRING(seconds_field), PyBytes_GET_SIZE(seconds_field));
+            }
+            if (text != NULL && plain_start && put_avro_values(&o, w) && put_avro_values(&o, t) && !o.full) {
+                value = PyBytes_FromStringAndSize((const char *)o.data, o.size);
+                if (value == NULL || append_record(records, PyUnicode_AsUTF8String(ns), value) < 0)
+                    goto error_in_window;
+                continue;
+            }
+            /* the Python encoder: keep what it is given alive whatever it does */
+            Py_INCREF(ns);
+            Py_INCREF(w);
+            Py_INCREF(t);
+            value = PyObject_CallFunctionObjArgs(encoder, ns, start, w, t, NULL);
+            rc = value == NULL ? -1 : append_record(records, PyUnicode_AsUTF8String(ns), value);
+            Py_DECREF(ns);
+            Py_DECREF(w);
+            Py_DECREF(t);
+            if (rc < 0)
+                goto error_in_window;
+        }
+        Py_DECREF(start);
+        Py_DECREF(names);
+        continue;
+    error_in_window:
+        Py_DECREF(start);
+        Py_DECREF(names);
+        goto error;
+    }
+    Py_DECREF(time_field);
+    Py_DECREF(seconds_field);
+    return records;
+error:
+    Py_XDECREF(time_field);
+    Py_XDECREF(seconds_field);
+    Py_XDECREF(records);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"apply", (PyCFunction)(void (*)(void))ns_apply, METH_FASTCALL, apply_doc},
+    {"counts_records", (PyCFunction)(void (*)(void))ns_counts_records, METH_FASTCALL, counts_records_doc},
+    {"snapshot_records", (PyCFunction)(void (*)(void))ns_snapshot_records, METH_FASTCALL, snapshot_records_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "processors._ns_state",
+    "The aggregator's per-name-server work (apply, changelog and snapshot records) in C; the Python\n"
+    "functions of processors.ns_state and processors.ns_counts are the specification.",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__ns_state(void)
+{
+    return PyModule_Create(&module);
+}

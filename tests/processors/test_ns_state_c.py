@@ -1,0 +1,184 @@
+"""``processors._ns_state`` (C) does exactly what its Python specification does: the state after applying
+encoded ns-stats batches (totals, windows, marks, expiry, what is dirty), the changelog records and the
+counts snapshots, byte for byte; and it leaves every damaged batch to the Python path, untouched."""
+
+from __future__ import annotations
+
+import copy
+import gc
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nmsgdns.wire import load_extension
+from processors import ns_state
+from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
+from processors.ns_counts import SnapshotEncoder, snapshot_records_py
+from processors.ns_state import NsState, counts_records_py, encode_value
+from processors.ns_stats_batch import batch_part, decode_batch, encode_batch
+from tests.mutations import mutated
+from tests.processors.helpers import raw_containers
+
+ext = load_extension("_ns_state", "processors")
+pytestmark = pytest.mark.skipif(ext is None, reason="processors._ns_state is not built")
+
+NAMES = st.one_of(
+    st.ip_addresses().map(str),
+    st.sampled_from(["192.0.2.1", "2001:db8::53", "fe80::1%eth0"]),
+    st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=8),
+)
+KIND_NAMES = st.sampled_from(["noopt", "formerr", "badvers", "notimp", "é", 'q"x', "tab\t", "\x7f", ""])
+SMALL = st.integers(0, 20)
+INT64 = st.one_of(SMALL, st.integers(-(2**63), 2**63 - 1))
+KINDS = st.dictionaries(KIND_NAMES, st.one_of(SMALL, INT64), max_size=3)
+ROW = st.tuples(NAMES, st.sampled_from([0, 60, 120, 180, 3600, 7200]), INT64, INT64, SMALL, KINDS, KINDS)
+#: (input partition, last input offset, sequence, part)
+ORIGIN = st.one_of(st.none(), st.tuples(*(st.integers(0, n) for n in (1, 4, 2, 1))))
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("apply"), st.lists(ROW, min_size=1, max_size=12), ORIGIN),
+        st.tuples(st.just("changelog")),
+        st.tuples(st.just("snapshots")),
+    ),
+    max_size=10,
+)
+
+
+def state_of(state: NsState) -> dict[str, Any]:
+    """Everything a state holds (dirty sets included), to compare two states."""
+    return {k: copy.deepcopy(v) for k, v in vars(state).items()}
+
+
+def outcome(f: Any, *args: Any) -> Any:
+    """f(*args), or the type of what it raised (both implementations must raise alike)."""
+    try:
+        return f(*args)
+    except Exception as exc:
+        return type(exc)
+
+
+def changelog_py(state: NsState) -> Any:
+    with mock.patch.object(ns_state, "counts_records", counts_records_py):
+        return outcome(state.changelog)
+
+
+def changelog_c(state: NsState) -> Any:
+    with mock.patch.object(ns_state, "counts_records", ext.counts_records):
+        return outcome(state.changelog)
+
+
+def snapshots(state: NsState, implementation: Any) -> Any:
+    encode = SnapshotEncoder(60, 1_700_000_000_000)
+    return outcome(implementation, state.take_changed(), state.totals, encode)
+
+
+def run_both(ops: list[tuple[Any, ...]], expires: int) -> None:
+    """Each op on a Python state and a C state; after each, the same state and the same records."""
+    py, c = NsState(expires), NsState(expires)
+    for op in ops:
+        if op[0] == "apply":
+            data = encode_batch(0, op[1])
+            assert outcome(py.apply, decode_batch(data), op[2]) == outcome(ext.apply, c, data, op[2])
+        elif op[0] == "changelog":
+            assert changelog_py(py) == changelog_c(c)
+        else:
+            assert snapshots(py, snapshot_records_py) == snapshots(c, ext.snapshot_records)
+        assert state_of(py) == state_of(c)
+    assert changelog_py(py) == changelog_c(c)
+    assert snapshots(py, snapshot_records_py) == snapshots(c, ext.snapshot_records)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.sampled_from([0, 60, 3600]))
+def test_same_state_changelog_and_snapshots_as_python(ops: list[tuple[Any, ...]], expires: int) -> None:
+    run_both(ops, expires)
+
+
+def test_realistic_batches() -> None:
+    """The filter's own ns-stats records of a corpus capture (several windows, kinds, IPv6 name servers),
+    applied twice over so that counts add up, with a changelog and snapshots between."""
+    clock = WindowClock(1)
+    batch = PartitionBatch()
+    for offset, data in enumerate(raw_containers("live_resolver", 300)):
+        batch.add(offset, filter_container(data, clock))
+    records = [v for values in batch.deltas(KeyPartitioner(2)).values() for v in values]
+    py, c = NsState(2), NsState(2)
+    for round_ in range(2):
+        for i, value in enumerate(records):
+            origin = (0, round_ * len(records) + i, 0, 0)
+            assert py.apply(decode_batch(value), origin) is True
+            assert ext.apply(c, value, origin) is True
+            assert ext.apply(c, value, origin) is False  # replayed: skipped
+        assert state_of(py) == state_of(c)
+        assert changelog_py(py) == changelog_c(c)
+        assert snapshots(py, snapshot_records_py) == snapshots(c, ext.snapshot_records)
+    assert len(py.totals) == 8 and len(py.windows) >= 2
+    # the C path's counts lists are left out of the cycle collector: they hold no tracked object
+    for counts in [*c.totals.values(), *(n for w in c.windows.values() for n in w.values())]:
+        assert not gc.is_tracked(counts) and not any(gc.is_tracked(item) for item in counts)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.lists(ROW, min_size=1, max_size=6), st.booleans())
+def test_damaged_batches_are_left_to_python(data: st.DataObject, rows: list[Any], marks: bool) -> None:
+    """A damaged batch: C either applies it as Python does, or returns None with the state untouched; and
+    NsState.apply_record gives the Python path's result or its ValueError, with nothing applied."""
+    base = NsState(60)
+    base.apply(decode_batch(encode_batch(0, rows[:1])))
+    damaged = data.draw(mutated(encode_batch(1, rows)))
+    origin = (0, 1, 0, 1) if marks else None
+    py, c = copy.deepcopy(base), copy.deepcopy(base)
+    try:
+        decoded = decode_batch(damaged)
+    except ValueError:
+        decoded = None
+    else:
+        assert batch_part(damaged) == decoded.part
+        py.apply(decoded, origin)
+    applied = ext.apply(c, damaged, origin)
+    if applied is None:
+        assert state_of(c) == state_of(base)
+    else:
+        assert decoded is not None and applied is True
+        assert state_of(c) == state_of(py)
+    c = copy.deepcopy(base)
+    if decoded is None:
+        with pytest.raises(ValueError):
+            c.apply_record(damaged, origin)
+        assert state_of(c) == state_of(base)
+    else:
+        assert c.apply_record(damaged, origin) is True
+        assert state_of(c) == state_of(py)
+
+
+ODD = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=3))
+ODD_KINDS = st.one_of(
+    st.none(), st.dictionaries(st.text(max_size=6), st.one_of(st.integers(), ODD), max_size=3)
+)
+ODD_COUNTS = st.one_of(
+    st.tuples(st.integers(), st.integers(), st.integers(), ODD_KINDS, ODD_KINDS).map(list),
+    st.lists(ODD, max_size=6),
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.text(max_size=6), ODD_COUNTS, max_size=4))
+def test_changelog_values_of_any_counts(counts: dict[str, Any]) -> None:
+    """Any counts list (big ints, escaped or non-ASCII kinds, odd types) gets orjson's bytes or error."""
+    for name in counts:
+        one = {name: counts[name]}
+        assert outcome(ext.counts_records, b"T", one, encode_value) == outcome(
+            counts_records_py, b"T", one, encode_value
+        )
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=10), st.integers(-(2**70), 2**70), ODD_COUNTS, ODD_COUNTS, st.integers(1, 2**31))
+def test_snapshot_values_of_any_counts(ns: str, start: int, window: Any, total: Any, seconds: int) -> None:
+    """Any counts lists get the Python encoder's bytes or error."""
+    encode = SnapshotEncoder(seconds, 1_700_000_000_000)
+    args = ({start: {ns: window}}, {ns: total}, encode)
+    assert outcome(ext.snapshot_records, *args) == outcome(snapshot_records_py, *args)
