@@ -3,7 +3,10 @@
 Two ``dnsqr-pipeline worker`` processes share a 4-partition raw topic. Containers of the live_resolver
 capture (repeated) are produced slowly, so that one worker is killed while records are still arriving and
 while it holds an open transaction (exactly_once) or un-acknowledged events (at_least_once); it is then
-restarted at once, which rebalances the group a second time while production goes on.
+restarted at once, which rebalances the group a second time while production goes on. Under exactly_once
+the same runs on a high-cardinality variant of those records (``response_ip`` rewritten to ~5k Zipf-drawn
+name servers by bench/make_big.py), where every batch's deltas span many aggregator keys and changelog
+records.
 
 The expected outputs are computed here, not taken from the pipeline: failures with
 :class:`nmsgdns.edns.EdnsFilter` (checked first against the reference filter's own output for one copy of
@@ -42,15 +45,17 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
+from bench.make_big import main as make_big
 from dnsqr_pipeline.completion import CompletionError, Progress, wait_caught_up
 from dnsqr_pipeline.counts_view import read_latest_counts
 from dnsqr_pipeline.job import free_port
 from dnsqr_schemas import avro_schema
+from nmsgdns.container import encode_container
 from nmsgdns.edns import EdnsFilter
 from processors.filter_agent import WindowClock, filter_container
 from processors.ns_deltas import Counts, CountsKey, fold, rows
 from tests import corpus
-from tests.processors.helpers import expected_failures, raw_containers, read_payloads
+from tests.processors.helpers import expected_failures, read_payloads
 from tests.processors.test_integration import Run
 from tests.sink.helpers import files_multiset
 
@@ -82,39 +87,55 @@ class Expected:
     totals: dict[str, dict[str, int]]
 
 
-def expected_outputs() -> Expected:
-    """The containers to produce and their expected failures and per-name-server totals.
+#: the high-cardinality input: the capture's records with ``response_ip`` rewritten by bench/make_big.py to
+#: Zipf-drawn addresses (both families): ~15.6k records naming ~5k name servers instead of 8
+HIGH_CARDINALITY = ("--name-servers", "20000", "--zipf", "0.8", "--seed", "7")
 
-    Failures come from ``EdnsFilter`` over the payloads; for one copy they must equal the reference
-    filter's ``NAME.filtered.nmsg`` and ``NAME.expected_counts.json`` (reference parity), otherwise the
-    comparison below would test our rule against itself.
-    """
-    payloads = read_payloads(corpus.path(f"{CASE}.nmsg"))
+
+def expected_outputs(payloads: list[bytes]) -> Expected:
+    """The containers of ``payloads`` and their expected failures and per-name-server totals."""
     edns = EdnsFilter()
-    one_copy = Counter(p for p in payloads if edns.select(p))
-    assert one_copy == expected_failures(CASE)
-    assert dict(edns.failures_by_ns) == corpus.expected_counts(CASE)
-
-    containers = raw_containers(CASE, PER_CONTAINER) * COPIES
+    failures = Counter(p for p in payloads if edns.select(p))
+    containers = [
+        encode_container(payloads[i : i + PER_CONTAINER]) for i in range(0, len(payloads), PER_CONTAINER)
+    ]
     clock = WindowClock(3600)
     counts: dict[CountsKey, Counts] = {}
     for data in containers:
         fold(counts, filter_container(data, clock).counted)
-    failures = Counter({p: n * COPIES for p, n in one_copy.items()})
     by_ns: dict[str, dict[str, int]] = {}
     for ns, _window, answered, failed, timeouts, _by_kind, _observations in rows(counts):
         totals = by_ns.setdefault(ns, dict.fromkeys(COUNT_FIELDS, 0))
         for f, n in (("failures", failed), ("edns_answered", answered), ("timeouts", timeouts)):
             totals[f] += n
-    assert {ns: t["failures"] for ns, t in by_ns.items() if t["failures"]} == {
-        ns: n * COPIES for ns, n in edns.failures_by_ns.items()
-    }
+    assert {ns: t["failures"] for ns, t in by_ns.items() if t["failures"]} == dict(edns.failures_by_ns)
     return Expected(containers, failures, by_ns)
 
 
 @pytest.fixture(scope="module")
-def expected() -> Expected:
-    return expected_outputs()
+def corpus_input() -> Expected:
+    """The capture ``COPIES`` times. For one copy the failures and counts must equal the reference filter's
+    ``NAME.filtered.nmsg`` and ``NAME.expected_counts.json`` (reference parity), otherwise the comparison
+    below would test our rule against itself."""
+    payloads = read_payloads(corpus.path(f"{CASE}.nmsg"))
+    edns = EdnsFilter()
+    assert Counter(p for p in payloads if edns.select(p)) == expected_failures(CASE)
+    assert dict(edns.failures_by_ns) == corpus.expected_counts(CASE)
+    return expected_outputs(payloads * COPIES)
+
+
+@pytest.fixture(scope="module")
+def high_cardinality_input(tmp_path_factory: pytest.TempPathFactory) -> Expected:
+    """The same number of records, their name servers spread over thousands of addresses."""
+    out = tmp_path_factory.mktemp("high-cardinality") / "hc.nmsg"
+    records = len(read_payloads(corpus.path(f"{CASE}.nmsg"))) * COPIES
+    source = str(corpus.path(f"{CASE}.nmsg"))
+    assert (
+        make_big(["--source", source, "--records", str(records), "--out", str(out), *HIGH_CARDINALITY]) == 0
+    )
+    expected = expected_outputs(read_payloads(out))
+    assert len(expected.totals) > 1000, "the input must name thousands of name servers"
+    return expected
 
 
 class CliRun(Run):
@@ -292,15 +313,24 @@ def wait_for_totals(
 
 
 @pytest.mark.timeout(BUDGET + 10)
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+@pytest.mark.parametrize(
+    ("guarantee", "workload"),
+    [
+        ("exactly_once", "corpus_input"),
+        ("at_least_once", "corpus_input"),
+        ("exactly_once", "high_cardinality_input"),
+    ],
+)
 def test_worker_sigkill_mid_stream_and_restart(
     crash_runs: list[CliRun],
     kafka_bootstrap: str,
     new_topic: Callable[..., str],
     tmp_path: Path,
-    expected: Expected,
+    request: pytest.FixtureRequest,
     guarantee: str,
+    workload: str,
 ) -> None:
+    expected: Expected = request.getfixturevalue(workload)
     deadline = time.monotonic() + BUDGET
     work_dir = tmp_path / "workers"
     work_dir.mkdir()
