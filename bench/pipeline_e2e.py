@@ -30,7 +30,7 @@ from dnsqr_pipeline.completion import end_offsets
 from dnsqr_pipeline.job import JobConfig, Topics, run_job
 from dnsqr_pipeline.topics import admin_client, delete_topics
 from ingest.bridge import IngestConfig
-from nmsgdns.edns import EdnsFilter
+from nmsgdns.edns import EdnsFilter, ranked_counts
 from nmsgdns.input import ContainerStreamReader
 
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.processing:.1f} s from ingest start to the last durable file = "
         f"{records / result.processing:,.0f} records/s end to end"
     )
-    if result.failures_by_ns != dict(rule.failures_by_ns.most_common()):
+    if result.failures_by_ns != ranked_counts(rule.failures_by_ns):
         print("per-name-server counts DIFFER from the standalone filter's", file=sys.stderr)
         return 1
     if lost:

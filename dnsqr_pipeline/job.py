@@ -63,6 +63,7 @@ from dnsqr_pipeline.topics import (
     wait_for_leaders,
 )
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
+from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader
 from processors.app import Settings, internal_topic_specs
 from processors.progress import Ledger, Totals
@@ -174,8 +175,7 @@ class JobResult:
     @property
     def failures_by_ns(self) -> dict[str, int]:
         """``{name_server_ip: failures}``, the form of ``dnsqr-edns-filter --counts-json``."""
-        failing = [(ns, t["failures"]) for ns, t in self.totals.items() if t["failures"]]
-        return dict(sorted(failing, key=lambda kv: (-kv[1], kv[0])))
+        return ranked_counts({ns: t["failures"] for ns, t in self.totals.items() if t["failures"]})
 
 
 def free_port() -> int:

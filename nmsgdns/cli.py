@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from nmsgdns.chalias import Endpoint, channel_endpoints, parse_endpoint
 from nmsgdns.container import BUFSZ_MAX
-from nmsgdns.edns import EdnsFilter, Verdict
+from nmsgdns.edns import EdnsFilter, Verdict, ranked_counts
 from nmsgdns.errors import ChannelError, ContainerError
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder, DecodeStats
 from nmsgdns.jsonout import JsonLinesWriter
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     if args.counts_json:
         try:
             Path(args.counts_json).write_text(
-                json.dumps(dict(run.rule.failures_by_ns.most_common()), indent=1) + "\n", encoding="utf-8"
+                json.dumps(ranked_counts(run.rule.failures_by_ns), indent=1) + "\n", encoding="utf-8"
             )
         except OSError as exc:
             run.errors.append(f"{args.counts_json}: {exc.strerror}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -240,6 +240,12 @@ if _ext is not None:
         )
     )
     _judge_c = _ext.judge
+
+
+def ranked_counts(failures_by_ns: Mapping[str, int]) -> dict[str, int]:
+    """``{ip: n}`` most failures first, ties by address text: the order of every ``--counts-json`` (the
+    standalone filter's and the pipeline's, so that the two files of one input are byte-identical)."""
+    return dict(sorted(failures_by_ns.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @dataclass

@@ -131,6 +131,23 @@ def test_run_command_on_a_given_broker(kafka_bootstrap: str, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(counts.read_text()) == corpus.expected_counts("edge_cases")
     assert payloads_of(job_files(out)) == payloads_of([corpus.path("edge_cases.filtered.nmsg")])
+    # byte for byte the standalone filter's --counts-json (same ranking, ties by address)
+    standalone = tmp_path / "standalone.json"
+    filtered = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmsgdns.cli",
+            "-r",
+            str(corpus.path("edge_cases.nmsg")),
+            *("-w", str(tmp_path / "standalone.nmsg")),
+            *("--counts-json", str(standalone)),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert filtered.returncode == 0, filtered.stderr[-2000:]
+    assert counts.read_bytes() == standalone.read_bytes()
     left = {t for t in set(admin.list_topics(timeout=10).topics) - before if "run-" in t}
     assert not left, f"per-run topics left behind: {left}"
 
