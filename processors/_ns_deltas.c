@@ -24,6 +24,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "murmur2.h"
+
 /* `what` of a counted record (ns_deltas.ANSWERED, FAILURE, TIMEOUT) */
 #define WHAT_ANSWERED 0
 #define WHAT_FAILURE 1
@@ -309,41 +311,6 @@ buf_put_avro_bytes(Buf *b, const void *src, size_t n)
     if (buf_put_long(b, (int64_t)n) < 0)
         return -1;
     return buf_put(b, src, n);
-}
-
-/* Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2; key_partition.murmur2), unsigned. */
-static uint32_t
-murmur2(const unsigned char *data, size_t length)
-{
-    const uint32_t m = 0x5BD1E995;
-    uint32_t h = 0x9747B28Cu ^ (uint32_t)length;
-    size_t words = length / 4, i;
-    const unsigned char *tail = data + 4 * words;
-
-    for (i = 0; i < words; i++) {
-        const unsigned char *w = data + 4 * i;
-        uint32_t k = (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
-        k *= m;
-        k ^= k >> 24;
-        k *= m;
-        h *= m;
-        h ^= k;
-    }
-    switch (length & 3) {
-    case 3:
-        h ^= (uint32_t)tail[2] << 16;
-        /* fall through */
-    case 2:
-        h ^= (uint32_t)tail[1] << 8;
-        /* fall through */
-    case 1:
-        h ^= tail[0];
-        h *= m;
-    }
-    h ^= h >> 13;
-    h *= m;
-    h ^= h >> 15;
-    return h;
 }
 
 /* One row of the batch: a key of counts, its name server's text and the partition it goes to. */
