@@ -63,7 +63,7 @@ from processors.key_partition import KeyPartitioner
 from processors.ns_state import NsState
 from processors.ns_stats_batch import MAX_ROWS, encode_batch
 
-#: the workers' logs (bench/out is git-ignored); each run overwrites the previous run's
+#: the workers' logs, one per worker named by its app id (bench/out is git-ignored)
 LOG_DIR = Path(__file__).resolve().parent / "out" / "recovery-logs"
 #: the one window of every name server (record time, seconds; any hour start will do)
 WINDOW_START = 1_764_633_600
@@ -103,7 +103,7 @@ def random_counts(rng: random.Random, kinds_share: float) -> list[Any]:
 
 @dataclass(frozen=True)
 class RunTopics:
-    """A run's topics and the settings of its worker (app ``app_id``) on the broker ``kafka``."""
+    """A run's broker (``kafka``), id, and the settings of its worker on the run's topics."""
 
     kafka: dict[str, str]
     run_id: str
