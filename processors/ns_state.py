@@ -136,7 +136,7 @@ def retired_counts(total: Counts, live: list[Counts]) -> Counts | None:
 
 
 def add_counts(into: Counts, counts: Counts) -> None:
-    """``into`` += ``counts``, field by field (``into`` keeps its own kinds maps: never shared with ``counts``)."""
+    """``into`` += ``counts``, field by field (``into`` keeps its own kinds maps, never shares them)."""
     for i in (ANSWERED, FAILURES, TIMEOUTS):
         into[i] += counts[i]
     for i in (BY_KIND, OBSERVATIONS):
