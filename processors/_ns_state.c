@@ -438,7 +438,7 @@ state_attr(PyObject *state, const char *name, PyTypeObject *type)
 static int
 apply_rows(PyObject *state, batch_t *b)
 {
-    PyObject *totals = NULL, *windows = NULL, *dirty_totals = NULL, *dirty_windows = NULL, *changed = NULL;
+    PyObject *totals = NULL, *windows = NULL, *dirty_retired = NULL, *dirty_windows = NULL, *changed = NULL;
     PyObject *window = NULL, *dirty = NULL, *changed_names = NULL; /* of the current window */
     PyObject **row_totals = PyMem_Calloc((size_t)b->rows * 2, sizeof(PyObject *));
     PyObject **row_windows = row_totals + b->rows;
@@ -451,7 +451,7 @@ apply_rows(PyObject *state, batch_t *b)
     }
     if ((totals = state_attr(state, "totals", &PyDict_Type)) == NULL ||
         (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
-        (dirty_totals = state_attr(state, "_dirty_totals", &PyDict_Type)) == NULL ||
+        (dirty_retired = state_attr(state, "_dirty_retired", &PyDict_Type)) == NULL ||
         (dirty_windows = state_attr(state, "_dirty_windows", &PyDict_Type)) == NULL ||
         (changed = state_attr(state, "_changed", &PyDict_Type)) == NULL)
         goto done;
@@ -460,8 +460,7 @@ apply_rows(PyObject *state, batch_t *b)
         int64_t start = packed(b->starts, row), a = packed(b->answered, row), f = packed(b->failures, row),
                 t = packed(b->timeouts, row);
 
-        if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL ||
-            PyDict_SetItem(dirty_totals, ns, row_totals[row]) < 0)
+        if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
@@ -511,6 +510,8 @@ apply_rows(PyObject *state, batch_t *b)
                 PyDict_SetItem(changed_names, ns, row_windows[row]) < 0)
                 goto done;
         }
+        else if (PyDict_SetItem(dirty_retired, ns, Py_None) < 0)
+            goto done; /* counts in the totals only: its retired part grew (NsState._dirty_retired) */
     }
     if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, row_totals, row_windows, windows) < 0 ||
         add_kinds(b, b->observations, b->observation_triples, 4, row_totals, row_windows, windows) < 0)
@@ -519,7 +520,7 @@ apply_rows(PyObject *state, batch_t *b)
 done:
     Py_XDECREF(totals);
     Py_XDECREF(windows);
-    Py_XDECREF(dirty_totals);
+    Py_XDECREF(dirty_retired);
     Py_XDECREF(dirty_windows);
     Py_XDECREF(changed);
     Py_XDECREF(window);

@@ -25,9 +25,17 @@ every key changed since its previous call into ONE changelog record, however oft
 Streams' record cache), and :meth:`NsState.snapshots` does the same for the counts snapshots, on its own
 interval. Changelog records (key, value):
 
-- ``T<name server>`` -> counts of the totals
 - ``W<window start> <name server>`` -> counts of one window; ``None`` (a tombstone) once it expired
+- ``R<name server>`` -> the retired counts: what the totals hold that no live window holds any more (windows
+  freed by expiry, deltas for windows already expired when they arrived), ``totals - sum(live windows)``;
+  ``None`` when the live windows hold all of it
 - ``M<input partition>`` -> the mark
+
+The totals are not written: a restore computes them, ``R + sum(W)`` per name server. Writing them too
+doubled the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
+the 1M-record high-cardinality bench file), its CPU and the reads of a recovery. ``R`` changes only when a
+window is freed or a delta comes for a freed one, so it is written rarely; it is computed when written, not
+kept in memory (the totals and windows are the state readers use; a retired map would cost as much again).
 
 Values are a version byte (1) and the JSON of the counts list or of ``[offset, sequence, part]``: orjson
 writes one in about 0.3 us, several times faster than Avro in Python, and these records are internal.
@@ -56,7 +64,9 @@ Record = tuple[bytes, bytes | None]
 Changed = dict[str, Counts]
 
 CHANGELOG_VERSION = b"\x01"
-TOTAL_TAG, WINDOW_TAG, MARK_TAG = b"T", b"W", b"M"
+WINDOW_TAG, RETIRED_TAG, MARK_TAG = b"W", b"R", b"M"
+#: the end of every message about a changelog this version cannot read
+START_AFRESH = "delete the changelog topic or use a new app id to start afresh"
 
 
 def _add_kind(counts: Counts, index: int, kind: str, n: int) -> None:
@@ -78,7 +88,10 @@ def encode_value(value: list[Any]) -> bytes:
 def decode_value(data: bytes) -> list[Any]:
     """Inverse of :func:`encode_value`; ValueError for another version or a damaged value."""
     if data[:1] != CHANGELOG_VERSION:
-        raise ValueError(f"changelog value of version {data[:1]!r}, this worker reads {CHANGELOG_VERSION!r}")
+        raise ValueError(
+            f"changelog value of version {data[:1]!r}, this worker reads {CHANGELOG_VERSION!r}: "
+            + START_AFRESH
+        )
     try:
         value = orjson.loads(data[1:])
     except orjson.JSONDecodeError as exc:
@@ -102,6 +115,33 @@ def _counts(value: list[Any]) -> Counts:
 
 def window_key(start: int, name_server: str) -> bytes:
     return WINDOW_TAG + b"%d " % start + name_server.encode()
+
+
+def retired_counts(total: Counts, live: list[Counts]) -> Counts | None:
+    """``total`` less the ``live`` windows' counts of one name server: its ``R`` value, None (a tombstone)
+    when the live windows hold all of it. A kind stays in the maps when its rest is not 0 or when no live
+    window has it (a count of 0 too), so that ``R + sum(W)`` gives back ``total`` exactly."""
+    out: Counts = [total[i] - sum(c[i] for c in live) for i in (ANSWERED, FAILURES, TIMEOUTS)] + [None, None]
+    for i in (BY_KIND, OBSERVATIONS):
+        maps = [c[i] for c in live if c[i]]
+        kept = {}
+        for kind, n in (total[i] or {}).items():
+            rest = n - sum(m.get(kind, 0) for m in maps)
+            if rest or not any(kind in m for m in maps):
+                kept[kind] = rest
+        out[i] = kept or None
+    if live and not any(out[:3]) and out[BY_KIND] is None and out[OBSERVATIONS] is None:
+        return None
+    return out
+
+
+def add_counts(into: Counts, counts: Counts) -> None:
+    """``into`` += ``counts``, field by field (``into`` keeps its own kinds maps, never shares them)."""
+    for i in (ANSWERED, FAILURES, TIMEOUTS):
+        into[i] += counts[i]
+    for i in (BY_KIND, OBSERVATIONS):
+        for kind, n in (counts[i] or {}).items():
+            _add_kind(into, i, kind, n)
 
 
 def counts_records_py(
@@ -136,13 +176,17 @@ class NsState:
         # the very list in totals or the window: written without looking the name server up again, in the
         # order they changed, which is about the order their counts were allocated in; at 100k name servers
         # and more, cache misses are most of the cost, and a set's hash order or a lookup doubles them)
-        self._dirty_totals: Changed = {}
         self._dirty_windows: dict[int, Changed] = {}
+        #: name servers whose retired counts changed (a window of theirs was freed, or a delta came for a
+        #: freed one): their R records are computed by changelog(); a dict, for a stable order
+        self._dirty_retired: dict[str, None] = {}
         self._dirty_marks: set[int] = set()
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
         # ... and (name server, window) changed since the last snapshots()
         self._changed: dict[int, Changed] = {}
+        #: the R records read by load(), until loaded() adds them to the totals
+        self._loaded_retired: dict[str, Counts] = {}
 
     def applied(self, origin: Origin) -> bool:
         """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
@@ -173,7 +217,7 @@ class NsState:
         if origin is not None and not self._mark(origin):
             return False
         totals = self.totals
-        dirty_totals = self._dirty_totals
+        dirty_retired = self._dirty_retired
         current: int | None = None
         window: dict[str, Counts] | None = None
         dirty: Changed = {}
@@ -193,7 +237,6 @@ class NsState:
                 c[0] += answered
                 c[1] += failures
                 c[2] += timeouts
-            dirty_totals[ns] = c
             if start != current:
                 current = start
                 window = self._window(start)
@@ -209,6 +252,8 @@ class NsState:
                     c[1] += failures
                     c[2] += timeouts
                 dirty[ns] = changed[ns] = c
+            else:
+                dirty_retired[ns] = None  # counts in the totals only: its retired part grew
         names, starts, windows = batch.name_servers, batch.window_starts, self.windows
         # kind names are interned: a few names recur in hundreds of thousands of maps
         kind_names = [intern(kind) for kind in batch.kind_names]
@@ -241,23 +286,38 @@ class NsState:
     def expire(self) -> None:
         """Free the windows that are too old (their changelog keys get tombstones)."""
         for start in [s for s in self.windows if self._expired(s)]:
-            self._freed[start] = list(self.windows.pop(start))
+            names = self._freed[start] = list(self.windows.pop(start))
+            self._dirty_retired.update(dict.fromkeys(names))
             self._dirty_windows.pop(start, None)
             self._changed.pop(start, None)
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
-        records = counts_records(TOTAL_TAG, self._dirty_totals, encode_value)
+        records: list[Record] = []
         for start, changed in self._dirty_windows.items():
             records += counts_records(WINDOW_TAG + b"%d " % start, changed, encode_value)
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
+        records += self._retired_records()
         records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
-        self._dirty_totals = {}
         self._dirty_windows = {}
+        self._dirty_retired = {}
         self._dirty_marks = set()
         self._freed = {}
         return records
+
+    def _retired_records(self) -> list[Record]:
+        """The R records of the name servers whose retired counts changed: values, then tombstones."""
+        retired: Changed = {}
+        held: list[Record] = []
+        windows = list(self.windows.values())
+        for ns in self._dirty_retired:
+            counts = retired_counts(self.totals[ns], [w[ns] for w in windows if ns in w])
+            if counts is None:
+                held.append((RETIRED_TAG + ns.encode(), None))
+            else:
+                retired[ns] = counts
+        return counts_records(RETIRED_TAG, retired, encode_value) + held
 
     def snapshots(self) -> list[tuple[str, int, Counts, Counts]]:
         """(name server, window start, window counts, total counts) of every window changed since the
@@ -276,14 +336,15 @@ class NsState:
 
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an
-        earlier one, a tombstone deletes it). ValueError for a record this version did not write."""
+        earlier one, a tombstone deletes it). ValueError for a record this version did not write (an older
+        version's ``T`` record too): its message says to start afresh."""
         tag = key[:1]
-        if tag == TOTAL_TAG:
+        if tag == RETIRED_TAG:
             ns = key[1:].decode()
             if value is None:
-                self.totals.pop(ns, None)
+                self._loaded_retired.pop(ns, None)
             else:
-                self.totals[ns] = _counts(decode_value(value))
+                self._loaded_retired[ns] = _counts(decode_value(value))
         elif tag == WINDOW_TAG:
             start_text, sep, ns_bytes = key[1:].partition(b" ")
             if not sep:
@@ -302,12 +363,25 @@ class NsState:
                     raise ValueError(f"damaged mark in the changelog: {mark!r}")
                 self.marks[int(key[1:])] = (mark[0], mark[1], mark[2])
         else:
-            raise ValueError(f"unknown changelog key {key[:40]!r}")
+            raise ValueError(
+                f"unknown changelog key {key[:40]!r}, not written by this version: {START_AFRESH}"
+            )
 
     def loaded(self) -> None:
-        """After the last :meth:`load`: drop emptied windows and expire the old ones."""
+        """After the last :meth:`load`: drop emptied windows, compute the totals (R + the sum of the windows,
+        per name server) and expire the old windows."""
         for start in [s for s, w in self.windows.items() if not w]:
             del self.windows[start]
+        totals = self.totals
+        for ns, counts in self._loaded_retired.items():
+            add_counts(totals.setdefault(ns, [0, 0, 0, None, None]), counts)
+        self._loaded_retired = {}
+        for window in self.windows.values():
+            for ns, counts in window.items():
+                total = totals.get(ns)
+                if total is None:
+                    total = totals[ns] = [0, 0, 0, None, None]
+                add_counts(total, counts)
         if self.windows:
             self.newest = max(self.windows)
         self.expire()

@@ -170,8 +170,8 @@ def test_changelog_values_of_any_counts(counts: dict[str, Any]) -> None:
     """Any counts list (big ints, escaped or non-ASCII kinds, odd types) gets orjson's bytes or error."""
     for name in counts:
         one = {name: counts[name]}
-        assert outcome(ext.counts_records, b"T", one, encode_value) == outcome(
-            counts_records_py, b"T", one, encode_value
+        assert outcome(ext.counts_records, b"R", one, encode_value) == outcome(
+            counts_records_py, b"R", one, encode_value
         )
 
 
