@@ -24,14 +24,13 @@ partition) receives, for ns-stats partition P, :meth:`NsState.changelog` records
 - exactly_once: sent into P's transaction (the one that commits P's offsets), so changelog and offsets
   become visible together. The state can hold records applied after the offsets being committed (applied
   but not acknowledged yet), and the raw and ns-stats partitions of one number share a transaction, so a
-  new owner may restore a state that includes records it will consume again. So each ns-stats record
-  carries its place in its input partition's output order (headers set by the filter agent: the input
-  partition, the last input offset of its batch and a sequence number, see
-  ``processors.filter_agent.SourceOrder``; and the record's part), and the state keeps ONE mark per input
-  partition, the place of the last record applied, written to the changelog with the counts: a record at
-  or below it is skipped. The sequence number keeps the order when a raw record is processed after later
-  ones of its partition (the consumer's re-fetch, ``processors/consumer.py``). Not under at_least_once:
-  there a replayed raw batch may be cut differently, and skipping would lose counts.
+  new owner may restore a state that includes records it will consume again. So the state keeps a mark
+  of the ns-stats offsets it applied (:class:`processors.ns_state.NsState`: every offset below the last
+  commit's, and the set of those above), written to the changelog with the counts in the same
+  transaction; a record the mark holds is skipped. Exact offsets, not a "last applied" high-water mark,
+  because Faust may deliver a record after later ones of its partition (``processors/consumer.py`` fetches
+  it again): a high-water mark skipped it, losing its counts. Not under at_least_once: there a commit may
+  fail after the changelog is written, and the replayed records must count again (high, never low).
 
 Recovery: when ns-stats partitions are assigned, their states are rebuilt from the changelog (read to its
 end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
@@ -60,8 +59,8 @@ from faust.types import TP, EventT, StreamT
 
 from dnsqr_pipeline.topics import admin_client, create_topics
 from processors.ns_counts import SnapshotEncoder, state_snapshots
-from processors.ns_state import NsState, Origin
-from processors.ns_stats_batch import batch_part, decode_batch
+from processors.ns_state import NsState
+from processors.ns_stats_batch import decode_batch
 
 if TYPE_CHECKING:
     from processors.app import PipelineApp, Settings
@@ -74,29 +73,14 @@ POLL_SECONDS = 0.5
 TOPIC_METADATA_SECONDS = 30.0
 
 
-def record_origin(headers: Any, part: int) -> Origin | None:
-    """(input partition, last input offset, sequence, part) of an ns-stats record; None without headers."""
-    items = headers.items() if isinstance(headers, Mapping) else headers or ()
-    found = {k: v for k, v in items}
-    try:
-        return (
-            int(found["dnsqr-source-partition"]),
-            int(found["dnsqr-source-offset"]),
-            int(found.get("dnsqr-source-seq", b"0")),
-            part,
-        )
-    except (KeyError, ValueError):
-        return None
-
-
 @dataclass
 class Restoring:
     """Partitions being rebuilt from the changelog, and the ns-stats records that arrived meanwhile."""
 
     partitions: set[int]
     stop: threading.Event = field(default_factory=threading.Event)
-    #: partition -> (encoded NsStatsBatch, origin) in arrival order, applied once the state is back
-    waiting: dict[int, list[tuple[bytes, Origin | None]]] = field(default_factory=dict)
+    #: partition -> (encoded NsStatsBatch, its offset) in arrival order, applied once the state is back
+    waiting: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
 
 
 class Aggregation:
@@ -132,8 +116,8 @@ class Aggregation:
             if self.restoring.get(p) is not restoring:
                 continue  # revoked, or restored again since
             del self.restoring[p]
-            for value, origin in restoring.waiting.pop(p):
-                self._apply(state, value, origin)
+            for value, offset in restoring.waiting.pop(p):
+                self._apply(state, value, offset)
             self.states[p] = state
             ready.append(p)
         return ready
@@ -148,7 +132,7 @@ class Aggregation:
                 if not any(self.restoring.get(q) is restoring for q in restoring.partitions):
                     restoring.stop.set()
 
-    def offer(self, partition: int, value: bytes, headers: Any) -> None:
+    def offer(self, partition: int, offset: int, value: bytes) -> None:
         """Apply one ns-stats record now, or keep it until its partition's state is restored; ValueError
         when it does not decode."""
         state = self.states.get(partition)
@@ -156,15 +140,14 @@ class Aggregation:
         if state is None and restoring is None:
             log.info("ns-stats partition %d is not assigned here: record ignored", partition)
             return
-        origin = record_origin(headers, batch_part(value)) if self.marks else None
         if state is not None:
-            self._apply(state, value, origin)
+            self._apply(state, value, offset)
         elif restoring is not None:
             decode_batch(value)  # kept only if it decodes: its ValueError is for now, not for later
-            restoring.waiting[partition].append((value, origin))
+            restoring.waiting[partition].append((value, offset))
 
-    def _apply(self, state: NsState, value: bytes, origin: Origin | None) -> None:
-        if not state.apply_record(value, origin):
+    def _apply(self, state: NsState, value: bytes, offset: int) -> None:
+        if not state.apply_record(value, offset if self.marks else None):
             self.replayed += 1
 
 
@@ -331,6 +314,7 @@ def install(app: PipelineApp) -> Aggregation:
         pending = await publish(tp, offset)
         state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
         if state is not None:
+            state.committed(offset)  # every record below it was processed: the mark moves up
             pending += await app.output.send_for_commit(
                 tp, changelog.name, state.changelog(), partition=tp.partition
             )
@@ -349,7 +333,7 @@ def install(app: PipelineApp) -> Aggregation:
                 app.counters.redelivered_stats += 1
                 continue
             try:
-                aggregation.offer(message.tp.partition, message.value, message.headers)
+                aggregation.offer(message.tp.partition, message.offset, message.value)
             except ValueError as exc:
                 log.warning("ns-stats record at %s offset %d skipped: %s", message.tp, message.offset, exc)
                 app.counters.bad_stats += 1

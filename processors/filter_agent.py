@@ -225,9 +225,7 @@ class PartitionBatch:
         return encode(self.counts, partition_of, MAX_ROWS)
 
 
-async def process_events(
-    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, order: SourceOrder
-) -> None:
+async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
     """Filter a batch of raw events and send every output; returns when they are durable (at_least_once) or
     held for the commit of their offsets (exactly_once)."""
     generation: int | None = None
@@ -248,45 +246,13 @@ async def process_events(
     token = batch_offsets.set(last)
     gen_token = batch_generation.set(generation)
     try:
-        await _process_events(app, events, clock, last, order)
+        await _process_events(app, events, clock)
     finally:
         batch_generation.reset(gen_token)
         batch_offsets.reset(token)
 
 
-class SourceOrder:
-    """The place of each batch's deltas in the output order of its input partition: (last input offset,
-    sequence), sent as headers for the aggregator's exactly_once bookkeeping (``aggregator.py``).
-
-    Normally the batch's last offset and sequence 0. A batch whose last offset is not above the last one
-    placed (a record the consumer re-fetched after later ones, ``processors/consumer.py``) comes after it
-    anyway: that offset and the next sequence number, so the aggregator does not take it for a replay.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[TP, tuple[int, int]] = {}
-
-    def place(self, source: TP, offset: int) -> tuple[int, int]:
-        previous = self._last.get(source)
-        sequence = 0
-        if previous is not None and offset <= previous[0]:
-            offset, sequence = previous[0], previous[1] + 1
-        self._last[source] = (offset, sequence)
-        return offset, sequence
-
-    def headers(self, source: TP, offset: int) -> Headers:
-        """The headers of the deltas of a batch of ``source`` whose last offset is ``offset``."""
-        placed_offset, sequence = self.place(source, offset)
-        return [
-            ("dnsqr-source-partition", str(source.partition).encode()),
-            ("dnsqr-source-offset", str(placed_offset).encode()),
-            ("dnsqr-source-seq", str(sequence).encode()),
-        ]
-
-
-async def _process_events(
-    app: PipelineApp, events: Sequence[EventT], clock: WindowClock, last: Mapping[TP, int], order: SourceOrder
-) -> None:
+async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
     settings = app.settings
     counters = app.counters
     batches: dict[TP, PartitionBatch] = {}
@@ -321,7 +287,6 @@ async def _process_events(
     for source, batch in batches.items():
         deltas = batch.deltas(stats_partition)
         counters.deltas += len(batch.counts)
-        stats_headers = order.headers(source, last[source])
         await asyncio.gather(
             app.output.send(settings.failures_topic, batch.failures, source=source),
             *(
@@ -329,7 +294,6 @@ async def _process_events(
                     settings.stats_topic,
                     [(None, value) for value in values],
                     source=source,
-                    headers=stats_headers,
                     partition=p,
                 )
                 for p, values in deltas.items()
@@ -606,10 +570,9 @@ def install(app: PipelineApp) -> None:
         """Filter raw containers, a batch of events at a time (see module doc)."""
         clock = WindowClock(settings.window_seconds)
         redelivery = Redelivery(app.consumer.done)
-        order = SourceOrder()
         async for events in stream.take_events(BATCH_CONTAINERS, within=BATCH_SECONDS):
             fresh = redelivery.fresh(events)
             if len(fresh) < len(events):
                 app.counters.redelivered += len(events) - len(fresh)
                 log.info("dropped %d records delivered again after processing", len(events) - len(fresh))
-            await process_events(app, fresh, clock, order)
+            await process_events(app, fresh, clock)

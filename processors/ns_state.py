@@ -12,9 +12,13 @@ What is kept:
 - ``windows``: window start -> {name server -> counts}, tumbling windows of record time. Windows that start
   ``expires`` seconds or more before the newest window seen are freed (0 keeps every window), and a delta
   for such a window counts in the totals only.
-- ``marks`` (exactly_once only): input partition -> the place (last input offset, sequence, part) of the
-  last ns-stats record of that input partition applied; a record at or below it was applied already and
-  is skipped (see the aggregator's module doc for why one mark per input partition is enough).
+- the mark (exactly_once only): which records of this ns-stats partition were applied, by offset: every
+  offset below ``base``, and the offsets in ``applied_offsets`` (at or above it). A record the mark holds
+  is skipped. At each commit of offset C (every record below C processed) ``base`` moves up to C and the
+  set keeps only what lies above: a few hundred offsets at most. Exact membership, not a high-water mark:
+  Faust can deliver a record after later ones of its partition (``processors/consumer.py`` fetches it
+  again), and a "last applied" mark would then skip it as applied, losing its counts (seen in the
+  exactly_once crash test on a high-cardinality input).
 
 Counts are small lists, ``[edns_answered, failures, timeouts, by_kind, observations]``, with ``None`` for
 empty maps: a name server with one window costs about 470 bytes when a quarter of them have a kinds map,
@@ -29,7 +33,7 @@ interval. Changelog records (key, value):
 - ``R<name server>`` -> the retired counts: what the totals hold that no live window holds any more (windows
   freed by expiry, deltas for windows already expired when they arrived), ``totals - sum(live windows)``;
   ``None`` when the live windows hold all of it
-- ``M<input partition>`` -> the mark
+- ``M`` -> the mark, ``[base, *applied_offsets]``
 
 The totals are not written: a restore computes them, ``R + sum(W)`` per name server. Writing them too
 doubled the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
@@ -37,7 +41,7 @@ the 1M-record high-cardinality bench file), its CPU and the reads of a recovery.
 window is freed or a delta comes for a freed one, so it is written rarely; it is computed when written, not
 kept in memory (the totals and windows are the state readers use; a retired map would cost as much again).
 
-Values are a version byte (1) and the JSON of the counts list or of ``[offset, sequence, part]``: orjson
+Values are a version byte (1) and the JSON of the counts list or of the mark: orjson
 writes one in about 0.3 us, several times faster than Avro in Python, and these records are internal.
 """
 
@@ -55,10 +59,6 @@ from processors.ns_stats_batch import DeltaBatch, decode_batch
 #: [edns_answered, failures, timeouts, by_kind or None, observations or None]
 Counts = list[Any]
 ANSWERED, FAILURES, TIMEOUTS, BY_KIND, OBSERVATIONS = range(5)
-#: (last input offset, sequence, part) of an ns-stats record in its input partition's output order
-Place = tuple[int, int, int]
-#: (input partition, *Place)
-Origin = tuple[int, int, int, int]
 Record = tuple[bytes, bytes | None]
 #: name server -> its counts, of the name servers changed since some moment, in the order they changed
 Changed = dict[str, Counts]
@@ -169,7 +169,9 @@ class NsState:
         self.expires = expires
         self.totals: dict[str, Counts] = {}
         self.windows: dict[int, dict[str, Counts]] = {}
-        self.marks: dict[int, Place] = {}
+        #: the mark: offsets below ``base`` and those in ``applied_offsets`` were applied (exactly_once)
+        self.base = 0
+        self.applied_offsets: set[int] = set()
         #: start of the newest window seen (record time); expiry counts back from it
         self.newest: int | None = None
         # the record cache: keys changed since the last changelog() ... (name server -> its counts list,
@@ -180,7 +182,7 @@ class NsState:
         #: name servers whose retired counts changed (a window of theirs was freed, or a delta came for a
         #: freed one): their R records are computed by changelog(); a dict, for a stable order
         self._dirty_retired: dict[str, None] = {}
-        self._dirty_marks: set[int] = set()
+        self._dirty_mark = False
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
         # ... and (name server, window) changed since the last snapshots()
@@ -188,33 +190,41 @@ class NsState:
         #: the R records read by load(), until loaded() adds them to the totals
         self._loaded_retired: dict[str, Counts] = {}
 
-    def applied(self, origin: Origin) -> bool:
-        """Whether the ns-stats record of ``origin`` was applied already (at or below its mark)."""
-        mark = self.marks.get(origin[0])
-        return mark is not None and origin[1:] <= mark
+    def applied(self, offset: int) -> bool:
+        """Whether the ns-stats record at ``offset`` was applied already (the mark holds it)."""
+        return offset < self.base or offset in self.applied_offsets
 
-    def _mark(self, origin: Origin) -> bool:
-        """False if the record of ``origin`` was applied already, else True with ``origin`` as the mark of
-        its input partition (the record is being applied)."""
-        if self.applied(origin):
+    def _mark(self, offset: int) -> bool:
+        """False if the record at ``offset`` was applied already, else True with ``offset`` added to the
+        mark (the record is being applied)."""
+        if self.applied(offset):
             return False
-        self.marks[origin[0]] = origin[1:]
-        self._dirty_marks.add(origin[0])
+        self.applied_offsets.add(offset)
+        self._dirty_mark = True
         return True
 
-    def apply_record(self, data: bytes, origin: Origin | None = None) -> bool:
+    def committed(self, offset: int) -> None:
+        """Every record below ``offset`` was processed (Faust is committing it): the mark's ``base`` moves
+        up and forgets the offsets below."""
+        if offset > self.base:
+            self.base = offset
+            self.applied_offsets = {o for o in self.applied_offsets if o >= offset}
+            self._dirty_mark = True
+
+    def apply_record(self, data: bytes, offset: int | None = None) -> bool:
         """:meth:`apply` of the encoded ``NsStatsBatch`` ``data``: in C when built (without building the
         decoded batch), else (and for any record the C code leaves to it) through :func:`decode_batch`.
         ValueError, with nothing applied, when ``data`` does not decode."""
         if _ext is not None:
-            applied = _ext.apply(self, data, origin)
+            applied = _ext.apply(self, data, offset)
             if applied is not None:
                 return bool(applied)
-        return self.apply(decode_batch(data), origin)
+        return self.apply(decode_batch(data), offset)
 
-    def apply(self, batch: DeltaBatch, origin: Origin | None = None) -> bool:
-        """Add every row of ``batch``; with ``origin`` (exactly_once) only once: False if it was applied."""
-        if origin is not None and not self._mark(origin):
+    def apply(self, batch: DeltaBatch, offset: int | None = None) -> bool:
+        """Add every row of ``batch``; with its ns-stats ``offset`` (exactly_once) only once: False if the
+        mark holds it (applied already)."""
+        if offset is not None and not self._mark(offset):
             return False
         totals = self.totals
         dirty_retired = self._dirty_retired
@@ -299,10 +309,11 @@ class NsState:
         for start, names in self._freed.items():
             records += [(window_key(start, ns), None) for ns in names]
         records += self._retired_records()
-        records += [(MARK_TAG + b"%d" % p, encode_value(list(self.marks[p]))) for p in self._dirty_marks]
+        if self._dirty_mark:
+            records.append((MARK_TAG, encode_value([self.base, *sorted(self.applied_offsets)])))
         self._dirty_windows = {}
         self._dirty_retired = {}
-        self._dirty_marks = set()
+        self._dirty_mark = False
         self._freed = {}
         return records
 
@@ -357,11 +368,13 @@ class NsState:
             else:
                 self.windows.setdefault(start, {})[ns] = _counts(decode_value(value))
         elif tag == MARK_TAG:
+            if key != MARK_TAG:
+                raise ValueError(f"mark {key[:40]!r} of an earlier version in the changelog: {START_AFRESH}")
             if value is not None:
                 mark = decode_value(value)
-                if len(mark) != 3 or not all(isinstance(n, int) for n in mark):
+                if not mark or not all(isinstance(n, int) and n >= 0 for n in mark):
                     raise ValueError(f"damaged mark in the changelog: {mark!r}")
-                self.marks[int(key[1:])] = (mark[0], mark[1], mark[2])
+                self.base, self.applied_offsets = mark[0], set(mark[1:])
         else:
             raise ValueError(
                 f"unknown changelog key {key[:40]!r}, not written by this version: {START_AFRESH}"

@@ -125,21 +125,3 @@ def decode_batch(data: bytes) -> DeltaBatch:
     return DeltaBatch(
         value["part"], names, starts, answered, failures, timeouts, kind_names, by_kind, observations
     )
-
-
-def batch_part(data: bytes) -> int:
-    """The ``part`` of an encoded ``NsStatsBatch``, read without decoding the columns: the aggregator
-    needs it for the record's origin before it applies the record (which decodes it, in C when built).
-    Through :func:`decode_batch` (and its ValueError) unless the record plainly starts with version 1
-    and a canonical varint."""
-    if data[:1] == b"\x02":  # version 1, a zig-zag varint
-        n = shift = 0
-        for i in range(1, min(len(data), 11)):
-            byte = data[i]
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if byte or i == 1:  # not a longer form of a shorter varint
-                    return (n >> 1) ^ -(n & 1)
-                break
-    return decode_batch(data).part

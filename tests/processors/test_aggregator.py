@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from faust.types import TP
 
-from processors.aggregator import Aggregation, read_changelog, record_origin
+from processors.aggregator import Aggregation, read_changelog
 from processors.app import Settings, create_app
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch, encode_batch
@@ -25,30 +25,16 @@ def value(failures: int, start: int = 0, part: int = 0) -> bytes:
     return encode_batch(part, [(NS, start, failures, failures, 0, {"noopt": failures}, {})])
 
 
-def headers(offset: int, partition: int = 1, seq: int = 0) -> list[tuple[str, bytes]]:
-    return [
-        ("dnsqr-source-partition", str(partition).encode()),
-        ("dnsqr-source-offset", str(offset).encode()),
-        ("dnsqr-source-seq", str(seq).encode()),
-    ]
-
-
-def test_record_origin_from_headers_and_part() -> None:
-    assert record_origin(headers(99, 2, 1), 3) == (2, 99, 1, 3)
-    assert record_origin(dict(headers(5)), 0) == (1, 5, 0, 0)
-    assert record_origin([("dnsqr-source-partition", b"1")], 0) is None
-    assert record_origin([], 0) is None
-
-
 def test_records_wait_while_their_partition_is_restored_then_apply_in_order() -> None:
     aggregation = Aggregation(0, marks=True)
     restoring = aggregation.begin_restore([0, 1])
-    aggregation.offer(0, value(2), headers(10))
-    aggregation.offer(0, value(3), headers(11))
-    aggregation.offer(0, value(2), headers(10))  # a replay of the first
+    aggregation.offer(0, 10, value(2))
+    aggregation.offer(0, 11, value(3))
+    aggregation.offer(0, 9, value(5))  # applied already: the restored state holds it
     assert aggregation.states == {}
-    recovered = NsState()  # what the changelog held: records of input partition 1 up to offset 9
-    recovered.apply(decode_batch(value(5)), (1, 9, 0, 0))
+    recovered = NsState()  # what the changelog held: records up to offset 9
+    recovered.apply(decode_batch(value(5)), 9)
+    recovered.committed(9)
     assert aggregation.restored(restoring, {0: recovered, 1: NsState()}) == [0, 1]
     assert aggregation.states[0].totals[NS][1] == 10
     assert aggregation.replayed == 1
@@ -59,7 +45,7 @@ def test_a_restore_finishing_after_its_partition_was_revoked_is_discarded() -> N
     first = aggregation.begin_restore([0, 1])
     aggregation.drop([0])
     assert not first.stop.is_set(), "partition 1 still needs the restore"
-    aggregation.offer(0, value(1), None)  # revoked: its next owner applies it
+    aggregation.offer(0, 5, value(1))  # revoked: its next owner applies it
     assert aggregation.restored(first, {0: NsState(), 1: NsState()}) == [1]
     assert set(aggregation.states) == {1}
     # assigned again and restored anew: the old restore's late result for it does not count
@@ -73,9 +59,9 @@ def test_at_least_once_applies_what_comes() -> None:
     aggregation = Aggregation(0, marks=False)
     aggregation.restored(aggregation.begin_restore([0]), {0: NsState()})
     for _ in range(2):
-        aggregation.offer(0, value(2), headers(10))
+        aggregation.offer(0, 10, value(2))
     assert aggregation.states[0].totals[NS][1] == 4
-    assert aggregation.states[0].marks == {}
+    assert not aggregation.states[0].applied_offsets
 
 
 def test_a_record_delivered_again_is_not_applied_again() -> None:
@@ -124,7 +110,7 @@ def test_read_changelog_restores_what_was_written(
     for i in range(1, 6):
         for p, state in states.items():
             rows = [(f"192.0.2.{j}", 60 * (i % 2), 1, p, 0, {}, {}) for j in range(i * 10)]
-            state.apply(decode_batch(encode_batch(0, rows)), (3, i, 0, 0))
+            state.apply(decode_batch(encode_batch(0, rows)), 10 + i)
             for key, v in state.changelog():
                 producer.produce(topic, v, key, partition=p)
     assert producer.flush(30) == 0
@@ -134,7 +120,11 @@ def test_read_changelog_restores_what_was_written(
     for p, state in states.items():
         assert got[p].totals == state.totals
         assert got[p].windows == state.windows
-        assert got[p].marks == state.marks == {3: (5, 0, 0)}
+        assert (
+            (got[p].base, got[p].applied_offsets)
+            == (state.base, state.applied_offsets)
+            == (0, {11, 12, 13, 14, 15})
+        )
     stopped = threading.Event()
     stopped.set()
     assert read_changelog(config, topic, [0], 0, stopped, f"{topic}-test") is None

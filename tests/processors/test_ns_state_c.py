@@ -18,7 +18,7 @@ from processors import ns_state
 from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
 from processors.ns_counts import SnapshotEncoder, snapshot_records_py
 from processors.ns_state import NsState, counts_records_py, encode_value
-from processors.ns_stats_batch import batch_part, decode_batch, encode_batch
+from processors.ns_stats_batch import decode_batch, encode_batch
 from tests.mutations import mutated
 from tests.processors.helpers import raw_containers
 
@@ -108,7 +108,7 @@ def test_realistic_batches() -> None:
     py, c = NsState(2), NsState(2)
     for round_ in range(2):
         for i, value in enumerate(records):
-            origin = (0, round_ * len(records) + i, 0, 0)
+            origin = round_ * len(records) + i
             assert py.apply(decode_batch(value), origin) is True
             assert ext.apply(c, value, origin) is True
             assert ext.apply(c, value, origin) is False  # replayed: skipped
@@ -129,14 +129,13 @@ def test_damaged_batches_are_left_to_python(data: st.DataObject, rows: list[Any]
     base = NsState(60)
     base.apply(decode_batch(encode_batch(0, rows[:1])))
     damaged = data.draw(mutated(encode_batch(1, rows)))
-    origin = (0, 1, 0, 1) if marks else None
+    origin = 1 if marks else None
     py, c = copy.deepcopy(base), copy.deepcopy(base)
     try:
         decoded = decode_batch(damaged)
     except ValueError:
         decoded = None
     else:
-        assert batch_part(damaged) == decoded.part
         py.apply(decoded, origin)
     applied = ext.apply(c, damaged, origin)
     if applied is None:
