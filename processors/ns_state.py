@@ -205,11 +205,12 @@ class NsState:
 
     def committed(self, offset: int) -> None:
         """Every record below ``offset`` was processed (Faust is committing it): the mark's ``base`` moves
-        up and forgets the offsets below."""
+        up and forgets the offsets below. That alone writes nothing: the mark last written still says only
+        what is true, and the next one goes out with the next record applied (a commit with nothing
+        applied since the last one sends nothing, also while Faust stops with its transactions closed)."""
         if offset > self.base:
             self.base = offset
             self.applied_offsets = {o for o in self.applied_offsets if o >= offset}
-            self._dirty_mark = True
 
     def apply_record(self, data: bytes, offset: int | None = None) -> bool:
         """:meth:`apply` of the encoded ``NsStatsBatch`` ``data``: in C when built (without building the

@@ -79,6 +79,10 @@ def test_the_mark_skips_records_applied_already_by_offset() -> None:
     assert (again.base, again.applied_offsets) == (41, {42})
     assert not again.apply(batch(row(NS1, 0, 5)), 42)
     assert state.totals[NS1][1] == 7
+    state.committed(43)  # nothing applied since the last changelog: nothing to write
+    assert state.changelog() == []
+    assert state.apply(batch(row(NS1, 0, 1)), 44)
+    assert dict(state.changelog())[b"M"] == encode_value([43, 44])
 
 
 def test_a_record_delivered_after_later_ones_still_counts() -> None:
