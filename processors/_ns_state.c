@@ -10,7 +10,7 @@
  *
  * The Python functions are the specification (tests/processors/test_ns_state_c.py holds these to them):
  *
- *  - apply(state, data, origin): NsState.apply(decode_batch(data), origin), straight from the encoded
+ *  - apply(state, data, offset): NsState.apply(decode_batch(data), offset), straight from the encoded
  *    NsStatsBatch. It parses only what is clearly well-formed (canonical varints, strict UTF-8, no
  *    trailing bytes, consistent columns) and returns None for anything else, WITHOUT touching the state:
  *    the caller then runs the Python path, which decides (applies what fastavro reads, or raises
@@ -531,25 +531,25 @@ done:
 }
 
 PyDoc_STRVAR(apply_doc,
-"apply(state, data, origin) -> bool | None\n--\n\n"
-"NsState.apply(decode_batch(data), origin) for a clearly well-formed NsStatsBatch ``data`` (bytes):\n"
-"True when applied, False when ``origin`` was applied already. None, with the state untouched, for\n"
-"anything else: the Python path must decide (apply it, or raise ValueError).");
+"apply(state, data, offset) -> bool | None\n--\n\n"
+"NsState.apply(decode_batch(data), offset) for a clearly well-formed NsStatsBatch ``data`` (bytes):\n"
+"True when applied, False when the mark holds ``offset`` (applied already). None, with the state\n"
+"untouched, for anything else: the Python path must decide (apply it, or raise ValueError).");
 
 static PyObject *
 ns_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *state, *data, *origin;
+    PyObject *state, *data, *offset;
     batch_t b;
     int parsed;
 
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "apply() takes exactly 3 arguments (state, data, origin)");
+        PyErr_SetString(PyExc_TypeError, "apply() takes exactly 3 arguments (state, data, offset)");
         return NULL;
     }
     state = args[0];
     data = args[1];
-    origin = args[2];
+    offset = args[2];
     if (!PyBytes_CheckExact(data))
         Py_RETURN_NONE;
     parsed = batch_parse((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &b);
@@ -557,8 +557,8 @@ ns_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (parsed == 0)
         Py_RETURN_NONE;
-    if (origin != Py_None) {
-        PyObject *fresh = PyObject_CallMethod(state, "_mark", "(O)", origin);
+    if (offset != Py_None) {
+        PyObject *fresh = PyObject_CallMethod(state, "_mark", "(O)", offset);
         int is_fresh = fresh == NULL ? -1 : PyObject_IsTrue(fresh);
         Py_XDECREF(fresh);
         if (is_fresh <= 0) {

@@ -108,10 +108,10 @@ def test_realistic_batches() -> None:
     py, c = NsState(2), NsState(2)
     for round_ in range(2):
         for i, value in enumerate(records):
-            origin = round_ * len(records) + i
-            assert py.apply(decode_batch(value), origin) is True
-            assert ext.apply(c, value, origin) is True
-            assert ext.apply(c, value, origin) is False  # replayed: skipped
+            offset = round_ * len(records) + i
+            assert py.apply(decode_batch(value), offset) is True
+            assert ext.apply(c, value, offset) is True
+            assert ext.apply(c, value, offset) is False  # replayed: skipped
         assert state_of(py) == state_of(c)
         assert changelog_py(py) == changelog_c(c)
         assert snapshots(py, snapshot_records_py) == snapshots(c, ext.snapshot_records)
@@ -129,15 +129,15 @@ def test_damaged_batches_are_left_to_python(data: st.DataObject, rows: list[Any]
     base = NsState(60)
     base.apply(decode_batch(encode_batch(0, rows[:1])))
     damaged = data.draw(mutated(encode_batch(1, rows)))
-    origin = 1 if marks else None
+    offset = 1 if marks else None
     py, c = copy.deepcopy(base), copy.deepcopy(base)
     try:
         decoded = decode_batch(damaged)
     except ValueError:
         decoded = None
     else:
-        py.apply(decoded, origin)
-    applied = ext.apply(c, damaged, origin)
+        py.apply(decoded, offset)
+    applied = ext.apply(c, damaged, offset)
     if applied is None:
         assert state_of(c) == state_of(base)
     else:
@@ -146,10 +146,10 @@ def test_damaged_batches_are_left_to_python(data: st.DataObject, rows: list[Any]
     c = copy.deepcopy(base)
     if decoded is None:
         with pytest.raises(ValueError):
-            c.apply_record(damaged, origin)
+            c.apply_record(damaged, offset)
         assert state_of(c) == state_of(base)
     else:
-        assert c.apply_record(damaged, origin) is True
+        assert c.apply_record(damaged, offset) is True
         assert state_of(c) == state_of(py)
 
 
