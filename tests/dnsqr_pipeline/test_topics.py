@@ -120,9 +120,13 @@ def topic_replication(admin: AdminClient, name: str, timeout: float = 30.0) -> t
     A topic just created may not be known to every broker yet: ask again until one answers for it.
     """
     wait_for_leaders(admin, name, timeout)
-    meta = admin.list_topics(name, timeout=10).topics[name]
-    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
     deadline = time.monotonic() + timeout
+    # the broker asked next may be one that has not heard of the topic yet: its answer has no partitions
+    meta = admin.list_topics(name, timeout=10).topics[name]
+    while not meta.partitions and time.monotonic() < deadline:
+        time.sleep(0.2)
+        meta = admin.list_topics(name, timeout=10).topics[name]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
     while True:
         try:
             config = admin.describe_configs([resource])[resource].result(timeout=10)
