@@ -220,3 +220,47 @@ def make_payload(
         if value is not None:
             parts += [tag, encode_varint(value & 0xFFFFFFFF)]
     return b"".join(parts)
+
+
+def replace_time(payload: bytes, time_sec: int) -> bytes:
+    """The serialized NmsgPayload with field 3 (``time_sec``) set to ``time_sec``, every other field kept.
+
+    For generators that give recorded captures other times (spread, shifted, out of order) while the
+    records stay what they were. Fast path: libnmsg's layout ``08 vid 10 msgtype 18 <time_sec> 25
+    <time_nsec> 2a <len> <data>``, data to the end, with the new varint as long as the old one (5 bytes
+    for any time from 1978 to 3058): a splice, every other byte unchanged, the layout checked in a few
+    byte reads. Any other payload is rebuilt by ``make_payload`` from its fields (vid, msgtype,
+    time_nsec, data, source, operator, group), in libnmsg's field order, which gives the same bytes for
+    every payload libnmsg writes; unknown fields are dropped. Raises PayloadError on a malformed payload,
+    ValueError when ``time_sec`` is not an int64.
+    """
+    if not -(1 << 63) <= time_sec < (1 << 63):
+        raise ValueError(f"time_sec out of the int64 range: {time_sec}")
+    new = encode_varint(time_sec)
+    end = 5 + len(new)  # where the old varint ends when it is as long as the new one
+    n = len(payload)
+    if (
+        n > end + 6
+        and payload[4] == 0x18
+        and payload[0] == 0x08
+        and payload[2] == 0x10
+        and payload[1] < 0x80 > payload[3]
+        and payload[end - 1] < 0x80
+        and min(payload[5 : end - 1], default=0x80) > 0x7F
+        and payload[end] == 0x25
+        and payload[end + 5] == 0x2A
+    ):
+        length, data_start = read_varint(payload, end + 6, n)
+        if data_start + length == n:
+            return payload[:5] + new + payload[end:]
+    fields = payload_fields(payload)
+    return make_payload(
+        fields.vid,
+        fields.msgtype,
+        time_sec,
+        fields.time_nsec,
+        payload[fields.data_start : fields.data_end] if fields.data_end else None,
+        source=fields.source,
+        operator=fields.operator,
+        group=fields.group,
+    )
