@@ -83,9 +83,11 @@ def run(
             spent["changelog"] += clock() - t0
         if i % args.tick_every == 0 or last:
             t0 = clock()
-            encode = SnapshotEncoder(args.window_seconds)
             for state in states.values():
-                snapshots += len(snapshot_records(state.take_changed(), state.totals, encode))
+                encode = SnapshotEncoder(args.window_seconds, expired_through=state.expired_through())
+                changed, outside = state.take_snapshot_changes()
+                snapshots += len(snapshot_records(changed, state.totals, encode))
+                snapshots += len([encode(ns, None, None, total) for ns, total in outside.items()])
             spent["snapshots"] += clock() - t0
     ns_state.counts_records = counts_records_py if ext is None else ext.counts_records
     return spent, sum(len(s.totals) for s in states.values()), changelog, snapshots

@@ -1,8 +1,9 @@
 """The newest ``NsCounts`` of each name server on the counts topic, read as it grows.
 
 The counts topic (``schemas/ns_counts.avsc``) carries one snapshot per changed (name server, window) and
-tick, each with that name server's totals at ``snapshot_time_ms``: the newest snapshot of a name server
-holds its current totals, the newest of a window that window's counts. A job waits until those totals
+tick, each with that name server's totals at ``snapshot_time_ms`` (and one without a window when only the
+totals changed): the newest snapshot of a name server holds its current totals, the newest of a window
+that window's counts. A job waits until those totals
 count every failure, asking again every few seconds; with ~500k name servers the topic holds ~600k
 snapshots per million records, so reading it from the beginning on every ask cost more CPU than the
 worker (measured: 18 s of a 1M-record run). :class:`LatestCounts` keeps its consumer and reads each
@@ -37,6 +38,8 @@ class LatestCounts:
         #: name server -> its newest counts, and the snapshot time they are from
         self._latest: dict[str, dict[str, Any]] = {}
         self._times: dict[str, int] = {}
+        #: the newest ``expired_through`` read: windows starting at or before it were freed by a worker
+        self.expired_through: int | None = None
 
     def read(self, timeout: float = 60.0) -> Mapping[str, dict[str, Any]]:
         """Read on to the end of every partition as it is now; {name server: ``NsCountValues``}, a live
@@ -70,7 +73,19 @@ class LatestCounts:
                 self._take(decode_snapshot(msg.value()))
         return self._latest
 
+    def window_freed(self) -> bool:
+        """Whether the window asked for (``window_start``) was freed by a worker, as far as read: its
+        counts are then those of its last snapshot, and its later records counted in the totals only."""
+        return (
+            self.window_start is not None
+            and self.expired_through is not None
+            and self.window_start <= self.expired_through
+        )
+
     def _take(self, snapshot: Mapping[str, Any]) -> None:
+        expired = snapshot["expired_through"]
+        if expired is not None and (self.expired_through is None or expired > self.expired_through):
+            self.expired_through = expired
         if self.window_start is not None and snapshot["window_start"] != self.window_start:
             return
         ns, snapshot_time = snapshot["name_server"], snapshot["snapshot_time_ms"]

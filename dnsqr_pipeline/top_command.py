@@ -4,10 +4,11 @@ A worker's ``/dnsqr/top/`` view answers for the name servers of its own partitio
 (``NsCounts``, ``schemas/ns_counts.avsc``, compacted) carries every worker's snapshots, so reading it
 whole answers for the cluster. Each snapshot is one (name server, window) with that name server's totals
 at ``snapshot_time_ms``: the newest snapshot of each name server holds its current totals, and with
-``--window START`` the newest snapshot of that window holds the window's counts.
+``--window START`` the newest snapshot of that window holds the window's counts (a window the workers
+freed already is named as such on stderr: its counts are those it had when it was freed).
 
 It reads from the beginning to the current end with a throw-away group, assigning the partitions itself
-and committing nothing (``dnsqr_pipeline.counts_view.read_latest_counts``), then ranks like the workers' view
+and committing nothing (``dnsqr_pipeline.counts_view.LatestCounts``), then ranks like the workers' view
 (``processors.views.top``): by failures, ties by rate, or by rate, ties by failures, of the name servers
 with a failure and at least ``--min-answered`` EDNS answers.
 """
@@ -24,7 +25,7 @@ from confluent_kafka import KafkaException
 
 from dnsqr_pipeline.argtypes import positive_int
 from dnsqr_pipeline.completion import CompletionError
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_view import LatestCounts
 from dnsqr_pipeline.job import format_rows
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
@@ -84,12 +85,24 @@ def rank(
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Print the ``-n`` worst name servers. Exit status 1 on a Kafka error (e.g. no such topic)."""
     out = out or sys.stdout
+    view = None
     try:
-        latest = read_latest_counts(client_config(args), args.counts_topic, args.window)
+        view = LatestCounts(client_config(args), args.counts_topic, args.window)
+        latest = view.read()
     except (CompletionError, KafkaException) as exc:
         detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
         print(f"dnsqr-pipeline top: {args.counts_topic}: {detail}", file=sys.stderr)
         return 1
+    finally:
+        if view is not None:
+            view.close()
+    if view.window_freed():
+        print(
+            f"dnsqr-pipeline top: window {args.window} was freed (the workers free windows starting at or "
+            f"before {view.expired_through}): these are its counts when it was freed; its later records "
+            "count in the totals only",
+            file=sys.stderr,
+        )
     ranked = rank(latest, by=args.by, min_answered=args.min_answered, window_start=args.window)
     shown = ranked[: args.n]
     if args.json:

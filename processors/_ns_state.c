@@ -15,14 +15,16 @@
  *    trailing bytes, consistent columns) and returns None for anything else, WITHOUT touching the state:
  *    the caller then runs the Python path, which decides (applies what fastavro reads, or raises
  *    ValueError). So this code never rejects a record itself, and everything is validated before the
- *    state is mutated. The window lookup (NsState._window, with its expiry) and the marks
- *    (NsState._mark) stay Python calls: once per window change and once per record.
+ *    state is mutated. The window lookup (NsState._window, with its expiry and clock bound), the count of
+ *    the rows it refused (NsState._count_outside) and the marks (NsState._mark) stay Python calls: once
+ *    per window change and once per record.
  *  - counts_records(prefix, changed, encode_value): ns_state.counts_records_py, the changelog records
  *    of the changed name servers (name server -> counts); values are orjson's compact JSON, written here for the plain cases (ints that
  *    fit int64, None, dicts of printable-ASCII keys that need no escaping) and left to encode_value for
  *    any other counts list.
  *  - snapshot_records(changed, totals, encoder): ns_counts.snapshot_records_py, the counts-topic
- *    records (Avro NsCounts) of the changed (name server, window)s; a counts list this code does not
+ *    records (Avro NsCounts) of the changed (name server, window)s (the snapshots without a window, a
+ *    few, are written in Python); a counts list this code does not
  *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
  *    goes to the encoder itself.
  *
@@ -44,6 +46,8 @@
 #define VALUE_MAX 1024
 /* 2**53: ints up to this size convert to double exactly, so C's division rounds as Python's does */
 #define EXACT_DOUBLE (INT64_C(1) << 53)
+/* the branch index of the second type of an Avro union ["null", T], as its zigzag varint */
+#define UNION_SECOND 2
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Reading an NsStatsBatch                                                                          */
@@ -434,15 +438,27 @@ state_attr(PyObject *state, const char *name, PyTypeObject *type)
     return value;
 }
 
+/* NsState._count_outside(start, rows): the refused rows of one window start counted as late or early */
+static int
+count_outside(PyObject *state, PyObject *start, Py_ssize_t rows)
+{
+    PyObject *r = PyObject_CallMethod(state, "_count_outside", "(On)", start, rows);
+
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 /* The rows of a parsed batch added to state (NsState.apply's loops). */
 static int
 apply_rows(PyObject *state, batch_t *b)
 {
     PyObject *totals = NULL, *windows = NULL, *dirty_retired = NULL, *dirty_windows = NULL, *changed = NULL;
-    PyObject *window = NULL, *dirty = NULL, *changed_names = NULL; /* of the current window */
+    PyObject *outside = NULL;
+    PyObject *window = NULL, *dirty = NULL, *changed_names = NULL, *key = NULL; /* of the current window */
     PyObject **row_totals = PyMem_Calloc((size_t)b->rows * 2, sizeof(PyObject *));
     PyObject **row_windows = row_totals + b->rows;
     int64_t current = 0;
+    Py_ssize_t refused = 0; /* rows of the current window start that count in the totals only */
     int have_current = 0, rc = -1;
 
     if (row_totals == NULL) {
@@ -453,7 +469,8 @@ apply_rows(PyObject *state, batch_t *b)
         (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
         (dirty_retired = state_attr(state, "_dirty_retired", &PyDict_Type)) == NULL ||
         (dirty_windows = state_attr(state, "_dirty_windows", &PyDict_Type)) == NULL ||
-        (changed = state_attr(state, "_changed", &PyDict_Type)) == NULL)
+        (changed = state_attr(state, "_changed", &PyDict_Type)) == NULL ||
+        (outside = state_attr(state, "_outside", &PyDict_Type)) == NULL)
         goto done;
     for (Py_ssize_t row = 0; row < b->rows; row++) {
         PyObject *ns = b->names[row];
@@ -464,8 +481,11 @@ apply_rows(PyObject *state, batch_t *b)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
-            PyObject *key = PyLong_FromLongLong((long long)start);
-            if (key == NULL)
+            if (refused > 0 && count_outside(state, key, refused) < 0)
+                goto done;
+            refused = 0;
+            Py_CLEAR(key);
+            if ((key = PyLong_FromLongLong((long long)start)) == NULL)
                 goto done;
             current = start;
             have_current = 1;
@@ -474,7 +494,6 @@ apply_rows(PyObject *state, batch_t *b)
             if (window == NULL || (window != Py_None && !PyDict_Check(window))) {
                 if (window != NULL)
                     PyErr_SetString(PyExc_TypeError, "NsState._window must give a dict or None");
-                Py_DECREF(key);
                 goto done;
             }
             if (window != Py_None) {
@@ -483,16 +502,13 @@ apply_rows(PyObject *state, batch_t *b)
                 Py_CLEAR(changed_names);
                 for (int k = 0; k < 2; k++) {
                     empty = PyDict_New();
-                    if (empty == NULL) {
-                        Py_DECREF(key);
+                    if (empty == NULL)
                         goto done;
-                    }
                     set = PyDict_SetDefault(k == 0 ? dirty_windows : changed, key, empty);
                     Py_DECREF(empty);
                     if (set == NULL || !PyDict_Check(set)) {
                         if (set != NULL)
                             PyErr_SetString(PyExc_TypeError, "NsState's changed names must be dicts");
-                        Py_DECREF(key);
                         goto done;
                     }
                     Py_INCREF(set);
@@ -502,7 +518,6 @@ apply_rows(PyObject *state, batch_t *b)
                         changed_names = set;
                 }
             }
-            Py_DECREF(key);
         }
         if (window != Py_None) {
             if ((row_windows[row] = add_row(window, ns, a, f, t)) == NULL ||
@@ -510,9 +525,16 @@ apply_rows(PyObject *state, batch_t *b)
                 PyDict_SetItem(changed_names, ns, row_windows[row]) < 0)
                 goto done;
         }
-        else if (PyDict_SetItem(dirty_retired, ns, Py_None) < 0)
-            goto done; /* counts in the totals only: its retired part grew (NsState._dirty_retired) */
+        else {
+            /* counts in the totals only: its retired part grew (NsState._dirty_retired), its totals must be
+             * published (NsState._outside) */
+            if (PyDict_SetItem(dirty_retired, ns, Py_None) < 0 || PyDict_SetItem(outside, ns, row_totals[row]) < 0)
+                goto done;
+            refused++;
+        }
     }
+    if (refused > 0 && count_outside(state, key, refused) < 0)
+        goto done;
     if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, row_totals, row_windows, windows) < 0 ||
         add_kinds(b, b->observations, b->observation_triples, 4, row_totals, row_windows, windows) < 0)
         goto done;
@@ -523,6 +545,8 @@ done:
     Py_XDECREF(dirty_retired);
     Py_XDECREF(dirty_windows);
     Py_XDECREF(changed);
+    Py_XDECREF(outside);
+    Py_XDECREF(key);
     Py_XDECREF(window);
     Py_XDECREF(dirty);
     Py_XDECREF(changed_names);
@@ -929,6 +953,7 @@ static PyObject *
 ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *changed, *totals, *encoder, *records = NULL, *time_field = NULL, *seconds_field = NULL;
+    PyObject *expired_field = NULL;
     PyObject *start, *names;
     Py_ssize_t pos = 0;
     out_t o;
@@ -946,6 +971,7 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
     }
     if ((time_field = encoder_field(encoder, "time_field")) == NULL ||
         (seconds_field = encoder_field(encoder, "window_seconds_field")) == NULL ||
+        (expired_field = encoder_field(encoder, "expired_through_field")) == NULL ||
         (records = PyList_New(0)) == NULL)
         goto error;
     while (PyDict_Next(changed, &pos, &start, &names)) {
@@ -976,8 +1002,11 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
                 put_long(&o, size);
                 put(&o, text, size);
                 put(&o, PyBytes_AS_STRING(time_field), PyBytes_GET_SIZE(time_field));
+                put_byte(&o, UNION_SECOND);
                 put_long(&o, start_n);
                 put(&o, PyBytes_AS_STRING(seconds_field), PyBytes_GET_SIZE(seconds_field));
+                put(&o, PyBytes_AS_STRING(expired_field), PyBytes_GET_SIZE(expired_field));
+                put_byte(&o, UNION_SECOND);
             }
             if (text != NULL && plain_start && put_avro_values(&o, w) && put_avro_values(&o, t) && !o.full) {
                 value = PyBytes_FromStringAndSize((const char *)o.data, o.size);
@@ -1007,10 +1036,12 @@ ns_snapshot_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
     }
     Py_DECREF(time_field);
     Py_DECREF(seconds_field);
+    Py_DECREF(expired_field);
     return records;
 error:
     Py_XDECREF(time_field);
     Py_XDECREF(seconds_field);
+    Py_XDECREF(expired_field);
     Py_XDECREF(records);
     return NULL;
 }

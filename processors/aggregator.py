@@ -41,7 +41,13 @@ table recovery, whose stalls needed a watchdog.
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/ns_counts.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
-tick, with the name server's totals at that moment.
+tick, with the name server's totals at that moment, and one without a window per name server whose totals
+changed outside the live windows only (late or early deltas: ``processors/ns_state.py``). Faust's commit
+of an ns-stats partition also publishes what changed since the last tick, before the changelog (in the
+same transaction under exactly_once). So whatever a committed changelog holds was published: a state
+restored after a crash never holds totals the counts topic lacks, and once the pipeline is idle each
+name server's newest snapshot holds its totals. (Records applied but not committed when a worker dies are
+consumed again by the next owner, which publishes their name servers anew.)
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +64,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_pipeline.topics import admin_client, create_topics
-from processors.ns_counts import SnapshotEncoder, state_snapshots
+from processors.ns_counts import state_snapshots
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch
 
@@ -90,14 +96,31 @@ class Aggregation:
     neither (revoked while the record was on its way) are ignored: its next owner applies them.
     """
 
-    def __init__(self, expires: int, *, marks: bool) -> None:
+    def __init__(self, expires: int, max_ahead: int | None = None, *, marks: bool) -> None:
         self.expires = expires
+        self.max_ahead = max_ahead
         #: exactly_once: apply each record once (marks); at_least_once: apply what comes
         self.marks = marks
         self.states: dict[int, NsState] = {}
         self.restoring: dict[int, Restoring] = {}
         #: ns-stats records skipped because their state had applied them (exactly_once)
         self.replayed = 0
+        #: late and early deltas (:class:`NsState`) of the states dropped since this worker started
+        self._dropped_outside = [0, 0]
+
+    def new_state(self) -> NsState:
+        """An empty state with this worker's expiry and clock bound."""
+        return NsState(self.expires, self.max_ahead)
+
+    @property
+    def late_deltas(self) -> int:
+        """Deltas for freed windows applied by this worker (to the totals only), since it started."""
+        return self._dropped_outside[0] + sum(s.late_deltas for s in self.states.values())
+
+    @property
+    def early_deltas(self) -> int:
+        """Deltas dated too far ahead of the clock applied by this worker (to the totals only)."""
+        return self._dropped_outside[1] + sum(s.early_deltas for s in self.states.values())
 
     def begin_restore(self, partitions: Iterable[int]) -> Restoring:
         """Mark ``partitions`` as restoring (their records wait from now on)."""
@@ -125,7 +148,10 @@ class Aggregation:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget the states of revoked partitions, and stop restoring them."""
         for p in partitions:
-            self.states.pop(p, None)
+            state = self.states.pop(p, None)
+            if state is not None:
+                self._dropped_outside[0] += state.late_deltas
+                self._dropped_outside[1] += state.early_deltas
             restoring = self.restoring.pop(p, None)
             if restoring is not None:
                 restoring.waiting.pop(p, None)
@@ -155,7 +181,7 @@ def read_changelog(
     config: Mapping[str, str],
     topic: str,
     partitions: Iterable[int],
-    expires: int,
+    new_state: Callable[[], NsState],
     stop: threading.Event,
     group: str,
 ) -> dict[int, NsState] | None:
@@ -166,7 +192,7 @@ def read_changelog(
     ``group`` is the worker's own group id: the reader assigns its partitions and commits nothing, so it
     never joins that group, and a secured cluster needs no other group ACL for it.
     """
-    states = {p: NsState(expires) for p in partitions}
+    states = {p: new_state() for p in partitions}
     consumer = Consumer(
         {
             **config,
@@ -214,7 +240,9 @@ def install(app: PipelineApp) -> Aggregation:
 
     settings = app.settings
     exactly_once = settings.processing_guarantee == "exactly_once"
-    aggregation = Aggregation(settings.window_expires_seconds, marks=exactly_once)
+    aggregation = Aggregation(
+        settings.window_expires_seconds, settings.window_max_ahead_seconds, marks=exactly_once
+    )
     stats = app.topic(
         settings.stats_topic,
         key_type=bytes,
@@ -258,7 +286,12 @@ def install(app: PipelineApp) -> Aggregation:
     def restore_blocking(restoring: Restoring) -> dict[int, NsState] | None:
         ensure_changelog(restoring.partitions)
         return read_changelog(
-            config, changelog.name, restoring.partitions, aggregation.expires, restoring.stop, settings.app_id
+            config,
+            changelog.name,
+            restoring.partitions,
+            aggregation.new_state,
+            restoring.stop,
+            settings.app_id,
         )
 
     restores: set[asyncio.Future[None]] = set()
@@ -306,16 +339,34 @@ def install(app: PipelineApp) -> Aggregation:
             restores.add(task)
             task.add_done_callback(restores.discard)
 
+    async def counts_partition(p: int) -> int | None:
+        """The counts partition of ns-stats partition ``p``'s snapshots: ``p`` itself when the two topics
+        have as many partitions (a name server's counts partition is then its ns-stats partition), else
+        None (by key)."""
+        output = app.output
+        same = (await output.partitioner(settings.counts_topic)).count == (
+            await output.partitioner(settings.stats_topic)
+        ).count
+        return p if same else None
+
     attachments: Any = app._attachments
     publish = attachments.publish_for_tp_offset
 
     async def publish_for_tp_offset(tp: TP, offset: int) -> list[Awaitable[Any]]:
-        """Faust's commit of ``tp`` also writes what changed in its state to the changelog (module doc)."""
+        """Faust's commit of ``tp`` also publishes what changed in its state since the last snapshot, then
+        writes it to the changelog (module doc)."""
         pending = await publish(tp, offset)
         state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
         if state is not None:
             state.committed(offset)  # every record below it was processed: the mark moves up
-            pending += await app.output.send_for_commit(
+            output = app.output
+            pending += await output.send_for_commit(
+                tp,
+                settings.counts_topic,
+                state_snapshots(state, settings.window_seconds),
+                partition=await counts_partition(tp.partition),
+            )
+            pending += await output.send_for_commit(
                 tp, changelog.name, state.changelog(), partition=tp.partition
             )
         return pending
@@ -345,15 +396,12 @@ def install(app: PipelineApp) -> Aggregation:
 
     @app.timer(settings.snapshot_interval)
     async def publish_snapshots() -> None:
-        """Publish a snapshot of every (name server, window) changed since the last tick."""
-        encode = SnapshotEncoder(settings.window_seconds)
-        output = app.output
-        # a name server's counts partition is its ns-stats partition when the topics agree in size
-        same = (await output.partitioner(settings.counts_topic)).count == (
-            await output.partitioner(settings.stats_topic)
-        ).count
+        """Publish a snapshot of every (name server, window) changed since the last tick, and the totals of
+        the name servers changed outside the live windows."""
         for p, state in list(aggregation.states.items()):
-            records = state_snapshots(state, encode)
-            await output.send(settings.counts_topic, records, source=None, partition=p if same else None)
+            records = state_snapshots(state, settings.window_seconds)
+            await app.output.send(
+                settings.counts_topic, records, source=None, partition=await counts_partition(p)
+            )
 
     return aggregation

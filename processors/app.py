@@ -80,6 +80,9 @@ class Settings:
     #: windows starting this many seconds (record time) before the newest window seen are freed; 0 keeps
     #: every window. Totals never expire.
     window_expires_seconds: int = 7 * 86400
+    #: a record whose window starts more than this many seconds after the worker's clock is early (a sensor
+    #: with a bad clock): it counts in the totals only and does not move stream time (ns_state.py)
+    window_max_ahead_seconds: int = 86400
     #: how often the aggregator publishes snapshots of changed name servers to the counts topic
     snapshot_interval: float = 1.0
     web_host: str = "127.0.0.1"
@@ -131,6 +134,8 @@ class Settings:
             raise ValueError("partitions, window_seconds and snapshot_interval must be positive")
         if self.window_expires_seconds < 0:
             raise ValueError("window_expires_seconds must be 0 (never) or positive")
+        if self.window_max_ahead_seconds < 0:
+            raise ValueError("window_max_ahead_seconds must be 0 or positive")
         return self
 
     @property

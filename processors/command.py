@@ -90,7 +90,16 @@ def register(subparsers: Any) -> None:
         "--window-expires-seconds",
         type=int,
         default=DEFAULTS.window_expires_seconds,
-        help="drop windows older than this from the table, 0 = never (default: %(default)s)",
+        help="free the windows starting this many seconds (record time) or more before stream time, the "
+        "newest window's start; later records of a freed window count in the totals only; 0 = never "
+        "(default: %(default)s)",
+    )
+    faust_group.add_argument(
+        "--window-max-ahead-seconds",
+        type=int,
+        default=DEFAULTS.window_max_ahead_seconds,
+        help="records whose window starts more than this many seconds after the worker's clock (a sensor "
+        "with a bad clock) count in the totals only and do not move stream time (default: %(default)s)",
     )
     faust_group.add_argument("--snapshot-interval", type=float, default=DEFAULTS.snapshot_interval)
     faust_group.add_argument(
@@ -132,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         processing_guarantee=args.processing_guarantee,
         window_seconds=args.window_seconds,
         window_expires_seconds=args.window_expires_seconds,
+        window_max_ahead_seconds=args.window_max_ahead_seconds,
         snapshot_interval=args.snapshot_interval,
         web_host=args.web_host,
         web_port=args.web_port,

@@ -322,6 +322,27 @@ class WorkerCollector(Collector):
             ],
             ["reason"],
         )
+        yield _counter(
+            "dnsqr_worker_late_deltas",
+            "per-name-server deltas for windows already freed (record time older than stream time less the "
+            "expiry): counted in the totals only",
+            [((), self.aggregation.late_deltas)],
+        )
+        yield _counter(
+            "dnsqr_worker_early_deltas",
+            "per-name-server deltas whose window starts further ahead of the worker's clock than "
+            "--window-max-ahead-seconds (a bad clock): counted in the totals only, stream time unmoved",
+            [((), self.aggregation.early_deltas)],
+        )
+        stream_time = GaugeMetricFamily(
+            "dnsqr_worker_stream_time_seconds",
+            "stream time of each ns-stats partition held here: start of its newest window (record time)",
+            labels=["partition"],
+        )
+        for partition, ns_state in sorted(self.aggregation.states.items()):
+            if ns_state.newest is not None:
+                stream_time.add_metric([str(partition)], ns_state.newest)
+        yield stream_time
         reasons = self.dead_letters.by_reason.copy()
         untold = c.dead_letters - sum(reasons.values())
         if untold > 0:  # sent by a path that bypassed app.output

@@ -1,4 +1,5 @@
-"""The counts topic's value, ``NsCounts`` (``schemas/ns_counts.avsc``): one name server's window and totals.
+"""The counts topic's value, ``NsCounts`` (``schemas/ns_counts.avsc``): one name server's totals, with the
+window that changed (none when only the totals changed: a late or early delta).
 
 The aggregator publishes one snapshot per changed (name server, window) every snapshot interval: at high
 name-server cardinality that is tens of thousands a second, and fastavro's ``schemaless_writer`` (with the
@@ -93,23 +94,33 @@ def _values(counts: Counts) -> bytes:
     )
 
 
-class SnapshotEncoder:
-    """Schemaless Avro ``NsCounts`` of the snapshots taken at one moment (one timer tick)."""
+#: Avro union branches: ``null`` (0) and the other type (1), as zigzag varints
+_NULL, _PRESENT = b"\x00", b"\x02"
 
-    def __init__(self, window_seconds: int, snapshot_time_ms: int | None = None) -> None:
+
+class SnapshotEncoder:
+    """Schemaless Avro ``NsCounts`` of the snapshots of one state taken at one moment (one tick)."""
+
+    def __init__(
+        self, window_seconds: int, snapshot_time_ms: int | None = None, expired_through: int | None = None
+    ) -> None:
         now_ms = int(time.time() * 1000) if snapshot_time_ms is None else snapshot_time_ms
         #: the encoded fields shared by this tick's snapshots (the C writer copies them too)
         self.time_field = _long(now_ms)
         self.window_seconds_field = _long(window_seconds)
+        self.expired_through_field = _NULL if expired_through is None else _PRESENT + _long(expired_through)
 
-    def __call__(self, name_server: str, window_start: int, window: Counts, total: Counts) -> bytes:
+    def __call__(
+        self, name_server: str, window_start: int | None, window: Counts | None, total: Counts
+    ) -> bytes:
         return b"".join(
             (
                 _string(name_server),
                 self.time_field,
-                _long(window_start),
+                _NULL if window_start is None else _PRESENT + _long(window_start),
                 self.window_seconds_field,
-                _values(window),
+                self.expired_through_field,
+                _NULL if window is None else _PRESENT + _values(window),
                 _values(total),
             )
         )
@@ -119,7 +130,7 @@ def snapshot_records_py(
     changed: dict[int, Changed], totals: dict[str, Counts], encode: SnapshotEncoder
 ) -> list[Record]:
     """The counts-topic records (name server, ``NsCounts``) of the name servers ``changed`` in each window
-    (:meth:`processors.ns_state.NsState.take_changed`: their window counts), with their totals."""
+    (:meth:`processors.ns_state.NsState.take_snapshot_changes`: their window counts), with their totals."""
     return [
         (ns.encode(), encode(ns, start, window, totals[ns]))
         for start, names in changed.items()
@@ -134,19 +145,26 @@ snapshot_records: Callable[[dict[int, Changed], dict[str, Counts], SnapshotEncod
 )
 
 
-def state_snapshots(state: NsState, encode: SnapshotEncoder) -> list[Record]:
-    """The counts-topic records of every (name server, window) of ``state`` changed since the previous
-    call (what :meth:`NsState.snapshots` gives, encoded), then forget that they changed."""
-    return snapshot_records(state.take_changed(), state.totals, encode)
+def state_snapshots(state: NsState, window_seconds: int, snapshot_time_ms: int | None = None) -> list[Record]:
+    """The counts-topic records of what changed in ``state`` since the previous call (what
+    :meth:`NsState.snapshots` gives, encoded), then forget that it changed: one per changed (name server,
+    window), then one without a window per name server whose totals changed outside the live windows
+    only (a few: late and early deltas, written in Python)."""
+    encode = SnapshotEncoder(window_seconds, snapshot_time_ms, state.expired_through())
+    changed, outside = state.take_snapshot_changes()
+    records = snapshot_records(changed, state.totals, encode)
+    records += [(ns.encode(), encode(ns, None, None, total)) for ns, total in outside.items()]
+    return records
 
 
 def encode_snapshot_avro(
     name_server: str,
-    window_start: int,
+    window_start: int | None,
     window_seconds: int,
-    window: Counts,
+    window: Counts | None,
     total: Counts,
     snapshot_time_ms: int,
+    expired_through: int | None = None,
 ) -> bytes:
     """``NsCounts`` through fastavro: the specification :class:`SnapshotEncoder` is held to."""
     out = io.BytesIO()
@@ -158,7 +176,8 @@ def encode_snapshot_avro(
             "snapshot_time_ms": snapshot_time_ms,
             "window_start": window_start,
             "window_seconds": window_seconds,
-            "window": count_values(window),
+            "expired_through": expired_through,
+            "window": None if window is None else count_values(window),
             "total": count_values(total),
         },
     )

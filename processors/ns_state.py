@@ -9,9 +9,8 @@ The Python code is the specification; when built, ``processors/_ns_state.c`` doe
 What is kept:
 
 - ``totals``: name server -> counts since the state began; never expires.
-- ``windows``: window start -> {name server -> counts}, tumbling windows of record time. Windows that start
-  ``expires`` seconds or more before the newest window seen are freed (0 keeps every window), and a delta
-  for such a window counts in the totals only.
+- ``windows``: window start -> {name server -> counts}, tumbling windows of record time, freed by stream
+  time (below). A delta outside the live windows counts in the totals only.
 - the mark (exactly_once only): which records of this ns-stats partition were applied, by offset: every
   offset below ``base``, and the offsets in ``applied_offsets`` (at or above it). A record the mark holds
   is skipped. At each commit of offset C (every record below C processed) ``base`` moves up to C and the
@@ -41,12 +40,29 @@ the 1M-record high-cardinality bench file), its CPU and the reads of a recovery.
 window is freed or a delta comes for a freed one, so it is written rarely; it is computed when written, not
 kept in memory (the totals and windows are the state readers use; a retired map would cost as much again).
 
+Stream time and the records outside it. Record time is not arrival time: captures are replayed in any
+order, from any year, merged from several sensors, and clocks are wrong. So:
+
+- **Stream time** (``newest``) is the start of the newest window created. Windows starting ``expires``
+  seconds or more before it are freed (0 keeps every window): Kafka Streams' stream time, with the expiry
+  as its grace period. A delta for a freed window is *late*: it counts in the totals, not in a window.
+- **A wrong clock cannot move it far.** A window starting more than ``max_ahead`` seconds after the
+  worker's clock is *early*: no record can truly come from the future, so it is a sensor with a bad clock
+  or a corrupt timestamp. Its delta counts in the totals and creates no window, so one record dated 2040
+  cannot free every live window. (Not Flink's minimum over input partitions: every ns-stats partition
+  receives deltas from every filter partition, an idle one would hold stream time back for ever, and a
+  single-partition input would get no protection at all.)
+- Late and early deltas are counted (``late_deltas``, ``early_deltas``: rows of ns-stats records) and their
+  name servers' new totals are published like any change (:meth:`NsState.take_snapshot_changes`): the
+  newest totals on the counts topic always equal ``totals``.
+
 Values are a version byte (1) and the JSON of the counts list or of the mark: orjson
 writes one in about 0.3 us, several times faster than Avro in Python, and these records are internal.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from sys import intern
 from typing import Any
@@ -162,31 +178,42 @@ counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Re
 class NsState:
     """Totals, windows and marks of one ns-stats partition, and what changed since they were last written.
 
-    ``expires``: windows starting more than this many seconds before the newest window are freed (0: never).
+    ``expires``: windows starting this many seconds or more before stream time are freed (0: never).
+    ``max_ahead``: a window starting more than this many seconds after ``clock()`` is early (None: no bound).
     """
 
-    def __init__(self, expires: int = 0) -> None:
+    def __init__(
+        self, expires: int = 0, max_ahead: int | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.expires = expires
+        self.max_ahead = max_ahead
+        self.clock = clock
         self.totals: dict[str, Counts] = {}
         self.windows: dict[int, dict[str, Counts]] = {}
         #: the mark: offsets below ``base`` and those in ``applied_offsets`` were applied (exactly_once)
         self.base = 0
         self.applied_offsets: set[int] = set()
-        #: start of the newest window seen (record time); expiry counts back from it
+        #: stream time: start of the newest window created (record time); expiry counts back from it
         self.newest: int | None = None
+        #: rows applied to the totals only: for a freed window (late), or too far ahead of the clock (early)
+        self.late_deltas = 0
+        self.early_deltas = 0
         # the record cache: keys changed since the last changelog() ... (name server -> its counts list,
         # the very list in totals or the window: written without looking the name server up again, in the
         # order they changed, which is about the order their counts were allocated in; at 100k name servers
         # and more, cache misses are most of the cost, and a set's hash order or a lookup doubles them)
         self._dirty_windows: dict[int, Changed] = {}
-        #: name servers whose retired counts changed (a window of theirs was freed, or a delta came for a
-        #: freed one): their R records are computed by changelog(); a dict, for a stable order
+        #: name servers whose retired counts changed (a window of theirs was freed, or a delta came outside
+        #: the live windows): their R records are computed by changelog(); a dict, for a stable order
         self._dirty_retired: dict[str, None] = {}
         self._dirty_mark = False
         #: windows freed since the last changelog(): their keys get tombstones
         self._freed: dict[int, list[str]] = {}
-        # ... and (name server, window) changed since the last snapshots()
+        # ... and since the last take_snapshot_changes(): (name server, window) changed, windows freed
+        # since included (their last counts are published before they are forgotten) ...
         self._changed: dict[int, Changed] = {}
+        #: ... and name servers whose totals changed outside the live windows (name server -> its totals)
+        self._outside: Changed = {}
         #: the R records read by load(), until loaded() adds them to the totals
         self._loaded_retired: dict[str, Counts] = {}
 
@@ -229,10 +256,12 @@ class NsState:
             return False
         totals = self.totals
         dirty_retired = self._dirty_retired
+        outside = self._outside
         current: int | None = None
         window: dict[str, Counts] | None = None
         dirty: Changed = {}
         changed: Changed = {}
+        refused = 0  # rows of the current window start that count in the totals only
         for ns, start, answered, failures, timeouts in zip(
             batch.name_servers,
             batch.window_starts,
@@ -241,14 +270,17 @@ class NsState:
             batch.timeouts,
             strict=True,
         ):
-            c = totals.get(ns)
-            if c is None:
-                c = totals[ns] = [answered, failures, timeouts, None, None]
+            total = totals.get(ns)
+            if total is None:
+                total = totals[ns] = [answered, failures, timeouts, None, None]
             else:
-                c[0] += answered
-                c[1] += failures
-                c[2] += timeouts
+                total[0] += answered
+                total[1] += failures
+                total[2] += timeouts
             if start != current:
+                if refused:
+                    self._count_outside(current, refused)
+                    refused = 0
                 current = start
                 window = self._window(start)
                 if window is not None:
@@ -263,8 +295,12 @@ class NsState:
                     c[1] += failures
                     c[2] += timeouts
                 dirty[ns] = changed[ns] = c
-            else:
-                dirty_retired[ns] = None  # counts in the totals only: its retired part grew
+            else:  # counts in the totals only: its retired part grew, its totals must be published
+                dirty_retired[ns] = None
+                outside[ns] = total
+                refused += 1
+        if refused:
+            self._count_outside(current, refused)
         names, starts, windows = batch.name_servers, batch.window_starts, self.windows
         # kind names are interned: a few names recur in hundreds of thousands of maps
         kind_names = [intern(kind) for kind in batch.kind_names]
@@ -279,11 +315,12 @@ class NsState:
         return True
 
     def _window(self, start: int) -> dict[str, Counts] | None:
-        """The window starting at ``start``, created if new; None when it is expired."""
+        """The window starting at ``start``, created if new; None when it is freed (late) or too far ahead of
+        the clock (early). A window created after the newest moves stream time and frees what became old."""
         window = self.windows.get(start)
         if window is not None:
             return window
-        if self._expired(start):
+        if self._expired(start) or (self.max_ahead is not None and start > self.clock() + self.max_ahead):
             return None
         window = self.windows[start] = {}
         if self.newest is None or start > self.newest:
@@ -291,16 +328,31 @@ class NsState:
             self.expire()
         return window
 
+    def _count_outside(self, start: int, rows: int) -> None:
+        """Count ``rows`` deltas of window ``start`` that :meth:`_window` refused: early when the window lies
+        after stream time (it was not created, so it was ahead of the clock), else late (it was freed)."""
+        if self.newest is None or start > self.newest:
+            self.early_deltas += rows
+        else:
+            self.late_deltas += rows
+
     def _expired(self, start: int) -> bool:
         return bool(self.expires) and self.newest is not None and start <= self.newest - self.expires
 
+    def expired_through(self) -> int | None:
+        """Windows starting at or before this were freed (stream time less the expiry); None while none can
+        have been."""
+        if not self.expires or self.newest is None:
+            return None
+        return self.newest - self.expires
+
     def expire(self) -> None:
-        """Free the windows that are too old (their changelog keys get tombstones)."""
+        """Free the windows that are too old (their changelog keys get tombstones; their last changes are
+        still published by the next :meth:`take_snapshot_changes`)."""
         for start in [s for s in self.windows if self._expired(s)]:
             names = self._freed[start] = list(self.windows.pop(start))
             self._dirty_retired.update(dict.fromkeys(names))
             self._dirty_windows.pop(start, None)
-            self._changed.pop(start, None)
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
@@ -331,20 +383,30 @@ class NsState:
                 retired[ns] = counts
         return counts_records(RETIRED_TAG, retired, encode_value) + held
 
-    def snapshots(self) -> list[tuple[str, int, Counts, Counts]]:
+    def snapshots(self) -> list[tuple[str, int | None, Counts | None, Counts]]:
         """(name server, window start, window counts, total counts) of every window changed since the
-        previous call, then forget that they changed."""
-        out: list[tuple[str, int, Counts, Counts]] = []
+        previous call, then (name server, None, None, total counts) of the name servers whose totals changed
+        outside the live windows only; then forget that they changed. The specification of what the counts
+        topic receives (``processors/ns_counts.py`` encodes it)."""
+        changed, outside = self.take_snapshot_changes()
         totals = self.totals
-        for start, changed in self.take_changed().items():
-            out += [(ns, start, window, totals[ns]) for ns, window in changed.items()]
+        out: list[tuple[str, int | None, Counts | None, Counts]] = []
+        for start, names in changed.items():
+            out += [(ns, start, window, totals[ns]) for ns, window in names.items()]
+        out += [(ns, None, None, total) for ns, total in outside.items()]
         return out
 
-    def take_changed(self) -> dict[int, Changed]:
-        """Window start -> {name server: its counts in that window} of those changed since the previous call
-        (or :meth:`snapshots`), then forget that they changed."""
+    def take_snapshot_changes(self) -> tuple[dict[int, Changed], Changed]:
+        """What changed since the previous call, then forget it: window start -> {name server: its counts in
+        that window} (windows freed since included), and {name server: its totals} of those whose totals
+        changed in no window of the first (deltas outside the live windows only)."""
         changed, self._changed = self._changed, {}
-        return changed
+        outside, self._outside = self._outside, {}
+        if outside and changed:
+            outside = {
+                ns: total for ns, total in outside.items() if not any(ns in c for c in changed.values())
+            }
+        return changed, outside
 
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an

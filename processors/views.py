@@ -13,7 +13,8 @@ Routes (Faust's web server, ``--web-port``, default 6066), GET only (other metho
 - ``GET /dnsqr/worst/?by=failures|rate&kind=KIND&min_answered=1&n=50&windows=24&refresh=30`` -> the
   page (``processors/worst_page.py`` renders it; here the rows are gathered); with ``local=1`` this
   worker's rows as JSON
-- ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back)
+- ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back; the
+  late and early deltas counted in the totals only, ``processors/ns_state.py``)
 
 A bad query parameter answers 400 with a message saying which and why.
 """
@@ -305,6 +306,8 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
                 {
                     **dataclasses.asdict(app.counters),
                     "replayed_stats": aggregation.replayed,
+                    "late_deltas": aggregation.late_deltas,
+                    "early_deltas": aggregation.early_deltas,
                     "reseeks": reseeks,
                     "name_servers": sum(len(s.totals) for s in aggregation.states.values()),
                 }

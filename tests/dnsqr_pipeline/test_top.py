@@ -167,3 +167,33 @@ def test_latest_counts_reads_each_snapshot_once(kafka_bootstrap: str, new_topic)
         assert taken[len(SNAPSHOTS) :] == ["192.0.2.1"]
     finally:
         view.close()
+
+
+@pytest.mark.integration
+def test_totals_without_a_window_and_a_freed_window(
+    kafka_bootstrap: str, new_topic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot without a window (a late delta's totals) is a name server's newest totals like any other;
+    ``--window`` for a window the workers freed says so on stderr, and still shows its last counts."""
+    topic = new_topic(partitions=1, config={"cleanup.policy": "compact"})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    before = [10, 4, 0, {"servfail": 4}, None]
+    after = [11, 5, 0, {"servfail": 5}, None]
+    # W1's last counts, published as W2's arrival freed it (the expiry is W2 - W1: W1 <= W2 - expiry)
+    freed = SnapshotEncoder(WINDOW, 1000, expired_through=W1)
+    producer.produce(topic, key=b"192.0.2.9", value=freed("192.0.2.9", W1, before, before))
+    # a late delta for W1: the totals alone
+    late = SnapshotEncoder(WINDOW, 2000, expired_through=W1)
+    producer.produce(topic, key=b"192.0.2.9", value=late("192.0.2.9", None, None, after))
+    assert producer.flush(30) == 0
+
+    assert [json.loads(line) for line in top(kafka_bootstrap, topic, "--json")] == [
+        {"name_server": "192.0.2.9", **values(11, 5)}
+    ]
+    assert "freed" not in capsys.readouterr().err
+    rows = [json.loads(line) for line in top(kafka_bootstrap, topic, "--json", "--window", str(W1))]
+    assert rows == [{"name_server": "192.0.2.9", "window_start": W1, **values(10, 4)}]
+    err = capsys.readouterr().err
+    assert f"window {W1} was freed" in err and "count in the totals only" in err
+    top(kafka_bootstrap, topic, "--json", "--window", str(W2))
+    assert "freed" not in capsys.readouterr().err

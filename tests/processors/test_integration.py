@@ -29,9 +29,12 @@ from confluent_kafka.admin import AdminClient
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
+from nmsgdns.container import encode_container
+from nmsgdns.payload import replace_time
 from processors.failure_record import decode_failure
 from processors.ns_counts import decode_snapshot
 from tests import corpus
+from tests.corpus import read_payloads
 from tests.processors.helpers import expected_failures, raw_containers
 
 pytestmark = pytest.mark.integration
@@ -69,8 +72,11 @@ class Run:
         new_topic: Callable[..., str],
         raw_partitions: int,
         guarantee: str = "at_least_once",
+        **settings: str,
     ) -> None:
         self.bootstrap = bootstrap
+        #: worker settings besides the topics (``DNSQR_<NAME>`` variables)
+        self.settings = {"snapshot_interval": "0.3", "window_expires_seconds": "0", **settings}
         self.app_id = f"dnsqr-test-{uuid.uuid4().hex[:8]}"
         self.topics = {
             key: new_topic(raw_partitions if key == "raw" else 4, prefix=f"test-{key}")
@@ -90,8 +96,7 @@ class Run:
             DNSQR_COUNTS_TOPIC=self.topics["counts"],
             DNSQR_DLQ_TOPIC=self.topics["dlq"],
             DNSQR_PROCESSING_GUARANTEE=self.guarantee,
-            DNSQR_SNAPSHOT_INTERVAL="0.3",
-            DNSQR_WINDOW_EXPIRES_SECONDS="0",
+            **{f"DNSQR_{name.upper()}": value for name, value in self.settings.items()},
         )
         return env
 
@@ -146,6 +151,12 @@ class Run:
         return "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for _, _, p in self.workers)
 
     def produce_corpus(self) -> int:
+        containers = [data for case in corpus.CASES for data in raw_containers(case, 150)]
+        self.produce([*containers, GARBAGE])
+        return len(containers)
+
+    def produce(self, containers: list[bytes]) -> None:
+        """``containers`` onto the raw topic (the garbage one keyed ``bad``)."""
         producer = Producer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -154,14 +165,9 @@ class Run:
                 "compression.type": "lz4",
             }
         )
-        n = 0
-        for case in corpus.CASES:
-            for data in raw_containers(case, 150):
-                producer.produce(self.topics["raw"], data)
-                n += 1
-        producer.produce(self.topics["raw"], GARBAGE, key=b"bad")
+        for data in containers:
+            producer.produce(self.topics["raw"], data, key=b"bad" if data == GARBAGE else None)
         assert producer.flush(30) == 0
-        return n
 
     def read(self, topic: str, count: int, timeout: float = 90.0) -> list[tuple[bytes | None, bytes, list]]:
         """The first ``count`` committed records of ``topic``, then a short wait proving no more follow."""
@@ -317,3 +323,57 @@ def test_two_workers_one_group_same_result(
         assert body["missing_partitions"]
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
+
+
+def stats_of(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/dnsqr/stats/", timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_a_record_dated_2040_frees_no_window(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """One failure in the middle of a capture dated 2040 (a sensor with a bad clock), windows freed after a
+    week: the record counts in the totals and as an early delta, and the capture's windows stay live."""
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=1, window_expires_seconds=str(7 * 86400))
+    runs.append(run)
+    port = run.start_worker(tmp_path)
+    payloads = read_payloads(corpus.path("live_resolver.nmsg"))
+    selected = set(expected_failures("live_resolver"))
+    middle = next(i for i in range(len(payloads) // 2, len(payloads)) if payloads[i] in selected)
+    payloads[middle] = replace_time(payloads[middle], 2_208_988_800)  # 2040-01-01
+    run.produce([encode_container(payloads[i : i + 150]) for i in range(0, len(payloads), 150)])
+    want = corpus.expected_counts("live_resolver")
+    assert run.latest_snapshots(want) == want, run.logs()
+    stats: dict[str, int] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and stats.get("early_deltas") != 1:
+        stats = stats_of(port)
+        time.sleep(0.3)
+    assert (stats["early_deltas"], stats["late_deltas"]) == (1, 0), stats
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert "dnsqr_worker_early_deltas_total 1.0" in metrics
+    # the capture's windows are live: no snapshot says they were freed, and none is of a 2040 window
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"r-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([run.topics["counts"]])
+    snapshots: list[dict] = []
+    try:
+        while True:  # to the end: until a wait of 2 s brings nothing more
+            msgs = consumer.consume(1000, 2.0)
+            if not msgs and snapshots:
+                break
+            snapshots += [decode_snapshot(m.value()) for m in msgs if m.error() is None]
+    finally:
+        consumer.close()
+    capture = {s["window_start"] for s in snapshots if s["window_start"] is not None}
+    assert capture and max(capture) < 2_000_000_000
+    assert all(s["expired_through"] < min(capture) for s in snapshots)
+    early_ns = {s["name_server"] for s in snapshots if s["window_start"] is None}
+    assert early_ns <= set(want)

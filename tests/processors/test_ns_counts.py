@@ -12,12 +12,28 @@ KINDS = st.one_of(st.none(), st.dictionaries(st.text(max_size=12), LONGS, max_si
 COUNTS = st.tuples(LONGS, LONGS, LONGS, KINDS, KINDS).map(list)
 
 
-@given(st.text(max_size=40), LONGS, st.integers(1, 2**31), COUNTS, COUNTS, st.integers(0, 2**45))
+@given(
+    st.text(max_size=40),
+    st.one_of(st.none(), LONGS),
+    st.integers(1, 2**31),
+    st.one_of(st.none(), COUNTS),
+    COUNTS,
+    st.integers(0, 2**45),
+    st.one_of(st.none(), LONGS),
+)
 def test_same_bytes_as_fastavro(
-    name_server: str, start: int, window_seconds: int, window: list, total: list, time_ms: int
+    name_server: str,
+    start: int | None,
+    window_seconds: int,
+    window: list | None,
+    total: list,
+    time_ms: int,
+    expired_through: int | None,
 ) -> None:
-    fast = SnapshotEncoder(window_seconds, time_ms)(name_server, start, window, total)
-    assert fast == encode_snapshot_avro(name_server, start, window_seconds, window, total, time_ms)
+    """Any snapshot, with a window or of the totals alone (window start and counts None)."""
+    fast = SnapshotEncoder(window_seconds, time_ms, expired_through)(name_server, start, window, total)
+    slow = encode_snapshot_avro(name_server, start, window_seconds, window, total, time_ms, expired_through)
+    assert fast == slow
 
 
 def test_decodes_to_the_contract() -> None:
@@ -31,6 +47,7 @@ def test_decodes_to_the_contract() -> None:
         "snapshot_time_ms": 1_700_000_000_000,
         "window_start": 7200,
         "window_seconds": 3600,
+        "expired_through": None,
         "window": {
             "edns_answered": 4,
             "failures": 1,
@@ -48,3 +65,13 @@ def test_decodes_to_the_contract() -> None:
             "observations": {},
         },
     }
+
+
+def test_a_snapshot_of_the_totals_alone_says_what_was_freed() -> None:
+    snap = decode_snapshot(
+        SnapshotEncoder(3600, 1_700_000_000_000, expired_through=-3600)(
+            "192.0.2.1", None, None, [1, 1, 0, None, None]
+        )
+    )
+    assert (snap["window_start"], snap["window"], snap["expired_through"]) == (None, None, -3600)
+    assert snap["total"]["failures"] == 1

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from typing import Any
+from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processors import ns_counts, ns_state
 from processors.ns_state import NsState, Record, decode_value, encode_value, retired_counts
 from processors.ns_stats_batch import DeltaBatch, DeltaRow, decode_batch, encode_batch
 
@@ -123,7 +125,15 @@ def test_old_windows_are_freed_totals_stay() -> None:
     assert 0 not in state.windows
     assert state.totals[NS1][1] == 7
     assert state.changelog() == [(b"R" + NS1.encode(), encode_value([6, 6, 0, {"noopt": 2}, None]))]
-    assert all(start != 0 for _, start, _, _ in state.snapshots())
+    assert (state.late_deltas, state.early_deltas) == (1, 0)
+    # the freed window's last counts are published (it changed since the last snapshots), and every
+    # snapshot carries the totals with the late delta
+    snaps = {(ns, start): (window, total) for ns, start, window, total in state.snapshots()}
+    assert snaps[(NS1, 0)] == ([1, 1, 0, None, None], [7, 7, 0, {"noopt": 2}, None])
+    assert set(snaps) == {(NS1, 0), (NS2, 3600), (NS1, 7200)}
+    # a late delta alone publishes its name server's totals without a window
+    state.apply(batch(row(NS1, 0, 1)))
+    assert state.snapshots() == [(NS1, None, None, [8, 8, 0, {"noopt": 2}, None])]
     state.apply(batch(row(NS2, 3 * 3600, 1)))
     assert sorted(state.windows) == [7200, 10800]
     assert state.totals[NS2][1] == 2
@@ -268,3 +278,169 @@ def test_state_equals_the_sum_and_a_restore_equals_the_state(
     if marks:
         for i, (rows, _) in enumerate(steps):
             assert not again.apply(batch(*rows), i)
+
+
+# --- record time in any order: the counts topic stays exact (issue: late and early deltas) -------------
+
+NOW = 1_800_000_000  # the workers' clock in these tests
+DAY = 86400
+#: window starts far in the past, around the clock, just inside and far beyond its bound
+FAR_STARTS = st.sampled_from(
+    [
+        0,
+        3600,
+        NOW - 400 * DAY,
+        NOW - 30 * DAY,
+        NOW - 7 * DAY,
+        NOW - 3600,
+        NOW,
+        NOW + 3600,
+        NOW + 20 * 365 * DAY,
+    ]
+)
+FAR_ROWS = st.lists(
+    st.tuples(
+        NAMES,
+        FAR_STARTS,
+        st.integers(0, 3),
+        st.integers(0, 3),
+        st.integers(0, 2),
+        st.dictionaries(st.sampled_from(["noopt", "formerr"]), st.integers(1, 3), max_size=2),
+        st.just({}),
+    ),
+    min_size=1,
+    max_size=6,
+)
+#: what a worker does between records: a snapshot tick, a commit (snapshots, then the changelog: the
+#: aggregator's commit path), an expiry pass, a crash (restore from the changelog, then the records
+#: applied since the last commit are consumed again) or a clean restart after a commit
+STEPS = st.lists(
+    st.tuples(FAR_ROWS, st.sampled_from(["", "", "tick", "commit", "expire", "crash", "restart"])),
+    min_size=1,
+    max_size=14,
+)
+IMPLEMENTATIONS = ["python"] + (["c"] if ns_state._ext is not None else [])
+
+
+class Worker:
+    """One ns-stats partition's state as the aggregator drives it, with what it published and wrote."""
+
+    def __init__(self, expires: int, max_ahead: int, marks: bool, implementation: str) -> None:
+        self.expires, self.max_ahead, self.marks, self.c = expires, max_ahead, marks, implementation == "c"
+        self.state = self.new_state()
+        self.changelog: list[Record] = []
+        #: name server -> its newest published totals, decoded from the counts topic's values
+        self.published: dict[str, dict[str, Any]] = {}
+        self.uncommitted: list[tuple[int, bytes]] = []
+        self.offset = 0
+
+    def new_state(self) -> NsState:
+        return NsState(self.expires, self.max_ahead, clock=lambda: NOW)
+
+    def apply(self, data: bytes, offset: int) -> None:
+        mark = offset if self.marks else None
+        if self.c:
+            assert ns_state._ext.apply(self.state, data, mark) is True
+        else:
+            assert self.state.apply(decode_batch(data), mark)
+
+    def feed(self, rows: list[DeltaRow]) -> None:
+        data = encode_batch(0, rows)
+        self.apply(data, self.offset)
+        self.uncommitted.append((self.offset, data))
+        self.offset += 1
+
+    def tick(self) -> None:
+        snapshot_records = ns_counts.snapshot_records if self.c else ns_counts.snapshot_records_py
+        with mock.patch.object(ns_counts, "snapshot_records", snapshot_records):
+            records = ns_counts.state_snapshots(self.state, 3600, snapshot_time_ms=len(self.published))
+        for key, value in records:
+            snap = ns_counts.decode_snapshot(value)
+            assert snap["name_server"] == key.decode()
+            assert snap["expired_through"] == self.state.expired_through()
+            self.published[key.decode()] = snap["total"]
+
+    def commit(self) -> None:
+        self.state.committed(self.offset)
+        self.tick()
+        self.changelog += self.state.changelog()
+        self.uncommitted = []
+
+    def restore(self) -> None:
+        self.state = self.new_state()
+        for key, value in self.changelog:
+            self.state.load(key, value)
+        self.state.loaded()
+
+    def crash(self) -> None:
+        self.restore()
+        for offset, data in self.uncommitted:
+            self.apply(data, offset)
+
+
+def totals_of(sums: dict[str, Counter[str]]) -> dict[str, tuple[int, int, int, dict[str, int]]]:
+    """(EDNS answered, failures, timeouts, failures by kind) per name server of the summed deltas."""
+    return {
+        ns: (
+            c["answered"],
+            c["failures"],
+            c["timeouts"],
+            {k[2:]: n for k, n in c.items() if k[:2] == "k:" and n},
+        )
+        for ns, c in sums.items()
+    }
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@settings(max_examples=150, deadline=None)
+@given(STEPS, st.sampled_from([0, 3600, 7 * DAY, 30 * DAY]), st.sampled_from([0, DAY]), st.booleans())
+def test_published_totals_equal_the_state_whatever_the_record_times(
+    implementation: str, steps: list[tuple[list[DeltaRow], str]], expires: int, max_ahead: int, marks: bool
+) -> None:
+    """Deltas with window starts from the distant past to far beyond the clock, in any order, with
+    snapshots, commits, expiry, crashes and restarts between them. Once the last commit is done: each name
+    server's newest published totals equal its totals in memory, which equal the sum of every delta; a state
+    restored from the changelog has the same totals and live windows; late and early deltas were counted;
+    and no live window lies beyond the clock's bound."""
+    worker = Worker(expires, max_ahead, marks, implementation)
+    sums: dict[str, Counter[str]] = defaultdict(Counter)
+    early = 0
+    for rows, step in steps:
+        worker.feed(rows)
+        for ns, start, answered, failures, timeouts, by_kind, _observations in rows:
+            sums[ns].update(answered=answered, failures=failures, timeouts=timeouts)
+            sums[ns].update({f"k:{k}": n for k, n in by_kind.items()})
+            early += start > NOW + max_ahead
+        if step == "tick":
+            worker.tick()
+        elif step == "commit":
+            worker.commit()
+        elif step == "expire":
+            worker.state.expire()
+        elif step == "crash":
+            worker.crash()
+        elif step == "restart":
+            worker.commit()
+            worker.restore()
+    worker.commit()
+    state = worker.state
+    expected = totals_of(sums)
+    published = {
+        ns: (t["edns_answered"], t["failures"], t["timeouts"], {k: n for k, n in t["by_kind"].items() if n})
+        for ns, t in worker.published.items()
+    }
+    assert published == expected
+    assert {
+        ns: (c[0], c[1], c[2], {k: n for k, n in (c[3] or {}).items() if n}) for ns, c in state.totals.items()
+    } == (expected)
+    assert all(start <= NOW + max_ahead for start in state.windows)
+    again = worker.new_state()
+    for key, value in worker.changelog:
+        again.load(key, value)
+    again.loaded()
+    assert again.totals == state.totals
+    assert again.windows == state.windows
+    if not any(step in ("crash", "restart") for _, step in steps):  # a restored state counts from 0
+        assert state.early_deltas == early
+        if not expires:
+            assert state.late_deltas == 0

@@ -34,7 +34,9 @@ KIND_NAMES = st.sampled_from(["noopt", "formerr", "badvers", "notimp", "é", 'q"
 SMALL = st.integers(0, 20)
 INT64 = st.one_of(SMALL, st.integers(-(2**63), 2**63 - 1))
 KINDS = st.dictionaries(KIND_NAMES, st.one_of(SMALL, INT64), max_size=3)
-ROW = st.tuples(NAMES, st.sampled_from([0, 60, 120, 180, 3600, 7200]), INT64, INT64, SMALL, KINDS, KINDS)
+#: window starts, with some far in the past and far ahead of the clock (early: see run_both)
+STARTS = st.sampled_from([0, 60, 120, 180, 3600, 7200, -(2**40), 2**40])
+ROW = st.tuples(NAMES, STARTS, INT64, INT64, SMALL, KINDS, KINDS)
 #: (input partition, last input offset, sequence, part)
 ORIGIN = st.one_of(st.none(), st.tuples(*(st.integers(0, n) for n in (1, 4, 2, 1))))
 OPS = st.lists(
@@ -71,13 +73,20 @@ def changelog_c(state: NsState) -> Any:
 
 
 def snapshots(state: NsState, implementation: Any) -> Any:
-    encode = SnapshotEncoder(60, 1_700_000_000_000)
-    return outcome(implementation, state.take_changed(), state.totals, encode)
+    """The encoded snapshots of the windows changed, and the totals changed outside them."""
+    encode = SnapshotEncoder(60, 1_700_000_000_000, state.expired_through())
+    changed, outside = state.take_snapshot_changes()
+    return outcome(implementation, changed, state.totals, encode), outside
+
+
+def fixed_clock() -> float:
+    """The worker's clock in these tests: the epoch (window 2**40 is ahead of it, beyond the bound)."""
+    return 0.0
 
 
 def run_both(ops: list[tuple[Any, ...]], expires: int) -> None:
     """Each op on a Python state and a C state; after each, the same state and the same records."""
-    py, c = NsState(expires), NsState(expires)
+    py, c = NsState(expires, 10**6, clock=fixed_clock), NsState(expires, 10**6, clock=fixed_clock)
     for op in ops:
         if op[0] == "apply":
             data = encode_batch(0, op[1])
