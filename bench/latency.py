@@ -40,9 +40,9 @@ from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, TopicPartition
 
+from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
 from dnsqr_pipeline.completion import Progress, wait_caught_up
 from dnsqr_pipeline.job import Stage, Topics, embedded_kafka, stage_kafka, wait_for_assignment, worker_command
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
 from ingest.bridge import Bridge, IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader

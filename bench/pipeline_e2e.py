@@ -26,9 +26,9 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.completion import end_offsets
 from dnsqr_pipeline.job import JobConfig, Topics, run_job
-from dnsqr_pipeline.topics import admin_client, delete_topics
 from ingest.bridge import IngestConfig
 from nmsgdns.edns import EdnsFilter, ranked_counts
 from nmsgdns.input import ContainerStreamReader

@@ -47,19 +47,19 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from bench.latency import broker, delete_run_topics
-from dnsqr_pipeline.completion import end_offsets, job_consumer
-from dnsqr_pipeline.job import Stage, Topics, stage_kafka, worker_command
-from dnsqr_pipeline.topics import (
+from dnsqr_kafka.key_partition import KeyPartitioner
+from dnsqr_kafka.topics import (
     CONTAINER_TOPIC_CONFIG,
     TopicSpec,
     admin_client,
     create_topics,
     wait_for_leaders,
 )
+from dnsqr_pipeline.completion import end_offsets, job_consumer
+from dnsqr_pipeline.job import Stage, Topics, stage_kafka, worker_command
 from nmsgdns.classify import KINDS, OBSERVATIONS
 from processors import ns_deltas
 from processors.app import Settings, internal_topic_specs
-from processors.key_partition import KeyPartitioner
 from processors.ns_state import NsState
 from processors.ns_stats_batch import MAX_ROWS, encode_batch
 

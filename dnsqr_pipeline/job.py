@@ -40,6 +40,15 @@ from typing import Any
 
 from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
 
+from dnsqr_kafka.topics import (
+    CONTAINER_TOPIC_CONFIG,
+    TopicAdminError,
+    TopicSpec,
+    admin_client,
+    create_topics,
+    delete_topics,
+    wait_for_leaders,
+)
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import (
     Alive,
@@ -53,15 +62,6 @@ from dnsqr_pipeline.completion import (
     job_consumer,
 )
 from dnsqr_pipeline.counts_view import LatestCounts
-from dnsqr_pipeline.topics import (
-    CONTAINER_TOPIC_CONFIG,
-    TopicAdminError,
-    TopicSpec,
-    admin_client,
-    create_topics,
-    delete_topics,
-    wait_for_leaders,
-)
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP, EventT, StreamT
 
-from dnsqr_pipeline.topics import admin_client, create_topics
+from dnsqr_kafka.topics import admin_client, create_topics
 from processors.ns_counts import state_snapshots
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch

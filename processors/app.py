@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from dnsqr_pipeline.kafka_config import default_bootstrap
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
+from dnsqr_kafka.config import default_bootstrap
+from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def changelog_spec(settings: Settings) -> TopicSpec:
 def broker_credentials(credentials: Mapping[str, str]) -> Any:
     """Faust/aiokafka credentials for the shared Kafka flags; None for plaintext.
 
-    The flags are the same as for the confluent-kafka stages (``kafka_config.py``), so one set of options
-    connects every stage.
+    The flags are the same as for the confluent-kafka stages (``dnsqr_kafka/config.py``), so one set of
+    options connects every stage.
     """
     protocol = credentials.get("security_protocol", "PLAINTEXT")
     context = None

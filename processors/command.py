@@ -15,8 +15,7 @@ from typing import Any
 from confluent_kafka.admin import AclOperation
 from faust.worker import Worker
 
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import (
+from dnsqr_kafka.access import (
     KafkaAccessError,
     Need,
     access_error,
@@ -24,7 +23,8 @@ from dnsqr_pipeline.kafka_errors import (
     report,
     topic_needs,
 )
-from dnsqr_pipeline.topics import (
+from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_kafka.topics import (
     TopicAdminError,
     admin_client,
     cluster_replication_factor,

@@ -14,8 +14,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AclOperation
 
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, Need, access_error, check_access, report
+from dnsqr_kafka.access import KafkaAccessError, Need, access_error, check_access, report
+from dnsqr_kafka.config import add_kafka_arguments, client_config
 from sink.consumer import DEFAULT_DLQ_SUFFIX, DEFAULT_GROUP, DEFAULT_TOPIC, FailureSink, SinkConfig
 from sink.files import DEFAULT_PREFIX
 

@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
-from dnsqr_pipeline.kafka_errors import is_refusal
+from dnsqr_kafka.access import is_refusal
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
@@ -88,7 +88,7 @@ def decode_failure_payload(value: bytes | None) -> bytes:
 
 @dataclass
 class SinkConfig:
-    """Everything a sink run needs; ``kafka`` holds the connection properties (``kafka_config``)."""
+    """Everything a sink run needs; ``kafka`` holds the connection properties (``dnsqr_kafka.config``)."""
 
     output_dir: Path
     kafka: dict[str, str]

@@ -60,7 +60,7 @@ class BrokerUnreachableError(TopicAdminError):
 def admin_client(config: Mapping[str, str]) -> AdminClient:
     """An AdminClient whose librdkafka log lines go to Python logging rather than stderr."""
     conf = dict(config)
-    conf.setdefault("logger", logging.getLogger("dnsqr_pipeline.topics.librdkafka"))
+    conf.setdefault("logger", logging.getLogger("dnsqr_kafka.topics.librdkafka"))
     return AdminClient(conf)
 
 
