@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from dnsqr_kafka.config import default_bootstrap
+from dnsqr_kafka.config import DEFAULT_BOOTSTRAP, default_bootstrap
+from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES
 from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,15 @@ ENV_PREFIX = "DNSQR_"
 class Settings:
     """Everything that configures one worker; the defaults are the topic contracts' names."""
 
-    app_id: str = "dnsqr-edns"
-    bootstrap_servers: str = "127.0.0.1:9092"
-    raw_topic: str = "dnsqr.raw"
-    failures_topic: str = "dnsqr.edns.failures"
-    stats_topic: str = "dnsqr.edns.ns-stats"
-    counts_topic: str = "dnsqr.edns.ns-counts"
-    dlq_topic: str = "dnsqr.raw.dlq"
+    app_id: str = DEFAULT_APP_ID
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    raw_topic: str = DEFAULT_NAMES.raw
+    failures_topic: str = DEFAULT_NAMES.failures
+    stats_topic: str = DEFAULT_NAMES.stats
+    counts_topic: str = DEFAULT_NAMES.counts
+    dlq_topic: str = DEFAULT_NAMES.raw_dlq
     #: the filter agent's receipts (``processors/progress.py``): one partition
-    progress_topic: str = "dnsqr.edns.progress"
+    progress_topic: str = DEFAULT_NAMES.progress
     #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
     #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).
     partitions: int = 4
