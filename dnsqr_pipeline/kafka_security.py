@@ -43,6 +43,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dnsqr_kafka.config import Credentials
 from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES, DEFAULT_SINK_GROUP, TopicNames
 from dnsqr_pipeline.certs import BrokerTls
 
@@ -191,12 +192,14 @@ def client_config(
     bootstrap: str, security: str, user: str, password: str, ca_file: Path | None
 ) -> dict[str, str]:
     """librdkafka properties for ``user`` on a cluster run with ``security``."""
-    conf = {"bootstrap.servers": bootstrap, "security.protocol": SECURITY_PROTOCOLS[security]}
-    if is_secured(security):
-        conf |= {"sasl.mechanism": MECHANISM, "sasl.username": user, "sasl.password": password}
-    if uses_tls(security) and ca_file is not None:
-        conf["ssl.ca.location"] = str(ca_file)
-    return conf
+    secured = is_secured(security)
+    return Credentials(
+        security_protocol=SECURITY_PROTOCOLS[security],
+        sasl_mechanism=MECHANISM if secured else "",
+        sasl_username=user if secured else "",
+        sasl_password=password if secured else "",
+        ssl_ca_location=str(ca_file) if uses_tls(security) and ca_file is not None else "",
+    ).librdkafka(bootstrap)
 
 
 def client_flags(security: str, user: str, ca_file: Path | None) -> list[str]:
