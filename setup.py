@@ -6,7 +6,7 @@ The extensions are per-record hot paths, each held to a pure-Python specificatio
 - ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge), qname text, Avro writer;
 - ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
 - ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values);
-- ``processors._key_partition``: Kafka's default partition of a key (murmur2; ``processors/murmur2.h`` is
+- ``dnsqr_kafka._key_partition``: Kafka's default partition of a key (murmur2; ``dnsqr_kafka/murmur2.h`` is
   the one C copy of murmur2, which ``_ns_deltas`` includes too);
 - ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records;
 - ``processors._ns_state``: the aggregator's apply, changelog and snapshot records (per name server).
@@ -24,7 +24,7 @@ EXTENSIONS = (
     "nmsgdns._wirescan",
     "nmsgdns._nmsgbody",
     "nmsgdns._avro",
-    "processors._key_partition",
+    "dnsqr_kafka._key_partition",
     "processors._ns_deltas",
     "processors._ns_state",
 )
@@ -34,7 +34,7 @@ setup(
         Extension(
             name,
             sources=[f"{name.replace('.', '/')}.c"],
-            depends=["processors/murmur2.h"],
+            depends=["dnsqr_kafka/murmur2.h"],
             optional=True,  # no compiler: skipped with a warning, and the pure-Python code runs
         )
         for name in EXTENSIONS

@@ -40,9 +40,17 @@ from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, TopicPartition
 
+from dnsqr_kafka.names import TopicNames
+from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
 from dnsqr_pipeline.completion import Progress, wait_caught_up
-from dnsqr_pipeline.job import Stage, Topics, embedded_kafka, stage_kafka, wait_for_assignment, worker_command
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
+from dnsqr_pipeline.job import (
+    Stage,
+    embedded_kafka,
+    stage_kafka,
+    wait_for_assignment,
+    worker_command,
+    worker_settings,
+)
 from ingest.bridge import Bridge, IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
@@ -94,7 +102,7 @@ def broker(bootstrap: str | None) -> Iterator[str]:
             yield started
 
 
-def create_run_topics(kafka: Mapping[str, str], topics: Topics, partitions: int) -> None:
+def create_run_topics(kafka: Mapping[str, str], topics: TopicNames, partitions: int) -> None:
     """The topics a worker uses, the failures topic stamped by the broker on append."""
     specs = [
         TopicSpec(topics.raw, config=CONTAINER_TOPIC_CONFIG),
@@ -116,10 +124,12 @@ def delete_run_topics(kafka: Mapping[str, str], run_id: str) -> None:
                 future.result()
 
 
-def worker_stage(number: int, args: argparse.Namespace, bootstrap: str, topics: Topics, app_id: str) -> Stage:
+def worker_stage(
+    number: int, args: argparse.Namespace, bootstrap: str, topics: TopicNames, app_id: str
+) -> Stage:
     """One ``dnsqr-pipeline worker`` subprocess on the run's topics, its log in ``LOG_DIR``."""
-    settings = topics.worker_settings(
-        app_id, bootstrap, partitions=args.partitions, processing_guarantee=args.processing_guarantee
+    settings = worker_settings(
+        topics, app_id, bootstrap, partitions=args.partitions, processing_guarantee=args.processing_guarantee
     )
     argv = worker_command(settings, stage_kafka({"bootstrap.servers": bootstrap}))
     return Stage(f"worker-{number}", argv, LOG_DIR)
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     records = int(args.rate * args.seconds)
     run_id = uuid.uuid4().hex[:8]
-    topics, app_id = Topics.named(f".latency-{run_id}"), f"dnsqr-edns-latency-{run_id}"
+    topics, app_id = TopicNames.named(f".latency-{run_id}"), f"dnsqr-edns-latency-{run_id}"
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp, broker(args.bootstrap_servers) as bootstrap:
         paced = write_paced(args.capture, Path(tmp) / "paced.nmsg", args.rate, records)
         print(f"{records} records at {args.rate:,.0f}/s, {paced.selected} failures expected", file=sys.stderr)

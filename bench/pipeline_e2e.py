@@ -26,9 +26,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from dnsqr_kafka.names import TopicNames
+from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.completion import end_offsets
-from dnsqr_pipeline.job import JobConfig, Topics, run_job
-from dnsqr_pipeline.topics import admin_client, delete_topics
+from dnsqr_pipeline.job import JobConfig, run_job
 from ingest.bridge import IngestConfig
 from nmsgdns.edns import EdnsFilter, ranked_counts
 from nmsgdns.input import ContainerStreamReader
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         with PeakRss(f"--app-id\0{app_id}\0") as rss:
             result = run_job(cfg)
         if args.bootstrap_servers:
-            topics = Topics.named(f".run-{cfg.run_id}")
+            topics = TopicNames.named(f".run-{cfg.run_id}")
             changelog = f"{app_id}-ns-state-changelog"
             counted = {
                 name: topic_records(args.bootstrap_servers, t)

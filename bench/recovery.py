@@ -47,19 +47,20 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from bench.latency import broker, delete_run_topics
-from dnsqr_pipeline.completion import end_offsets, job_consumer
-from dnsqr_pipeline.job import Stage, Topics, stage_kafka, worker_command
-from dnsqr_pipeline.topics import (
+from dnsqr_kafka.key_partition import KeyPartitioner
+from dnsqr_kafka.names import TopicNames
+from dnsqr_kafka.topics import (
     CONTAINER_TOPIC_CONFIG,
     TopicSpec,
     admin_client,
     create_topics,
     wait_for_leaders,
 )
+from dnsqr_pipeline.completion import end_offsets, job_consumer
+from dnsqr_pipeline.job import Stage, stage_kafka, worker_command, worker_settings
 from nmsgdns.classify import KINDS, OBSERVATIONS
 from processors import ns_deltas
 from processors.app import Settings, internal_topic_specs
-from processors.key_partition import KeyPartitioner
 from processors.ns_state import NsState
 from processors.ns_stats_batch import MAX_ROWS, encode_batch
 
@@ -117,8 +118,8 @@ class RunTopics:
 def create_run(bootstrap: str, partitions: int, run_id: str | None = None) -> RunTopics:
     """Create a run's topics (raw and every internal topic of its worker) and wait for their leaders."""
     run_id = run_id or uuid.uuid4().hex[:8]
-    topics = Topics.named(f".recovery-{run_id}")
-    settings = topics.worker_settings(f"dnsqr-edns-recovery-{run_id}", bootstrap, partitions=partitions)
+    topics = TopicNames.named(f".recovery-{run_id}")
+    settings = worker_settings(topics, f"dnsqr-edns-recovery-{run_id}", bootstrap, partitions=partitions)
     kafka = {"bootstrap.servers": bootstrap}
     specs = [TopicSpec(topics.raw, config=CONTAINER_TOPIC_CONFIG), *internal_topic_specs(settings)]
     admin = admin_client(kafka)

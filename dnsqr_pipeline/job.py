@@ -40,6 +40,16 @@ from typing import Any
 
 from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
 
+from dnsqr_kafka.names import DEFAULT_APP_ID, TopicNames
+from dnsqr_kafka.topics import (
+    CONTAINER_TOPIC_CONFIG,
+    TopicAdminError,
+    TopicSpec,
+    admin_client,
+    create_topics,
+    delete_topics,
+    wait_for_leaders,
+)
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import (
     Alive,
@@ -53,15 +63,6 @@ from dnsqr_pipeline.completion import (
     job_consumer,
 )
 from dnsqr_pipeline.counts_view import LatestCounts
-from dnsqr_pipeline.topics import (
-    CONTAINER_TOPIC_CONFIG,
-    TopicAdminError,
-    TopicSpec,
-    admin_client,
-    create_topics,
-    delete_topics,
-    wait_for_leaders,
-)
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader
@@ -90,42 +91,19 @@ class JobError(RuntimeError):
     """The job could not finish; the message says which stage and why."""
 
 
-@dataclass(frozen=True)
-class Topics:
-    raw: str
-    failures: str
-    stats: str
-    counts: str
-    progress: str
-    raw_dlq: str
-    failures_dlq: str
-
-    @classmethod
-    def named(cls, suffix: str = "") -> Topics:
-        """The contract's topic names, with ``suffix`` appended (a job on a shared broker uses its own)."""
-        return cls(
-            raw=f"dnsqr.raw{suffix}",
-            failures=f"dnsqr.edns.failures{suffix}",
-            stats=f"dnsqr.edns.ns-stats{suffix}",
-            counts=f"dnsqr.edns.ns-counts{suffix}",
-            progress=f"dnsqr.edns.progress{suffix}",
-            raw_dlq=f"dnsqr.raw.dlq{suffix}",
-            failures_dlq=f"dnsqr.edns.failures{suffix}.dlq",
-        )
-
-    def worker_settings(self, app_id: str, bootstrap: str, **fields: Any) -> Settings:
-        """Settings of a worker of app ``app_id`` on these topics (``fields``: the other settings)."""
-        return Settings(
-            app_id=app_id,
-            bootstrap_servers=bootstrap,
-            raw_topic=self.raw,
-            failures_topic=self.failures,
-            stats_topic=self.stats,
-            counts_topic=self.counts,
-            dlq_topic=self.raw_dlq,
-            progress_topic=self.progress,
-            **fields,
-        )
+def worker_settings(topics: TopicNames, app_id: str, bootstrap: str, **fields: Any) -> Settings:
+    """Settings of a worker of app ``app_id`` on ``topics`` (``fields``: the other settings)."""
+    return Settings(
+        app_id=app_id,
+        bootstrap_servers=bootstrap,
+        raw_topic=topics.raw,
+        failures_topic=topics.failures,
+        stats_topic=topics.stats,
+        counts_topic=topics.counts,
+        dlq_topic=topics.raw_dlq,
+        progress_topic=topics.progress,
+        **fields,
+    )
 
 
 @dataclass
@@ -374,21 +352,22 @@ def run_job(cfg: JobConfig) -> JobResult:
         if not external:
             kafka["bootstrap.servers"] = stack.enter_context(embedded_kafka(cfg.kafka_dir))
             kafka.pop("security.protocol", None)
-            topics, app_id = Topics.named(), "dnsqr-edns"
+            topics, app_id = TopicNames(), DEFAULT_APP_ID
         else:
             # A shared broker may hold other jobs' topics and committed offsets: this job uses its own,
             # except for the raw and DLQ topics when it is given their names.
-            topics, app_id = Topics.named(f".run-{cfg.run_id}"), f"dnsqr-edns-run-{cfg.run_id}"
+            topics, app_id = TopicNames.named(f".run-{cfg.run_id}"), f"{DEFAULT_APP_ID}-run-{cfg.run_id}"
         topics = replace(topics, raw=cfg.raw_topic or topics.raw, raw_dlq=cfg.dlq_topic or topics.raw_dlq)
         sink_group = f"{app_id}-sink"
-        worker_settings = topics.worker_settings(
+        settings = worker_settings(
+            topics,
             app_id,
             kafka["bootstrap.servers"],
             partitions=cfg.partitions,
             replication_factor=cfg.replication_factor or 0,
             processing_guarantee=cfg.processing_guarantee,
         )
-        created = _create_job_topics(kafka, topics, worker_settings, cfg.replication_factor)
+        created = _create_job_topics(kafka, topics, settings, cfg.replication_factor)
         if external and not cfg.keep_topics:
             given = {cfg.raw_topic, cfg.dlq_topic}
             per_run = [
@@ -421,7 +400,7 @@ def run_job(cfg: JobConfig) -> JobResult:
                 " ".join(flags.librdkafka),
             )
         for i in range(1, cfg.workers + 1):
-            stages.append(Stage(f"worker-{i}", worker_command(worker_settings, flags), log_dir, flags.env))
+            stages.append(Stage(f"worker-{i}", worker_command(settings, flags), log_dir, flags.env))
         # The sink runs alongside, as in production, in its own group. Its files rotate when idle for
         # SINK_ROTATE_IDLE, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
@@ -634,7 +613,7 @@ def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
 
 
 def _create_job_topics(
-    kafka: Mapping[str, str], topics: Topics, worker: Settings, replication_factor: int | None
+    kafka: Mapping[str, str], topics: TopicNames, worker: Settings, replication_factor: int | None
 ) -> dict[str, str]:
     specs = [
         TopicSpec(topics.raw, config=CONTAINER_TOPIC_CONFIG),

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from dnsqr_pipeline import compose_secrets, kafka_security, localkafka, topics
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
+from dnsqr_kafka import topics
+from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
+from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_pipeline import compose_secrets, kafka_security, localkafka
 
 
 def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

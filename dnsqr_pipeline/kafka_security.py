@@ -43,9 +43,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dnsqr_kafka.config import Credentials
+from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES, DEFAULT_SINK_GROUP, TopicNames
 from dnsqr_pipeline.certs import BrokerTls
-from processors.app import Settings, internal_topic_specs
-from sink.consumer import DEFAULT_DLQ_SUFFIX, DEFAULT_GROUP, DEFAULT_TOPIC
 
 #: ``--security`` values of ``kafka start``, and the client listener's security protocol for each
 SECURITY_PROTOCOLS = {"plaintext": "PLAINTEXT", "sasl_plaintext": "SASL_PLAINTEXT", "sasl_ssl": "SASL_SSL"}
@@ -192,12 +192,14 @@ def client_config(
     bootstrap: str, security: str, user: str, password: str, ca_file: Path | None
 ) -> dict[str, str]:
     """librdkafka properties for ``user`` on a cluster run with ``security``."""
-    conf = {"bootstrap.servers": bootstrap, "security.protocol": SECURITY_PROTOCOLS[security]}
-    if is_secured(security):
-        conf |= {"sasl.mechanism": MECHANISM, "sasl.username": user, "sasl.password": password}
-    if uses_tls(security) and ca_file is not None:
-        conf["ssl.ca.location"] = str(ca_file)
-    return conf
+    secured = is_secured(security)
+    return Credentials(
+        security_protocol=SECURITY_PROTOCOLS[security],
+        sasl_mechanism=MECHANISM if secured else "",
+        sasl_username=user if secured else "",
+        sasl_password=password if secured else "",
+        ssl_ca_location=str(ca_file) if uses_tls(security) and ca_file is not None else "",
+    ).librdkafka(bootstrap)
 
 
 def client_flags(security: str, user: str, ca_file: Path | None) -> list[str]:
@@ -259,13 +261,14 @@ _READ, _WRITE, _DESCRIBE, _CREATE = (
 )
 
 
-def stage_acls(settings: Settings | None = None, *, sink_topic: str = DEFAULT_TOPIC) -> list[Grant]:
-    """The ACLs of the three stage users for the topic contracts' names (``settings`` of the workers).
+def stage_acls(names: TopicNames = DEFAULT_NAMES, app_id: str = DEFAULT_APP_ID) -> list[Grant]:
+    """The ACLs of the three stage users for the topics ``names`` and the workers' ``app_id``.
 
     - ingest: write (and describe) the raw topic and its DLQ;
     - worker: read raw; write failures, ns-stats, counts, progress and the DLQ; read ns-stats (the
       aggregator consumes it); create those topics when missing; its group (the app id); and, by the app
-      id as a prefix, the tables' changelogs, Faust's own topics and the transactional ids of exactly_once;
+      id as a prefix, the aggregator's state changelog, Faust's own topics and the transactional ids of
+      exactly_once;
     - sink: read the failures topic, its groups (the default one and the job's ``APP_ID-sink``), write
       (and create) its DLQ.
 
@@ -273,24 +276,22 @@ def stage_acls(settings: Settings | None = None, *, sink_topic: str = DEFAULT_TO
     app id are prefixes. Idempotent producers need no cluster ACL since Kafka 3 (WRITE on a topic is
     enough).
     """
-    s = settings or Settings()
-    worker_topics = [spec.name for spec in internal_topic_specs(s) if not spec.name.startswith(s.app_id)]
-    sink_dlq = sink_topic + DEFAULT_DLQ_SUFFIX
+    worker_topics = [names.failures, names.stats, names.counts, names.raw_dlq, names.progress]
     rw = (_WRITE, _DESCRIBE)
     return [
-        Grant("ingest", _TOPIC, s.raw_topic, rw),
-        Grant("ingest", _TOPIC, s.dlq_topic, rw),
-        Grant("worker", _TOPIC, s.raw_topic, (_READ, _DESCRIBE)),
+        Grant("ingest", _TOPIC, names.raw, rw),
+        Grant("ingest", _TOPIC, names.raw_dlq, rw),
+        Grant("worker", _TOPIC, names.raw, (_READ, _DESCRIBE)),
         *(Grant("worker", _TOPIC, name, (*rw, _CREATE)) for name in worker_topics),
-        Grant("worker", _TOPIC, s.stats_topic, (_READ,)),
-        Grant("worker", _TOPIC, f"{s.app_id}-", (_READ, *rw, _CREATE), prefixed=True),
-        Grant("worker", _GROUP, s.app_id, (_READ, _DESCRIBE)),
-        Grant("worker", _TXN, f"{s.app_id}-", rw, prefixed=True),
-        Grant("sink", _TOPIC, sink_topic, (_READ, _DESCRIBE)),
+        Grant("worker", _TOPIC, names.stats, (_READ,)),
+        Grant("worker", _TOPIC, f"{app_id}-", (_READ, *rw, _CREATE), prefixed=True),
+        Grant("worker", _GROUP, app_id, (_READ, _DESCRIBE)),
+        Grant("worker", _TXN, f"{app_id}-", rw, prefixed=True),
+        Grant("sink", _TOPIC, names.failures, (_READ, _DESCRIBE)),
         # created on first use (the broker auto-creates it for a client allowed to)
-        Grant("sink", _TOPIC, sink_dlq, (*rw, _CREATE)),
-        Grant("sink", _GROUP, DEFAULT_GROUP, (_READ, _DESCRIBE)),
-        Grant("sink", _GROUP, f"{s.app_id}-sink", (_READ, _DESCRIBE)),
+        Grant("sink", _TOPIC, names.failures_dlq, (*rw, _CREATE)),
+        Grant("sink", _GROUP, DEFAULT_SINK_GROUP, (_READ, _DESCRIBE)),
+        Grant("sink", _GROUP, f"{app_id}-sink", (_READ, _DESCRIBE)),
     ]
 
 

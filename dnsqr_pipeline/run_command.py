@@ -12,12 +12,12 @@ import signal
 import sys
 from pathlib import Path
 
+from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
+from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_kafka.topics import TopicAdminError
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.job import JobConfig, JobError, format_table, job_files, run_job, write_counts_json
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
 from dnsqr_pipeline.localkafka import LocalKafkaError
-from dnsqr_pipeline.topics import TopicAdminError
 from ingest.bridge import IngestConfig
 from ingest.command import add_ingest_arguments, config_from_args
 from ingest.producer import IngestError

@@ -26,8 +26,8 @@ import dns.rcode
 import dns.rdatatype
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from dnsqr_pipeline.argtypes import positive_int
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_kafka.argtypes import positive_int
+from dnsqr_kafka.config import add_kafka_arguments, client_config
 from processors.app import Settings
 from processors.failure_record import decode_failure
 

@@ -23,11 +23,11 @@ from typing import Any, TextIO
 
 from confluent_kafka import KafkaException
 
-from dnsqr_pipeline.argtypes import positive_int
+from dnsqr_kafka.argtypes import positive_int
+from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.counts_view import LatestCounts
 from dnsqr_pipeline.job import format_rows
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
 from processors.app import Settings
 from processors.cluster_view import counts_of
 from processors.views import top

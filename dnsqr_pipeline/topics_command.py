@@ -11,9 +11,9 @@ import sys
 
 from confluent_kafka.admin import AdminClient
 
-from dnsqr_pipeline import topics
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report
+from dnsqr_kafka import topics
+from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
+from dnsqr_kafka.config import add_kafka_arguments, client_config
 from processors.app import Settings, internal_topic_specs
 
 

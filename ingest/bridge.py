@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dnsqr_kafka.names import DEFAULT_NAMES
 from ingest.metrics import IngestMetrics
 from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS, ContainerBuilder, DnsqrGate
 from ingest.producer import IngestError, RawProducer
@@ -68,8 +69,8 @@ class IngestConfig:
     kafka_sources: list[str] = field(default_factory=list)
     #: stop Kafka sources at the end of their partitions (makes them finite)
     kafka_source_eof: bool = False
-    raw_topic: str = "dnsqr.raw"
-    dlq_topic: str | None = "dnsqr.raw.dlq"
+    raw_topic: str = DEFAULT_NAMES.raw
+    dlq_topic: str | None = DEFAULT_NAMES.raw_dlq
     #: most dead letters per second per UDP/channel source (token bucket; the rest are only counted)
     dlq_rate: float = DEFAULT_DLQ_RATE
     key: str | None = None

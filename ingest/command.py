@@ -23,9 +23,10 @@ from types import FrameType
 
 from confluent_kafka.admin import AclOperation
 
-from dnsqr_pipeline.argtypes import positive_int
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, check_access, report, topic_needs
+from dnsqr_kafka.access import KafkaAccessError, check_access, report, topic_needs
+from dnsqr_kafka.argtypes import positive_int
+from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_kafka.names import DEFAULT_NAMES
 from ingest.bridge import Bridge, IngestConfig, IngestSummary
 from ingest.packer import DEFAULT_CONTAINER_BYTES, DEFAULT_CONTAINER_RECORDS
 from ingest.producer import COMPRESSIONS, IngestError
@@ -167,7 +168,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--raw-topic", default="dnsqr.raw", help="topic for the containers (default %(default)s)"
+        "--raw-topic", default=DEFAULT_NAMES.raw, help="topic for the containers (default %(default)s)"
     )
     out.add_argument(
         "--dlq-topic",

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from dnsqr_kafka.metrics_server import MetricsServer
 
 
-class IngestMetrics:
+class IngestMetrics(MetricsServer):
     """Counters mirrored from the bridge's own totals (which stay the source of truth)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         self.records_in = Counter(
             "dnsqr_ingest_records_in", "payloads read, per source", ["source"], registry=self.registry
         )
@@ -45,19 +47,6 @@ class IngestMetrics:
             "dnsqr_ingest_producer_queue_depth", "messages held by the producer", registry=self.registry
         )
         self._seen: dict[tuple[str, str], float] = {}
-        self._server: object | None = None
-
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Start the HTTP endpoint; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        self._server = server
-        return server.server_port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()  # type: ignore[attr-defined]
-            self._server.server_close()  # type: ignore[attr-defined]
-            self._server = None
 
     def _advance(self, counter: Counter, key: tuple[str, str], total: float, *labels: str) -> None:
         delta = total - self._seen.get(key, 0)

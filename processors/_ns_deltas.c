@@ -24,7 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "murmur2.h"
+#include "../dnsqr_kafka/murmur2.h"
 
 /* `what` of a counted record (ns_deltas.ANSWERED, FAILURE, TIMEOUT) */
 #define WHAT_ANSWERED 0

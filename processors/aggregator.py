@@ -63,13 +63,13 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP, EventT, StreamT
 
-from dnsqr_pipeline.topics import admin_client, create_topics
+from dnsqr_kafka.topics import admin_client, create_topics
 from processors.ns_counts import state_snapshots
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch
 
 if TYPE_CHECKING:
-    from processors.app import PipelineApp, Settings
+    from processors.app import PipelineApp
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +226,6 @@ def read_changelog(
     return states
 
 
-def client_config(settings: Settings) -> dict[str, str]:
-    """librdkafka properties for this worker's broker and credentials (the recovery's own clients)."""
-    config = {"bootstrap.servers": settings.bootstrap_servers}
-    # Settings.credentials uses the librdkafka names with "_" for "." (security_protocol, sasl_username...)
-    config.update({key.replace("_", "."): value for key, value in settings.credentials.items()})
-    return config
-
-
 def install(app: PipelineApp) -> Aggregation:
     """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``."""
     from processors.app import changelog_spec  # this module is imported by processors.app
@@ -257,7 +249,7 @@ def install(app: PipelineApp) -> Aggregation:
         settings.counts_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )
     changelog = changelog_spec(settings)
-    config = client_config(settings)
+    config = settings.credentials.librdkafka(settings.bootstrap_servers)
 
     def ensure_changelog(partitions: set[int]) -> None:
         """Create the changelog topic when missing; it must have a partition per ns-stats partition."""

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from dnsqr_pipeline.kafka_config import default_bootstrap
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
+from dnsqr_kafka.config import DEFAULT_BOOTSTRAP, Credentials, default_bootstrap
+from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES
+from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,15 @@ ENV_PREFIX = "DNSQR_"
 class Settings:
     """Everything that configures one worker; the defaults are the topic contracts' names."""
 
-    app_id: str = "dnsqr-edns"
-    bootstrap_servers: str = "127.0.0.1:9092"
-    raw_topic: str = "dnsqr.raw"
-    failures_topic: str = "dnsqr.edns.failures"
-    stats_topic: str = "dnsqr.edns.ns-stats"
-    counts_topic: str = "dnsqr.edns.ns-counts"
-    dlq_topic: str = "dnsqr.raw.dlq"
+    app_id: str = DEFAULT_APP_ID
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    raw_topic: str = DEFAULT_NAMES.raw
+    failures_topic: str = DEFAULT_NAMES.failures
+    stats_topic: str = DEFAULT_NAMES.stats
+    counts_topic: str = DEFAULT_NAMES.counts
+    dlq_topic: str = DEFAULT_NAMES.raw_dlq
     #: the filter agent's receipts (``processors/progress.py``): one partition
-    progress_topic: str = "dnsqr.edns.progress"
+    progress_topic: str = DEFAULT_NAMES.progress
     #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
     #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).
     partitions: int = 4
@@ -90,8 +91,8 @@ class Settings:
     web_enabled: bool = True
     session_timeout: float = 6.0
     heartbeat_interval: float = 1.0
-    #: aiokafka connection settings (security protocol, SASL, SSL); see :func:`broker_credentials`
-    credentials: Mapping[str, str] = field(default_factory=dict)
+    #: how the worker authenticates (security protocol, SASL, SSL); see :func:`faust_credentials`
+    credentials: Credentials = field(default_factory=Credentials)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,18 +112,7 @@ class Settings:
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = type(default)(raw)
-        creds = {
-            key: env[var]
-            for key, var in (
-                ("security_protocol", "KAFKA_SECURITY_PROTOCOL"),
-                ("sasl_mechanism", "KAFKA_SASL_MECHANISM"),
-                ("sasl_username", "KAFKA_SASL_USERNAME"),
-                ("sasl_password", "KAFKA_SASL_PASSWORD"),
-                ("ssl_ca_location", "KAFKA_SSL_CA_LOCATION"),
-            )
-            if env.get(var)
-        }
-        return cls(**values, credentials=creds).validated()
+        return cls(**values, credentials=Credentials.from_env(env)).validated()
 
     def validated(self) -> Settings:
         """Self, after checking the values that would otherwise fail deep inside Faust."""
@@ -163,21 +153,19 @@ def changelog_spec(settings: Settings) -> TopicSpec:
     )
 
 
-def broker_credentials(credentials: Mapping[str, str]) -> Any:
-    """Faust/aiokafka credentials for the shared Kafka flags; None for plaintext.
-
-    The flags are the same as for the confluent-kafka stages (``kafka_config.py``), so one set of options
-    connects every stage.
-    """
-    protocol = credentials.get("security_protocol", "PLAINTEXT")
+def faust_credentials(credentials: Credentials) -> Any:
+    """Faust/aiokafka credentials for the shared Kafka flags (``dnsqr_kafka.config.Credentials``, which
+    the confluent-kafka stages turn into librdkafka properties): one set of options connects every stage.
+    None for plaintext."""
+    protocol = credentials.security_protocol
     context = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=credentials.get("ssl_ca_location"))
+        context = ssl.create_default_context(cafile=credentials.ssl_ca_location or None)
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
-            username=credentials.get("sasl_username"),
-            password=credentials.get("sasl_password"),
-            mechanism=credentials.get("sasl_mechanism", "PLAIN"),
+            username=credentials.sasl_username or None,
+            password=credentials.sasl_password or None,
+            mechanism=credentials.sasl_mechanism or "PLAIN",
             ssl_context=context,
         )
     if context is not None:
@@ -251,7 +239,7 @@ def create_app(settings: Settings) -> PipelineApp:
     app = PipelineApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
-        broker_credentials=broker_credentials(settings.credentials),
+        broker_credentials=faust_credentials(settings.credentials),
         datadir=_datadir(settings.app_id),
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,

@@ -15,8 +15,7 @@ from typing import Any
 from confluent_kafka.admin import AclOperation
 from faust.worker import Worker
 
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import (
+from dnsqr_kafka.access import (
     KafkaAccessError,
     Need,
     access_error,
@@ -24,7 +23,8 @@ from dnsqr_pipeline.kafka_errors import (
     report,
     topic_needs,
 )
-from dnsqr_pipeline.topics import (
+from dnsqr_kafka.config import Credentials, add_kafka_arguments, client_config
+from dnsqr_kafka.topics import (
     TopicAdminError,
     admin_client,
     cluster_replication_factor,
@@ -120,13 +120,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.kafka_config:
         # librdkafka properties have no general aiokafka equivalent; silently ignoring them would surprise.
         raise SystemExit("--kafka-config applies to the librdkafka stages; the Faust worker does not take it")
-    credentials = {
-        "security_protocol": args.security_protocol,
-        "sasl_mechanism": args.sasl_mechanism or "",
-        "sasl_username": args.sasl_username or "",
-        "sasl_password": args.sasl_password or "",
-        "ssl_ca_location": args.ssl_ca_location or "",
-    }
     return Settings(
         app_id=args.app_id,
         bootstrap_servers=args.bootstrap_servers,
@@ -147,7 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         web_port=args.web_port,
         web_enabled=not args.no_web,
         session_timeout=args.session_timeout,
-        credentials={k: v for k, v in credentials.items() if v},
+        credentials=Credentials.from_args(args),
     ).validated()
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dnsqr_kafka.key_partition import KeyPartitioner
 from nmsgdns.ippacket import ip_to_text
 from nmsgdns.wire import load_extension
-from processors.key_partition import KeyPartitioner
 from processors.ns_stats_batch import VERSION, DeltaRow, encode_batch
 
 #: ``what`` of a counted record: an EDNS query answered (``kind`` is its observation or None)...

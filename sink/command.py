@@ -14,9 +14,10 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AclOperation
 
-from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, Need, access_error, check_access, report
-from sink.consumer import DEFAULT_DLQ_SUFFIX, DEFAULT_GROUP, DEFAULT_TOPIC, FailureSink, SinkConfig
+from dnsqr_kafka.access import KafkaAccessError, Need, access_error, check_access, report
+from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_kafka.names import DEFAULT_NAMES, DEFAULT_SINK_GROUP, SINK_DLQ_SUFFIX
+from sink.consumer import FailureSink, SinkConfig
 from sink.files import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR", help="where files go")
-    parser.add_argument("--failures-topic", default=DEFAULT_TOPIC, help="topic to read (default %(default)s)")
-    parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group id (default %(default)s)")
+    parser.add_argument(
+        "--failures-topic", default=DEFAULT_NAMES.failures, help="topic to read (default %(default)s)"
+    )
+    parser.add_argument("--group", default=DEFAULT_SINK_GROUP, help="consumer group id (default %(default)s)")
     parser.add_argument(
         "--dlq-topic",
         help="dead-letter topic for undecodable values, headers as in schemas/dead_letter.md "
-        f"(default: the failures topic + {DEFAULT_DLQ_SUFFIX})",
+        f"(default: the failures topic + {SINK_DLQ_SUFFIX})",
     )
     parser.add_argument(
         "--file-prefix", default=DEFAULT_PREFIX, help="first part of file names (default %(default)s)"

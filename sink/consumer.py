@@ -31,19 +31,18 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
-from dnsqr_pipeline.kafka_errors import is_refusal
+from dnsqr_kafka.access import is_refusal
+from dnsqr_kafka.names import DEFAULT_NAMES, DEFAULT_SINK_GROUP, SINK_DLQ_SUFFIX
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from processors.failure_record import FailureRecordError, failure_payload
 from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
 from sink.metrics import STATISTICS_INTERVAL_MS, SinkMetrics
+from sink.stats import SinkStats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "dnsqr.edns.failures"
-DEFAULT_GROUP = "dnsqr-sink"
-DEFAULT_DLQ_SUFFIX = ".dlq"
 #: log the first undecodable or stale records one by one, then only every this many (the summary has
 #: the totals)
 _LOG_EVERY = 1000
@@ -88,12 +87,12 @@ def decode_failure_payload(value: bytes | None) -> bytes:
 
 @dataclass
 class SinkConfig:
-    """Everything a sink run needs; ``kafka`` holds the connection properties (``kafka_config``)."""
+    """Everything a sink run needs; ``kafka`` holds the connection properties (``dnsqr_kafka.config``)."""
 
     output_dir: Path
     kafka: dict[str, str]
-    topic: str = DEFAULT_TOPIC
-    group: str = DEFAULT_GROUP
+    topic: str = DEFAULT_NAMES.failures
+    group: str = DEFAULT_SINK_GROUP
     dlq_topic: str | None = None
     prefix: str = DEFAULT_PREFIX
     rotate_bytes: int = 64 * 1024 * 1024
@@ -116,49 +115,7 @@ class SinkConfig:
     @property
     def dead_letter_topic(self) -> str:
         """The DLQ topic: given, or the failures topic plus ``.dlq``."""
-        return self.dlq_topic or self.topic + DEFAULT_DLQ_SUFFIX
-
-
-@dataclass
-class SinkStats:
-    """Counters of one run, printed as its summary."""
-
-    records: int = 0
-    undecodable: int = 0
-    #: undecodable values by ``UndecodableValue.reason``
-    undecodable_by_reason: Counter[str] = field(default_factory=Counter)
-    dead_lettered: int = 0
-    dead_letter_failed: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    consumer_errors: int = 0
-    #: records of partitions not owned (any more) or at offsets already appended: skipped
-    stale: int = 0
-    files: int = 0
-    payloads: int = 0
-    already_durable: int = 0
-    #: partly filled files thrown away, by why (a rebalance, or the error that ends the run)
-    discarded_partials: Counter[Discard] = field(default_factory=Counter)
-
-    def summary(self) -> str:
-        """One line for the operator."""
-        return (
-            f"sink: {self.records} records, {self.payloads} payloads in {self.files} files, "
-            f"{self.already_durable} already in existing files, {self.undecodable} undecodable "
-            f"({self.dead_lettered} dead-lettered, {self.dead_letter_failed} DLQ failures), "
-            f"{self.commits} commits ({self.commit_failures} failed), "
-            f"{self._discards()}, "
-            f"{self.consumer_errors} consumer errors, {self.stale} stale records skipped"
-        )
-
-    def _discards(self) -> str:
-        """The discarded partial files, each count with its reason ("2 ... discarded after an error")."""
-        said = [
-            f"{n} partial files discarded {reason.value}"
-            for reason in Discard
-            if (n := self.discarded_partials[reason])
-        ]
-        return ", ".join(said) or "0 partial files discarded"
+        return self.dlq_topic or self.topic + SINK_DLQ_SUFFIX
 
 
 class FailureSink:
@@ -173,7 +130,9 @@ class FailureSink:
         self.config = config
         self.clock = clock
         self.stats = SinkStats()
-        self.metrics = SinkMetrics(self) if config.metrics_port is not None else None
+        self.metrics = (
+            SinkMetrics(self.stats, lambda: self.files.stats) if config.metrics_port is not None else None
+        )
         self.files = PartitionFileSet(
             config.output_dir,
             prefix=config.prefix,

@@ -2,7 +2,7 @@
 
 A private registry (not prometheus-client's global one) keeps several sinks in one process (tests, the
 ``run`` command) from colliding. Nothing is counted per record here: the totals the sink keeps anyway
-(:class:`sink.consumer.SinkStats`, :class:`sink.files.FileSetStats`) are read when Prometheus scrapes
+(:class:`sink.stats.SinkStats`, :class:`sink.files.FileSetStats`) are read when Prometheus scrapes
 (:class:`SinkCollector`); the histograms get one observation per finalized file (fsync) and per commit.
 The consumer lag comes from librdkafka's statistics, which the consumer emits every
 :data:`STATISTICS_INTERVAL_MS` from within the sink's own poll (:meth:`SinkMetrics.on_statistics`).
@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sink.files import Discard
-
-if TYPE_CHECKING:
-    from sink.consumer import FailureSink
+from dnsqr_kafka.metrics_server import MetricsServer
+from sink.files import Discard, FileSetStats
+from sink.stats import SinkStats
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +59,11 @@ def partition_lag(statistics: dict[str, Any]) -> dict[tuple[str, int], int]:
     return lag
 
 
-class SinkMetrics:
+class SinkMetrics(MetricsServer):
     """The sink's registry: its collector, the fsync and commit histograms, the latest lag."""
 
-    def __init__(self, sink: FailureSink) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, stats: SinkStats, file_stats: Callable[[], FileSetStats]) -> None:
+        super().__init__(CollectorRegistry())
         self.fsync = Histogram(
             "dnsqr_sink_fsync_duration_seconds",
             "making a finalized file durable: fsync of the file, rename, fsync of the directory",
@@ -79,8 +78,7 @@ class SinkMetrics:
         )
         #: (topic, partition) -> lag, replaced whole by each statistics document
         self.lag: dict[tuple[str, int], int] = {}
-        self.registry.register(SinkCollector(sink, self))
-        self._server: Any = None
+        self.registry.register(SinkCollector(stats, file_stats, self))
 
     def on_statistics(self, document: str) -> None:
         """librdkafka's ``stats_cb``: keep the lag of the assigned partitions."""
@@ -89,28 +87,19 @@ class SinkMetrics:
         except (ValueError, TypeError, AttributeError) as exc:
             log.debug("unreadable librdkafka statistics: %s", exc)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Start the HTTP endpoint; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        self._server = server
-        return server.server_port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
 
 class SinkCollector(Collector):
     """Counter families built at scrape time from the sink's and its file set's totals."""
 
-    def __init__(self, sink: FailureSink, metrics: SinkMetrics) -> None:
-        self.sink = sink
+    def __init__(
+        self, stats: SinkStats, file_stats: Callable[[], FileSetStats], metrics: SinkMetrics
+    ) -> None:
+        self.stats = stats
+        self.file_stats = file_stats
         self.metrics = metrics
 
     def collect(self) -> Iterable[Any]:
-        stats, files = self.sink.stats, self.sink.files.stats
+        stats, files = self.stats, self.file_stats()
         yield _counter("dnsqr_sink_records_in", "records taken from the failures topic", stats.records)
         skipped = CounterMetricFamily(
             "dnsqr_sink_records_skipped",

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dnsqr_pipeline import localkafka, topics
+from dnsqr_kafka import topics
+from dnsqr_pipeline import localkafka
 
 TopicFactory = Callable[..., str]
 

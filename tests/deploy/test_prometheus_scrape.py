@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.job import Stage, free_port
-from dnsqr_pipeline.topics import admin_client, delete_topics
 from processors.app import Settings, internal_topic_specs
 from tests import corpus
 from tests.ingest.helpers import dnsqr_multiset, file_payloads, free_udp_port

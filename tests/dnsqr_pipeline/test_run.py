@@ -22,7 +22,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_reader
 
-from dnsqr_pipeline.job import JobConfig, JobError, Topics, job_files, run_job
+from dnsqr_kafka.names import TopicNames
+from dnsqr_pipeline.job import JobConfig, JobError, job_files, run_job
 from dnsqr_schemas import avro_schema
 from ingest.bridge import IngestConfig
 from nmsgdns.input import ContainerStreamReader
@@ -91,7 +92,7 @@ def test_run_equals_reference(case: str, kafka_bootstrap: str, tmp_path: Path) -
     # The table's totals equal the reference per-name-server counts.
     assert result.failures_by_ns == corpus.expected_counts(case)
     # The failures topic holds the same records, decodable with the published schema, keyed by NS.
-    topic = Topics.named(f".run-{cfg.run_id}").failures
+    topic = TopicNames.named(f".run-{cfg.run_id}").failures
     schema = avro_schema("edns_failure")
     raw = read_topic(kafka_bootstrap, topic)
     records = [(k, schemaless_reader(io.BytesIO(v), schema, None)) for k, v in raw]

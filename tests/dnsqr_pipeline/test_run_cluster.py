@@ -17,9 +17,10 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
+from dnsqr_kafka.names import TopicNames
 from dnsqr_pipeline import localkafka
 from dnsqr_pipeline.completion import end_offsets
-from dnsqr_pipeline.job import JobConfig, Topics, run_job
+from dnsqr_pipeline.job import JobConfig, run_job
 from ingest.bridge import IngestConfig
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus
@@ -46,7 +47,7 @@ class LeaderKiller(threading.Thread):
     def __init__(self, cluster: localkafka.ClusterLayout, run_id: str, down: float = 6.0) -> None:
         super().__init__(daemon=True)
         self.cluster, self.run_id, self.down = cluster, run_id, down
-        self.topics = Topics.named(f".run-{run_id}")
+        self.topics = TopicNames.named(f".run-{run_id}")
         self.victim: int | None = None
         self.killed_at_records: int | None = None
         self.error: BaseException | None = None

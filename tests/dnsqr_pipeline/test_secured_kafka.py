@@ -24,10 +24,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AclBindingFilter, AdminClient
 
+from dnsqr_kafka.access import EXIT_REFUSED
 from dnsqr_pipeline import kafka_security, localkafka
 from dnsqr_pipeline.counts_view import read_latest_counts
 from dnsqr_pipeline.job import job_files
-from dnsqr_pipeline.kafka_errors import EXIT_REFUSED
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus
 from tests.kafka_fixture import free_port_block

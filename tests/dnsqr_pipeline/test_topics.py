@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ConfigSource
 
-from dnsqr_pipeline import topics, topics_command
+from dnsqr_kafka import topics
+from dnsqr_pipeline import topics_command
 from processors.app import Settings
 from tests.kafka_fixture import wait_for_leaders
 

@@ -11,7 +11,8 @@ import argparse
 import pytest
 from confluent_kafka.admin import ConfigSource
 
-from dnsqr_pipeline import localkafka, topics, topics_command
+from dnsqr_kafka import topics
+from dnsqr_pipeline import localkafka, topics_command
 from processors.app import Settings
 from tests.dnsqr_pipeline.test_topics import topic_replication
 

@@ -3,7 +3,7 @@ configuration."""
 
 from __future__ import annotations
 
-from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG
+from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG
 from processors.app import Settings, internal_topic_specs
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from processors import command
-from processors.app import Settings, broker_credentials, create_app
+from processors.app import Settings, create_app, faust_credentials
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def test_settings_from_env() -> None:
     assert settings.bootstrap_servers == "127.0.0.1:9999"
     assert (settings.raw_topic, settings.partitions, settings.snapshot_interval) == ("raw2", 12, 0.5)
     assert settings.web_enabled is False
-    creds = broker_credentials(settings.credentials)
+    creds = faust_credentials(settings.credentials)
     assert (creds.username, creds.password, creds.mechanism.value) == ("u", "p", "PLAIN")
     with pytest.raises(ValueError):
         Settings.from_env({"DNSQR_PROCESSING_GUARANTEE": "twice"})

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dnsqr_kafka.key_partition import KeyPartitioner
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
@@ -20,7 +21,6 @@ from nmsgdns.payload import make_payload
 from processors import filter_agent
 from processors.failure_record import decode_failure, encode_failure_py, failure_dict
 from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
-from processors.key_partition import KeyPartitioner
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
 from processors.ns_stats_batch import decode_batch
 from tests import corpus

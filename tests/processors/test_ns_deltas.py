@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dnsqr_kafka.key_partition import KeyPartitioner
 from processors import ns_deltas
 from processors.filter_agent import WindowClock, filter_container
-from processors.key_partition import KeyPartitioner
 from processors.ns_deltas import (
     ANSWERED,
     FAILURE,

@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.job import Stage, free_port
-from dnsqr_pipeline.topics import admin_client, delete_topics
 from nmsgdns.classify import classify_failure
 from nmsgdns.container import encode_container
 from nmsgdns.edns import judge

@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dnsqr_pipeline.topics import delete_topics
+from dnsqr_kafka.topics import delete_topics
 from sink.consumer import FailureSink, SinkConfig
 from sink.files import final_files
 from tests import corpus

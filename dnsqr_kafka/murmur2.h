@@ -1,7 +1,7 @@
 /*
  * Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), unsigned: the one C copy, included by
  * every extension of processors that partitions keys as Kafka's default partitioner does. Its
- * specification is processors/key_partition.py's murmur2 (tests/processors/test_key_partition.py holds
+ * specification is dnsqr_kafka/key_partition.py's murmur2 (tests/dnsqr_kafka/test_key_partition.py holds
  * both to aiokafka's).
  */
 #ifndef DNSQR_MURMUR2_H

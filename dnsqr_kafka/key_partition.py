@@ -42,8 +42,8 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-_ext = load_extension("_key_partition", "processors")
-#: ``processors/_key_partition.c``'s ``partition(key, count)`` when built (and not ``$NMSGDNS_PURE_PYTHON``):
+_ext = load_extension("_key_partition", "dnsqr_kafka")
+#: ``dnsqr_kafka/_key_partition.c``'s ``partition(key, count)`` when built (and not ``$NMSGDNS_PURE_PYTHON``):
 #: ``(murmur2(key) & 0x7FFFFFFF) % count`` in C, cheaper than a cache lookup
 partition_c: Callable[[bytes, int], int] | None = None if _ext is None else _ext.partition
 

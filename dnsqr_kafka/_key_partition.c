@@ -1,11 +1,11 @@
 /*
- * processors._key_partition: Kafka's default partition of a key, in C.
+ * dnsqr_kafka._key_partition: Kafka's default partition of a key, in C.
  *
  * Why this exists: the filter agent places every failure record itself (keyed by its name server) and
  * murmur2 in Python costs ~2 us a key. With 8 name servers a cache hides that; at real cardinality
  * (~150k distinct name servers among 230k failures per million records) most keys miss any cache.
  *
- * processors/key_partition.py is the specification: murmur2() is its murmur2, partition() is
+ * dnsqr_kafka/key_partition.py is the specification: murmur2() is its murmur2, partition() is
  * (murmur2(key) & 0x7FFFFFFF) % count, as KeyPartitioner computes it (tests/processors/
  * test_key_partition.py holds both to aiokafka's partitioner).
  */
@@ -66,8 +66,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "processors._key_partition",
-    "Kafka's default partition of a key (processors/key_partition.py), in C.",
+    "dnsqr_kafka._key_partition",
+    "Kafka's default partition of a key (dnsqr_kafka/key_partition.py), in C.",
     -1,
     methods,
 };

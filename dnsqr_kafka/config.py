@@ -1,13 +1,16 @@
 """Connection flags shared by every subcommand that talks to Kafka, and their client configuration.
 
-One place decides what ``--bootstrap-servers`` defaults to and how security settings map onto
-librdkafka (confluent-kafka) properties, so every stage connects the same way.
+One place decides what ``--bootstrap-servers`` defaults to and how the security settings
+(:class:`Credentials`) map onto librdkafka (confluent-kafka) properties, so every stage connects the same
+way (the Faust workers turn the same credentials into aiokafka's: ``processors.app.faust_credentials``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -15,6 +18,46 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 def default_bootstrap() -> str:
     """``$KAFKA_BOOTSTRAP`` when set, else the local broker's default address."""
     return os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+
+
+#: each credential's environment variable, the default of its flag
+CREDENTIAL_VARIABLES = {
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How a client authenticates and verifies the brokers (the security flags); empty: not set."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_ca_location: str = ""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Credentials:
+        """The credentials of the flags :func:`add_kafka_arguments` added."""
+        return cls(**{name: getattr(args, name) or "" for name in CREDENTIAL_VARIABLES})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Credentials:
+        """The credentials of the ``KAFKA_*`` variables (:data:`CREDENTIAL_VARIABLES`)."""
+        return cls(**{name: environ[var] for name, var in CREDENTIAL_VARIABLES.items() if environ.get(var)})
+
+    def librdkafka(self, bootstrap: str) -> dict[str, str]:
+        """librdkafka properties for ``bootstrap`` with these credentials."""
+        conf = {"bootstrap.servers": bootstrap, "security.protocol": self.security_protocol}
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password", "ssl_ca_location"):
+            value = getattr(self, name)
+            if value:
+                conf[name.replace("_", ".")] = value
+        return conf
 
 
 def add_kafka_arguments(parser: argparse.ArgumentParser, *, embedded_default: bool = False) -> None:
@@ -69,18 +112,7 @@ def add_kafka_arguments(parser: argparse.ArgumentParser, *, embedded_default: bo
 
 def client_config(args: argparse.Namespace) -> dict[str, str]:
     """librdkafka properties for confluent-kafka clients from the parsed flags."""
-    conf: dict[str, str] = {
-        "bootstrap.servers": args.bootstrap_servers,
-        "security.protocol": args.security_protocol,
-    }
-    if args.sasl_mechanism:
-        conf["sasl.mechanism"] = args.sasl_mechanism
-    if args.sasl_username:
-        conf["sasl.username"] = args.sasl_username
-    if args.sasl_password:
-        conf["sasl.password"] = args.sasl_password
-    if args.ssl_ca_location:
-        conf["ssl.ca.location"] = args.ssl_ca_location
+    conf = Credentials.from_args(args).librdkafka(args.bootstrap_servers)
     for item in args.kafka_config:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -11,9 +11,9 @@ import pytest
 from aiokafka import errors as aioerrors
 from confluent_kafka import KafkaError, KafkaException
 
-from dnsqr_pipeline import kafka_errors
-from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, is_refusal
-from dnsqr_pipeline.topics import TopicAdminError
+from dnsqr_kafka import access
+from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, is_refusal
+from dnsqr_kafka.topics import TopicAdminError
 
 SINK = {
     "bootstrap.servers": "127.0.0.1:1",
@@ -25,9 +25,9 @@ SINK = {
 
 
 def test_principal_is_the_sasl_user_or_anonymous() -> None:
-    assert kafka_errors.principal_of(SINK) == "User:sink"
-    assert kafka_errors.principal_of({**SINK, "security.protocol": "SSL"}) == "User:ANONYMOUS"
-    assert kafka_errors.principal_of({}) == "User:ANONYMOUS"
+    assert access.principal_of(SINK) == "User:sink"
+    assert access.principal_of({**SINK, "security.protocol": "SSL"}) == "User:ANONYMOUS"
+    assert access.principal_of({}) == "User:ANONYMOUS"
 
 
 @pytest.mark.parametrize(
@@ -83,13 +83,13 @@ def test_other_failures_are_not_refusals(exc: Exception) -> None:
 
 
 def test_evidence_trusts_a_disconnect_only_when_it_repeats() -> None:
-    evidence = kafka_errors._Evidence()
+    evidence = access._Evidence()
     line = "FAIL [rdkafka#producer-1] [thrd:x]: x: Disconnected: connection closed by peer"
     evidence.log(6, "%s", line + " (after 1ms in state APIVERSION_QUERY)")
     assert evidence.refusal() is None
     evidence.log(6, "%s", line + " (after 2ms in state APIVERSION_QUERY)")
     assert "--security-protocol" in (evidence.refusal() or "")
-    tls = kafka_errors._Evidence()
+    tls = access._Evidence()
     tls.log(3, "x: SSL handshake failed: certificate verify failed (after 7ms in state SSL_HANDSHAKE)")
     assert tls.refusal() == "the TLS handshake (certificate verify failed)"
 

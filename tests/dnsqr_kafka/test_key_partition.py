@@ -1,5 +1,5 @@
 """Our partition of a key is Kafka's default partitioner's (aiokafka's, murmur2 as the Java client), in
-Python and in C (``processors/_key_partition.c``, whose murmur2 ``processors/murmur2.h`` the ns-stats
+Python and in C (``dnsqr_kafka/_key_partition.c``, whose murmur2 ``dnsqr_kafka/murmur2.h`` the ns-stats
 encoder shares)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dnsqr_kafka.key_partition import KeyPartitioner, murmur2
 from nmsgdns.wire import load_extension
-from processors.key_partition import KeyPartitioner, murmur2
 
 _ext = load_extension("_key_partition", "processors")
-needs_c = pytest.mark.skipif(_ext is None, reason="processors._key_partition is not built (or pure Python)")
+needs_c = pytest.mark.skipif(_ext is None, reason="dnsqr_kafka._key_partition is not built (or pure Python)")
 
 
 def test_key_partitioner_is_kafkas_default_partitioner() -> None:

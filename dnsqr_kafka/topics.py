@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewPartitions, NewTopic
 
+from dnsqr_kafka.names import DEFAULT_NAMES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
@@ -44,9 +46,8 @@ class TopicSpec:
     config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-#: the raw topic of the architecture's table (../shared/docs/architecture.md); the topics downstream of it
-#: are the worker's (``processors.app.internal_topic_specs``)
-RAW_TOPIC = TopicSpec("dnsqr.raw", config=CONTAINER_TOPIC_CONFIG)
+#: the raw topic; the topics downstream of it are the worker's (``processors.app.internal_topic_specs``)
+RAW_TOPIC = TopicSpec(DEFAULT_NAMES.raw, config=CONTAINER_TOPIC_CONFIG)
 
 
 class TopicAdminError(RuntimeError):
@@ -60,7 +61,7 @@ class BrokerUnreachableError(TopicAdminError):
 def admin_client(config: Mapping[str, str]) -> AdminClient:
     """An AdminClient whose librdkafka log lines go to Python logging rather than stderr."""
     conf = dict(config)
-    conf.setdefault("logger", logging.getLogger("dnsqr_pipeline.topics.librdkafka"))
+    conf.setdefault("logger", logging.getLogger("dnsqr_kafka.topics.librdkafka"))
     return AdminClient(conf)
 
 
