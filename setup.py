@@ -3,9 +3,11 @@ pyproject.toml.
 
 The extensions are per-record hot paths, each held to a pure-Python specification by the tests:
 
-- ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge), qname text, Avro writer;
+- ``nmsgdns._wirescan``: the EDNS0 rule (DNS wire scan, IP/UDP walk, judge) and qname text; its walks are in
+  ``nmsgdns/wirescan.h``, which ``processors._failure_record`` includes too;
 - ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
 - ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values);
+- ``processors._failure_record``: a selected payload's failures-topic record, and the flat Avro record writer;
 - ``processors._key_partition``: Kafka's default partition of a key (murmur2; ``processors/murmur2.h`` is
   the one C copy of murmur2, which ``_ns_deltas`` includes too);
 - ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records;
@@ -24,17 +26,21 @@ EXTENSIONS = (
     "nmsgdns._wirescan",
     "nmsgdns._nmsgbody",
     "nmsgdns._avro",
+    "processors._failure_record",
     "processors._key_partition",
     "processors._ns_deltas",
     "processors._ns_state",
 )
+
+#: Every shared header: a change to one rebuilds every extension (they are few and small).
+HEADERS = ["nmsgdns/wirescan.h", "processors/murmur2.h"]
 
 setup(
     ext_modules=[
         Extension(
             name,
             sources=[f"{name.replace('.', '/')}.c"],
-            depends=["processors/murmur2.h"],
+            depends=HEADERS,
             optional=True,  # no compiler: skipped with a warning, and the pure-Python code runs
         )
         for name in EXTENSIONS

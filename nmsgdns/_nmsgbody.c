@@ -1,10 +1,11 @@
 /*
  * nmsgdns._nmsgbody: NMSG container body encoding in C.
  *
- * Why this exists: nmsgdns.container.encode_body runs for every record the ingest bridge and the sink
- * write. In Python it costs about 1.7 us a payload with CRCs, almost all of it in per-payload interpreter
- * work (the field-5 lookup, the CRC call, the varint encodes, a list of parts to join); this file does the
- * same in one pass over the payloads into one preallocated bytes object.
+ * Why this exists: nmsgdns.container.encode_body runs for every record packed into a container (NMSG
+ * files and sockets, and every stage that writes containers). In Python it costs about 1.7 us a payload
+ * with CRCs, almost all of it in per-payload interpreter work (the field-5 lookup, the CRC call, the
+ * varint encodes, a list of parts to join); this file does the same in one pass over the payloads into
+ * one preallocated bytes object.
  *
  * The specification is the pure-Python nmsgdns.container.encode_body_py, and this is a transcription of
  * it, not a new encoder: the same fields in the same order (payloads as field 1, then with crcs the

@@ -375,7 +375,8 @@ if _body_ext is not None:
     _body_ext.configure(encode_body_py, payload_crc)
     encode_body_c = _body_ext.encode_body
 #: The body encoder in use: the C one when built (about 0.14 us a payload with CRCs against 1.7 us; it runs
-#: for every record the sink and the NMSG file and socket writers write), else :func:`encode_body_py`.
+#: for every record packed into a container, by the NMSG file and socket writers and by every stage that
+#: writes containers), else :func:`encode_body_py`.
 #: Same signature:
 #: ``encode_body(payloads, *, crcs=True, sequence=None, sequence_id=None) -> bytes``.
 encode_body: Callable[..., bytes] = encode_body_py if encode_body_c is None else encode_body_c

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
-from nmsgdns.classify import FailureDetail
+from nmsgdns.classify import KINDS, FailureDetail
 from nmsgdns.dnsqr import qname_to_text
 from nmsgdns.payload import decode_payload
 from nmsgdns.wire import load_extension
@@ -104,7 +104,7 @@ def encode_failure_py(value: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-#: Avro primitive type -> the kind code of ``nmsgdns._wirescan.avro_record``.
+#: Avro primitive type -> the kind code of ``processors._failure_record.avro_record``.
 _AVRO_KINDS = {"long": 0, "int": 0, "string": 1, "bytes": 2, "boolean": 3}
 
 
@@ -120,9 +120,9 @@ def flat_fields(schema: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
     return tuple(out)
 
 
-_ext = load_extension()
+_ext = load_extension("_failure_record", "processors")
 _FIELDS = flat_fields(avro_schema(SCHEMA_NAME))
-#: ``nmsgdns._wirescan.avro_record`` when built and the schema is flat (it returns None for a value
+#: ``processors._failure_record.avro_record`` when built and the schema is flat (it returns None for a value
 #: fastavro must write).
 _avro_c: Callable[[tuple[tuple[str, int], ...], dict[str, Any]], bytes | None] | None = (
     _ext.avro_record if _ext is not None and _FIELDS is not None else None
@@ -143,12 +143,17 @@ def encode_failure(value: dict[str, Any]) -> bytes:
     return encode_failure_py(value)
 
 
-#: ``nmsgdns._wirescan.failure_record`` when built and writing the schema's fields in the schema's order:
-#: payload -> (name_server, kind, Avro value) of a payload the EDNS0 rule selects, as the Python path gives
-#: them (``judgement_of``, ``classify_failure``, :func:`failure_dict`, :func:`encode_failure`: ~10 us of
-#: Python per failure, a quarter of the worker's CPU); None for any payload it leaves to that path.
+#: ``processors._failure_record.failure_record`` when built, writing the schema's fields in the schema's
+#: order and labelling with ``classify.KINDS``: payload -> (name_server, kind, Avro value) of a payload the
+#: EDNS0 rule selects, as the Python path gives them (``judgement_of``, ``classify_failure``,
+#: :func:`failure_dict`, :func:`encode_failure`: ~10 us of Python per failure, a quarter of the worker's
+#: CPU); None for any payload it leaves to that path.
 failure_fast: Callable[[bytes], tuple[str, str, bytes] | None] | None = (
-    _ext.failure_record if _ext is not None and getattr(_ext, "FAILURE_FIELDS", None) == _FIELDS else None
+    _ext.failure_record
+    if _ext is not None
+    and getattr(_ext, "FAILURE_FIELDS", None) == _FIELDS
+    and getattr(_ext, "KINDS", None) == KINDS
+    else None
 )
 
 

@@ -1,4 +1,4 @@
-"""``nmsgdns._wirescan.failure_record`` (``failure_record.failure_fast``) against the Python path it replaces.
+"""``processors._failure_record.failure_record`` (``failure_fast``) against the Python path it replaces.
 
 For a payload the EDNS0 rule selects, the worker built its failure record in Python: ``judgement_of`` (the
 protobuf record), ``classify_failure``, ``failure_dict``, ``encode_failure``. The C call must return the
@@ -34,7 +34,7 @@ from tests.nmsgdns.test_judge_fast import FUZZ, built_payloads, corpus_payloads,
 from tests.processors.helpers import expected_failures, raw_containers
 
 fast = failure_record.failure_fast
-needs_c = pytest.mark.skipif(fast is None, reason="nmsgdns._wirescan is not built or disabled")
+needs_c = pytest.mark.skipif(fast is None, reason="processors._failure_record is not built or disabled")
 
 
 def python_path(payload: bytes) -> tuple[str, str, bytes] | None:
@@ -65,6 +65,13 @@ def same_failure(payload: bytes) -> tuple[str, str, bytes] | None:
 def test_the_schema_is_the_layout_c_writes() -> None:
     assert failure_record._ext is not None
     assert failure_record._ext.FAILURE_FIELDS == failure_record._FIELDS
+
+
+@needs_c
+def test_the_kinds_are_the_ones_classify_labels_with() -> None:
+    """The C labels are classify.KINDS, in their order (failure_fast is off otherwise)."""
+    assert failure_record._ext is not None
+    assert failure_record._ext.KINDS == KINDS
 
 
 @needs_c
