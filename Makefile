@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 # setup.py and the C sources: the editable install compiles the C extensions in place, so a change
 # to any of them must re-run it.
-$(BIN)/dnsqr-pipeline: pyproject.toml setup.py $(wildcard nmsgdns/*.c nmsgdns/*.h processors/*.c processors/*.h)
+$(BIN)/dnsqr-pipeline: pyproject.toml setup.py $(wildcard nmsgdns/*.c nmsgdns/*.h schemas/*.c schemas/*.h processors/*.c processors/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -43,12 +43,12 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, Top
 from dnsqr_pipeline.completion import Progress, wait_caught_up
 from dnsqr_pipeline.job import Stage, Topics, embedded_kafka, stage_kafka, wait_for_assignment, worker_command
 from dnsqr_pipeline.topics import CONTAINER_TOPIC_CONFIG, TopicSpec, admin_client, create_topics
+from dnsqr_schemas.edns_failure import decode_failure
 from ingest.bridge import Bridge, IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.output import NmsgFileWriter
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from processors.failure_record import decode_failure
 
 NS = 1_000_000_000
 #: the workers' logs (bench/out is git-ignored); each run overwrites the previous run's

@@ -1,18 +1,15 @@
 /*
  * processors._failure_record: the filter agent's per-failure path in C (processors/failure_record.py).
  *
- * Two functions, each held to its Python specification by tests:
+ * failure_record(payload): a selected payload's (name server, kind, Avro EdnsFailure), the bytes the
+ * Python path (judgement_of, classify_failure, failure_dict, dnsqr_schemas.edns_failure.encode_failure)
+ * writes; held to it by tests/processors/test_failure_fast.py and tests/processors/test_filter_container.py.
  *
- *  - avro_record(fields, value): the schemaless Avro bytes fastavro writes for a flat record
- *    (failure_record.encode_failure_py; tests/processors/test_avro_writer.py);
- *  - failure_record(payload): a selected payload's (name server, kind, Avro EdnsFailure), the bytes the
- *    Python path (judgement_of, classify_failure, failure_dict, encode_failure) writes
- *    (tests/processors/test_failure_fast.py, tests/processors/test_filter_container.py).
- *
- * failure_record() reads the payload with the EDNS0 rule's own C walks, included from the domain package
+ * It reads the payload with the EDNS0 rule's own C walks, included from the domain package
  * (nmsgdns/wirescan.h: the payload's protobuf fields, the derived query and response, their scans, the
  * rule's SELECTED verdict, the question name's text), so it selects exactly what nmsgdns._wirescan.judge
- * selects without a second copy of that code.
+ * selects without a second copy of that code; and it writes the record with the contract's Avro
+ * primitives (schemas/avro.h, dnsqr_schemas).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,165 +19,27 @@
 #include <sys/socket.h> /* AF_INET, AF_INET6 */
 
 #include "../nmsgdns/wirescan.h"
-
-/* ------------------------------------------------------------------------------------------------ */
-/* Schemaless Avro of a flat record (failure_record.encode_failure)                                 */
-/*
- * Why: fastavro's schemaless_writer was ~5 us per failure record, a sixth of the worker's time. A record
- * of primitive fields is only varints and length-prefixed bytes, so this writes it directly, and returns
- * None (the caller then uses fastavro, whose errors and conversions stay the reference) for anything
- * but the plain types: a missing field, an int that is not an int or does not fit 64 bits, a string that
- * is not a str or has no UTF-8 form, bytes that are not bytes, a boolean that is not True/False.
- */
-
-#define AVRO_LONG 0    /* "long" and "int": zigzag varint (fastavro writes both so, without a range check) */
-#define AVRO_STRING 1
-#define AVRO_BYTES 2
-#define AVRO_BOOLEAN 3
-
-static Py_ssize_t
-put_varint(unsigned char *dst, uint64_t v)
-{
-    Py_ssize_t k = 0;
-    while (v >= 0x80) {
-        dst[k++] = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    dst[k++] = (unsigned char)v;
-    return k;
-}
-
-#define AVRO_MAX_FIELDS 64
-
-PyDoc_STRVAR(avro_record_doc,
-"avro_record(fields, value) -> bytes | None\n--\n\n"
-"Schemaless Avro of dict ``value`` for a record of primitive ``fields`` ((name, kind) pairs, kind 0\n"
-"long/int, 1 string, 2 bytes, 3 boolean), byte for byte as fastavro writes it; None where fastavro must\n"
-"decide.");
-
-static PyObject *
-failure_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *fields, *value, *out;
-    const char *data[AVRO_MAX_FIELDS];
-    Py_ssize_t len[AVRO_MAX_FIELDS];
-    uint64_t num[AVRO_MAX_FIELDS];
-    int kinds[AVRO_MAX_FIELDS];
-    Py_ssize_t nf, i, size = 0, o = 0;
-    unsigned char *dst;
-
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "avro_record() takes exactly 2 arguments (fields, value)");
-        return NULL;
-    }
-    fields = args[0];
-    value = args[1];
-    if (!PyTuple_CheckExact(fields) || !PyDict_CheckExact(value))
-        Py_RETURN_NONE;
-    nf = PyTuple_GET_SIZE(fields);
-    if (nf > AVRO_MAX_FIELDS)
-        Py_RETURN_NONE;
-    for (i = 0; i < nf; i++) {
-        PyObject *spec = PyTuple_GET_ITEM(fields, i), *item;
-        long kind;
-        if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 2)
-            Py_RETURN_NONE;
-        kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 1));
-        if (kind == -1 && PyErr_Occurred())
-            return NULL;
-        item = PyDict_GetItemWithError(value, PyTuple_GET_ITEM(spec, 0)); /* borrowed */
-        if (item == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE;
-        }
-        kinds[i] = (int)kind;
-        switch (kind) {
-        case AVRO_LONG: {
-            int overflow;
-            long long v;
-            if (!PyLong_Check(item))
-                Py_RETURN_NONE;
-            v = PyLong_AsLongLongAndOverflow(item, &overflow);
-            if (v == -1 && PyErr_Occurred())
-                return NULL;
-            if (overflow)
-                Py_RETURN_NONE;
-            num[i] = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-            size += 10;
-            break;
-        }
-        case AVRO_STRING:
-            if (!PyUnicode_CheckExact(item))
-                Py_RETURN_NONE;
-            data[i] = PyUnicode_AsUTF8AndSize(item, &len[i]);
-            if (data[i] == NULL) {
-                if (!PyErr_ExceptionMatches(PyExc_UnicodeError))
-                    return NULL;
-                PyErr_Clear();
-                Py_RETURN_NONE;
-            }
-            size += 10 + len[i];
-            break;
-        case AVRO_BYTES:
-            if (!PyBytes_CheckExact(item))
-                Py_RETURN_NONE;
-            data[i] = PyBytes_AS_STRING(item);
-            len[i] = PyBytes_GET_SIZE(item);
-            size += 10 + len[i];
-            break;
-        case AVRO_BOOLEAN:
-            if (item != Py_True && item != Py_False)
-                Py_RETURN_NONE;
-            num[i] = item == Py_True;
-            size += 1;
-            break;
-        default:
-            Py_RETURN_NONE;
-        }
-    }
-    out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL)
-        return NULL;
-    dst = (unsigned char *)PyBytes_AS_STRING(out);
-    for (i = 0; i < nf; i++) {
-        switch (kinds[i]) {
-        case AVRO_LONG:
-            o += put_varint(dst + o, num[i]);
-            break;
-        case AVRO_BOOLEAN:
-            dst[o++] = (unsigned char)num[i];
-            break;
-        default: /* string, bytes: zigzag length, then the bytes */
-            o += put_varint(dst + o, (uint64_t)len[i] << 1);
-            memcpy(dst + o, data[i], (size_t)len[i]);
-            o += len[i];
-        }
-    }
-    if (_PyBytes_Resize(&out, o) < 0)
-        return NULL;
-    return out;
-}
+#include "../schemas/avro.h"
 
 /* ------------------------------------------------------------------------------------------------ */
 /* One selected payload -> its failures-topic record (processors.filter_agent.filter_container)     */
 /*
  * Why: for each record the rule selects (about a quarter of a stream) the worker decoded the record with
  * protobuf (edns.judgement_of), labelled it (classify.classify_failure), built the EdnsFailure dict
- * (failure_record.failure_dict) and wrote it (avro_record above): a quarter of the worker's CPU, for
- * fields that all sit in the payload bytes judge() walks anyway. failure_record() walks them again
- * (parse_dnsqr_payload and the two scans, ~1 us) and writes the Avro bytes directly.
+ * (failure_record.failure_dict) and wrote it (edns_failure.encode_failure): a quarter of the worker's
+ * CPU, for fields that all sit in the payload bytes judge() walks anyway. failure_record() walks them
+ * again (parse_dnsqr_payload and the two scans, ~1 us) and writes the Avro bytes directly.
  *
- * Same rule as everywhere in this file: the Python path stays the specification and this returns None
+ * Same rule as everywhere in the C extensions: the Python path stays the specification and this returns None
  * (the caller then runs that path) for whatever it is not sure of: a payload the rule does not select
  * or judge() leaves to Python, and a record whose fields upb would read differently from this walk (a
  * singular field given twice, a uint32 wider than 32 bits). tests/processors/test_failure_fast.py holds
  * the two to the same bytes.
  */
 
-/* The EdnsFailure fields in the order failure_record() writes them, with avro_record's kind codes:
- * exported as FAILURE_FIELDS, which processors.failure_record compares with the schema's fields at import
- * (a schema change turns the fast path off instead of writing a stale layout). */
+/* The EdnsFailure fields in the order failure_record() writes them, with avro.h's kind codes: exported
+ * as FAILURE_FIELDS, which processors.failure_record compares with the schema's (edns_failure.FIELDS) at
+ * import (a schema change turns the fast path off instead of writing a stale layout). */
 static const struct {
     const char *name;
     int kind;
@@ -263,23 +122,6 @@ ip_text(const unsigned char *p, const span *ip, char *dst)
     if (ip->start < 0 || af < 0 || inet_ntop(af, p + ip->start, dst, IP_TEXT_MAX) == NULL)
         return -1;
     return (int)strlen(dst);
-}
-
-/* Avro "long"/"int" (zigzag varint, at most AVRO_VARINT_MAX bytes) and "string"/"bytes" (length, data). */
-#define AVRO_VARINT_MAX 10
-
-static inline unsigned char *
-avro_put_long(unsigned char *o, int64_t v)
-{
-    return o + put_varint(o, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
-}
-
-static inline unsigned char *
-avro_put_bytes(unsigned char *o, const void *data, Py_ssize_t len)
-{
-    o = avro_put_long(o, (int64_t)len);
-    memcpy(o, data, (size_t)len);
-    return o + len;
 }
 
 PyDoc_STRVAR(failure_record_doc,
@@ -402,7 +244,6 @@ init_failure_record(PyObject *m)
 }
 
 static PyMethodDef methods[] = {
-    {"avro_record", (PyCFunction)(void (*)(void))failure_avro_record, METH_FASTCALL, avro_record_doc},
     {"failure_record", failure_failure_record, METH_O, failure_record_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -410,8 +251,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "processors._failure_record",
-    "C versions of the filter agent's flat Avro record writer and of a selected payload's failure record\n"
-    "(same bytes as processors.failure_record's Python path, faster; None where that path must decide).",
+    "A selected payload's failure record in C (the same bytes as processors.failure_record's Python path,\n"
+    "faster; None where that path must decide).",
     -1,
     methods,
     NULL,

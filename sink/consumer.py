@@ -33,9 +33,9 @@ from google.protobuf.message import DecodeError
 
 from dnsqr_pipeline.kafka_errors import is_refusal
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
+from dnsqr_schemas.edns_failure import FailureRecordError, failure_payload
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from processors.failure_record import FailureRecordError, failure_payload
 from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
 from sink.metrics import STATISTICS_INTERVAL_MS, SinkMetrics
 

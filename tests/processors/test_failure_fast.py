@@ -11,6 +11,7 @@ must give the same result with and without the call.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any
@@ -19,7 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nmsgdns import edns
+from dnsqr_schemas import edns_failure
+from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
+from nmsgdns import edns, wire
 from nmsgdns.classify import KINDS, classify_failure
 from nmsgdns.container import encode_container
 from nmsgdns.dnsqr import ip_to_text
@@ -27,10 +30,11 @@ from nmsgdns.edns import judge_py
 from nmsgdns.payload import make_payload
 from nmsgdns.proto.dnsqr_pb2 import DnsQR
 from processors import failure_record, filter_agent
-from processors.failure_record import decode_failure, encode_failure_py, failure_dict
+from processors.failure_record import failure_dict
 from processors.filter_agent import ContainerResult, WindowClock, filter_container
 from tests import corpus
 from tests.nmsgdns.test_judge_fast import FUZZ, built_payloads, corpus_payloads, mutated_payloads, typed
+from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 from tests.processors.helpers import expected_failures, raw_containers
 
 fast = failure_record.failure_fast
@@ -61,10 +65,19 @@ def same_failure(payload: bytes) -> tuple[str, str, bytes] | None:
     return got
 
 
+def test_extension_is_built() -> None:
+    """CI compiles the extension in ``pip install -e``; a silent fallback (or a layout or kinds check that
+    turned it off) would cost the worker ~10 us a failure."""
+    if os.environ.get(wire.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+        pytest.skip("pure Python requested or allowed")
+    assert failure_record._ext is not None
+    assert failure_record.failure_fast is failure_record._ext.failure_record
+
+
 @needs_c
 def test_the_schema_is_the_layout_c_writes() -> None:
     assert failure_record._ext is not None
-    assert failure_record._ext.FAILURE_FIELDS == failure_record._FIELDS
+    assert failure_record._ext.FAILURE_FIELDS == edns_failure.FIELDS
 
 
 @needs_c

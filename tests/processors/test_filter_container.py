@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
 from nmsgdns import wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
@@ -18,7 +19,7 @@ from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
 from processors import filter_agent
-from processors.failure_record import decode_failure, encode_failure_py, failure_dict
+from processors.failure_record import failure_dict
 from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
 from processors.key_partition import KeyPartitioner
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
