@@ -38,7 +38,7 @@ EXTENSIONS = (
 PACKAGE_DIRS = {"dnsqr_schemas": "schemas"}
 
 #: Every shared header: a change to one rebuilds every extension (they are few and small).
-HEADERS = ["nmsgdns/wirescan.h", "schemas/avro.h", "processors/murmur2.h"]
+HEADERS = ["nmsgdns/varint.h", "nmsgdns/wirescan.h", "schemas/avro.h", "processors/murmur2.h"]
 
 
 def source(name: str) -> str:

@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "varint.h"
+
 /* ------------------------------------------------------------------------------------------------ */
 /* The libwdns 1.3.1 RDATA descriptor table, as nmsgdns.wire._FIELDS.                              */
 
@@ -679,31 +681,6 @@ udp_span(const unsigned char *p, Py_ssize_t n, int ipv6, Py_ssize_t *start, Py_s
  * into the same values, and whatever it cannot be sure of is left to the code it must agree with.
  */
 
-/* A protobuf varint at *pos, bounded by n. Returns 0, or -1 when truncated or longer than 10 bytes or
- * with bits past the 64th (cases left to upb). */
-static int
-read_varint(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
-{
-    uint64_t v = 0;
-    Py_ssize_t i = *pos;
-    int shift;
-    for (shift = 0; shift < 70; shift += 7) {
-        unsigned b;
-        if (i >= n)
-            return -1;
-        b = p[i++];
-        if (shift == 63 && b > 1)
-            return -1;
-        v |= (uint64_t)(b & 0x7F) << shift;
-        if (!(b & 0x80)) {
-            *pos = i;
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
-}
-
 /* Skip the value of a field of wire type wt (0, 1, 2 or 5); -1 when it does not fit. */
 static int
 skip_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, unsigned wt)
@@ -711,14 +688,14 @@ skip_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos, unsigned wt)
     uint64_t len;
     switch (wt) {
     case 0:
-        return read_varint(p, n, pos, &len);
+        return varint_read(p, n, pos, &len) ? 0 : -1;
     case 1:
         if (n - *pos < 8)
             return -1;
         *pos += 8;
         return 0;
     case 2:
-        if (read_varint(p, n, pos, &len) < 0 || len > (uint64_t)(n - *pos))
+        if (!varint_read(p, n, pos, &len) || len > (uint64_t)(n - *pos))
             return -1;
         *pos += (Py_ssize_t)len;
         return 0;
@@ -765,7 +742,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
     r->query_ip.start = r->response_ip.start = r->qname.start = -1;
     while (pos < n) {
         unsigned field, wt;
-        if (read_varint(p, n, &pos, &tag) < 0 || tag > 0xFFFFFFFFu)
+        if (!varint_read(p, n, &pos, &tag) || tag > 0xFFFFFFFFu)
             return -1;
         field = (unsigned)(tag >> 3);
         wt = (unsigned)(tag & 7);
@@ -779,13 +756,13 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
                            (uint32_t)p[pos + 3] << 24;
             pos += 4;
         } else if (field == 5) {
-            if (wt != 2 || read_varint(p, n, &pos, &v) < 0 || v > (uint64_t)(n - pos))
+            if (wt != 2 || !varint_read(p, n, &pos, &v) || v > (uint64_t)(n - pos))
                 return -1;
             inner = pos;
             pos += (Py_ssize_t)v;
             end = pos;
         } else {
-            if (wt != 0 || read_varint(p, n, &pos, &v) < 0)
+            if (wt != 0 || !varint_read(p, n, &pos, &v))
                 return -1;
             if (field == 1)
                 vid = v;
@@ -802,7 +779,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
     pos = inner;
     while (pos < end) {
         unsigned field, wt;
-        if (read_varint(p, end, &pos, &tag) < 0 || tag > 0xFFFFFFFFu)
+        if (!varint_read(p, end, &pos, &tag) || tag > 0xFFFFFFFFu)
             return -1;
         field = (unsigned)(tag >> 3);
         wt = (unsigned)(tag & 7);
@@ -813,7 +790,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
         }
         switch (field) {
         case 1: /* type: required enum DnsQRType */
-            if (wt != 0 || read_varint(p, end, &pos, &v) < 0 || v > 7)
+            if (wt != 0 || !varint_read(p, end, &pos, &v) || v > 7)
                 return -1;
             r->type = (unsigned)v;
             break;
@@ -824,7 +801,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
         case 15: /* response_packet */
         {
             span *sp;
-            if (wt != 2 || read_varint(p, end, &pos, &v) < 0 || v > (uint64_t)(end - pos))
+            if (wt != 2 || !varint_read(p, end, &pos, &v) || v > (uint64_t)(end - pos))
                 return -1;
             if (field == 2)
                 sp = &r->query_ip;
@@ -849,7 +826,7 @@ parse_dnsqr_payload(const unsigned char *p, Py_ssize_t n, dnsqr_t *r)
                 return -1;
             break;
         case 4: case 5: case 6: case 7: case 9: case 10: case 11: /* uint32 */
-            if (wt != 0 || read_varint(p, end, &pos, &v) < 0)
+            if (wt != 0 || !varint_read(p, end, &pos, &v))
                 return -1;
             if (v > 0xFFFFFFFFu)
                 r->wide |= FIELD_BIT(field);

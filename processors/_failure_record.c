@@ -178,7 +178,7 @@ failure_failure_record(PyObject *Py_UNUSED(module), PyObject *payload)
     /* 15 varints (10 numbers, 5 lengths), 1 boolean, the texts and the payload; all text is ASCII, so
      * its UTF-8 form is the bytes themselves. */
     avro = PyBytes_FromStringAndSize(
-        NULL, 15 * AVRO_VARINT_MAX + 1 + ns_len + resolver_len + qname_len + kind_len + n);
+        NULL, 15 * VARINT_MAX_BYTES + 1 + ns_len + resolver_len + qname_len + kind_len + n);
     if (avro == NULL)
         goto done;
     start = o = (unsigned char *)PyBytes_AS_STRING(avro);

@@ -29,8 +29,9 @@
  * past the end of the value, a truncated varint, a string that is not strict UTF-8 (Python's decoder,
  * which fastavro uses), or bytes left after the last field all mean None.
  *
- * Kind codes (avro.h) are those of edns_failure.flat_fields. tests/schemas/test_avro_writer.py holds
- * avro_record() to fastavro's bytes, and its outcome (bytes or exception type) on odd values.
+ * Varints are nmsgdns/varint.h's (through avro.h). Kind codes (avro.h) are those of
+ * edns_failure.flat_fields. tests/schemas/test_avro_writer.py holds avro_record() to fastavro's bytes,
+ * and its outcome (bytes or exception type) on odd values.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,39 +42,6 @@
 
 /* ------------------------------------------------------------------------------------------------ */
 /* One field of a flat record (edns_failure.failure_payload)                                        */
-
-/*
- * The canonical zig-zag varint at buf[*pos] (end is the size of buf): 1 and *pos moved past it when it
- * is the shortest encoding of an int64 and complete; 0 (nothing moved) for anything fastavro must
- * decide.
- */
-static int
-read_varint(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, int64_t *out)
-{
-    uint64_t n = 0;
-    Py_ssize_t p = *pos;
-    int k;
-
-    for (k = 0; k < AVRO_VARINT_MAX; k++) {
-        unsigned char b;
-        if (p >= end)
-            return 0; /* truncated: fastavro raises (EOFError or IndexError) */
-        b = buf[p++];
-        n |= (uint64_t)(b & 0x7F) << (7 * k);
-        if (b & 0x80)
-            continue;
-        /* Last byte. A zero one after the first adds nothing (a longer form of a shorter varint); in
-         * the 10th byte only bit 0 fits (bit 63), fastavro would silently drop the others. */
-        if ((b == 0 && k > 0) || (k == AVRO_VARINT_MAX - 1 && b > 1))
-            return 0;
-        *pos = p;
-        /* zig-zag: n/2 for even n, -(n+1)/2 for odd n; computed in unsigned arithmetic (no overflow),
-         * and the conversion to int64 is two's complement on every compiler CPython supports */
-        *out = (int64_t)((n >> 1) ^ (0 - (n & 1)));
-        return 1;
-    }
-    return 0; /* an 11th byte: fastavro keeps reading it */
-}
 
 /*
  * 1 when s[0:n] is well-formed UTF-8 as Python's strict decoder (fastavro's bytes.decode()) reads it:
@@ -183,7 +151,8 @@ avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
             return NULL;
         switch (kind) {
         case AVRO_LONG:
-            if (!read_varint(buf, end, &pos, &num))
+            /* the shortest form only (nmsgdns/varint.h): fastavro decides the others, see above */
+            if (!zigzag_read(buf, end, &pos, &num))
                 Py_RETURN_NONE;
             break;
         case AVRO_BOOLEAN:
@@ -194,7 +163,7 @@ avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         case AVRO_STRING:
         case AVRO_BYTES:
             /* a long length, then that many bytes; pos <= end always holds, so end - pos cannot overflow */
-            if (!read_varint(buf, end, &pos, &num) || num < 0 || num > end - pos)
+            if (!zigzag_read(buf, end, &pos, &num) || num < 0 || num > end - pos)
                 Py_RETURN_NONE;
             start = pos;
             pos += (Py_ssize_t)num;
@@ -298,8 +267,8 @@ avro_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                 return NULL;
             if (overflow)
                 Py_RETURN_NONE;
-            num[i] = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-            size += 10;
+            num[i] = zigzag_encode((int64_t)v);
+            size += VARINT_MAX_BYTES;
             break;
         }
         case AVRO_STRING:
@@ -312,14 +281,14 @@ avro_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                 PyErr_Clear();
                 Py_RETURN_NONE;
             }
-            size += 10 + len[i];
+            size += VARINT_MAX_BYTES + len[i];
             break;
         case AVRO_BYTES:
             if (!PyBytes_CheckExact(item))
                 Py_RETURN_NONE;
             data[i] = PyBytes_AS_STRING(item);
             len[i] = PyBytes_GET_SIZE(item);
-            size += 10 + len[i];
+            size += VARINT_MAX_BYTES + len[i];
             break;
         case AVRO_BOOLEAN:
             if (item != Py_True && item != Py_False)
@@ -338,13 +307,13 @@ avro_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     for (i = 0; i < nf; i++) {
         switch (kinds[i]) {
         case AVRO_LONG:
-            o += put_varint(dst + o, num[i]);
+            o = varint_put(dst + o, num[i]) - dst;
             break;
         case AVRO_BOOLEAN:
             dst[o++] = (unsigned char)num[i];
             break;
         default: /* string, bytes: zigzag length, then the bytes */
-            o += put_varint(dst + o, (uint64_t)len[i] << 1);
+            o = varint_put(dst + o, zigzag_encode((int64_t)len[i])) - dst;
             memcpy(dst + o, data[i], (size_t)len[i]);
             o += len[i];
         }

@@ -7,7 +7,8 @@
  * Python side hands to dnsqr_schemas._avro (avro_record, flat_field) and compares with the layout of a C
  * writer of a whole record (processors._failure_record's FAILURE_FIELDS).
  *
- * Static functions: each including extension has its own copy. Include it after <Python.h>.
+ * Varints and zigzag are nmsgdns/varint.h's (the one C copy). Static functions: each including extension
+ * has its own copy. Include it after <Python.h>.
  */
 #ifndef DNSQR_SCHEMAS_AVRO_H
 #define DNSQR_SCHEMAS_AVRO_H
@@ -19,31 +20,18 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../nmsgdns/varint.h"
+
 #define AVRO_LONG 0    /* "long" and "int": zigzag varint (fastavro writes both so, without a range check) */
 #define AVRO_STRING 1
 #define AVRO_BYTES 2
 #define AVRO_BOOLEAN 3
 
-/* The longest varint of a 64-bit value: 9 bytes of 7 bits, then one byte holding bit 63. */
-#define AVRO_VARINT_MAX 10
-
-static inline Py_ssize_t
-put_varint(unsigned char *dst, uint64_t v)
-{
-    Py_ssize_t k = 0;
-    while (v >= 0x80) {
-        dst[k++] = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    dst[k++] = (unsigned char)v;
-    return k;
-}
-
-/* Avro "long"/"int" (zigzag varint, at most AVRO_VARINT_MAX bytes) and "string"/"bytes" (length, data). */
+/* Avro "long"/"int" (zigzag varint, at most VARINT_MAX_BYTES bytes) and "string"/"bytes" (length, data). */
 static inline unsigned char *
 avro_put_long(unsigned char *o, int64_t v)
 {
-    return o + put_varint(o, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
+    return varint_put(o, zigzag_encode(v));
 }
 
 static inline unsigned char *
