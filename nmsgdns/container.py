@@ -23,9 +23,9 @@ from crc32c import crc32c
 from google.protobuf.message import DecodeError
 
 from nmsgdns.errors import ContainerError, TruncatedError
+from nmsgdns.native import load_extension
 from nmsgdns.payload import encode_varint, payload_data_span, read_varint
 from nmsgdns.proto.nmsg_pb2 import Nmsg
-from nmsgdns.wire import load_extension
 
 MAGIC = b"NMSG"
 HEADER_SIZE = 10

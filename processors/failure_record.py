@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from dnsqr_schemas.edns_failure import FIELDS
 from nmsgdns.classify import KINDS, FailureDetail
 from nmsgdns.dnsqr import qname_to_text
+from nmsgdns.native import load_extension
 from nmsgdns.payload import decode_payload
-from nmsgdns.wire import load_extension
 
 #: The DO bit in the OPT TTL's flags half (RFC 3225).
 DO_BIT = 0x8000

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nmsgdns.ippacket import ip_to_text
-from nmsgdns.wire import load_extension
+from nmsgdns.native import implementation, load_extension
 from processors.key_partition import KeyPartitioner
 from processors.ns_stats_batch import VERSION, DeltaRow, encode_batch
 
@@ -109,7 +109,7 @@ def encode_py(
 
 _ext = load_extension("_ns_deltas", "processors")
 #: Which :func:`fold` and :func:`encode` run: ``"c"`` (processors/_ns_deltas.c) or ``"python"``.
-IMPLEMENTATION = "python" if _ext is None else "c"
+IMPLEMENTATION = implementation(_ext)
 #: :func:`fold_py`, in C when built.
 fold: Callable[[dict[CountsKey, Counts], list[object]], None] = fold_py if _ext is None else _ext.fold
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dnsqr_schemas import edns_failure
 from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
-from nmsgdns import edns, wire
+from nmsgdns import edns, native
 from nmsgdns.classify import KINDS, classify_failure
 from nmsgdns.container import encode_container
 from nmsgdns.dnsqr import ip_to_text
@@ -68,7 +68,7 @@ def same_failure(payload: bytes) -> tuple[str, str, bytes] | None:
 def test_extension_is_built() -> None:
     """CI compiles the extension in ``pip install -e``; a silent fallback (or a layout or kinds check that
     turned it off) would cost the worker ~10 us a failure."""
-    if os.environ.get(wire.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+    if os.environ.get(native.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
         pytest.skip("pure Python requested or allowed")
     assert failure_record._ext is not None
     assert failure_record.failure_fast is failure_record._ext.failure_record

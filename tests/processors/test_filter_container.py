@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
-from nmsgdns import wire
+from nmsgdns import native, wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
 from nmsgdns.edns import judge_py
@@ -194,7 +194,7 @@ sys.stdout.buffer.write(pickle.dumps([container_outputs(c) for c in sys.argv[1:]
 @pytest.mark.skipif(wire.IMPLEMENTATION != "c", reason="nmsgdns._wirescan is not built or disabled")
 def test_same_outputs_with_and_without_the_extension() -> None:
     """filter_container with NMSGDNS_PURE_PYTHON=1 (a fresh interpreter: the choice is made at import)."""
-    env = {**os.environ, wire.PURE_PYTHON_ENV: "1"}
+    env = {**os.environ, native.PURE_PYTHON_ENV: "1"}
     child = subprocess.run(
         [sys.executable, "-c", _PURE_CHILD, *corpus.CASES],
         env=env,

@@ -10,7 +10,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 from processors.key_partition import KeyPartitioner, murmur2
 
 _ext = load_extension("_key_partition", "processors")

@@ -31,7 +31,7 @@ from dnsqr_schemas.edns_failure import (
     failure_payload_py,
     flat_fields,
 )
-from nmsgdns.wire import PURE_PYTHON_ENV, load_extension
+from nmsgdns.native import PURE_PYTHON_ENV, load_extension
 from tests.mutations import mutated
 from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dnsqr_schemas import avro_schema, edns_failure
 from dnsqr_schemas.edns_failure import SCHEMA_NAME, encode_failure, flat_fields
-from nmsgdns import wire
+from nmsgdns import native
 from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,7 +41,7 @@ def fastavro_bytes(value: dict[str, Any]) -> bytes:
 def test_extension_is_built() -> None:
     """CI compiles the extension in ``pip install -e``; a silent fallback would cost the worker ~5 us a
     failure written in Python."""
-    if os.environ.get(wire.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+    if os.environ.get(native.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
         pytest.skip("pure Python requested or allowed")
     assert edns_failure._ext is not None
     assert edns_failure._avro_c is edns_failure._ext.avro_record
