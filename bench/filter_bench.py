@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from nmsgdns.input import ContainerStreamReader
-from nmsgdns.wire import PURE_PYTHON_ENV
+from nmsgdns.native import PURE_PYTHON_ENV
 
 #: In-process judge() timing, run in a child so each implementation is chosen at import, as in real use.
 _JUDGE_CHILD = r"""

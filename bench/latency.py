@@ -51,12 +51,12 @@ from dnsqr_pipeline.job import (
     worker_command,
     worker_settings,
 )
+from dnsqr_schemas.edns_failure import decode_failure
 from ingest.bridge import Bridge, IngestConfig
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.output import NmsgFileWriter
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from processors.failure_record import decode_failure
 
 NS = 1_000_000_000
 #: the workers' logs (bench/out is git-ignored); each run overwrites the previous run's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 
 _MURMUR_M = 0x5BD1E995
 _WORDS: dict[int, struct.Struct] = {}

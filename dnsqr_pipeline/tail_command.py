@@ -2,7 +2,7 @@
 
 A downstream consumer's first tool, and a worked example of reading the topic: each value is one Avro
 ``EdnsFailure`` (``schemas/edns_failure.avsc``), written *schemaless* (no registry, no schema id), so a
-reader decodes it with the published schema (here ``processors.failure_record.decode_failure``, which is
+reader decodes it with the published schema (here ``dnsqr_schemas.edns_failure.decode_failure``, which is
 fastavro's ``schemaless_reader``); the key is the name server.
 
 It reads with a throw-away consumer group, assigns the partitions itself and commits nothing, so it never
@@ -28,8 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_schemas.edns_failure import decode_failure
 from processors.app import Settings
-from processors.failure_record import decode_failure
 
 #: Records before the end of each partition where reading starts without ``--from-beginning`` or ``-n``.
 DEFAULT_LAST = 10

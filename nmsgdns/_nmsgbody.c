@@ -1,10 +1,11 @@
 /*
  * nmsgdns._nmsgbody: NMSG container body encoding in C.
  *
- * Why this exists: nmsgdns.container.encode_body runs for every record the ingest bridge and the sink
- * write. In Python it costs about 1.7 us a payload with CRCs, almost all of it in per-payload interpreter
- * work (the field-5 lookup, the CRC call, the varint encodes, a list of parts to join); this file does the
- * same in one pass over the payloads into one preallocated bytes object.
+ * Why this exists: nmsgdns.container.encode_body runs for every record packed into a container (NMSG
+ * files and sockets, and every stage that writes containers). In Python it costs about 1.7 us a payload
+ * with CRCs, almost all of it in per-payload interpreter work (the field-5 lookup, the CRC call, the
+ * varint encodes, a list of parts to join); this file does the same in one pass over the payloads into
+ * one preallocated bytes object.
  *
  * The specification is the pure-Python nmsgdns.container.encode_body_py, and this is a transcription of
  * it, not a new encoder: the same fields in the same order (payloads as field 1, then with crcs the
@@ -31,37 +32,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Varints (varint_size, varint_put) as nmsgdns.payload.encode_varint writes them; the callers reduce the
+ * value to 64 bits first. */
+#include "varint.h"
+
 /* ------------------------------------------------------------------------------------------------ */
 /* Callables this module uses; each holds a strong reference.                                      */
 
 static PyObject *crc32c_func;   /* crc32c.crc32c, imported at module init */
 static PyObject *body_fallback; /* nmsgdns.container.encode_body_py, via configure() */
 static PyObject *crc_fallback;  /* nmsgdns.container.payload_crc, via configure() */
-
-/* ------------------------------------------------------------------------------------------------ */
-/* Varints, as nmsgdns.payload.encode_varint (the caller has already reduced the value to 64 bits).  */
-
-static inline Py_ssize_t
-varint_size(uint64_t v)
-{
-    Py_ssize_t n = 1;
-    while (v > 0x7F) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static inline unsigned char *
-put_varint(unsigned char *out, uint64_t v)
-{
-    while (v > 0x7F) {
-        *out++ = (unsigned char)((v & 0x7F) | 0x80);
-        v >>= 7;
-    }
-    *out++ = (unsigned char)v;
-    return out;
-}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Field 5 of one payload.                                                                          */
@@ -227,22 +207,22 @@ encode(PyObject *items, int crcs, PyObject *sequence, PyObject *sequence_id, PyO
         PyObject *p = PyTuple_GET_ITEM(items, i);
         Py_ssize_t len = PyBytes_GET_SIZE(p);
         *out++ = 0x0A; /* field 1, length-delimited */
-        out = put_varint(out, (uint64_t)len);
+        out = varint_put(out, (uint64_t)len);
         memcpy(out, PyBytes_AS_STRING(p), (size_t)len);
         out += len;
     }
     if (crcv != NULL)
         for (i = 0; i < n; i++) {
             *out++ = 0x10; /* field 2, varint */
-            out = put_varint(out, crcv[i]);
+            out = varint_put(out, crcv[i]);
         }
     if (sequence != Py_None) {
         *out++ = 0x18; /* field 3, varint */
-        out = put_varint(out, seq);
+        out = varint_put(out, seq);
     }
     if (sequence_id != Py_None) {
         *out++ = 0x20; /* field 4, varint */
-        out = put_varint(out, seq_id);
+        out = varint_put(out, seq_id);
     }
     if (out - (unsigned char *)PyBytes_AS_STRING(body) != total) { /* cannot happen: sizes above */
         Py_CLEAR(body);

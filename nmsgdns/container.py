@@ -23,9 +23,9 @@ from crc32c import crc32c
 from google.protobuf.message import DecodeError
 
 from nmsgdns.errors import ContainerError, TruncatedError
+from nmsgdns.native import load_extension
 from nmsgdns.payload import encode_varint, payload_data_span, read_varint
 from nmsgdns.proto.nmsg_pb2 import Nmsg
-from nmsgdns.wire import load_extension
 
 MAGIC = b"NMSG"
 HEADER_SIZE = 10
@@ -375,7 +375,8 @@ if _body_ext is not None:
     _body_ext.configure(encode_body_py, payload_crc)
     encode_body_c = _body_ext.encode_body
 #: The body encoder in use: the C one when built (about 0.14 us a payload with CRCs against 1.7 us; it runs
-#: for every record the sink and the NMSG file and socket writers write), else :func:`encode_body_py`.
+#: for every record packed into a container, by the NMSG file and socket writers and by every stage that
+#: writes containers), else :func:`encode_body_py`.
 #: Same signature:
 #: ``encode_body(payloads, *, crcs=True, sequence=None, sequence_id=None) -> bytes``.
 encode_body: Callable[..., bytes] = encode_body_py if encode_body_c is None else encode_body_c

@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 
 from nmsgdns.errors import PayloadError
 from nmsgdns.ippacket import ip_to_text, reassemble, udp_payload
+from nmsgdns.native import load_extension
 from nmsgdns.proto.dnsqr_pb2 import DnsQR
-from nmsgdns.wire import load_extension
 
 __all__ = [
     "DnsQR",
@@ -106,7 +106,7 @@ def qname_to_text_py(wire: bytes) -> str:
     return "".join(out) or "."
 
 
-_ext = load_extension()
+_ext = load_extension("_wirescan")
 if _ext is not None:
     _ext.configure_dnsqr(qname_to_text_py)
 #: :func:`qname_to_text_py`, or its C transcription (same text) when the extension is built: the Python

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from nmsgdns.dnsqr import derive_query, derive_response, ip_to_text
+from nmsgdns.native import load_extension
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.dnsqr_payload_pb2 import DnsqrPayload
 from nmsgdns.proto.dnsqr_pb2 import UDP_UNANSWERED_QUERY, DnsQR
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from nmsgdns.wire import Opt, load_extension, scan_or
+from nmsgdns.wire import Opt, scan_or
 
 
 class Verdict(enum.Enum):
@@ -223,7 +224,7 @@ def _judge_view(payload: bytes, detail: bool) -> tuple[Judgement, DnsqrPayload |
     return judgement, view
 
 
-_ext = load_extension()
+_ext = load_extension("_wirescan")
 #: ``nmsgdns._wirescan.judge`` when built: (payload, detail) -> the :data:`Triage` tuple, or None where
 #: :func:`judge_py` must decide.
 _judge_c: Callable[[bytes, bool], Triage | None] | None = None

@@ -27,7 +27,7 @@ from functools import lru_cache
 from struct import Struct
 
 from nmsgdns.errors import PayloadError
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 
 __all__ = ["ip_to_text", "reassemble", "udp_payload", "udp_payload_py"]
 
@@ -99,7 +99,7 @@ def udp_payload_py(packet: bytes, ipv6: bool) -> bytes | None:
     return packet[start : start + ulen]
 
 
-_ext = load_extension()
+_ext = load_extension("_wirescan")
 if _ext is not None:
     _ext.configure_ip(udp_payload_py)
 #: :func:`udp_payload_py`, or its C transcription (same results) when the extension is built; it runs

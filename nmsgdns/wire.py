@@ -19,21 +19,18 @@ behaviour whose outcome depends on whatever byte follows the buffer):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from importlib import import_module
 from struct import Struct
 from struct import error as StructError
-from types import ModuleType
 from typing import NamedTuple, TypeVar
 
 from nmsgdns.errors import DnsWireError
+from nmsgdns.native import implementation, load_extension
 
 __all__ = [
     "IMPLEMENTATION",
     "TYPE_OPT",
     "Opt",
-    "load_extension",
     "scan_opt",
     "scan_opt_c",
     "scan_opt_py",
@@ -421,25 +418,6 @@ def scan_opt_py(wire: bytes) -> Opt | None:
         raise _fail("name or record runs past the end", n) from None
 
 
-#: Set to a non-empty value to make nmsgdns ignore its C extension (to test or time the fallback).
-PURE_PYTHON_ENV = "NMSGDNS_PURE_PYTHON"
-
-
-def load_extension(name: str = "_wirescan", package: str = "nmsgdns") -> ModuleType | None:
-    """The compiled extension ``<package>.<name>``, or None when it is not built (no C compiler at install
-    time) or ``$NMSGDNS_PURE_PYTHON`` is set (for every package's extensions: one switch for all).
-
-    Quietly None: the pure-Python code gives the same results, only slower, and a worker must not log a
-    warning per process for it; :data:`IMPLEMENTATION` tells which one runs.
-    """
-    if os.environ.get(PURE_PYTHON_ENV):
-        return None
-    try:
-        return import_module(f"{package}.{name}")
-    except ImportError:
-        return None
-
-
 def scan_or_py(wire: bytes | None, absent: _T, malformed: _T) -> Opt | _T | None:
     """One side of an exchange as the rule sees it: ``absent`` when ``wire`` is None, ``malformed``
     where :func:`scan_opt_py` raises, else its result. One call per side keeps the rule's hot path free
@@ -452,7 +430,7 @@ def scan_or_py(wire: bytes | None, absent: _T, malformed: _T) -> Opt | _T | None
         return malformed
 
 
-_ext = load_extension()
+_ext = load_extension("_wirescan")
 #: The C transcription of :func:`scan_opt_py` (same results, messages and offsets), when built.
 scan_opt_c: Callable[[bytes], Opt | None] | None = None
 if _ext is not None:
@@ -462,6 +440,6 @@ if _ext is not None:
 else:
     scan_or = scan_or_py
 #: Which scanner :func:`scan_opt` is: ``"c"`` (nmsgdns/_wirescan.c) or ``"python"`` (:func:`scan_opt_py`).
-IMPLEMENTATION = "python" if scan_opt_c is None else "c"
+IMPLEMENTATION = implementation(scan_opt_c)
 #: The scanner in use. Inputs other than ``bytes`` always take the Python code (the C one hands them over).
 scan_opt: Callable[[bytes], Opt | None] = scan_opt_py if scan_opt_c is None else scan_opt_c

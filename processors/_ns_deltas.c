@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "../nmsgdns/varint.h"
 #include "../dnsqr_kafka/murmur2.h"
 
 /* `what` of a counted record (ns_deltas.ANSWERED, FAILURE, TIMEOUT) */
@@ -279,16 +280,9 @@ buf_put(Buf *b, const void *src, size_t n)
 static int
 buf_put_long(Buf *b, int64_t v)
 {
-    uint64_t n = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); /* arithmetic shift: every CPython compiler */
-    unsigned char tmp[10];
-    size_t k = 0;
+    unsigned char tmp[VARINT_MAX_BYTES];
 
-    while (n >= 0x80) {
-        tmp[k++] = (unsigned char)(n | 0x80);
-        n >>= 7;
-    }
-    tmp[k++] = (unsigned char)n;
-    return buf_put(b, tmp, k);
+    return buf_put(b, tmp, (size_t)(varint_put(tmp, zigzag_encode(v)) - tmp));
 }
 
 /* One int64 little-endian (an element of a packed column), whatever the host's byte order. */

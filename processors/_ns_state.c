@@ -39,8 +39,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The longest varint of a 64-bit value: 9 bytes of 7 bits, then one byte holding bit 63. */
-#define VARINT_MAX_BYTES 10
+#include "../nmsgdns/varint.h"
+
 #define NS_STATS_VERSION 1
 /* a changelog value or a snapshot longer than this goes to the Python fallback */
 #define VALUE_MAX 1024
@@ -52,32 +52,8 @@
 /* ------------------------------------------------------------------------------------------------ */
 /* Reading an NsStatsBatch                                                                          */
 
-/*
- * The canonical zig-zag varint at buf[*pos]: 1 and *pos moved past it when it is the shortest encoding
- * of an int64 and complete; 0 otherwise (fastavro reads longer forms too: the Python path decides).
- */
-static int
-read_varint(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, int64_t *out)
-{
-    uint64_t n = 0;
-    Py_ssize_t p = *pos;
-
-    for (int k = 0; k < VARINT_MAX_BYTES; k++) {
-        unsigned char b;
-        if (p >= end)
-            return 0;
-        b = buf[p++];
-        n |= (uint64_t)(b & 0x7F) << (7 * k);
-        if (b & 0x80)
-            continue;
-        if ((b == 0 && k > 0) || (k == VARINT_MAX_BYTES - 1 && b > 1))
-            return 0; /* a longer form of a shorter varint, or bits past 63 */
-        *pos = p;
-        *out = (int64_t)((n >> 1) ^ (0 - (n & 1)));
-        return 1;
-    }
-    return 0;
-}
+/* Longs are read with zigzag_read (nmsgdns/varint.h): the shortest form only (fastavro reads longer
+ * forms too: the Python path decides). */
 
 /* A length-prefixed Avro string or bytes at buf[*pos]: 1 with its start and size, 0 if it is not whole. */
 static int
@@ -86,7 +62,7 @@ read_span(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, const unsig
 {
     int64_t n;
 
-    if (!read_varint(buf, end, pos, &n) || n < 0 || n > end - *pos)
+    if (!zigzag_read(buf, end, pos, &n) || n < 0 || n > end - *pos)
         return 0;
     *start = buf + *pos;
     *size = (Py_ssize_t)n;
@@ -151,9 +127,9 @@ batch_parse(const unsigned char *buf, Py_ssize_t end, batch_t *b)
     int64_t version, part, count;
 
     memset(b, 0, sizeof(*b));
-    if (!read_varint(buf, end, &pos, &version) || version != NS_STATS_VERSION)
+    if (!zigzag_read(buf, end, &pos, &version) || version != NS_STATS_VERSION)
         return 0; /* another version: decode_batch words the error */
-    if (!read_varint(buf, end, &pos, &part) || !read_span(buf, end, &pos, &names_text, &names_size))
+    if (!zigzag_read(buf, end, &pos, &part) || !read_span(buf, end, &pos, &names_text, &names_size))
         return 0;
     for (int c = 0; c < 4; c++) /* window_starts, edns_answered, failures, timeouts */
         if (!read_span(buf, end, &pos, &columns[c], &sizes[c]))
@@ -164,7 +140,7 @@ batch_parse(const unsigned char *buf, Py_ssize_t end, batch_t *b)
     /* array<string>: blocks of a positive count and that many strings, ended by a 0 count (a negative
      * count, which encode_batch never writes, is left to fastavro) */
     for (;;) {
-        if (!read_varint(buf, end, &pos, &count) || count < 0)
+        if (!zigzag_read(buf, end, &pos, &count) || count < 0)
             goto undecided;
         if (count == 0)
             break;
@@ -648,13 +624,9 @@ put_decimal(out_t *o, int64_t n)
 static void
 put_long(out_t *o, int64_t n)
 {
-    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(n >> 63);
+    unsigned char tmp[VARINT_MAX_BYTES];
 
-    while (z > 0x7F) {
-        put_byte(o, (unsigned char)((z & 0x7F) | 0x80));
-        z >>= 7;
-    }
-    put_byte(o, (unsigned char)z);
+    put(o, tmp, varint_put(tmp, zigzag_encode(n)) - tmp);
 }
 
 /* An exact int that fits int64 into *n: 1; 0 for anything else (the Python fallback writes it). */

@@ -45,11 +45,12 @@ from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.key_partition import KeyPartitioner
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
+from dnsqr_schemas.edns_failure import encode_failure
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
-from processors.failure_record import encode_failure, failure_dict, failure_fast
+from processors.failure_record import failure_dict, failure_fast
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, Counts, CountsKey, encode, fold
 from processors.ns_stats_batch import MAX_ROWS
 from processors.progress import Receipt, encode_progress, progress_key

@@ -20,7 +20,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 from processors.ns_state import BY_KIND, OBSERVATIONS, Changed, Counts, NsState, Record
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from dnsqr_kafka.key_partition import KeyPartitioner
 from nmsgdns.ippacket import ip_to_text
-from nmsgdns.wire import load_extension
+from nmsgdns.native import implementation, load_extension
 from processors.ns_stats_batch import VERSION, DeltaRow, encode_batch
 
 #: ``what`` of a counted record: an EDNS query answered (``kind`` is its observation or None)...
@@ -109,7 +109,7 @@ def encode_py(
 
 _ext = load_extension("_ns_deltas", "processors")
 #: Which :func:`fold` and :func:`encode` run: ``"c"`` (processors/_ns_deltas.c) or ``"python"``.
-IMPLEMENTATION = "python" if _ext is None else "c"
+IMPLEMENTATION = implementation(_ext)
 #: :func:`fold_py`, in C when built.
 fold: Callable[[dict[CountsKey, Counts], list[object]], None] = fold_py if _ext is None else _ext.fold
 

@@ -69,7 +69,7 @@ from typing import Any
 
 import orjson
 
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 from processors.ns_stats_batch import DeltaBatch, decode_batch
 
 #: [edns_answered, failures, timeouts, by_kind or None, observations or None]

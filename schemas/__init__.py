@@ -1,7 +1,9 @@
 """The data contracts of the pipeline's topics, installed as the package ``dnsqr_schemas``.
 
 The ``.avsc`` files beside this module are the published Avro schemas (downstream consumers read them);
-the ``.proto`` files define NMSG and base:dnsqr (code generated into ``nmsgdns/proto``).
+the ``.proto`` files define NMSG and base:dnsqr (code generated into ``nmsgdns/proto``). Where a value
+has a writer and a reader in different stages, its codec lives here too (``edns_failure``, the failures
+topic's value; ``dead_letter``, the dead letters' headers), so no stage imports another for it.
 """
 
 from __future__ import annotations

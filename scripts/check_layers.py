@@ -2,10 +2,11 @@
 
 The layers, bottom up (docs/design.md, "Layers"):
 
-0. ``nmsgdns`` (the NMSG/dnsqr/EDNS domain) and ``dnsqr_schemas`` (the data contracts, ``schemas/``)
-1. ``dnsqr_kafka`` (Kafka plumbing shared by the stages)
-2. the stages: ``ingest``, ``processors``, ``sink`` (none imports another)
-3. ``dnsqr_pipeline`` (the CLI, the local Kafka, the jobs)
+0. ``nmsgdns`` (the NMSG/dnsqr/EDNS domain)
+1. ``dnsqr_schemas`` (the data contracts, ``schemas/``, and the codecs of the topic values the stages share)
+2. ``dnsqr_kafka`` (Kafka plumbing shared by the stages)
+3. the stages: ``ingest``, ``processors``, ``sink`` (none imports another)
+4. ``dnsqr_pipeline`` (the CLI, the local Kafka, the jobs)
 
 Every import statement counts: at module level, inside functions and under ``if TYPE_CHECKING:``. Checked:
 
@@ -31,12 +32,12 @@ from pathlib import Path
 #: package -> (layer, folder in the repository)
 PACKAGES = {
     "nmsgdns": (0, "nmsgdns"),
-    "dnsqr_schemas": (0, "schemas"),
-    "dnsqr_kafka": (1, "dnsqr_kafka"),
-    "ingest": (2, "ingest"),
-    "processors": (2, "processors"),
-    "sink": (2, "sink"),
-    "dnsqr_pipeline": (3, "dnsqr_pipeline"),
+    "dnsqr_schemas": (1, "schemas"),
+    "dnsqr_kafka": (2, "dnsqr_kafka"),
+    "ingest": (3, "ingest"),
+    "processors": (3, "processors"),
+    "sink": (3, "sink"),
+    "dnsqr_pipeline": (4, "dnsqr_pipeline"),
 }
 #: generated code, not ours to layer
 SKIP = ("nmsgdns/proto/",)

@@ -34,9 +34,9 @@ from google.protobuf.message import DecodeError
 from dnsqr_kafka.access import is_refusal
 from dnsqr_kafka.names import DEFAULT_NAMES, DEFAULT_SINK_GROUP, SINK_DLQ_SUFFIX
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
+from dnsqr_schemas.edns_failure import FailureRecordError, failure_payload
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
-from processors.failure_record import FailureRecordError, failure_payload
 from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
 from sink.metrics import STATISTICS_INTERVAL_MS, SinkMetrics
 from sink.stats import SinkStats

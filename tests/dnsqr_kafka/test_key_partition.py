@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dnsqr_kafka.key_partition import KeyPartitioner, murmur2
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 
 _ext = load_extension("_key_partition", "processors")
 needs_c = pytest.mark.skipif(_ext is None, reason="dnsqr_kafka._key_partition is not built (or pure Python)")

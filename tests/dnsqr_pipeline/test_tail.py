@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from dnsqr_pipeline.cli import build_parser
-from processors.failure_record import encode_failure
+from dnsqr_schemas.edns_failure import encode_failure
 from tests import corpus
 
 pytestmark = pytest.mark.integration

@@ -1,8 +1,8 @@
-"""The C fast paths of the worker's per-record loop against the Python code they stand in for.
+"""The C fast paths of the rule's per-record loop against the Python code they stand in for.
 
 ``nmsgdns._wirescan.judge`` decides the common case of :func:`nmsgdns.edns.judge` from the serialized
 payload and hands everything else back (None); :func:`judge_py` / :func:`triage_py` are the
-specification. ``qname_to_text`` and ``avro_record`` stand in for ``qname_to_text_py`` and fastavro.
+specification. ``qname_to_text`` stands in for ``qname_to_text_py``.
 Each must give the same values *and types* (an ``Opt`` stays an ``Opt``, a bool a bool) on the whole
 corpus, on mutated corpus payloads, on arbitrary bytes and on records built to reach every branch
 (both IP versions, wrong address lengths, several packets, odd envelopes). The bytes go through the
@@ -11,24 +11,19 @@ binding, so an over-read would show as a crash or a wrong value under the same i
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from typing import Any
 
 import pytest
-from fastavro import schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnsqr_schemas import avro_schema
 from nmsgdns import dnsqr, edns
 from nmsgdns.dnsqr import qname_to_text_py
 from nmsgdns.edns import judge, judge_py, judgement_of, triage, triage_py
 from nmsgdns.input import ContainerStreamReader
 from nmsgdns.payload import make_payload
 from nmsgdns.proto.dnsqr_pb2 import DnsQR
-from processors import failure_record
-from processors.failure_record import encode_failure, encode_failure_py
 from tests import corpus
 
 needs_c = pytest.mark.skipif(edns._judge_c is None, reason="nmsgdns._wirescan is not built or disabled")
@@ -203,85 +198,3 @@ def test_qname_to_text_on_corpus_names() -> None:
         if rec is not None and rec.HasField("qname"):
             assert dnsqr.qname_to_text(rec.qname) == qname_to_text_py(rec.qname)
     assert dnsqr.qname_to_text(bytearray(b"\x01a\x00")) == "a."  # type: ignore[arg-type]
-
-
-# --- Avro --------------------------------------------------------------------------------------
-
-
-def outcome(encode: Any, value: Any) -> tuple[str, Any]:
-    try:
-        return ("ok", encode(value))
-    except Exception as exc:
-        return ("error", type(exc))
-
-
-def fastavro_bytes(value: dict[str, Any]) -> bytes:
-    out = io.BytesIO()
-    schemaless_writer(out, avro_schema(failure_record.SCHEMA_NAME), value)
-    return out.getvalue()
-
-
-def test_avro_writer_is_used() -> None:
-    if edns._judge_c is not None:
-        assert failure_record._avro_c is not None
-
-
-def test_avro_failures_of_the_corpus_agree() -> None:
-    from processors.failure_record import failure_dict
-
-    n = 0
-    for payload in corpus_payloads():
-        j = judge_py(payload, detail=True)
-        if j.selected:
-            value = failure_dict(payload, j, "noopt")
-            assert encode_failure(value) == fastavro_bytes(value) == encode_failure_py(value)
-            n += 1
-    assert n > 100
-
-
-ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(), st.booleans(), st.floats(), st.none())
-texts = st.one_of(st.text(max_size=20), st.binary(max_size=5), st.none(), st.integers())
-blobs = st.one_of(st.binary(max_size=300), st.text(max_size=5), st.none(), st.just(bytearray(b"ab")))
-bools = st.one_of(st.booleans(), st.integers(0, 2), st.none())
-KIND_VALUES = {0: ints, 1: texts, 2: blobs, 3: bools}
-PLAIN_VALUES = {
-    0: st.integers(-(2**63), 2**63 - 1),
-    1: st.text(max_size=30),
-    2: st.binary(max_size=300),
-    3: st.booleans(),
-}
-
-
-@st.composite
-def failure_values(draw: st.DrawFn, odd: bool) -> dict[str, Any]:
-    fields = failure_record.flat_fields(avro_schema(failure_record.SCHEMA_NAME))
-    assert fields is not None
-    value: dict[str, Any] = {}
-    for name, kind in fields:
-        if odd and draw(st.integers(0, 30)) == 0:
-            continue  # missing field
-        value[name] = draw((KIND_VALUES if odd else PLAIN_VALUES)[kind])
-    return value
-
-
-@FUZZ
-@given(failure_values(odd=False))
-def test_avro_plain_values_agree(value: dict[str, Any]) -> None:
-    assert outcome(encode_failure, value) == outcome(fastavro_bytes, value) == ("ok", fastavro_bytes(value))
-
-
-@FUZZ
-@given(failure_values(odd=True))
-def test_avro_odd_values_agree(value: dict[str, Any]) -> None:
-    assert outcome(encode_failure, value) == outcome(fastavro_bytes, value)
-
-
-def test_avro_surrogates_and_big_ints_go_to_fastavro() -> None:
-    base = {
-        name: 0 if kind in (0, 3) else ("" if kind == 1 else b"")
-        for name, kind in failure_record._FIELDS or ()
-    }
-    base["query_edns_do"] = False
-    for change in ({"qname": "\ud800"}, {"time_sec": 2**64}, {"time_sec": True}, {"kind": "é€"}):
-        value = {**base, **change}
-        assert outcome(encode_failure, value) == outcome(fastavro_bytes, value)

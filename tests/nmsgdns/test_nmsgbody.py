@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nmsgdns import container, wire
+from nmsgdns import container, native
 from nmsgdns.container import (
     FLAG_FRAGMENT,
     FLAG_ZLIB,
@@ -150,7 +150,7 @@ flags = {
 
 def test_extension_is_built() -> None:
     """CI compiles the extension in ``pip install -e``; a silent fallback would cost the throughput."""
-    if os.environ.get(wire.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+    if os.environ.get(native.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
         pytest.skip("pure Python requested or allowed")
     from nmsgdns import _nmsgbody
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nmsgdns import ippacket, wire
+from nmsgdns import ippacket, native, wire
 from nmsgdns.dnsqr import decode_dnsqr
 from nmsgdns.edns import EdnsFilter
 from nmsgdns.errors import DnsWireError, PayloadError
@@ -54,7 +54,7 @@ def same_scan(data: bytes) -> None:
 
 def test_extension_is_built() -> None:
     """CI compiles the extension in ``pip install -e``; a silent fallback would cost the throughput."""
-    if os.environ.get(wire.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+    if os.environ.get(native.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
         pytest.skip("pure Python requested or allowed")
     assert wire.IMPLEMENTATION == "c"
     assert wire.scan_opt is scan_opt_c

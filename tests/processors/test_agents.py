@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
+from dnsqr_schemas.edns_failure import decode_failure
 from processors.app import PipelineApp, Settings, create_app
-from processors.failure_record import decode_failure
 from processors.filter_agent import Headers, KeyPartitioner, Record
 from processors.ns_counts import SnapshotEncoder, decode_snapshot
 from processors.ns_state import NsState

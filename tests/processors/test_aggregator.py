@@ -115,7 +115,7 @@ def test_read_changelog_restores_what_was_written(
                 producer.produce(topic, v, key, partition=p)
     assert producer.flush(30) == 0
     config = {"bootstrap.servers": kafka_bootstrap}
-    got = read_changelog(config, topic, [0, 1], 0, threading.Event(), f"{topic}-test")
+    got = read_changelog(config, topic, [0, 1], NsState, threading.Event(), f"{topic}-test")
     assert got is not None
     for p, state in states.items():
         assert got[p].totals == state.totals
@@ -127,4 +127,4 @@ def test_read_changelog_restores_what_was_written(
         )
     stopped = threading.Event()
     stopped.set()
-    assert read_changelog(config, topic, [0], 0, stopped, f"{topic}-test") is None
+    assert read_changelog(config, topic, [0], NsState, stopped, f"{topic}-test") is None

@@ -1,4 +1,4 @@
-"""``nmsgdns._wirescan.failure_record`` (``failure_record.failure_fast``) against the Python path it replaces.
+"""``processors._failure_record.failure_record`` (``failure_fast``) against the Python path it replaces.
 
 For a payload the EDNS0 rule selects, the worker built its failure record in Python: ``judgement_of`` (the
 protobuf record), ``classify_failure``, ``failure_dict``, ``encode_failure``. The C call must return the
@@ -11,6 +11,7 @@ must give the same result with and without the call.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any
@@ -19,7 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nmsgdns import edns
+from dnsqr_schemas import edns_failure
+from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
+from nmsgdns import edns, native
 from nmsgdns.classify import KINDS, classify_failure
 from nmsgdns.container import encode_container
 from nmsgdns.dnsqr import ip_to_text
@@ -27,14 +30,15 @@ from nmsgdns.edns import judge_py
 from nmsgdns.payload import make_payload
 from nmsgdns.proto.dnsqr_pb2 import DnsQR
 from processors import failure_record, filter_agent
-from processors.failure_record import decode_failure, encode_failure_py, failure_dict
+from processors.failure_record import failure_dict
 from processors.filter_agent import ContainerResult, WindowClock, filter_container
 from tests import corpus
 from tests.nmsgdns.test_judge_fast import FUZZ, built_payloads, corpus_payloads, mutated_payloads, typed
+from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 from tests.processors.helpers import expected_failures, raw_containers
 
 fast = failure_record.failure_fast
-needs_c = pytest.mark.skipif(fast is None, reason="nmsgdns._wirescan is not built or disabled")
+needs_c = pytest.mark.skipif(fast is None, reason="processors._failure_record is not built or disabled")
 
 
 def python_path(payload: bytes) -> tuple[str, str, bytes] | None:
@@ -61,10 +65,26 @@ def same_failure(payload: bytes) -> tuple[str, str, bytes] | None:
     return got
 
 
+def test_extension_is_built() -> None:
+    """CI compiles the extension in ``pip install -e``; a silent fallback (or a layout or kinds check that
+    turned it off) would cost the worker ~10 us a failure."""
+    if os.environ.get(native.PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
+        pytest.skip("pure Python requested or allowed")
+    assert failure_record._ext is not None
+    assert failure_record.failure_fast is failure_record._ext.failure_record
+
+
 @needs_c
 def test_the_schema_is_the_layout_c_writes() -> None:
     assert failure_record._ext is not None
-    assert failure_record._ext.FAILURE_FIELDS == failure_record._FIELDS
+    assert failure_record._ext.FAILURE_FIELDS == edns_failure.FIELDS
+
+
+@needs_c
+def test_the_kinds_are_the_ones_classify_labels_with() -> None:
+    """The C labels are classify.KINDS, in their order (failure_fast is off otherwise)."""
+    assert failure_record._ext is not None
+    assert failure_record._ext.KINDS == KINDS
 
 
 @needs_c

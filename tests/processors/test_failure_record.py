@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 
-from fastavro import parse_schema, schemaless_reader
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import schema_text
+from dnsqr_schemas.edns_failure import decode_failure, encode_failure, encode_failure_py
 from nmsgdns.classify import classify_failure
-from nmsgdns.edns import judge
+from nmsgdns.edns import judge, judge_py
 from nmsgdns.payload import payload_time
-from processors.failure_record import decode_failure, encode_failure, failure_dict, ip_text
+from processors.failure_record import failure_dict, ip_text
 from tests import corpus
+from tests.nmsgdns.test_judge_fast import corpus_payloads
 from tests.processors.helpers import read_payloads
 
 
@@ -34,6 +36,21 @@ def test_round_trip_with_the_published_schema_for_every_selected_record() -> Non
         assert decoded["qname"] == dump["message"].get("qname", "")
         assert decoded["kind"] == detail.kind
         assert decoded["query_edns_udp_size"] == j.query_opt.udp_size
+
+
+def test_corpus_failures_are_written_as_fastavro_writes_them() -> None:
+    """encode_failure (the C writer when built) on the failure values of every selected corpus record."""
+    published = parse_schema(json.loads(schema_text("edns_failure")))
+    n = 0
+    for payload in corpus_payloads():
+        j = judge_py(payload, detail=True)
+        if j.selected:
+            value = failure_dict(payload, j, "noopt")
+            out = io.BytesIO()
+            schemaless_writer(out, published, value)
+            assert encode_failure(value) == out.getvalue() == encode_failure_py(value)
+            n += 1
+    assert n > 100
 
 
 def test_detail_and_plain_kind_agree() -> None:

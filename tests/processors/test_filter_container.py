@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from dnsqr_kafka.key_partition import KeyPartitioner
-from nmsgdns import wire
+from dnsqr_schemas.edns_failure import decode_failure, encode_failure_py
+from nmsgdns import native, wire
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container, encode_container
 from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
 from processors import filter_agent
-from processors.failure_record import decode_failure, encode_failure_py, failure_dict
+from processors.failure_record import failure_dict
 from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
 from processors.ns_stats_batch import decode_batch
@@ -193,7 +194,7 @@ sys.stdout.buffer.write(pickle.dumps([container_outputs(c) for c in sys.argv[1:]
 @pytest.mark.skipif(wire.IMPLEMENTATION != "c", reason="nmsgdns._wirescan is not built or disabled")
 def test_same_outputs_with_and_without_the_extension() -> None:
     """filter_container with NMSGDNS_PURE_PYTHON=1 (a fresh interpreter: the choice is made at import)."""
-    env = {**os.environ, wire.PURE_PYTHON_ENV: "1"}
+    env = {**os.environ, native.PURE_PYTHON_ENV: "1"}
     child = subprocess.run(
         [sys.executable, "-c", _PURE_CHILD, *corpus.CASES],
         env=env,

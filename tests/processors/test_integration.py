@@ -29,9 +29,9 @@ from confluent_kafka.admin import AdminClient
 
 from dnsqr_pipeline.job import JobError, wait_for_assignment
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
+from dnsqr_schemas.edns_failure import decode_failure
 from nmsgdns.container import encode_container
 from nmsgdns.payload import replace_time
-from processors.failure_record import decode_failure
 from processors.ns_counts import decode_snapshot
 from tests import corpus
 from tests.corpus import read_payloads

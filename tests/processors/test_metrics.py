@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
+from dnsqr_schemas.edns_failure import decode_failure
 from processors.app import PipelineApp, Settings, create_app
-from processors.failure_record import decode_failure
 from processors.metrics import (
     DEAD_LETTER_REASONS,
     DeadLetterTally,

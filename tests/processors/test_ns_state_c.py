@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nmsgdns.wire import load_extension
+from nmsgdns.native import load_extension
 from processors import ns_state
 from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
 from processors.ns_counts import SnapshotEncoder, snapshot_records_py

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from dnsqr_schemas.edns_failure import encode_failure
 from nmsgdns.edns import judge
-from processors.failure_record import encode_failure, failure_dict
+from processors.failure_record import failure_dict
 from sink.files import final_files
 from tests import corpus
 from tests.corpus import read_payloads

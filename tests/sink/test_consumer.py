@@ -23,10 +23,9 @@ from fastavro import schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsqr_schemas import avro_schema
+from dnsqr_schemas import avro_schema, edns_failure
 from dnsqr_schemas.dead_letter import SOURCE_OFFSET, SOURCE_PARTITION, DeadLetterHeaders
 from nmsgdns.payload import make_payload
-from processors import failure_record
 from sink import consumer as sink_consumer
 from sink import files as sink_files
 from sink.consumer import FailureSink, SinkConfig, UndecodableValue, decode_failure_payload
@@ -103,7 +102,7 @@ def decode_outcome(value: bytes | None) -> tuple[str, object]:
 
 def fastavro_outcome(value: bytes | None) -> tuple[str, object]:
     """:func:`decode_outcome` with the C Avro reader off: fastavro alone, as the sink decoded before it."""
-    with mock.patch.object(failure_record, "_flat_field", None):
+    with mock.patch.object(edns_failure, "_flat_field", None):
         return decode_outcome(value)
 
 
@@ -143,9 +142,13 @@ def test_decode_reasons(payloads: list[bytes], damage: Callable[[bytes], bytes],
             assert outcome[0] == "undecodable" and re.search(reason, str(outcome[1])), outcome
 
 
-def test_sink_imports_no_faust() -> None:
-    """The sink reads Avro with processors.failure_record, which must stay free of the Faust app."""
-    code = "import sys, sink.consumer; print(sorted(m for m in sys.modules if m.split('.')[0] == 'faust'))"
+def test_sink_imports_no_faust_and_no_processors() -> None:
+    """The sink reads the failures topic with the contract's module (dnsqr_schemas.edns_failure), not with
+    the stage that writes it: neither the Faust app nor anything of processors is imported."""
+    code = (
+        "import sys, sink.consumer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('faust', 'processors')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 

@@ -1,4 +1,4 @@
-"""``nmsgdns._avro.flat_field`` against fastavro, its specification.
+"""``dnsqr_schemas._avro.flat_field`` against fastavro, its specification.
 
 The C reader only accepts values that are clearly one well-formed record and returns None for the rest;
 the rule checked here is that it never disagrees with fastavro: None, or exactly fastavro's value (same
@@ -23,21 +23,20 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnsqr_schemas import avro_schema
-from nmsgdns.wire import PURE_PYTHON_ENV, load_extension
-from processors import failure_record
-from processors.failure_record import (
+from dnsqr_schemas import avro_schema, edns_failure
+from dnsqr_schemas.edns_failure import (
     SCHEMA_NAME,
     FailureRecordError,
     failure_payload,
     failure_payload_py,
     flat_fields,
 )
+from nmsgdns.native import PURE_PYTHON_ENV, load_extension
 from tests.mutations import mutated
 from tests.nmsgdns.test_wirescan import ALLOW_PURE_PYTHON_ENV
 
-avro = load_extension("_avro")
-needs_c = pytest.mark.skipif(avro is None, reason="nmsgdns._avro is not built or disabled")
+avro = load_extension("_avro", "dnsqr_schemas")
+needs_c = pytest.mark.skipif(avro is None, reason="dnsqr_schemas._avro is not built or disabled")
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 EDNS = avro_schema(SCHEMA_NAME)
@@ -306,7 +305,7 @@ def test_extension_is_built() -> None:
     if os.environ.get(PURE_PYTHON_ENV) or os.environ.get(ALLOW_PURE_PYTHON_ENV):
         pytest.skip("pure Python requested or allowed")
     assert avro is not None
-    assert failure_record._flat_field is avro.flat_field
+    assert edns_failure._flat_field is avro.flat_field
 
 
 # ------------------------------------------------------------------------------ failure_payload

@@ -1,17 +1,22 @@
 /*
- * nmsgdns._avro: one field out of a schemaless Avro record of primitive fields, in C.
+ * dnsqr_schemas._avro: schemaless Avro records of primitive fields in C, read (one field) and written.
  *
- * Why this exists: the sink reads every failures-topic value (an EdnsFailure record, schemas/
- * edns_failure.avsc) only for its `payload` field, and must check that the whole value is one record.
- * fastavro's schemaless_reader built the full dict for that, ~5 us per record, most of the sink's CPU.
- * A record of primitive fields is a plain sequence of zig-zag varints, length-prefixed bytes and one-byte
- * booleans, so this walks it directly and builds only the one field asked for.
+ * Why this exists: a flat record is a plain sequence of zig-zag varints, length-prefixed bytes and
+ * one-byte booleans, and fastavro's generic code was most of the cost of the failures topic's value on
+ * both ends (dnsqr_schemas/edns_failure.py, whose fastavro calls are the specification):
+ *
+ *  - flat_field() (below): the sink reads every failures-topic value (an EdnsFailure record,
+ *    edns_failure.avsc) only for its `payload` field, and must check that the whole value is one record.
+ *    fastavro's schemaless_reader built the full dict for that, ~5 us per record, most of the sink's CPU;
+ *    this walks the record directly and builds only the one field asked for.
+ *  - avro_record() (further below): the filter agent writes one such record per failure; fastavro's
+ *    schemaless_writer was ~5 us of it.
  *
  * fastavro is the specification, not this file. flat_field() accepts only values that are clearly
  * well-formed, and for those gives exactly what fastavro gives; for everything else it returns None and
- * the caller (processors.failure_record.failure_payload) asks fastavro, which decides and words the
- * error. So this code never rejects a value itself. Where fastavro is lenient it is still left to decide,
- * because reproducing its leniency would be guessing (fastavro 1.13, tests/nmsgdns/test_avro_reader.py):
+ * the caller (edns_failure.failure_payload) asks fastavro, which decides and words the error. So this
+ * code never rejects a value itself. Where fastavro is lenient it is still left to decide, because
+ * reproducing its leniency would be guessing (fastavro 1.13, tests/schemas/test_avro_reader.py):
  *
  *  - a boolean byte other than 0 or 1 (fastavro reads any non-zero byte as True);
  *  - a varint that is not the shortest form (0x80 0x00 is 0 for fastavro), or longer than 10 bytes
@@ -24,52 +29,19 @@
  * past the end of the value, a truncated varint, a string that is not strict UTF-8 (Python's decoder,
  * which fastavro uses), or bytes left after the last field all mean None.
  *
- * Kind codes are those of processors.failure_record.flat_fields and of avro_record() in _wirescan.c.
+ * Varints are nmsgdns/varint.h's (through avro.h). Kind codes (avro.h) are those of
+ * edns_failure.flat_fields. tests/schemas/test_avro_writer.py holds avro_record() to fastavro's bytes,
+ * and its outcome (bytes or exception type) on odd values.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
-#define AVRO_LONG 0 /* "long" and "int": zig-zag varint */
-#define AVRO_STRING 1
-#define AVRO_BYTES 2
-#define AVRO_BOOLEAN 3
+#include "avro.h"
 
-/* The longest varint of a 64-bit value: 9 bytes of 7 bits, then one byte holding bit 63. */
-#define VARINT_MAX_BYTES 10
-
-/*
- * The canonical zig-zag varint at buf[*pos] (end is the size of buf): 1 and *pos moved past it when it
- * is the shortest encoding of an int64 and complete; 0 (nothing moved) for anything fastavro must
- * decide.
- */
-static int
-read_varint(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos, int64_t *out)
-{
-    uint64_t n = 0;
-    Py_ssize_t p = *pos;
-    int k;
-
-    for (k = 0; k < VARINT_MAX_BYTES; k++) {
-        unsigned char b;
-        if (p >= end)
-            return 0; /* truncated: fastavro raises (EOFError or IndexError) */
-        b = buf[p++];
-        n |= (uint64_t)(b & 0x7F) << (7 * k);
-        if (b & 0x80)
-            continue;
-        /* Last byte. A zero one after the first adds nothing (a longer form of a shorter varint); in
-         * the 10th byte only bit 0 fits (bit 63), fastavro would silently drop the others. */
-        if ((b == 0 && k > 0) || (k == VARINT_MAX_BYTES - 1 && b > 1))
-            return 0;
-        *pos = p;
-        /* zig-zag: n/2 for even n, -(n+1)/2 for odd n; computed in unsigned arithmetic (no overflow),
-         * and the conversion to int64 is two's complement on every compiler CPython supports */
-        *out = (int64_t)((n >> 1) ^ (0 - (n & 1)));
-        return 1;
-    }
-    return 0; /* an 11th byte: fastavro keeps reading it */
-}
+/* ------------------------------------------------------------------------------------------------ */
+/* One field of a flat record (edns_failure.failure_payload)                                        */
 
 /*
  * 1 when s[0:n] is well-formed UTF-8 as Python's strict decoder (fastavro's bytes.decode()) reads it:
@@ -179,7 +151,8 @@ avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
             return NULL;
         switch (kind) {
         case AVRO_LONG:
-            if (!read_varint(buf, end, &pos, &num))
+            /* the shortest form only (nmsgdns/varint.h): fastavro decides the others, see above */
+            if (!zigzag_read(buf, end, &pos, &num))
                 Py_RETURN_NONE;
             break;
         case AVRO_BOOLEAN:
@@ -190,7 +163,7 @@ avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         case AVRO_STRING:
         case AVRO_BYTES:
             /* a long length, then that many bytes; pos <= end always holds, so end - pos cannot overflow */
-            if (!read_varint(buf, end, &pos, &num) || num < 0 || num > end - pos)
+            if (!zigzag_read(buf, end, &pos, &num) || num < 0 || num > end - pos)
                 Py_RETURN_NONE;
             start = pos;
             pos += (Py_ssize_t)num;
@@ -228,16 +201,139 @@ avro_flat_field(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     }
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Schemaless Avro of a flat record (edns_failure.encode_failure)                                   */
+/*
+ * Why: fastavro's schemaless_writer was ~5 us per failure record, a sixth of the worker's time. A record
+ * of primitive fields is only varints and length-prefixed bytes, so this writes it directly, and returns
+ * None (the caller then uses fastavro, whose errors and conversions stay the reference) for anything
+ * but the plain types: a missing field, an int that is not an int or does not fit 64 bits, a string that
+ * is not a str or has no UTF-8 form, bytes that are not bytes, a boolean that is not True/False.
+ */
+
+#define AVRO_MAX_FIELDS 64
+
+PyDoc_STRVAR(avro_record_doc,
+"avro_record(fields, value) -> bytes | None\n--\n\n"
+"Schemaless Avro of dict ``value`` for a record of primitive ``fields`` ((name, kind) pairs, kind 0\n"
+"long/int, 1 string, 2 bytes, 3 boolean), byte for byte as fastavro writes it; None where fastavro must\n"
+"decide.");
+
+static PyObject *
+avro_avro_record(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *fields, *value, *out;
+    const char *data[AVRO_MAX_FIELDS];
+    Py_ssize_t len[AVRO_MAX_FIELDS];
+    uint64_t num[AVRO_MAX_FIELDS];
+    int kinds[AVRO_MAX_FIELDS];
+    Py_ssize_t nf, i, size = 0, o = 0;
+    unsigned char *dst;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "avro_record() takes exactly 2 arguments (fields, value)");
+        return NULL;
+    }
+    fields = args[0];
+    value = args[1];
+    if (!PyTuple_CheckExact(fields) || !PyDict_CheckExact(value))
+        Py_RETURN_NONE;
+    nf = PyTuple_GET_SIZE(fields);
+    if (nf > AVRO_MAX_FIELDS)
+        Py_RETURN_NONE;
+    for (i = 0; i < nf; i++) {
+        PyObject *spec = PyTuple_GET_ITEM(fields, i), *item;
+        long kind;
+        if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 2)
+            Py_RETURN_NONE;
+        kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 1));
+        if (kind == -1 && PyErr_Occurred())
+            return NULL;
+        item = PyDict_GetItemWithError(value, PyTuple_GET_ITEM(spec, 0)); /* borrowed */
+        if (item == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        kinds[i] = (int)kind;
+        switch (kind) {
+        case AVRO_LONG: {
+            int overflow;
+            long long v;
+            if (!PyLong_Check(item))
+                Py_RETURN_NONE;
+            v = PyLong_AsLongLongAndOverflow(item, &overflow);
+            if (v == -1 && PyErr_Occurred())
+                return NULL;
+            if (overflow)
+                Py_RETURN_NONE;
+            num[i] = zigzag_encode((int64_t)v);
+            size += VARINT_MAX_BYTES;
+            break;
+        }
+        case AVRO_STRING:
+            if (!PyUnicode_CheckExact(item))
+                Py_RETURN_NONE;
+            data[i] = PyUnicode_AsUTF8AndSize(item, &len[i]);
+            if (data[i] == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeError))
+                    return NULL;
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            size += VARINT_MAX_BYTES + len[i];
+            break;
+        case AVRO_BYTES:
+            if (!PyBytes_CheckExact(item))
+                Py_RETURN_NONE;
+            data[i] = PyBytes_AS_STRING(item);
+            len[i] = PyBytes_GET_SIZE(item);
+            size += VARINT_MAX_BYTES + len[i];
+            break;
+        case AVRO_BOOLEAN:
+            if (item != Py_True && item != Py_False)
+                Py_RETURN_NONE;
+            num[i] = item == Py_True;
+            size += 1;
+            break;
+        default:
+            Py_RETURN_NONE;
+        }
+    }
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    dst = (unsigned char *)PyBytes_AS_STRING(out);
+    for (i = 0; i < nf; i++) {
+        switch (kinds[i]) {
+        case AVRO_LONG:
+            o = varint_put(dst + o, num[i]) - dst;
+            break;
+        case AVRO_BOOLEAN:
+            dst[o++] = (unsigned char)num[i];
+            break;
+        default: /* string, bytes: zigzag length, then the bytes */
+            o = varint_put(dst + o, zigzag_encode((int64_t)len[i])) - dst;
+            memcpy(dst + o, data[i], (size_t)len[i]);
+            o += len[i];
+        }
+    }
+    if (_PyBytes_Resize(&out, o) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"flat_field", (PyCFunction)(void (*)(void))avro_flat_field, METH_FASTCALL, flat_field_doc},
+    {"avro_record", (PyCFunction)(void (*)(void))avro_avro_record, METH_FASTCALL, avro_record_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "nmsgdns._avro",
-    "One field of a schemaless Avro record of primitive fields, as fastavro reads it (faster; None where\n"
-    "fastavro must decide).",
+    "dnsqr_schemas._avro",
+    "Schemaless Avro records of primitive fields: one field read, or a whole record written, as fastavro\n"
+    "reads and writes them (faster; None where fastavro must decide).",
     -1,
     methods,
     NULL,
