@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dnsqr_kafka.key_partition import KeyPartitioner, murmur2
 from nmsgdns.native import load_extension
 
-_ext = load_extension("_key_partition", "processors")
+_ext = load_extension("_key_partition", "dnsqr_kafka")
 needs_c = pytest.mark.skipif(_ext is None, reason="dnsqr_kafka._key_partition is not built (or pure Python)")
 
 
