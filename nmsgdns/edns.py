@@ -1,6 +1,6 @@
 """The EDNS0 rule over one payload: is this base:dnsqr record an EDNS0 failure, and if not, why not.
 
-The rule is the reference filter's (``../shared/docs/edns-rule.md``): a vid 1 / msgtype 9 record is
+The rule is the reference filter's (``docs/edns-rule.md``): a vid 1 / msgtype 9 record is
 selected when its derived ``response`` exists, parses and has no OPT record, and its derived ``query``
 exists, parses and has one. Every record gets exactly one :class:`Verdict`, so a summary can say how many
 were skipped and why, and nothing is dropped without a count.

@@ -1,6 +1,6 @@
 """libwdns-compatible DNS message scanner: does a message parse, and where is its first OPT record.
 
-The EDNS0 rule (``../shared/docs/edns-rule.md``) must select exactly what the reference C filter selects,
+The EDNS0 rule (``docs/edns-rule.md``) must select exactly what the reference C filter selects,
 and that filter's notion of "parses" and "has EDNS" is ``wdns_parse_message`` of libwdns 1.3.1. So this
 module re-implements that walk, including its leniencies (a message that ends at a record boundary before
 its section counts are used up parses; RDATA may stop between fields) and its strictness (compression
