@@ -60,9 +60,10 @@ from dnsqr_pipeline.completion import end_offsets, job_consumer
 from dnsqr_pipeline.job import Stage, stage_kafka, worker_command, worker_settings
 from nmsgdns.classify import KINDS, OBSERVATIONS
 from processors import ns_deltas
-from processors.app import Settings, internal_topic_specs
 from processors.ns_state import NsState
 from processors.ns_stats_batch import MAX_ROWS, encode_batch
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 #: the workers' logs, one per worker named by its app id (bench/out is git-ignored)
 LOG_DIR = Path(__file__).resolve().parent / "out" / "recovery-logs"

@@ -28,8 +28,8 @@ from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.counts_view import LatestCounts
 from dnsqr_pipeline.job import format_rows
-from processors.app import Settings
 from processors.cluster_view import counts_of
+from processors.settings import Settings
 from processors.views import top
 from processors.worst_page import ORDERS
 

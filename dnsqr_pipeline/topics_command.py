@@ -14,7 +14,8 @@ from confluent_kafka.admin import AdminClient
 from dnsqr_kafka import topics
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
 from dnsqr_kafka.config import add_kafka_arguments, client_config
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 
 def _key_values(items: list[str]) -> dict[str, str]:

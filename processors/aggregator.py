@@ -58,18 +58,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.topics import admin_client, create_topics
+from processors.agent_counters import AgentCounters
+from processors.filter_agent import Output
 from processors.ns_counts import state_snapshots
 from processors.ns_state import NsState
 from processors.ns_stats_batch import decode_batch
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
+from processors.settings import Settings
+from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +228,10 @@ def read_changelog(
     return states
 
 
-def install(app: PipelineApp) -> Aggregation:
-    """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``."""
-    from processors.app import changelog_spec  # this module is imported by processors.app
-
-    settings = app.settings
+def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output) -> Aggregation:
+    """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``:
+    snapshots and changelog records go through ``output``, its drops are counted in ``counters``. Returns
+    the states it keeps (the views and metrics read them)."""
     exactly_once = settings.processing_guarantee == "exactly_once"
     aggregation = Aggregation(
         settings.window_expires_seconds, settings.window_max_ahead_seconds, marks=exactly_once
@@ -335,7 +336,6 @@ def install(app: PipelineApp) -> Aggregation:
         """The counts partition of ns-stats partition ``p``'s snapshots: ``p`` itself when the two topics
         have as many partitions (a name server's counts partition is then its ns-stats partition), else
         None (by key)."""
-        output = app.output
         same = (await output.partitioner(settings.counts_topic)).count == (
             await output.partitioner(settings.stats_topic)
         ).count
@@ -351,7 +351,6 @@ def install(app: PipelineApp) -> Aggregation:
         state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
         if state is not None:
             state.committed(offset)  # every record below it was processed: the mark moves up
-            output = app.output
             pending += await output.send_for_commit(
                 tp,
                 settings.counts_topic,
@@ -373,13 +372,13 @@ def install(app: PipelineApp) -> Aggregation:
         async for event in stream.events():
             message = event.message
             if done(message.tp, message.offset):
-                app.counters.redelivered_stats += 1
+                counters.redelivered_stats += 1
                 continue
             try:
                 aggregation.offer(message.tp.partition, message.offset, message.value)
             except ValueError as exc:
                 log.warning("ns-stats record at %s offset %d skipped: %s", message.tp, message.offset, exc)
-                app.counters.bad_stats += 1
+                counters.bad_stats += 1
 
     @app.task
     async def declare_counts_topic() -> None:
@@ -392,7 +391,7 @@ def install(app: PipelineApp) -> Aggregation:
         the name servers changed outside the live windows."""
         for p, state in list(aggregation.states.items()):
             records = state_snapshots(state, settings.window_seconds)
-            await app.output.send(
+            await output.send(
                 settings.counts_topic, records, source=None, partition=await counts_partition(p)
             )
 

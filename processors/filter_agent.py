@@ -39,8 +39,9 @@ from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import faust
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.key_partition import KeyPartitioner
@@ -49,13 +50,12 @@ from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
+from processors.agent_counters import AgentCounters
 from processors.failure_record import encode_failure, failure_dict, failure_fast
 from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, Counts, CountsKey, encode, fold
 from processors.ns_stats_batch import MAX_ROWS
 from processors.progress import Receipt, encode_progress, progress_key
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
+from processors.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,24 @@ class PartitionBatch:
         return encode(self.counts, partition_of, MAX_ROWS)
 
 
-async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
+@dataclass
+class FilterOutputs:
+    """Where the filter agent's results go: its settings' topics through ``output``, its counts into
+    ``counters``, and ``worker`` (``host:pid``) into its receipts."""
+
+    settings: Settings
+    counters: AgentCounters
+    output: Output
+    worker: str
+
+
+async def process_events(
+    app: faust.App, outputs: FilterOutputs, events: Sequence[EventT], clock: WindowClock
+) -> None:
     """Filter a batch of raw events and send every output; returns when they are durable (at_least_once) or
     held for the commit of their offsets (exactly_once)."""
     generation: int | None = None
-    if app.settings.processing_guarantee == "exactly_once":
+    if outputs.settings.processing_guarantee == "exactly_once":
         # Events fetched before the last rebalance can still sit in ``take_events``' buffer; Faust has
         # sought back to the committed offsets and delivers them again under the new generation, so their
         # outputs here would be a second copy.
@@ -246,15 +259,16 @@ async def process_events(app: PipelineApp, events: Sequence[EventT], clock: Wind
     token = batch_offsets.set(last)
     gen_token = batch_generation.set(generation)
     try:
-        await _process_events(app, events, clock)
+        await _process_events(outputs, events, clock)
     finally:
         batch_generation.reset(gen_token)
         batch_offsets.reset(token)
 
 
-async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
-    settings = app.settings
-    counters = app.counters
+async def _process_events(outputs: FilterOutputs, events: Sequence[EventT], clock: WindowClock) -> None:
+    settings = outputs.settings
+    counters = outputs.counters
+    output = outputs.output
     batches: dict[TP, PartitionBatch] = {}
     for event in events:
         message = event.message
@@ -271,7 +285,7 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
                 "container at %s offset %d to %s: %s", message.tp, message.offset, settings.dlq_topic, exc
             )
             counters.dead_letters += 1
-            await app.output.send(
+            await output.send(
                 settings.dlq_topic,
                 [(message.key, bytes(data) if isinstance(data, bytes | bytearray) else b"")],
                 source=message.tp,
@@ -283,14 +297,14 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
         counters.records += result.records
         counters.failures += len(result.failures)
         batch.add(message.offset, result)
-    stats_partition = await app.output.partitioner(settings.stats_topic)
+    stats_partition = await output.partitioner(settings.stats_topic)
     for source, batch in batches.items():
         deltas = batch.deltas(stats_partition)
         counters.deltas += len(batch.counts)
         await asyncio.gather(
-            app.output.send(settings.failures_topic, batch.failures, source=source),
+            output.send(settings.failures_topic, batch.failures, source=source),
             *(
-                app.output.send(
+                output.send(
                     settings.stats_topic,
                     [(None, value) for value in values],
                     source=source,
@@ -301,8 +315,8 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
         )
         # The receipt goes out once the outputs it vouches for are acknowledged (or, under exactly_once,
         # in the same transaction), so a receipt on the progress topic proves they are on theirs.
-        receipt = encode_progress(app.worker_name, source.topic, source.partition, batch.receipts)
-        await app.output.send(
+        receipt = encode_progress(outputs.worker, source.topic, source.partition, batch.receipts)
+        await output.send(
             settings.progress_topic, [(progress_key(source.topic, source.partition), receipt)], source=source
         )
 
@@ -357,7 +371,7 @@ class KafkaBatchOutput:
     commit (see the module doc).
     """
 
-    def __init__(self, app: PipelineApp) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
         #: by partition count: a key's partition depends on nothing else, so the failures and ns-stats
         #: topics (both keyed by name server) share one cache when they have as many partitions
@@ -518,7 +532,7 @@ class KafkaBatchOutput:
             self._held.pop(tp, None)
 
 
-def hook_commit(app: PipelineApp, output: KafkaBatchOutput) -> None:
+def hook_commit(app: faust.App, output: KafkaBatchOutput) -> None:
     """Make Faust's commit send ``output``'s held records (exactly_once; see the module doc).
 
     Faust calls ``app._attachments.publish_for_tp_offset(tp, offset)`` for each partition it is about to
@@ -539,30 +553,26 @@ def hook_commit(app: PipelineApp, output: KafkaBatchOutput) -> None:
         output.discard(revoked)
 
 
-def install(app: PipelineApp) -> None:
-    """Add the raw topic and the filter agent to ``app``."""
-    settings = app.settings
+def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output, worker: str) -> None:
+    """Add the raw topic and the filter agent to ``app``: it sends through ``output``, counts in ``counters``
+    and signs its receipts with ``worker`` (``host:pid``)."""
     raw = app.topic(
         settings.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
-    outputs = [
+    topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         for name in (settings.failures_topic, settings.dlq_topic)
     ]
-    outputs.append(
+    topics.append(
         app.topic(settings.progress_topic, key_serializer="raw", value_serializer="raw", partitions=1)
     )
-    output = KafkaBatchOutput(app)
-    app.output = output
-    if settings.processing_guarantee == "exactly_once":
-        # not app.in_transaction: that is False until the Worker has started the app
-        hook_commit(app, output)
+    outputs = FilterOutputs(settings, counters, output, worker)
 
     @app.task
     async def declare_outputs() -> None:
         """Create the failures, dead-letter and progress topics when missing, so consumers can subscribe
         early (``dnsqr-pipeline worker`` has created them already; ``faust -A processors.app`` may not)."""
-        for topic in outputs:
+        for topic in topics:
             await topic.maybe_declare()
 
     @app.agent(raw, name="dnsqr-edns-filter")
@@ -573,6 +583,6 @@ def install(app: PipelineApp) -> None:
         async for events in stream.take_events(BATCH_CONTAINERS, within=BATCH_SECONDS):
             fresh = redelivery.fresh(events)
             if len(fresh) < len(events):
-                app.counters.redelivered += len(events) - len(fresh)
+                counters.redelivered += len(events) - len(fresh)
                 log.info("dropped %d records delivered again after processing", len(events) - len(fresh))
-            await process_events(app, fresh, clock)
+            await process_events(app, outputs, fresh, clock)

@@ -26,19 +26,19 @@ import heapq
 import time
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.web import Request, Response, View
 
 from nmsgdns.classify import KINDS
+from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
 from processors.cluster_view import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
 from processors.ns_counts import count_values, failure_rate
 from processors.ns_state import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts
+from processors.settings import Settings
 from processors.worst_page import ORDERS, Filters, WorstPage, WorstRow, render
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
 
 SCOPES = ("total", "window")
 #: Most rows, and most windows per sparkline, the page draws.
@@ -208,8 +208,11 @@ def held_range(aggregation: Aggregation, window_seconds: int) -> tuple[int, int]
     return (min(starts), max(starts) + window_seconds) if starts else None
 
 
-def install(app: PipelineApp, aggregation: Aggregation) -> None:
-    """Register the views on ``app``'s web server."""
+def install(
+    app: faust.App, settings: Settings, counters: AgentCounters, aggregation: Aggregation, worker: str
+) -> None:
+    """Register the views on ``app``'s web server: over ``aggregation``'s states, the agents' ``counters``,
+    and ``worker`` (``host:pid``) named on the page."""
 
     @app.page("/dnsqr/top/")
     class TopView(View):
@@ -228,7 +231,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             found: Iterable[Row] = rows(aggregation, scope)
             if not query.get(LOCAL):
                 answers, missing = await gather(
-                    app, "/dnsqr/top/", {k: v for k, v in query.items() if k != LOCAL}
+                    app, settings.stats_topic, "/dnsqr/top/", {k: v for k, v in query.items() if k != LOCAL}
                 )
                 if missing:
                     return self.json(
@@ -252,7 +255,6 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
                 filters = worst_filters(query)
             except BadRequest as exc:
                 return self.error(400, str(exc))
-            settings = app.settings
             window_seconds = settings.window_seconds
             own_rows, own_axis = worst(aggregation, filters, window_seconds=window_seconds)
             part = {
@@ -266,7 +268,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             if query.get(LOCAL):
                 return self.json(part)
             answers, missing = await gather(
-                app, "/dnsqr/worst/", {k: v for k, v in query.items() if k != LOCAL}
+                app, settings.stats_topic, "/dnsqr/worst/", {k: v for k, v in query.items() if k != LOCAL}
             )
             parts = [part, *(answer for _, answer in answers)]
             axis = window_axis(
@@ -286,7 +288,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
                 held=(min(h[0] for h in helds), max(h[1] for h in helds)) if helds else None,
                 expires=settings.window_expires_seconds,
                 generated=time.time(),
-                worker=app.worker_name,
+                worker=worker,
                 workers=len(parts),
                 partitions=sorted(chain.from_iterable(p["partitions"] for p in parts)),
                 restoring=sorted(chain.from_iterable(p["restoring"] for p in parts)),
@@ -304,7 +306,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             reseeks = getattr(app.consumer, "reseeks", 0)
             return self.json(
                 {
-                    **dataclasses.asdict(app.counters),
+                    **dataclasses.asdict(counters),
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,

@@ -14,9 +14,10 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
-from processors.app import Settings, create_app
+from processors.app import create_app
 from processors.consumer import PipelineConsumer
 from processors.filter_agent import Redelivery
+from processors.settings import Settings
 
 RAW = TP("raw", 1)
 GENERATION = 3
