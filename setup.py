@@ -7,13 +7,14 @@ The extensions are per-record hot paths, each held to a pure-Python specificatio
 - ``nmsgdns._nmsgbody``: NMSG container body encoding (payloads and their CRCs);
 - ``nmsgdns._avro``: reading one field out of a flat Avro record (the sink's failure values);
 - ``dnsqr_kafka._key_partition``: Kafka's default partition of a key (murmur2; ``dnsqr_kafka/murmur2.h`` is
-  the one C copy of murmur2, which ``_ns_deltas`` includes too);
-- ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records;
-- ``processors._ns_state``: the aggregator's apply, changelog and snapshot records (per name server).
+  the one C copy of murmur2, which ``_deltas`` includes too; ``processors/counts.h`` names the slots of a
+  counts list for both of ``processors``);
+- ``processors._deltas``: the filter agent's per-name-server counts and their ns-stats records;
+- ``processors._state``: the aggregator's apply, changelog and snapshot records (per name server).
 
 They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
 warning and the pure-Python implementations run, which give the same results (``nmsgdns.wire.IMPLEMENTATION``
-and ``processors.ns_deltas.IMPLEMENTATION`` say which). ``pip install -e .`` compiles them in place
+and ``processors.deltas.IMPLEMENTATION`` say which). ``pip install -e .`` compiles them in place
 (nmsgdns/_*.so, processors/_*.so, git-ignored); run it again after editing a C source, or the old build keeps
 being imported.
 """
@@ -25,8 +26,8 @@ EXTENSIONS = (
     "nmsgdns._nmsgbody",
     "nmsgdns._avro",
     "dnsqr_kafka._key_partition",
-    "processors._ns_deltas",
-    "processors._ns_state",
+    "processors._deltas",
+    "processors._state",
 )
 
 setup(
@@ -34,7 +35,7 @@ setup(
         Extension(
             name,
             sources=[f"{name.replace('.', '/')}.c"],
-            depends=["dnsqr_kafka/murmur2.h"],
+            depends=["dnsqr_kafka/murmur2.h", "processors/counts.h"],
             optional=True,  # no compiler: skipped with a warning, and the pure-Python code runs
         )
         for name in EXTENSIONS

@@ -62,7 +62,7 @@ from dnsqr_pipeline.completion import (
     end_offsets,
     job_consumer,
 )
-from dnsqr_pipeline.counts_view import LatestCounts
+from dnsqr_pipeline.counts_reader import LatestCounts
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader

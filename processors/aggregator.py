@@ -1,9 +1,9 @@
 """The aggregator agent: ns-stats batches in; per-name-server counts in memory, a changelog, snapshots out.
 
 The filter agent sends, per batch of raw records and input partition, one ``NsStatsBatch`` record
-(``processors/ns_stats_batch.py``) to each ns-stats partition its name servers fall in (Kafka's default
+(``processors/delta_batch.py``) to each ns-stats partition its name servers fall in (Kafka's default
 partitioner on the name server). This agent consumes the ns-stats topic and adds each record's rows, in one
-loop, to the :class:`processors.ns_state.NsState` of its partition.
+loop, to the :class:`processors.state.NsState` of its partition.
 
 Why not Faust Tables (which this module used until issue #11): with 1M records naming ~480k distinct name
 servers the pipeline fell from 108k to 3k records/s. Every delta was one Kafka record and one Faust event
@@ -25,7 +25,7 @@ partition) receives, for ns-stats partition P, :meth:`NsState.changelog` records
   become visible together. The state can hold records applied after the offsets being committed (applied
   but not acknowledged yet), and the raw and ns-stats partitions of one number share a transaction, so a
   new owner may restore a state that includes records it will consume again. So the state keeps a mark
-  of the ns-stats offsets it applied (:class:`processors.ns_state.NsState`: every offset below the last
+  of the ns-stats offsets it applied (:class:`processors.state.NsState`: every offset below the last
   commit's, and the set of those above), written to the changelog with the counts in the same
   transaction; a record the mark holds is skipped. Exact offsets, not a "last applied" high-water mark,
   because Faust may deliver a record after later ones of its partition (``processors/consumer.py`` fetches
@@ -39,10 +39,10 @@ partition's state is back, its ns-stats records are kept (not applied) and its o
 partitions' states are dropped (the commits of the revocation wrote what they had). This replaces Faust's
 table recovery, whose stalls needed a watchdog.
 
-Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/ns_counts.py``)
+Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
-changed outside the live windows only (late or early deltas: ``processors/ns_state.py``). Faust's commit
+changed outside the live windows only (late or early deltas: ``processors/state.py``). Faust's commit
 of an ns-stats partition also publishes what changed since the last tick, before the changelog (in the
 same transaction under exactly_once). So whatever a committed changelog holds was published: a state
 restored after a crash never holds totals the counts topic lacks, and once the pipeline is idle each
@@ -66,11 +66,11 @@ from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.topics import admin_client, create_topics
 from processors.agent_counters import AgentCounters
+from processors.delta_batch import decode_batch
 from processors.filter_agent import Output
-from processors.ns_counts import state_snapshots
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch
 from processors.settings import Settings
+from processors.snapshots import state_snapshots
+from processors.state import NsState
 from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)

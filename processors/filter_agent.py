@@ -51,9 +51,10 @@ from nmsgdns.container import decode_container
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
 from processors.agent_counters import AgentCounters
+from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT, Counts
+from processors.delta_batch import MAX_ROWS
+from processors.deltas import CountsKey, encode, fold
 from processors.failure_record import encode_failure, failure_dict, failure_fast
-from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, Counts, CountsKey, encode, fold
-from processors.ns_stats_batch import MAX_ROWS
 from processors.progress import Receipt, encode_progress, progress_key
 from processors.settings import Settings
 
@@ -104,7 +105,7 @@ class Output(Protocol):
 @dataclass
 class ContainerResult:
     """What one container produced: its record count, failures (key, Avro value) and counted records
-    (flat quadruples, :mod:`processors.ns_deltas`)."""
+    (flat quadruples, :mod:`processors.deltas`)."""
 
     records: int
     failures: list[Record]
@@ -173,18 +174,18 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
             failures.append((ns.encode(), avro))
             # counted against the failure's name server: "" (key b"") when the address is not usable
             ip = response_ip if len(response_ip) in (4, 16) else b""
-            count((ip, clock.window_start(payload), FAILURE, kind))
+            count((ip, clock.window_start(payload), EVENT_FAILURE, kind))
         elif answered or timeout:
             if len(response_ip) not in (4, 16):
                 continue  # Judgement.ns_ip is None: no usable name server to count against
             if timeout:
                 # counted in ``timeouts``; observe() would call it the "timeout" observation
-                count((response_ip, clock.window_start(payload), TIMEOUT, None))
+                count((response_ip, clock.window_start(payload), EVENT_TIMEOUT, None))
             else:
                 seen = None
                 if response_opt is not None:
                     seen = observe(rtype, query_opt, response_opt, response[3] & 0x0F)  # type: ignore[index]
-                count((response_ip, clock.window_start(payload), ANSWERED, seen))
+                count((response_ip, clock.window_start(payload), EVENT_ANSWERED, seen))
     return ContainerResult(len(payloads), failures, counted)
 
 
@@ -207,7 +208,7 @@ class PartitionBatch:
     """Outputs derived from one input partition within one batch of events."""
 
     failures: list[Record] = field(default_factory=list)
-    #: per (name server address, window) counts (:mod:`processors.ns_deltas`)
+    #: per (name server address, window) counts (:mod:`processors.deltas`)
     counts: dict[CountsKey, Counts] = field(default_factory=dict)
     #: one per container of the batch, judged or dead-lettered (``processors/progress.py``)
     receipts: list[Receipt] = field(default_factory=list)
@@ -221,7 +222,7 @@ class PartitionBatch:
     def deltas(self, partition_of: KeyPartitioner) -> dict[int, list[bytes]]:
         """The counts as ``NsStatsBatch`` records (``schemas/ns_stats.avsc``) by ns-stats partition: one
         record per partition the name servers fall in (``partition_of`` their key), split into parts of
-        :data:`processors.ns_stats_batch.MAX_ROWS` rows."""
+        :data:`processors.delta_batch.MAX_ROWS` rows."""
         return encode(self.counts, partition_of, MAX_ROWS)
 
 

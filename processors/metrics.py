@@ -17,7 +17,7 @@ The agents' hot path gains no metric call. What is exported comes from:
   calls per message anyway) and adds each commit that committed offsets to a histogram;
 - two timers: every :data:`REFRESH_SECONDS` the consumer lag of each source partition (the broker's end
   offset minus the committed offset) and the size of the aggregator's state, per ns-stats partition
-  (:class:`processors.ns_state.NsState`: keys counted, bytes estimated from a sample); every
+  (:class:`processors.state.NsState`: keys counted, bytes estimated from a sample); every
   :data:`NS_PERIOD_SECONDS` a walk of the states' totals for the failures by kind and the name servers
   whose failure ratio jumped.
 
@@ -50,9 +50,10 @@ from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from nmsgdns.errors import NmsgDnsError
 from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
+from processors.counts import ANSWERED, BY_KIND, FAILURES, Counts
 from processors.filter_agent import Headers, Output, Record
-from processors.ns_state import ANSWERED, BY_KIND, FAILURES, Counts, NsState
 from processors.settings import Settings
+from processors.state import NsState
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ class Settings:
     #: every window. Totals never expire.
     window_expires_seconds: int = 7 * 86400
     #: a record whose window starts more than this many seconds after the worker's clock is early (a sensor
-    #: with a bad clock): it counts in the totals only and does not move stream time (ns_state.py)
+    #: with a bad clock): it counts in the totals only and does not move stream time (state.py)
     window_max_ahead_seconds: int = 86400
     #: how often the aggregator publishes snapshots of changed name servers to the counts topic
     snapshot_interval: float = 1.0

@@ -2,7 +2,7 @@
 
 Each worker holds the name servers of the ns-stats partitions assigned to it (``processors/aggregator.py``
 keeps only those). ``/dnsqr/top/`` and ``/dnsqr/worst/`` answer for the whole cluster on any worker: the
-worker asked gathers the other workers' parts (``processors/cluster_view.py``) and merges them; with
+worker asked gathers the other workers' parts (``processors/scatter_gather.py``) and merges them; with
 ``local=1`` a worker answers for its own partitions only (that is what it is asked by the others). When a
 worker does not answer, ``/dnsqr/top/`` fails with 503 naming it and its partitions, and the page says which
 name servers are missing.
@@ -14,7 +14,7 @@ Routes (Faust's web server, ``--web-port``, default 6066), GET only (other metho
   page (``processors/worst_page.py`` renders it; here the rows are gathered); with ``local=1`` this
   worker's rows as JSON
 - ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back; the
-  late and early deltas counted in the totals only, ``processors/ns_state.py``)
+  late and early deltas counted in the totals only, ``processors/state.py``)
 
 A bad query parameter answers 400 with a message saying which and why.
 """
@@ -34,9 +34,8 @@ from faust.web import Request, Response, View
 from nmsgdns.classify import KINDS
 from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
-from processors.cluster_view import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
-from processors.ns_counts import count_values, failure_rate
-from processors.ns_state import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts
+from processors.counts import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts, count_values, failure_rate
+from processors.scatter_gather import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
 from processors.settings import Settings
 from processors.worst_page import ORDERS, Filters, WorstPage, WorstRow, render
 
@@ -91,8 +90,8 @@ def pick(
         and (kind is None or (r[2][BY_KIND] or {}).get(kind))
     )
     if by == "failures":
-        return heapq.nsmallest(n, kept, key=lambda r: (-r[2][1], -failure_rate(r[2]), r[0], r[1] or 0))
-    return heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][1], r[0], r[1] or 0))
+        return heapq.nsmallest(n, kept, key=lambda r: (-r[2][FAILURES], -failure_rate(r[2]), r[0], r[1] or 0))
+    return heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][FAILURES], r[0], r[1] or 0))
 
 
 def top(

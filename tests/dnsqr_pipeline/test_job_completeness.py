@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dnsqr_pipeline.completion import ReceiptReader
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from nmsgdns.container import BUFSZ_JUMBO
 from nmsgdns.output import NmsgFileWriter
 from processors.progress import Ledger

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AclBindingFilter, AdminClient
 
 from dnsqr_kafka.access import EXIT_REFUSED
 from dnsqr_pipeline import kafka_security, localkafka
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from dnsqr_pipeline.job import job_files
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus

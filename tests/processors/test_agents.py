@@ -11,12 +11,12 @@ import pytest
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from processors.app import Parts, compose
+from processors.delta_batch import decode_batch, encode_batch
 from processors.failure_record import decode_failure
 from processors.filter_agent import Headers, KeyPartitioner, Record
-from processors.ns_counts import SnapshotEncoder, decode_snapshot
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
 from processors.settings import Settings
+from processors.snapshots import SnapshotEncoder, decode_snapshot
+from processors.state import NsState
 from processors.views import rows, top
 from tests import corpus
 from tests.processors import helpers

@@ -15,9 +15,9 @@ from faust.types import TP
 
 from processors.aggregator import Aggregation, read_changelog
 from processors.app import compose
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.delta_batch import decode_batch, encode_batch
 from processors.settings import Settings
+from processors.state import NsState
 
 NS = "192.0.2.1"
 

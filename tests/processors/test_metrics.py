@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from processors.app import Parts, compose
+from processors.delta_batch import decode_batch, encode_batch
 from processors.failure_record import decode_failure
 from processors.metrics import (
     DEAD_LETTER_REASONS,
@@ -31,9 +32,8 @@ from processors.metrics import (
     state_size,
     walk_totals,
 )
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
 from processors.settings import Settings
+from processors.state import NsState
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 from tests.processors.test_agents import RecordingOutput, ready, wait_for
@@ -147,7 +147,7 @@ def test_state_size_estimates_the_memory_a_state_takes() -> None:
 
 
 def totals(failures: int, answered: int) -> list[Any]:
-    """Counts of a name server's totals (``processors.ns_state.Counts``)."""
+    """Counts of a name server's totals (``processors.state.Counts``)."""
     return [answered, failures, 0, {"noopt": failures} if failures else None, None]
 
 

@@ -47,13 +47,14 @@ from fastavro import schemaless_reader
 
 from bench.make_big import main as make_big
 from dnsqr_pipeline.completion import CompletionError, Progress, wait_caught_up
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from dnsqr_pipeline.job import free_port
 from dnsqr_schemas import avro_schema
 from nmsgdns.container import encode_container
 from nmsgdns.edns import EdnsFilter
+from processors.counts import Counts
+from processors.deltas import CountsKey, fold, rows
 from processors.filter_agent import WindowClock, filter_container
-from processors.ns_deltas import Counts, CountsKey, fold, rows
 from tests import corpus
 from tests.processors.helpers import expected_failures, read_payloads
 from tests.processors.test_integration import Run

@@ -23,8 +23,7 @@ from typing import Any
 
 import faust
 
-from processors.ns_counts import count_values, failure_rate
-from processors.ns_state import Counts
+from processors.counts import Counts, count_values, counts_of, failure_rate
 from processors.worst_page import WorstRow
 
 #: query parameter of a worker-local answer (what a peer is asked for)
@@ -96,18 +95,6 @@ async def gather(
         else:
             answers.append(result)
     return answers, missing
-
-
-def counts_of(values: Mapping[str, Any]) -> Counts:
-    """The counts list (``processors.ns_state``) of an ``NsCountValues``: the inverse of
-    :func:`processors.ns_counts.count_values`."""
-    return [
-        values["edns_answered"],
-        values["failures"],
-        values["timeouts"],
-        dict(values["by_kind"]) or None,
-        dict(values["observations"]) or None,
-    ]
 
 
 def top_rows(answer: Iterable[Mapping[str, Any]]) -> list[tuple[str, int | None, Counts]]:
