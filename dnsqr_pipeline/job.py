@@ -66,7 +66,7 @@ from dnsqr_pipeline.counts_reader import LatestCounts
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader
-from processors.progress import Ledger, Totals
+from processors.receipts import Ledger, Totals
 from processors.settings import Settings
 from processors.topology import internal_topic_specs
 

@@ -28,16 +28,16 @@ partition) receives, for ns-stats partition P, :meth:`NsState.changelog` records
   of the ns-stats offsets it applied (:class:`processors.state.NsState`: every offset below the last
   commit's, and the set of those above), written to the changelog with the counts in the same
   transaction; a record the mark holds is skipped. Exact offsets, not a "last applied" high-water mark,
-  because Faust may deliver a record after later ones of its partition (``processors/consumer.py`` fetches
+  because Faust may deliver a record after later ones of its partition (``processors/commit_guard.py`` fetches
   it again): a high-water mark skipped it, losing its counts. Not under at_least_once: there a commit may
   fail after the changelog is written, and the replayed records must count again (high, never low).
 
 Recovery: when ns-stats partitions are assigned, their states are rebuilt from the changelog (read to its
 end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
 partition's state is back, its ns-stats records are kept (not applied) and its offsets are not committed
-(:attr:`processors.consumer.PipelineConsumer.held`); then the kept records are applied in order. Revoked
-partitions' states are dropped (the commits of the revocation wrote what they had). This replaces Faust's
-table recovery, whose stalls needed a watchdog.
+(:attr:`processors.commit_guard.CommitGuardConsumer.held`); then the kept records are applied in order.
+Revoked partitions' states are dropped (the commits of the revocation wrote what they had). Faust's table
+recovery is not used: its stalls needed a watchdog.
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous

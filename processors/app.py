@@ -20,7 +20,7 @@ Faust settings chosen here, and why:
   an agent's buffer (Faust's default is 4096): a raw event is a whole container (~300 KB), so a worker
   behind its input would hold up to a gigabyte of prefetched containers; a few batches of the filter agent
   (``BATCH_CONTAINERS``) keep it busy as well. The consumer class is the commit guard
-  (``processors/consumer.py``).
+  (``processors/commit_guard.py``).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import Any
 import faust
 
 from dnsqr_kafka.config import Credentials
-from processors import aggregator, consumer, diagnostics, filter_agent, metrics, views
+from processors import aggregator, commit_guard, diagnostics, filter_agent, metrics, views
 from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
 from processors.filter_agent import KafkaBatchOutput, Output
 from processors.metrics import DeadLetterTally
-from processors.progress import worker_name
+from processors.receipts import worker_name
 from processors.settings import Settings
 from processors.supervisor import BoundedRestarts
 
@@ -148,7 +148,7 @@ def compose(settings: Settings, output: Output | None = None) -> Parts:
         producer_linger=0.005,
         producer_acks=-1,
     )
-    consumer.install(app)
+    commit_guard.install(app)
     counters = AgentCounters()
     kafka: KafkaBatchOutput | None = None
     if output is None:

@@ -55,7 +55,7 @@ from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT, Coun
 from processors.delta_batch import MAX_ROWS
 from processors.deltas import CountsKey, encode, fold
 from processors.failure_record import encode_failure, failure_dict, failure_fast
-from processors.progress import Receipt, encode_progress, progress_key
+from processors.receipts import Receipt, encode_progress, progress_key
 from processors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class PartitionBatch:
     failures: list[Record] = field(default_factory=list)
     #: per (name server address, window) counts (:mod:`processors.deltas`)
     counts: dict[CountsKey, Counts] = field(default_factory=dict)
-    #: one per container of the batch, judged or dead-lettered (``processors/progress.py``)
+    #: one per container of the batch, judged or dead-lettered (``processors/receipts.py``)
     receipts: list[Receipt] = field(default_factory=list)
 
     def add(self, offset: int, result: ContainerResult) -> None:
@@ -325,11 +325,12 @@ async def _process_events(outputs: FilterOutputs, events: Sequence[EventT], cloc
 class Redelivery:
     """Drops records that were processed already: Faust can deliver an offset twice.
 
-    It does so after a rebalance and after :class:`processors.consumer.PipelineConsumer` seeks back to fetch
-    a record that went missing. An offset below the committed one, or already acknowledged, was processed
-    (batches are taken and acknowledged one after another); processing it again would only duplicate its
-    outputs, which under exactly_once would be committed twice. ``done`` is the consumer's own record of
-    that (:meth:`processors.consumer.PipelineConsumer.done`); a second copy within one batch is dropped too.
+    It does so after a rebalance and after the commit guard (:mod:`processors.commit_guard`) seeks back to
+    fetch a record that went missing. An offset below the committed one, or already acknowledged, was
+    processed (batches are taken and acknowledged one after another); processing it again would only
+    duplicate its outputs, which under exactly_once would be committed twice. ``done`` is the consumer's own
+    record of that (:meth:`processors.commit_guard.CommitGuardConsumer.done`); a second copy within one
+    batch is dropped too.
     """
 
     def __init__(self, done: Callable[[TP, int], bool]) -> None:

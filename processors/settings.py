@@ -34,7 +34,7 @@ class Settings:
     stats_topic: str = DEFAULT_NAMES.stats
     counts_topic: str = DEFAULT_NAMES.counts
     dlq_topic: str = DEFAULT_NAMES.raw_dlq
-    #: the filter agent's receipts (``processors/progress.py``): one partition
+    #: the filter agent's receipts (``processors/receipts.py``): one partition
     progress_topic: str = DEFAULT_NAMES.progress
     #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
     #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).

@@ -15,7 +15,7 @@ What is kept:
   offset below ``base``, and the offsets in ``applied_offsets`` (at or above it). A record the mark holds
   is skipped. At each commit of offset C (every record below C processed) ``base`` moves up to C and the
   set keeps only what lies above: a few hundred offsets at most. Exact membership, not a high-water mark:
-  Faust can deliver a record after later ones of its partition (``processors/consumer.py`` fetches it
+  Faust can deliver a record after later ones of its partition (``processors/commit_guard.py`` fetches it
   again), and a "last applied" mark would then skip it as applied, losing its counts (seen in the
   exactly_once crash test on a high-cardinality input).
 

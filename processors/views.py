@@ -299,7 +299,7 @@ def install(
     @app.page("/dnsqr/stats/")
     class StatsView(View):
         """This worker's agent counters, and how often its consumer sought back to a record it had not
-        delivered (``processors/consumer.py``)."""
+        delivered (``processors/commit_guard.py``)."""
 
         async def get(self, request: Request) -> Response:
             reseeks = getattr(app.consumer, "reseeks", 0)

@@ -21,7 +21,7 @@ from dnsqr_pipeline.completion import ReceiptReader
 from dnsqr_pipeline.counts_reader import read_latest_counts
 from nmsgdns.container import BUFSZ_JUMBO
 from nmsgdns.output import NmsgFileWriter
-from processors.progress import Ledger
+from processors.receipts import Ledger
 from tests import corpus
 from tests.corpus import read_payloads
 from tests.kafka_fixture import wait_for_leaders

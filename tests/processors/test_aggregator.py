@@ -66,7 +66,7 @@ def test_at_least_once_applies_what_comes() -> None:
 
 
 def test_a_record_delivered_again_is_not_applied_again() -> None:
-    """Faust delivers records again after a rebalance or a seek back (processors/consumer.py); the
+    """Faust delivers records again after a rebalance or a seek back (processors/commit_guard.py); the
     consumer knows which offsets were processed, and the agent skips those."""
 
     async def scenario() -> tuple[list[Any], int, int]:

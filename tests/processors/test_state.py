@@ -90,7 +90,7 @@ def test_the_mark_skips_records_applied_already_by_offset() -> None:
 
 def test_a_record_delivered_after_later_ones_still_counts() -> None:
     """Faust can deliver a record after later ones of its partition (the consumer fetches a record it
-    skipped again, processors/consumer.py); the mark holds exact offsets, so it is applied, once. A
+    skipped again, processors/commit_guard.py); the mark holds exact offsets, so it is applied, once. A
     "last applied" mark lost it (the exactly_once crash test on a high-cardinality input)."""
     state = NsState()
     for offset in (32, 33, 35):

@@ -21,9 +21,9 @@ the rule.
   legitimately produce duplicates (the sink's file naming dedups replays of the *same* failures-topic
   offsets, not a second copy at a new offset), so the test only prints how many.
 
-Both failed in some runs until processors/consumer.py (Faust committing past a record it never delivered,
+Both failed in some runs until processors/commit_guard.py (Faust committing past a record it never delivered,
 and delivering others twice, across the two rebalances) and the filter agent's ``Redelivery``; the module
-doc of processors/consumer.py has the traces' findings.
+doc of processors/commit_guard.py has the traces' findings.
 """
 
 from __future__ import annotations
