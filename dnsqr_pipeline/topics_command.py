@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--app-id",
         default=Settings.app_id,
-        help="the workers' app id, which names the tables' changelog topics (default %(default)s)",
+        help="the workers' app id, which names the aggregator's state changelog topic (default %(default)s)",
     )
     p.set_defaults(func=_create)
 
@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def pipeline_topics(settings: Settings) -> list[topics.TopicSpec]:
     """The raw topic and every topic the workers of ``settings`` use: ns-stats, counts, failures, DLQ,
-    progress and the tables' changelogs (named after the app id), as a worker would create them."""
+    progress and the aggregator's state changelog (named after the app id), as a worker would create them."""
     return [topics.RAW_TOPIC, *internal_topic_specs(settings)]
 
 

@@ -2,9 +2,9 @@
  * processors._deltas: the filter agent's per-name-server counting and its NsStatsBatch encoding, in C.
  *
  * Why this exists: at real name-server cardinality (~480k distinct name servers per million records)
- * almost every counted record starts a new (name server, window) key, and the Python code paid per key
+ * almost every counted record starts a new (name server, window) key, and the Python code pays per key
  * for a counts object, a merge into the batch, murmur2 and the row tuples: about 7 s of a worker's
- * 25 s CPU per million records, against 1 s with 8 name servers (issue #11).
+ * 25 s CPU per million records, against 1 s with 8 name servers.
  *
  * processors/deltas.py is the specification, not this file: fold() is fold_py() (the same dict of
  * the same lists and maps afterwards) and encode() is encode_py() (the same partitions and the same

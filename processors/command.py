@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
-        help="run a Faust worker: EDNS0 filter agent, per-name-server tables and web views",
+        help="run a Faust worker: EDNS0 filter agent, per-name-server aggregator and web views",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -199,7 +199,7 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
 
 def access_needs(settings: Settings) -> list[Need]:
     """What the worker does on Kafka, checked before it starts: read raw and its group, write its outputs
-    and read back ns-stats and the changelogs (the aggregator and the tables)."""
+    and read back ns-stats and the aggregator's state changelog."""
     outputs = [spec.name for spec in internal_topic_specs(settings)]
     changelogs = copartitioned_topics(settings)[1:]
     return [

@@ -5,12 +5,12 @@ Faust 0.15 decides what to commit from the offsets its streams acknowledged, plu
 hold transaction markers). Traced in tests/processors/test_worker_crash.py (a worker SIGKILLed and
 restarted, two rebalances), three of its habits lose or duplicate records:
 
-1. After a rebalance it resumes the flow while recovering its tables, so records are delivered from the
-   positions aiokafka reset to the committed offsets; when recovery ends it seeks to the committed offsets
-   again (``perform_seek``) and moves its "last read offset" back, although records beyond it were
-   delivered. The record *at* the read offset is then delivered a second time (``offset >= read``), and
-   the next new record looks like a jump, so the span before it is recorded as a gap: offsets committed
-   as if processed.
+1. After a rebalance it resumes the flow while its recovery service runs (it would recover tables; this
+   app has none), so records are delivered from the positions aiokafka reset to the committed offsets;
+   when recovery ends it seeks to the committed offsets again (``perform_seek``) and moves its "last read
+   offset" back, although records beyond it were delivered. The record *at* the read offset is then
+   delivered a second time (``offset >= read``), and the next new record looks like a jump, so the span
+   before it is recorded as a gap: offsets committed as if processed.
 2. A record fetched in one generation but reaching the stream in the next is skipped by the stream, while
    the fetch position has moved past it; a record the drain loop could not hand over before the flow
    stopped still advances its read offset.

@@ -366,7 +366,7 @@ class KafkaBatchOutput:
 
     This reaches under Faust's producer wrapper (its aiokafka producer, and under exactly_once its
     per-partition transactional producers and their locks), because Faust's own ``Topic.send`` builds a
-    message, future and callback per record: ~100 us each, the bottleneck measured in the prototype.
+    message, future and callback per record: ~100 us each, which would be the filter's bottleneck.
     Keys are partitioned like Kafka's default partitioner (murmur2, :class:`KeyPartitioner`).
 
     Under exactly_once, outputs with a ``source`` are held and sent by :meth:`publish_held` from Faust's

@@ -36,7 +36,7 @@ interval. Changelog records (key, value):
 - ``M`` -> the mark, ``[base, *applied_offsets]``
 
 The totals are not written: a restore computes them, ``R + sum(W)`` per name server. Writing them too
-doubled the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
+doubles the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
 the 1M-record high-cardinality bench file), its CPU and the reads of a recovery. ``R`` changes only when a
 window is freed or a delta comes for a freed one, so it is written rarely; it is computed when written, not
 kept in memory (the totals and windows are the state readers use; a retired map would cost as much again).

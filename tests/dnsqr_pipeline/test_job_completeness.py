@@ -1,5 +1,5 @@
 """Jobs that tell the truth: a stage that does not finish fails the job by name, and a worker never sits in
-a crash loop behind a live process (issue #10)."""
+a crash loop behind a live process."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 CASE = "edge_cases"
 RAW, FAILURES, COUNTS = "dnsqr.raw", "dnsqr.edns.failures", "dnsqr.edns.ns-counts"
-#: the issue's bound for a refused client to give up
+#: the most seconds a refused client may take to give up
 REFUSAL_SECONDS = 10.0
 
 

@@ -281,7 +281,7 @@ def test_state_equals_the_sum_and_a_restore_equals_the_state(
             assert not again.apply(batch(*rows), i)
 
 
-# --- record time in any order: the counts topic stays exact (issue: late and early deltas) -------------
+# --- record time in any order: the counts topic stays exact (late and early deltas) --------------------
 
 NOW = 1_800_000_000  # the workers' clock in these tests
 DAY = 86400
