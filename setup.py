@@ -11,15 +11,16 @@ The extensions are per-record hot paths, each held to a pure-Python specificatio
   with ``processors._failure_record``;
 - ``processors._failure_record``: a selected payload's failures-topic record;
 - ``dnsqr_kafka._key_partition``: Kafka's default partition of a key (murmur2; ``dnsqr_kafka/murmur2.h`` is
-  the one C copy of murmur2, which ``_ns_deltas`` includes too);
-- ``processors._ns_deltas``: the filter agent's per-name-server counts and their ns-stats records;
-- ``processors._ns_state``: the aggregator's apply, changelog and snapshot records (per name server).
+  the one C copy of murmur2, which ``_deltas`` includes too; ``processors/counts.h`` names the slots of a
+  counts list for both of ``processors``);
+- ``processors._deltas``: the filter agent's per-name-server counts and their ns-stats records;
+- ``processors._state``: the aggregator's apply, changelog and snapshot records (per name server).
 
 They are optional: where no C compiler is available (e.g. the slim Docker image) the build skips them with a
 warning and the pure-Python implementations run, which give the same results (``nmsgdns.wire.IMPLEMENTATION``
-and ``processors.ns_deltas.IMPLEMENTATION`` say which). ``pip install -e .`` compiles them in place
-(nmsgdns/_*.so, schemas/_*.so, processors/_*.so, git-ignored); run it again after editing a C source, or the
-old build keeps being imported.
+and ``processors.deltas.IMPLEMENTATION`` say which). ``pip install -e .`` compiles them in place
+(nmsgdns/_*.so, schemas/_*.so, dnsqr_kafka/_*.so, processors/_*.so, git-ignored); run it again after editing
+a C source, or the old build keeps being imported.
 """
 
 from setuptools import Extension, setup
@@ -30,15 +31,21 @@ EXTENSIONS = (
     "dnsqr_schemas._avro",
     "dnsqr_kafka._key_partition",
     "processors._failure_record",
-    "processors._ns_deltas",
-    "processors._ns_state",
+    "processors._deltas",
+    "processors._state",
 )
 
 #: Source directory of a package whose directory is not its name (pyproject.toml's package-dir).
 PACKAGE_DIRS = {"dnsqr_schemas": "schemas"}
 
 #: Every shared header: a change to one rebuilds every extension (they are few and small).
-HEADERS = ["nmsgdns/varint.h", "nmsgdns/wirescan.h", "schemas/avro.h", "dnsqr_kafka/murmur2.h"]
+HEADERS = [
+    "nmsgdns/varint.h",
+    "nmsgdns/wirescan.h",
+    "schemas/avro.h",
+    "dnsqr_kafka/murmur2.h",
+    "processors/counts.h",
+]
 
 
 def source(name: str) -> str:

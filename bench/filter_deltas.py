@@ -6,7 +6,7 @@ CPU seconds (``time.process_time``, best of ``--runs``) to run N raw containers 
 input partition, one ``KeyPartitioner`` kept across batches as in a worker). The containers are the
 file's records packed 1000 a container, as ingest packs the raw topic.
 
-When ``processors.ns_deltas`` exists it times both of its implementations in the same run (the C
+When ``processors.deltas`` exists it times both of its implementations in the same run (the C
 extension, and its Python specification swapped in); on an older checkout (main before it, for a
 before/after figure) it times the code as it is. The NMSG/DNS extensions (nmsgdns) run in both.
 
@@ -60,10 +60,10 @@ def run(containers: list[bytes], partitions: int, window: int) -> tuple[int, int
 
 @contextmanager
 def python_counting() -> Iterator[None]:
-    """The filter agent with ns_deltas' Python specification instead of its C version."""
-    ns_deltas = sys.modules["processors.ns_deltas"]
+    """The filter agent with processors.deltas' Python specification instead of its C version."""
+    deltas = sys.modules["processors.deltas"]
     saved = filter_agent.fold, filter_agent.encode  # type: ignore[attr-defined]
-    filter_agent.fold, filter_agent.encode = ns_deltas.fold_py, ns_deltas.encode_py  # type: ignore[attr-defined]
+    filter_agent.fold, filter_agent.encode = deltas.fold_py, deltas.encode_py  # type: ignore[attr-defined]
     try:
         yield
     finally:
@@ -77,12 +77,12 @@ def as_is() -> Iterator[None]:
 
 def implementations() -> dict[str, Callable[[], AbstractContextManager[None]]]:
     """Label -> context manager that selects it."""
-    ns_deltas = sys.modules.get("processors.ns_deltas")  # imported by filter_agent where it exists
-    if ns_deltas is None:
-        return {"before ns_deltas": as_is}
-    if ns_deltas.IMPLEMENTATION == "c":
-        return {"ns_deltas C": as_is, "ns_deltas Python": python_counting}
-    return {"ns_deltas Python": as_is}
+    deltas = sys.modules.get("processors.deltas")  # imported by filter_agent where it exists
+    if deltas is None:
+        return {"before deltas": as_is}
+    if deltas.IMPLEMENTATION == "c":
+        return {"deltas C": as_is, "deltas Python": python_counting}
+    return {"deltas Python": as_is}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ competes for the CPU) for the whole measured time: the pipeline's throughput, as
 measures one worker's after its start-up. ``--cold`` starts ingest with the stages, as ``dnsqr-pipeline
 run`` does, so the time includes the workers' start-up and group join (a job's time to results). Checks
 that nothing was lost: the sink's files must hold exactly what the standalone filter selects from the
-same input, and the tables' counts must equal its counts.
+same input, and the counts on the counts topic must equal its counts.
 
 Also reports what the aggregation cost in messages (records per second of the processing time on the
 ns-stats topic, the aggregator's changelog and the counts topic) and the workers' peak RSS (sampled every

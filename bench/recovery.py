@@ -4,7 +4,7 @@ Method:
 
 1. **The state, as the aggregator writes it.** N distinct name servers (IPv4 and IPv6 text, one window;
    ``--kinds-share`` of them with a failure-kinds map, like the high-cardinality bench file) are counted
-   as the filter agent counts them (``processors.ns_deltas``: keyed by address bytes, encoded per ns-stats
+   as the filter agent counts them (``processors.deltas``: keyed by address bytes, encoded per ns-stats
    partition, the name server's murmur2 partition), applied to an ``NsState`` per ns-stats partition as
    the aggregator applies ``NsStatsBatch`` records, and each chunk's ``NsState.changelog()`` records are
    produced to the run's changelog topic (``{app id}-ns-state-changelog``, compacted, one partition per
@@ -46,6 +46,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+import processors.deltas
 from bench.latency import broker, delete_run_topics
 from dnsqr_kafka.key_partition import KeyPartitioner
 from dnsqr_kafka.names import TopicNames
@@ -59,10 +60,10 @@ from dnsqr_kafka.topics import (
 from dnsqr_pipeline.completion import end_offsets, job_consumer
 from dnsqr_pipeline.job import Stage, stage_kafka, worker_command, worker_settings
 from nmsgdns.classify import KINDS, OBSERVATIONS
-from processors import ns_deltas
-from processors.app import Settings, internal_topic_specs
-from processors.ns_state import NsState
-from processors.ns_stats_batch import MAX_ROWS, encode_batch
+from processors.delta_batch import MAX_ROWS, encode_batch
+from processors.settings import Settings
+from processors.state import NsState
+from processors.topology import internal_topic_specs
 
 #: the workers' logs, one per worker named by its app id (bench/out is git-ignored)
 LOG_DIR = Path(__file__).resolve().parent / "out" / "recovery-logs"
@@ -166,7 +167,7 @@ def write_state(
     ips = name_server_ips(n, ipv6_share, rng)
     for i in range(0, n, CHUNK):
         counts = {(ip, WINDOW_START): random_counts(rng, kinds_share) for ip in ips[i : i + CHUNK]}
-        for p, records in ns_deltas.encode(counts, partition_of, MAX_ROWS).items():
+        for p, records in processors.deltas.encode(counts, partition_of, MAX_ROWS).items():
             for value in records:
                 states[p].apply_record(value)
         for p, state in states.items():

@@ -46,7 +46,7 @@ class TopicSpec:
     config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-#: the raw topic; the topics downstream of it are the worker's (``processors.app.internal_topic_specs``)
+#: the raw topic; the topics downstream of it are the worker's (``processors.topology.internal_topic_specs``)
 RAW_TOPIC = TopicSpec(DEFAULT_NAMES.raw, config=CONTAINER_TOPIC_CONFIG)
 
 

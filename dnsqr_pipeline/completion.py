@@ -2,7 +2,7 @@
 
 Three kinds of evidence, each read from the cluster, none from timers:
 
-- **Receipts** (``processors/progress.py``): the filter agent publishes one per raw container it judged or
+- **Receipts** (``processors/receipts.py``): the filter agent publishes one per raw container it judged or
   dead-lettered, after (at_least_once) or with (exactly_once) the failures and deltas of that container.
   Every raw offset the job produced must have one; their sums say how many records were judged and how
   many failures the sink must have written. This is what "the stages agree with each other" could never
@@ -29,7 +29,7 @@ from typing import IO, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from processors.progress import Ledger, decode_progress
+from processors.receipts import Ledger, decode_progress
 
 log = logging.getLogger(__name__)
 

@@ -62,12 +62,13 @@ from dnsqr_pipeline.completion import (
     end_offsets,
     job_consumer,
 )
-from dnsqr_pipeline.counts_view import LatestCounts
+from dnsqr_pipeline.counts_reader import LatestCounts
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader
-from processors.app import Settings, internal_topic_specs
-from processors.progress import Ledger, Totals
+from processors.receipts import Ledger, Totals
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_schemas.edns_failure import decode_failure
-from processors.app import Settings
+from processors.settings import Settings
 
 #: Records before the end of each partition where reading starts without ``--from-beginning`` or ``-n``.
 DEFAULT_LAST = 10

@@ -8,7 +8,7 @@ at ``snapshot_time_ms``: the newest snapshot of each name server holds its curre
 freed already is named as such on stderr: its counts are those it had when it was freed).
 
 It reads from the beginning to the current end with a throw-away group, assigning the partitions itself
-and committing nothing (``dnsqr_pipeline.counts_view.LatestCounts``), then ranks like the workers' view
+and committing nothing (``dnsqr_pipeline.counts_reader.LatestCounts``), then ranks like the workers' view
 (``processors.views.top``): by failures, ties by rate, or by rate, ties by failures, of the name servers
 with a failure and at least ``--min-answered`` EDNS answers.
 """
@@ -26,10 +26,10 @@ from confluent_kafka import KafkaException
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_pipeline.completion import CompletionError
-from dnsqr_pipeline.counts_view import LatestCounts
+from dnsqr_pipeline.counts_reader import LatestCounts
 from dnsqr_pipeline.job import format_rows
-from processors.app import Settings
-from processors.cluster_view import counts_of
+from processors.counts import counts_of
+from processors.settings import Settings
 from processors.views import top
 from processors.worst_page import ORDERS
 

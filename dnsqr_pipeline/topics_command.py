@@ -14,7 +14,8 @@ from confluent_kafka.admin import AdminClient
 from dnsqr_kafka import topics
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
 from dnsqr_kafka.config import add_kafka_arguments, client_config
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 
 def _key_values(items: list[str]) -> dict[str, str]:
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--app-id",
         default=Settings.app_id,
-        help="the workers' app id, which names the tables' changelog topics (default %(default)s)",
+        help="the workers' app id, which names the aggregator's state changelog topic (default %(default)s)",
     )
     p.set_defaults(func=_create)
 
@@ -87,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def pipeline_topics(settings: Settings) -> list[topics.TopicSpec]:
     """The raw topic and every topic the workers of ``settings`` use: ns-stats, counts, failures, DLQ,
-    progress and the tables' changelogs (named after the app id), as a worker would create them."""
+    progress and the aggregator's state changelog (named after the app id), as a worker would create them."""
     return [topics.RAW_TOPIC, *internal_topic_specs(settings)]
 
 

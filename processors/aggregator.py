@@ -1,14 +1,14 @@
 """The aggregator agent: ns-stats batches in; per-name-server counts in memory, a changelog, snapshots out.
 
 The filter agent sends, per batch of raw records and input partition, one ``NsStatsBatch`` record
-(``processors/ns_stats_batch.py``) to each ns-stats partition its name servers fall in (Kafka's default
+(``processors/delta_batch.py``) to each ns-stats partition its name servers fall in (Kafka's default
 partitioner on the name server). This agent consumes the ns-stats topic and adds each record's rows, in one
-loop, to the :class:`processors.ns_state.NsState` of its partition.
+loop, to the :class:`processors.state.NsState` of its partition.
 
-Why not Faust Tables (which this module used until issue #11): with 1M records naming ~480k distinct name
-servers the pipeline fell from 108k to 3k records/s. Every delta was one Kafka record and one Faust event
-(~150 us), and every table write one changelog message through Faust's per-message producer path (~50-100
-us): the cost followed distinct keys, not records. Here an ns-stats record carries thousands of deltas,
+Why not Faust Tables: with 1M records naming ~480k distinct name servers, a pipeline on Faust Tables runs
+at 3k records/s instead of 108k. Every delta is then one Kafka record and one Faust event (~150 us), and
+every table write one changelog message through Faust's per-message producer path (~50-100 us): the cost
+follows distinct keys, not records. Here an ns-stats record carries thousands of deltas,
 applying one costs a few microseconds, and state changes reach the changelog once per changed key per
 commit (a record cache, as Kafka Streams does), appended to the producer as whole batches. On the same
 records: 17-28k records/s with one worker on a loaded 2-core box, ~300 ns-stats records instead of one
@@ -25,24 +25,24 @@ partition) receives, for ns-stats partition P, :meth:`NsState.changelog` records
   become visible together. The state can hold records applied after the offsets being committed (applied
   but not acknowledged yet), and the raw and ns-stats partitions of one number share a transaction, so a
   new owner may restore a state that includes records it will consume again. So the state keeps a mark
-  of the ns-stats offsets it applied (:class:`processors.ns_state.NsState`: every offset below the last
+  of the ns-stats offsets it applied (:class:`processors.state.NsState`: every offset below the last
   commit's, and the set of those above), written to the changelog with the counts in the same
   transaction; a record the mark holds is skipped. Exact offsets, not a "last applied" high-water mark,
-  because Faust may deliver a record after later ones of its partition (``processors/consumer.py`` fetches
+  because Faust may deliver a record after later ones of its partition (``processors/commit_guard.py`` fetches
   it again): a high-water mark skipped it, losing its counts. Not under at_least_once: there a commit may
   fail after the changelog is written, and the replayed records must count again (high, never low).
 
 Recovery: when ns-stats partitions are assigned, their states are rebuilt from the changelog (read to its
 end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
 partition's state is back, its ns-stats records are kept (not applied) and its offsets are not committed
-(:attr:`processors.consumer.PipelineConsumer.held`); then the kept records are applied in order. Revoked
-partitions' states are dropped (the commits of the revocation wrote what they had). This replaces Faust's
-table recovery, whose stalls needed a watchdog.
+(:attr:`processors.commit_guard.CommitGuardConsumer.held`); then the kept records are applied in order.
+Revoked partitions' states are dropped (the commits of the revocation wrote what they had). Faust's table
+recovery is not used: its stalls needed a watchdog.
 
-Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/ns_counts.py``)
+Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
-changed outside the live windows only (late or early deltas: ``processors/ns_state.py``). Faust's commit
+changed outside the live windows only (late or early deltas: ``processors/state.py``). Faust's commit
 of an ns-stats partition also publishes what changed since the last tick, before the changelog (in the
 same transaction under exactly_once). So whatever a committed changelog holds was published: a state
 restored after a crash never holds totals the counts topic lacks, and once the pipeline is idle each
@@ -58,18 +58,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.topics import admin_client, create_topics
-from processors.ns_counts import state_snapshots
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
+from processors.agent_counters import AgentCounters
+from processors.delta_batch import decode_batch
+from processors.filter_agent import Output
+from processors.settings import Settings
+from processors.snapshots import state_snapshots
+from processors.state import NsState
+from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +228,10 @@ def read_changelog(
     return states
 
 
-def install(app: PipelineApp) -> Aggregation:
-    """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``."""
-    from processors.app import changelog_spec  # this module is imported by processors.app
-
-    settings = app.settings
+def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output) -> Aggregation:
+    """Add the ns-stats topic, the aggregator agent, its recovery, changelog and snapshot timer to ``app``:
+    snapshots and changelog records go through ``output``, its drops are counted in ``counters``. Returns
+    the states it keeps (the views and metrics read them)."""
     exactly_once = settings.processing_guarantee == "exactly_once"
     aggregation = Aggregation(
         settings.window_expires_seconds, settings.window_max_ahead_seconds, marks=exactly_once
@@ -335,7 +336,6 @@ def install(app: PipelineApp) -> Aggregation:
         """The counts partition of ns-stats partition ``p``'s snapshots: ``p`` itself when the two topics
         have as many partitions (a name server's counts partition is then its ns-stats partition), else
         None (by key)."""
-        output = app.output
         same = (await output.partitioner(settings.counts_topic)).count == (
             await output.partitioner(settings.stats_topic)
         ).count
@@ -351,7 +351,6 @@ def install(app: PipelineApp) -> Aggregation:
         state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
         if state is not None:
             state.committed(offset)  # every record below it was processed: the mark moves up
-            output = app.output
             pending += await output.send_for_commit(
                 tp,
                 settings.counts_topic,
@@ -373,13 +372,13 @@ def install(app: PipelineApp) -> Aggregation:
         async for event in stream.events():
             message = event.message
             if done(message.tp, message.offset):
-                app.counters.redelivered_stats += 1
+                counters.redelivered_stats += 1
                 continue
             try:
                 aggregation.offer(message.tp.partition, message.offset, message.value)
             except ValueError as exc:
                 log.warning("ns-stats record at %s offset %d skipped: %s", message.tp, message.offset, exc)
-                app.counters.bad_stats += 1
+                counters.bad_stats += 1
 
     @app.task
     async def declare_counts_topic() -> None:
@@ -392,7 +391,7 @@ def install(app: PipelineApp) -> Aggregation:
         the name servers changed outside the live windows."""
         for p, state in list(aggregation.states.items()):
             records = state_snapshots(state, settings.window_seconds)
-            await app.output.send(
+            await output.send(
                 settings.counts_topic, records, source=None, partition=await counts_partition(p)
             )
 

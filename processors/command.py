@@ -32,7 +32,9 @@ from dnsqr_kafka.topics import (
     list_topics,
     wait_for_leaders,
 )
-from processors.app import GUARANTEES, Settings, copartitioned_topics, create_app, internal_topic_specs
+from processors.app import create_app
+from processors.settings import GUARANTEES, Settings
+from processors.topology import copartitioned_topics, internal_topic_specs
 
 log = logging.getLogger(__name__)
 DEFAULTS = Settings()
@@ -42,7 +44,7 @@ def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
-        help="run a Faust worker: EDNS0 filter agent, per-name-server tables and web views",
+        help="run a Faust worker: EDNS0 filter agent, per-name-server aggregator and web views",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -151,7 +153,7 @@ TOPICS_TIMEOUT = 60.0
 
 def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
     """Create the worker's topics that are missing and wait until the cluster's metadata has them, so no
-    agent starts against a topic that is not there yet (see :func:`processors.app.internal_topic_specs`).
+    agent starts against a topic that is not there yet (see :func:`processors.topology.internal_topic_specs`).
 
     Only missing topics are created (a job or ``topics create`` usually made them already), and a cluster
     that cannot answer yet (its controller failing over) is asked again until :data:`TOPICS_TIMEOUT`; a
@@ -197,7 +199,7 @@ def create_internal_topics(kafka: dict[str, str], settings: Settings) -> None:
 
 def access_needs(settings: Settings) -> list[Need]:
     """What the worker does on Kafka, checked before it starts: read raw and its group, write its outputs
-    and read back ns-stats and the changelogs (the aggregator and the tables)."""
+    and read back ns-stats and the aggregator's state changelog."""
     outputs = [spec.name for spec in internal_topic_specs(settings)]
     changelogs = copartitioned_topics(settings)[1:]
     return [

@@ -39,8 +39,9 @@ from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import faust
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.key_partition import KeyPartitioner
@@ -50,13 +51,13 @@ from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
 from nmsgdns.edns import Verdict, judgement_of, triage
 from nmsgdns.payload import payload_time
+from processors.agent_counters import AgentCounters
+from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT, Counts
+from processors.delta_batch import MAX_ROWS
+from processors.deltas import CountsKey, encode, fold
 from processors.failure_record import failure_dict, failure_fast
-from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, Counts, CountsKey, encode, fold
-from processors.ns_stats_batch import MAX_ROWS
-from processors.progress import Receipt, encode_progress, progress_key
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
+from processors.receipts import Receipt, encode_progress, progress_key
+from processors.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Output(Protocol):
 @dataclass
 class ContainerResult:
     """What one container produced: its record count, failures (key, Avro value) and counted records
-    (flat quadruples, :mod:`processors.ns_deltas`)."""
+    (flat quadruples, :mod:`processors.deltas`)."""
 
     records: int
     failures: list[Record]
@@ -174,18 +175,18 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
             failures.append((ns.encode(), avro))
             # counted against the failure's name server: "" (key b"") when the address is not usable
             ip = response_ip if len(response_ip) in (4, 16) else b""
-            count((ip, clock.window_start(payload), FAILURE, kind))
+            count((ip, clock.window_start(payload), EVENT_FAILURE, kind))
         elif answered or timeout:
             if len(response_ip) not in (4, 16):
                 continue  # Judgement.ns_ip is None: no usable name server to count against
             if timeout:
                 # counted in ``timeouts``; observe() would call it the "timeout" observation
-                count((response_ip, clock.window_start(payload), TIMEOUT, None))
+                count((response_ip, clock.window_start(payload), EVENT_TIMEOUT, None))
             else:
                 seen = None
                 if response_opt is not None:
                     seen = observe(rtype, query_opt, response_opt, response[3] & 0x0F)  # type: ignore[index]
-                count((response_ip, clock.window_start(payload), ANSWERED, seen))
+                count((response_ip, clock.window_start(payload), EVENT_ANSWERED, seen))
     return ContainerResult(len(payloads), failures, counted)
 
 
@@ -208,9 +209,9 @@ class PartitionBatch:
     """Outputs derived from one input partition within one batch of events."""
 
     failures: list[Record] = field(default_factory=list)
-    #: per (name server address, window) counts (:mod:`processors.ns_deltas`)
+    #: per (name server address, window) counts (:mod:`processors.deltas`)
     counts: dict[CountsKey, Counts] = field(default_factory=dict)
-    #: one per container of the batch, judged or dead-lettered (``processors/progress.py``)
+    #: one per container of the batch, judged or dead-lettered (``processors/receipts.py``)
     receipts: list[Receipt] = field(default_factory=list)
 
     def add(self, offset: int, result: ContainerResult) -> None:
@@ -222,15 +223,28 @@ class PartitionBatch:
     def deltas(self, partition_of: KeyPartitioner) -> dict[int, list[bytes]]:
         """The counts as ``NsStatsBatch`` records (``schemas/ns_stats.avsc``) by ns-stats partition: one
         record per partition the name servers fall in (``partition_of`` their key), split into parts of
-        :data:`processors.ns_stats_batch.MAX_ROWS` rows."""
+        :data:`processors.delta_batch.MAX_ROWS` rows."""
         return encode(self.counts, partition_of, MAX_ROWS)
 
 
-async def process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
+@dataclass
+class FilterOutputs:
+    """Where the filter agent's results go: its settings' topics through ``output``, its counts into
+    ``counters``, and ``worker`` (``host:pid``) into its receipts."""
+
+    settings: Settings
+    counters: AgentCounters
+    output: Output
+    worker: str
+
+
+async def process_events(
+    app: faust.App, outputs: FilterOutputs, events: Sequence[EventT], clock: WindowClock
+) -> None:
     """Filter a batch of raw events and send every output; returns when they are durable (at_least_once) or
     held for the commit of their offsets (exactly_once)."""
     generation: int | None = None
-    if app.settings.processing_guarantee == "exactly_once":
+    if outputs.settings.processing_guarantee == "exactly_once":
         # Events fetched before the last rebalance can still sit in ``take_events``' buffer; Faust has
         # sought back to the committed offsets and delivers them again under the new generation, so their
         # outputs here would be a second copy.
@@ -247,15 +261,16 @@ async def process_events(app: PipelineApp, events: Sequence[EventT], clock: Wind
     token = batch_offsets.set(last)
     gen_token = batch_generation.set(generation)
     try:
-        await _process_events(app, events, clock)
+        await _process_events(outputs, events, clock)
     finally:
         batch_generation.reset(gen_token)
         batch_offsets.reset(token)
 
 
-async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: WindowClock) -> None:
-    settings = app.settings
-    counters = app.counters
+async def _process_events(outputs: FilterOutputs, events: Sequence[EventT], clock: WindowClock) -> None:
+    settings = outputs.settings
+    counters = outputs.counters
+    output = outputs.output
     batches: dict[TP, PartitionBatch] = {}
     for event in events:
         message = event.message
@@ -272,7 +287,7 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
                 "container at %s offset %d to %s: %s", message.tp, message.offset, settings.dlq_topic, exc
             )
             counters.dead_letters += 1
-            await app.output.send(
+            await output.send(
                 settings.dlq_topic,
                 [(message.key, bytes(data) if isinstance(data, bytes | bytearray) else b"")],
                 source=message.tp,
@@ -284,14 +299,14 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
         counters.records += result.records
         counters.failures += len(result.failures)
         batch.add(message.offset, result)
-    stats_partition = await app.output.partitioner(settings.stats_topic)
+    stats_partition = await output.partitioner(settings.stats_topic)
     for source, batch in batches.items():
         deltas = batch.deltas(stats_partition)
         counters.deltas += len(batch.counts)
         await asyncio.gather(
-            app.output.send(settings.failures_topic, batch.failures, source=source),
+            output.send(settings.failures_topic, batch.failures, source=source),
             *(
-                app.output.send(
+                output.send(
                     settings.stats_topic,
                     [(None, value) for value in values],
                     source=source,
@@ -302,8 +317,8 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
         )
         # The receipt goes out once the outputs it vouches for are acknowledged (or, under exactly_once,
         # in the same transaction), so a receipt on the progress topic proves they are on theirs.
-        receipt = encode_progress(app.worker_name, source.topic, source.partition, batch.receipts)
-        await app.output.send(
+        receipt = encode_progress(outputs.worker, source.topic, source.partition, batch.receipts)
+        await output.send(
             settings.progress_topic, [(progress_key(source.topic, source.partition), receipt)], source=source
         )
 
@@ -311,11 +326,12 @@ async def _process_events(app: PipelineApp, events: Sequence[EventT], clock: Win
 class Redelivery:
     """Drops records that were processed already: Faust can deliver an offset twice.
 
-    It does so after a rebalance and after :class:`processors.consumer.PipelineConsumer` seeks back to fetch
-    a record that went missing. An offset below the committed one, or already acknowledged, was processed
-    (batches are taken and acknowledged one after another); processing it again would only duplicate its
-    outputs, which under exactly_once would be committed twice. ``done`` is the consumer's own record of
-    that (:meth:`processors.consumer.PipelineConsumer.done`); a second copy within one batch is dropped too.
+    It does so after a rebalance and after the commit guard (:mod:`processors.commit_guard`) seeks back to
+    fetch a record that went missing. An offset below the committed one, or already acknowledged, was
+    processed (batches are taken and acknowledged one after another); processing it again would only
+    duplicate its outputs, which under exactly_once would be committed twice. ``done`` is the consumer's own
+    record of that (:meth:`processors.commit_guard.CommitGuardConsumer.done`); a second copy within one
+    batch is dropped too.
     """
 
     def __init__(self, done: Callable[[TP, int], bool]) -> None:
@@ -351,14 +367,14 @@ class KafkaBatchOutput:
 
     This reaches under Faust's producer wrapper (its aiokafka producer, and under exactly_once its
     per-partition transactional producers and their locks), because Faust's own ``Topic.send`` builds a
-    message, future and callback per record: ~100 us each, the bottleneck measured in the prototype.
+    message, future and callback per record: ~100 us each, which would be the filter's bottleneck.
     Keys are partitioned like Kafka's default partitioner (murmur2, :class:`KeyPartitioner`).
 
     Under exactly_once, outputs with a ``source`` are held and sent by :meth:`publish_held` from Faust's
     commit (see the module doc).
     """
 
-    def __init__(self, app: PipelineApp) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
         #: by partition count: a key's partition depends on nothing else, so the failures and ns-stats
         #: topics (both keyed by name server) share one cache when they have as many partitions
@@ -519,7 +535,7 @@ class KafkaBatchOutput:
             self._held.pop(tp, None)
 
 
-def hook_commit(app: PipelineApp, output: KafkaBatchOutput) -> None:
+def hook_commit(app: faust.App, output: KafkaBatchOutput) -> None:
     """Make Faust's commit send ``output``'s held records (exactly_once; see the module doc).
 
     Faust calls ``app._attachments.publish_for_tp_offset(tp, offset)`` for each partition it is about to
@@ -540,30 +556,26 @@ def hook_commit(app: PipelineApp, output: KafkaBatchOutput) -> None:
         output.discard(revoked)
 
 
-def install(app: PipelineApp) -> None:
-    """Add the raw topic and the filter agent to ``app``."""
-    settings = app.settings
+def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output, worker: str) -> None:
+    """Add the raw topic and the filter agent to ``app``: it sends through ``output``, counts in ``counters``
+    and signs its receipts with ``worker`` (``host:pid``)."""
     raw = app.topic(
         settings.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
-    outputs = [
+    topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         for name in (settings.failures_topic, settings.dlq_topic)
     ]
-    outputs.append(
+    topics.append(
         app.topic(settings.progress_topic, key_serializer="raw", value_serializer="raw", partitions=1)
     )
-    output = KafkaBatchOutput(app)
-    app.output = output
-    if settings.processing_guarantee == "exactly_once":
-        # not app.in_transaction: that is False until the Worker has started the app
-        hook_commit(app, output)
+    outputs = FilterOutputs(settings, counters, output, worker)
 
     @app.task
     async def declare_outputs() -> None:
         """Create the failures, dead-letter and progress topics when missing, so consumers can subscribe
         early (``dnsqr-pipeline worker`` has created them already; ``faust -A processors.app`` may not)."""
-        for topic in outputs:
+        for topic in topics:
             await topic.maybe_declare()
 
     @app.agent(raw, name="dnsqr-edns-filter")
@@ -574,6 +586,6 @@ def install(app: PipelineApp) -> None:
         async for events in stream.take_events(BATCH_CONTAINERS, within=BATCH_SECONDS):
             fresh = redelivery.fresh(events)
             if len(fresh) < len(events):
-                app.counters.redelivered += len(events) - len(fresh)
+                counters.redelivered += len(events) - len(fresh)
                 log.info("dropped %d records delivered again after processing", len(events) - len(fresh))
-            await process_events(app, fresh, clock)
+            await process_events(app, outputs, fresh, clock)

@@ -7,16 +7,17 @@ worker's web port. ``--no-web`` turns the metrics off with the views.
 
 The agents' hot path gains no metric call. What is exported comes from:
 
-- :class:`processors.app.FilterCounters` (``app.counters``), which the agents keep anyway, read when
-  Prometheus scrapes (:class:`WorkerCollector`);
-- the sends to the dead-letter topic, one call per send (:class:`DeadLetterTally` wraps ``app.output``),
+- :class:`processors.agent_counters.AgentCounters`, which the agents keep anyway, read when Prometheus
+  scrapes (:class:`WorkerCollector`);
+- the sends to the dead-letter topic, one call per send (:class:`DeadLetterTally` wraps the agents'
+  output),
   for the reason: the exception type in the dead letter's ``dlq.error.type`` header
   (``schemas/dead_letter.md``);
 - Faust's commits: :class:`MetricsMonitor` takes the place of the app's Monitor sensor (which Faust
   calls per message anyway) and adds each commit that committed offsets to a histogram;
 - two timers: every :data:`REFRESH_SECONDS` the consumer lag of each source partition (the broker's end
   offset minus the committed offset) and the size of the aggregator's state, per ns-stats partition
-  (:class:`processors.ns_state.NsState`: keys counted, bytes estimated from a sample); every
+  (:class:`processors.state.NsState`: keys counted, bytes estimated from a sample); every
   :data:`NS_PERIOD_SECONDS` a walk of the states' totals for the failures by kind and the name servers
   whose failure ratio jumped.
 
@@ -35,8 +36,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.sensors.monitor import Monitor
 from faust.types import TP
 from faust.web import Request, Response, View
@@ -46,12 +48,12 @@ from prometheus_client.registry import Collector
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from nmsgdns.errors import NmsgDnsError
-from processors.ns_state import ANSWERED, BY_KIND, FAILURES, Counts, NsState
-
-if TYPE_CHECKING:
-    from processors.aggregator import Aggregation
-    from processors.app import PipelineApp
-    from processors.filter_agent import Headers, Output, Record
+from processors.agent_counters import AgentCounters
+from processors.aggregator import Aggregation
+from processors.counts import ANSWERED, BY_KIND, FAILURES, Counts
+from processors.filter_agent import Headers, Output, Record
+from processors.settings import Settings
+from processors.state import NsState
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ def dead_letter_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> st
 
 
 class DeadLetterTally:
-    """``app.output`` with a count of the records sent to the dead-letter topic, by reason.
+    """The agents' output with a count of the records sent to the dead-letter topic, by reason.
 
     One check per send (a send carries a whole batch's records for one topic), none per record; every
     other attribute (the partitioner, the commit path's sends) is the wrapped output's.
@@ -288,15 +290,19 @@ class WorkerCollector(Collector):
     """Builds the worker's metric families at scrape time from the counters and :class:`WorkerState`."""
 
     def __init__(
-        self, app: PipelineApp, state: WorkerState, dead_letters: DeadLetterTally, aggregation: Aggregation
+        self,
+        counters: AgentCounters,
+        state: WorkerState,
+        dead_letters: DeadLetterTally,
+        aggregation: Aggregation,
     ) -> None:
-        self.app = app
+        self.counters = counters
         self.state = state
         self.dead_letters = dead_letters
         self.aggregation = aggregation
 
     def collect(self) -> Iterable[Any]:
-        c = self.app.counters
+        c = self.counters
         yield _counter(
             "dnsqr_worker_containers_in",
             "raw containers taken: judged or dead-lettered",
@@ -345,7 +351,7 @@ class WorkerCollector(Collector):
         yield stream_time
         reasons = self.dead_letters.by_reason.copy()
         untold = c.dead_letters - sum(reasons.values())
-        if untold > 0:  # sent by a path that bypassed app.output
+        if untold > 0:  # sent by a path that bypassed the tally
             reasons["other"] += untold
         yield _counter(
             "dnsqr_worker_dead_letters",
@@ -406,10 +412,10 @@ def _counter(
     return family
 
 
-async def refresh_lag(app: PipelineApp, state: WorkerState) -> None:
-    """Ask the broker for the end offsets of the assigned partitions of the agents' source topics."""
+async def refresh_lag(app: faust.App, sources: set[str], state: WorkerState) -> None:
+    """Ask the broker for the end offsets of the assigned partitions of the agents' source topics,
+    ``sources``."""
     consumer: Any = app.consumer
-    sources = {app.settings.raw_topic, app.settings.stats_topic}
     tps = [tp for tp in consumer.assignment() if tp.topic in sources]
     if not tps:
         state.lag = {}
@@ -450,20 +456,25 @@ async def walk_totals(aggregation: Aggregation, state: WorkerState, chunk: int =
     state.jumps.finish()
 
 
-def install(app: PipelineApp) -> None:
-    """Add ``/metrics``, the commit histogram, the dead-letter tally and the refresh timers to ``app``.
+def install(
+    app: faust.App,
+    settings: Settings,
+    counters: AgentCounters,
+    tally: DeadLetterTally,
+    aggregation: Aggregation,
+) -> None:
+    """Add ``/metrics``, the commit histogram and the refresh timers to ``app``: exported are the agents'
+    ``counters``, the dead letters of ``tally`` (the output the agents send through) and ``aggregation``'s
+    states.
 
-    Call it once the agents are installed (it wraps ``app.output`` and reads ``app.aggregation``) and
-    before the app starts (it replaces the Monitor sensor, ``app.monitor``, whose ``registry`` holds the
-    metrics).
+    Call it before the app starts: it replaces the Monitor sensor (``app.monitor``, whose ``registry``
+    holds the metrics).
     """
     registry = CollectorRegistry()
     app.monitor = MetricsMonitor(registry)
-    tally = DeadLetterTally(app.output, app.settings.dlq_topic)
-    app.output = tally  # type: ignore[assignment]
-    aggregation = app.aggregation
     state = WorkerState()
-    registry.register(WorkerCollector(app, state, tally, aggregation))
+    sources = {settings.raw_topic, settings.stats_topic}
+    registry.register(WorkerCollector(counters, state, tally, aggregation))
 
     @app.page("/metrics")
     class MetricsView(View):
@@ -477,7 +488,7 @@ def install(app: PipelineApp) -> None:
         """Consumer lag and state sizes."""
         refresh_sizes(aggregation, state)
         try:
-            await refresh_lag(app, state)
+            await refresh_lag(app, sources, state)
         except Exception as exc:  # a broker that does not answer now is asked again next time
             log.debug("consumer lag not refreshed: %s", exc)
 

@@ -2,7 +2,7 @@
 
 Each worker holds the name servers of the ns-stats partitions assigned to it (``processors/aggregator.py``
 keeps only those). ``/dnsqr/top/`` and ``/dnsqr/worst/`` answer for the whole cluster on any worker: the
-worker asked gathers the other workers' parts (``processors/cluster_view.py``) and merges them; with
+worker asked gathers the other workers' parts (``processors/scatter_gather.py``) and merges them; with
 ``local=1`` a worker answers for its own partitions only (that is what it is asked by the others). When a
 worker does not answer, ``/dnsqr/top/`` fails with 503 naming it and its partitions, and the page says which
 name servers are missing.
@@ -14,7 +14,7 @@ Routes (Faust's web server, ``--web-port``, default 6066), GET only (other metho
   page (``processors/worst_page.py`` renders it; here the rows are gathered); with ``local=1`` this
   worker's rows as JSON
 - ``GET /dnsqr/stats/`` -> JSON counters of this worker's agents (and its consumer's seeks back; the
-  late and early deltas counted in the totals only, ``processors/ns_state.py``)
+  late and early deltas counted in the totals only, ``processors/state.py``)
 
 A bad query parameter answers 400 with a message saying which and why.
 """
@@ -26,19 +26,18 @@ import heapq
 import time
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.web import Request, Response, View
 
 from nmsgdns.classify import KINDS
+from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
-from processors.cluster_view import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
-from processors.ns_counts import count_values, failure_rate
-from processors.ns_state import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts
+from processors.counts import ANSWERED, BY_KIND, FAILURES, TIMEOUTS, Counts, count_values, failure_rate
+from processors.scatter_gather import LOCAL, Missing, gather, rank_worst, top_rows, worst_json, worst_rows
+from processors.settings import Settings
 from processors.worst_page import ORDERS, Filters, WorstPage, WorstRow, render
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
 
 SCOPES = ("total", "window")
 #: Most rows, and most windows per sparkline, the page draws.
@@ -91,8 +90,8 @@ def pick(
         and (kind is None or (r[2][BY_KIND] or {}).get(kind))
     )
     if by == "failures":
-        return heapq.nsmallest(n, kept, key=lambda r: (-r[2][1], -failure_rate(r[2]), r[0], r[1] or 0))
-    return heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][1], r[0], r[1] or 0))
+        return heapq.nsmallest(n, kept, key=lambda r: (-r[2][FAILURES], -failure_rate(r[2]), r[0], r[1] or 0))
+    return heapq.nsmallest(n, kept, key=lambda r: (-failure_rate(r[2]), -r[2][FAILURES], r[0], r[1] or 0))
 
 
 def top(
@@ -208,8 +207,11 @@ def held_range(aggregation: Aggregation, window_seconds: int) -> tuple[int, int]
     return (min(starts), max(starts) + window_seconds) if starts else None
 
 
-def install(app: PipelineApp, aggregation: Aggregation) -> None:
-    """Register the views on ``app``'s web server."""
+def install(
+    app: faust.App, settings: Settings, counters: AgentCounters, aggregation: Aggregation, worker: str
+) -> None:
+    """Register the views on ``app``'s web server: over ``aggregation``'s states, the agents' ``counters``,
+    and ``worker`` (``host:pid``) named on the page."""
 
     @app.page("/dnsqr/top/")
     class TopView(View):
@@ -228,7 +230,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             found: Iterable[Row] = rows(aggregation, scope)
             if not query.get(LOCAL):
                 answers, missing = await gather(
-                    app, "/dnsqr/top/", {k: v for k, v in query.items() if k != LOCAL}
+                    app, settings.stats_topic, "/dnsqr/top/", {k: v for k, v in query.items() if k != LOCAL}
                 )
                 if missing:
                     return self.json(
@@ -252,7 +254,6 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
                 filters = worst_filters(query)
             except BadRequest as exc:
                 return self.error(400, str(exc))
-            settings = app.settings
             window_seconds = settings.window_seconds
             own_rows, own_axis = worst(aggregation, filters, window_seconds=window_seconds)
             part = {
@@ -266,7 +267,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
             if query.get(LOCAL):
                 return self.json(part)
             answers, missing = await gather(
-                app, "/dnsqr/worst/", {k: v for k, v in query.items() if k != LOCAL}
+                app, settings.stats_topic, "/dnsqr/worst/", {k: v for k, v in query.items() if k != LOCAL}
             )
             parts = [part, *(answer for _, answer in answers)]
             axis = window_axis(
@@ -286,7 +287,7 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
                 held=(min(h[0] for h in helds), max(h[1] for h in helds)) if helds else None,
                 expires=settings.window_expires_seconds,
                 generated=time.time(),
-                worker=app.worker_name,
+                worker=worker,
                 workers=len(parts),
                 partitions=sorted(chain.from_iterable(p["partitions"] for p in parts)),
                 restoring=sorted(chain.from_iterable(p["restoring"] for p in parts)),
@@ -298,13 +299,13 @@ def install(app: PipelineApp, aggregation: Aggregation) -> None:
     @app.page("/dnsqr/stats/")
     class StatsView(View):
         """This worker's agent counters, and how often its consumer sought back to a record it had not
-        delivered (``processors/consumer.py``)."""
+        delivered (``processors/commit_guard.py``)."""
 
         async def get(self, request: Request) -> Response:
             reseeks = getattr(app.consumer, "reseeks", 0)
             return self.json(
                 {
-                    **dataclasses.asdict(app.counters),
+                    **dataclasses.asdict(counters),
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,

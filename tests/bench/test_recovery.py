@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from bench.recovery import add_input, create_run, delete_run, recovered_worker, write_state
-from processors.ns_counts import count_values
-from processors.ns_state import FAILURES, NsState
+from processors.counts import FAILURES, count_values
+from processors.state import NsState
 
 NAME_SERVERS = 2000
 

@@ -26,7 +26,8 @@ import pytest
 
 from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.job import Stage, free_port
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 from tests import corpus
 from tests.ingest.helpers import dnsqr_multiset, file_payloads, free_udp_port
 

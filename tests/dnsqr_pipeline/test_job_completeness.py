@@ -1,5 +1,5 @@
 """Jobs that tell the truth: a stage that does not finish fails the job by name, and a worker never sits in
-a crash loop behind a live process (issue #10)."""
+a crash loop behind a live process."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dnsqr_pipeline.completion import ReceiptReader
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from nmsgdns.container import BUFSZ_JUMBO
 from nmsgdns.output import NmsgFileWriter
-from processors.progress import Ledger
+from processors.receipts import Ledger
 from tests import corpus
 from tests.corpus import read_payloads
 from tests.kafka_fixture import wait_for_leaders

@@ -7,7 +7,8 @@ from pathlib import Path
 from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 
 from dnsqr_pipeline import kafka_security
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 READ, WRITE, CREATE = AclOperation.READ, AclOperation.WRITE, AclOperation.CREATE
 

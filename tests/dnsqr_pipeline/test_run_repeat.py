@@ -2,8 +2,8 @@
 
 Each run starts its own broker (the embedded default), some with a busy loop hogging one of the two cores,
 and each must exit 0 with files and counts equal to the standalone filter's on the same capture (the
-standalone filter is held to the reference C filter by the corpus tests). Issue #10 measured hangs and
-silent losses in this loop; ``bench/run_repeat.py`` runs the same on 1M records, 20 times.
+standalone filter is held to the reference C filter by the corpus tests): repeated runs are where hangs
+and silent losses show; ``bench/run_repeat.py`` runs the same on 1M records, 20 times.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AclBindingFilter, AdminClient
 
 from dnsqr_kafka.access import EXIT_REFUSED
 from dnsqr_pipeline import kafka_security, localkafka
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from dnsqr_pipeline.job import job_files
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 CASE = "edge_cases"
 RAW, FAILURES, COUNTS = "dnsqr.raw", "dnsqr.edns.failures", "dnsqr.edns.ns-counts"
-#: the issue's bound for a refused client to give up
+#: the most seconds a refused client may take to give up
 REFUSAL_SECONDS = 10.0
 
 

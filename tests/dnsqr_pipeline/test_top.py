@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import Producer
 
 from dnsqr_pipeline.cli import build_parser
-from dnsqr_pipeline.counts_view import LatestCounts
+from dnsqr_pipeline.counts_reader import LatestCounts
 from dnsqr_pipeline.top_command import rank
-from processors.ns_counts import SnapshotEncoder
+from processors.snapshots import SnapshotEncoder
 
 WINDOW = 300
 W1, W2 = 1_700_000_100, 1_700_000_400

@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, Conf
 
 from dnsqr_kafka import topics
 from dnsqr_pipeline import topics_command
-from processors.app import Settings
+from processors.settings import Settings
 from tests.kafka_fixture import wait_for_leaders
 
 

@@ -13,7 +13,7 @@ from confluent_kafka.admin import ConfigSource
 
 from dnsqr_kafka import topics
 from dnsqr_pipeline import localkafka, topics_command
-from processors.app import Settings
+from processors.settings import Settings
 from tests.dnsqr_pipeline.test_topics import topic_replication
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

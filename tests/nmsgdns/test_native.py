@@ -15,7 +15,7 @@ def test_absent_extension_is_none() -> None:
 
 def test_pure_python_switch_turns_every_package_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PURE_PYTHON_ENV, "1")
-    for name, package in (("_wirescan", "nmsgdns"), ("_avro", "dnsqr_schemas"), ("_ns_state", "processors")):
+    for name, package in (("_wirescan", "nmsgdns"), ("_avro", "dnsqr_schemas"), ("_state", "processors")):
         assert load_extension(name, package) is None
 
 

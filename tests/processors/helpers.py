@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from nmsgdns.container import encode_container
-from processors.ns_stats_batch import DeltaBatch
+from processors.delta_batch import DeltaBatch
 from tests import corpus
 from tests.corpus import read_payloads
 

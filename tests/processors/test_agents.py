@@ -11,11 +11,12 @@ import pytest
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from dnsqr_schemas.edns_failure import decode_failure
-from processors.app import PipelineApp, Settings, create_app
+from processors.app import Parts, compose
+from processors.delta_batch import decode_batch, encode_batch
 from processors.filter_agent import Headers, KeyPartitioner, Record
-from processors.ns_counts import SnapshotEncoder, decode_snapshot
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.settings import Settings
+from processors.snapshots import SnapshotEncoder, decode_snapshot
+from processors.state import NsState
 from processors.views import rows, top
 from tests import corpus
 from tests.processors import helpers
@@ -56,12 +57,11 @@ class RecordingOutput:
         return []
 
 
-def make_app() -> tuple[PipelineApp, RecordingOutput]:
-    app = create_app(Settings(app_id="test-processors", web_enabled=False, window_seconds=60))
-    app.finalize()
+def make_app() -> tuple[Parts, RecordingOutput]:
     out = RecordingOutput()
-    app.output = out
-    return app, out
+    parts = compose(Settings(app_id="test-processors", web_enabled=False, window_seconds=60), output=out)
+    parts.app.finalize()
+    return parts, out
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
@@ -77,19 +77,19 @@ def test_filter_agent_sends_failures_and_deltas(case: str) -> None:
 
 
 async def _filter_agent_sends_failures_and_deltas(case: str) -> None:
-    app, out = make_app()
-    settings = app.settings
+    parts, out = make_app()
+    settings = parts.settings
     containers = raw_containers(case, 250)
-    agent = app.agents["dnsqr-edns-filter"]
+    agent = parts.app.agents["dnsqr-edns-filter"]
     async with agent.test_context() as test_agent:
         for data in containers:
             await test_agent.put(data, key=b"sensor")
-        await wait_for(lambda: app.counters.containers == len(containers))
+        await wait_for(lambda: parts.counters.containers == len(containers))
     failures = out.sent[settings.failures_topic]
     assert Counter(decode_failure(v)["payload"] for (_, v), _, _ in failures) == expected_failures(case)
-    assert app.counters.failures == len(failures)
-    assert app.counters.records == len(helpers.read_payloads(corpus.path(f"{case}.nmsg")))
-    assert app.counters.dead_letters == 0
+    assert parts.counters.failures == len(failures)
+    assert parts.counters.records == len(helpers.read_payloads(corpus.path(f"{case}.nmsg")))
+    assert parts.counters.dead_letters == 0
     stats = out.sent[settings.stats_topic]
     assert stats, "deltas were sent"
     failures_by_ns: Counter[str] = Counter()
@@ -108,28 +108,28 @@ def test_undecodable_container_goes_to_dead_letters_and_agent_carries_on() -> No
 
 
 async def _undecodable_container() -> None:
-    app, out = make_app()
+    parts, out = make_app()
     good = raw_containers("edge_cases", 1000)
-    agent = app.agents["dnsqr-edns-filter"]
+    agent = parts.app.agents["dnsqr-edns-filter"]
     async with agent.test_context() as test_agent:
         await test_agent.put(b"NMSG\x00\x02garbage", key=b"k1")
         for data in good:
             await test_agent.put(data)
-        await wait_for(lambda: app.counters.containers == len(good))
-    dlq = out.sent[app.settings.dlq_topic]
+        await wait_for(lambda: parts.counters.containers == len(good))
+    dlq = out.sent[parts.settings.dlq_topic]
     assert len(dlq) == 1
     (key, value), headers, _ = dlq[0]
     assert (key, value) == (b"k1", b"NMSG\x00\x02garbage")
     letter = DeadLetterHeaders.decode(headers or [])
-    assert (letter.stage, letter.topic, letter.offset) == ("worker", app.settings.raw_topic, 0)
+    assert (letter.stage, letter.topic, letter.offset) == ("worker", parts.settings.raw_topic, 0)
     assert letter.error_type.endswith("Error") and letter.error
-    assert app.counters.dead_letters == 1
-    assert len(out.sent[app.settings.failures_topic]) == sum(expected_failures("edge_cases").values())
+    assert parts.counters.dead_letters == 1
+    assert len(out.sent[parts.settings.failures_topic]) == sum(expected_failures("edge_cases").values())
 
 
-def ready(app: PipelineApp) -> None:
+def ready(parts: Parts) -> None:
     """Give the aggregator empty states for every partition, as a restore from an empty changelog would."""
-    aggregation = app.aggregation
+    aggregation = parts.aggregation
     restoring = aggregation.begin_restore(range(PARTITIONS))
     states = {p: NsState() for p in range(PARTITIONS)}
     assert aggregation.restored(restoring, states) == list(range(PARTITIONS))
@@ -144,35 +144,35 @@ def test_aggregator_state_views_and_snapshots() -> None:
 
 
 async def _aggregator_state() -> None:
-    app, _out = make_app()
-    ready(app)
+    parts, _out = make_app()
+    ready(parts)
     partition_of = KeyPartitioner(PARTITIONS)
     batches = [
         [row("192.0.2.1", 0, 4, 2, 1, noopt=2), row("192.0.2.1", 60, 6, 1, formerr=1)],
         [row("192.0.2.2", 0, 1, 1, noopt=1)],
         [row("192.0.2.1", 0, 2, 0)],
     ]
-    agent = app.agents["dnsqr-ns-aggregator"]
+    agent = parts.app.agents["dnsqr-ns-aggregator"]
     async with agent.test_context() as test_agent:
         for rows_ in batches:
             p = partition_of(rows_[0][0].encode())
             await test_agent.put(encode_batch(0, rows_), partition=p)
-    states = app.aggregation.states
+    states = parts.aggregation.states
     totals = {ns: c for state in states.values() for ns, c in state.totals.items()}
     assert totals["192.0.2.1"] == [12, 3, 1, {"noopt": 2, "formerr": 1}, None]
     assert totals["192.0.2.2"][:3] == [1, 1, 0]
-    windows = {(r[0], r[1]): r[2] for r in rows(app.aggregation, "window")}
+    windows = {(r[0], r[1]): r[2] for r in rows(parts.aggregation, "window")}
     assert windows[("192.0.2.1", 0)][:2] == [6, 2]
     assert windows[("192.0.2.1", 60)][:2] == [6, 1]
     # the views
-    by_failures = top(rows(app.aggregation, "total"), by="failures")
+    by_failures = top(rows(parts.aggregation, "total"), by="failures")
     assert [r["name_server"] for r in by_failures] == ["192.0.2.1", "192.0.2.2"]
     assert by_failures[0]["by_kind"] == {"noopt": 2, "formerr": 1}
     assert by_failures[0]["failure_rate"] == pytest.approx(3 / 12)
-    by_rate = top(rows(app.aggregation, "total"), by="rate")
+    by_rate = top(rows(parts.aggregation, "total"), by="rate")
     assert [r["name_server"] for r in by_rate] == ["192.0.2.2", "192.0.2.1"]
-    assert top(rows(app.aggregation, "total"), by="rate", min_answered=2)[0]["name_server"] == "192.0.2.1"
-    assert top(rows(app.aggregation, "window"), n=1)[0] | {"failure_rate": 0} == {
+    assert top(rows(parts.aggregation, "total"), by="rate", min_answered=2)[0]["name_server"] == "192.0.2.1"
+    assert top(rows(parts.aggregation, "window"), n=1)[0] | {"failure_rate": 0} == {
         "name_server": "192.0.2.1",
         "window_start": 0,
         "edns_answered": 6,
@@ -201,18 +201,18 @@ def test_corpus_counts_reach_the_state() -> None:
     """Filter then aggregate a whole case in one event loop: the totals equal the reference counts."""
 
     async def scenario() -> dict[str, int]:
-        app, out = make_app()
-        ready(app)
+        parts, out = make_app()
+        ready(parts)
         containers = raw_containers("live_resolver", 300)
-        async with app.agents["dnsqr-edns-filter"].test_context() as filt:
+        async with parts.app.agents["dnsqr-edns-filter"].test_context() as filt:
             for data in containers:
                 await filt.put(data)
-            await wait_for(lambda: app.counters.containers == len(containers))
-        async with app.agents["dnsqr-ns-aggregator"].test_context() as agg:
-            for (_key, value), headers, partition in out.sent[app.settings.stats_topic]:
+            await wait_for(lambda: parts.counters.containers == len(containers))
+        async with parts.app.agents["dnsqr-ns-aggregator"].test_context() as agg:
+            for (_key, value), headers, partition in out.sent[parts.settings.stats_topic]:
                 await agg.put(value, partition=partition, headers=headers)
         return {
-            ns: c[1] for state in app.aggregation.states.values() for ns, c in state.totals.items() if c[1]
+            ns: c[1] for state in parts.aggregation.states.values() for ns, c in state.totals.items() if c[1]
         }
 
     assert asyncio.run(scenario()) == corpus.expected_counts("live_resolver")

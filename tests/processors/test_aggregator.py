@@ -14,9 +14,10 @@ from confluent_kafka import Producer
 from faust.types import TP
 
 from processors.aggregator import Aggregation, read_changelog
-from processors.app import Settings, create_app
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.app import compose
+from processors.delta_batch import decode_batch, encode_batch
+from processors.settings import Settings
+from processors.state import NsState
 
 NS = "192.0.2.1"
 
@@ -65,13 +66,14 @@ def test_at_least_once_applies_what_comes() -> None:
 
 
 def test_a_record_delivered_again_is_not_applied_again() -> None:
-    """Faust delivers records again after a rebalance or a seek back (processors/consumer.py); the
+    """Faust delivers records again after a rebalance or a seek back (processors/commit_guard.py); the
     consumer knows which offsets were processed, and the agent skips those."""
 
     async def scenario() -> tuple[list[Any], int, int]:
-        app = create_app(Settings(app_id="test-aggregator", web_enabled=False, window_seconds=60))
+        parts = compose(Settings(app_id="test-aggregator", web_enabled=False, window_seconds=60))
+        app = parts.app
         app.finalize()
-        app.aggregation.restored(app.aggregation.begin_restore([0]), {0: NsState()})
+        parts.aggregation.restored(parts.aggregation.begin_restore([0]), {0: NsState()})
         seen: set[int] = set()
         asked: list[tuple[TP, int]] = []
 
@@ -80,7 +82,7 @@ def test_a_record_delivered_again_is_not_applied_again() -> None:
             return offset in seen
 
         app.consumer.done = done  # type: ignore[method-assign]
-        agent = app.agents["dnsqr-ns-aggregator"]
+        agent = parts.app.agents["dnsqr-ns-aggregator"]
         async with agent.test_context() as test_agent:
             for failures in (2, 3):
                 event = await test_agent.put(value(failures), partition=0)
@@ -90,7 +92,8 @@ def test_a_record_delivered_again_is_not_applied_again() -> None:
             assert again.message.offset == min(seen)
             test_agent.sent_offset = max(seen) + 1
             await test_agent.put(b"not an ns-stats record", partition=0)
-        return app.aggregation.states[0].totals[NS], app.counters.redelivered_stats, app.counters.bad_stats
+        counters = parts.counters
+        return parts.aggregation.states[0].totals[NS], counters.redelivered_stats, counters.bad_stats
 
     totals, redelivered, bad = asyncio.run(scenario())
     assert totals[:2] == [5, 5]

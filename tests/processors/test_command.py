@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faust
 import pytest
 
 from processors import command
-from processors.app import Settings, create_app, faust_credentials
+from processors.app import create_app, faust_credentials
+from processors.settings import Settings
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -85,8 +87,8 @@ def test_module_level_app_for_the_faust_command(monkeypatch: pytest.MonkeyPatch)
     import processors.app as module
 
     app = module.app
-    assert isinstance(app, module.PipelineApp)
-    assert app.settings.raw_topic == "from-env"
+    assert isinstance(app, faust.App)
+    assert app.agents["dnsqr-edns-filter"].channel.get_topic_name() == "from-env"
     assert set(app.agents) == {"dnsqr-edns-filter", "dnsqr-ns-aggregator"}
 
 

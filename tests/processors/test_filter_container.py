@@ -20,10 +20,11 @@ from nmsgdns.edns import judge_py
 from nmsgdns.errors import NmsgDnsError
 from nmsgdns.payload import make_payload
 from processors import filter_agent
+from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT
+from processors.delta_batch import decode_batch
+from processors.deltas import rows
 from processors.failure_record import failure_dict
 from processors.filter_agent import ContainerResult, PartitionBatch, WindowClock, filter_container
-from processors.ns_deltas import ANSWERED, FAILURE, TIMEOUT, rows
-from processors.ns_stats_batch import decode_batch
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers, row_kinds
 
@@ -150,19 +151,19 @@ def reference_filter_container(data: bytes, clock: WindowClock) -> ContainerResu
                 (ns.encode(), encode_failure_py(failure_dict(payload, j, detail.kind, detail=detail)))
             )
             ip = j.record.response_ip if j.ns_ip is not None else b""
-            counted += (ip, clock.window_start(payload), FAILURE, detail.kind)
+            counted += (ip, clock.window_start(payload), EVENT_FAILURE, detail.kind)
         elif j.edns_answered or j.edns_timeout:
             if j.ns_ip is None:
                 continue
             start = clock.window_start(payload)
             if j.edns_timeout:
-                counted += (j.record.response_ip, start, TIMEOUT, None)
+                counted += (j.record.response_ip, start, EVENT_TIMEOUT, None)
             else:
                 seen = None
                 if j.response_opt is not None:
                     assert j.response is not None
                     seen = observe(j.record.type, j.query_opt, j.response_opt, j.response[3] & 0x0F)
-                counted += (j.record.response_ip, start, ANSWERED, seen)
+                counted += (j.record.response_ip, start, EVENT_ANSWERED, seen)
     return ContainerResult(len(payloads), failures, counted)
 
 

@@ -32,7 +32,7 @@ from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from dnsqr_schemas.edns_failure import decode_failure
 from nmsgdns.container import encode_container
 from nmsgdns.payload import replace_time
-from processors.ns_counts import decode_snapshot
+from processors.snapshots import decode_snapshot
 from tests import corpus
 from tests.corpus import read_payloads
 from tests.processors.helpers import expected_failures, raw_containers

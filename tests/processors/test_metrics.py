@@ -10,6 +10,7 @@ import tracemalloc
 from collections import Counter
 from typing import Any
 
+import faust
 import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from dnsqr_schemas.edns_failure import decode_failure
-from processors.app import PipelineApp, Settings, create_app
+from processors.app import Parts, compose
+from processors.delta_batch import decode_batch, encode_batch
 from processors.metrics import (
     DEAD_LETTER_REASONS,
     DeadLetterTally,
@@ -30,14 +32,14 @@ from processors.metrics import (
     state_size,
     walk_totals,
 )
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.settings import Settings
+from processors.state import NsState
 from tests import corpus
 from tests.processors.helpers import expected_failures, raw_containers
 from tests.processors.test_agents import RecordingOutput, ready, wait_for
 
 
-def samples(app: PipelineApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(app: faust.App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the app's registry, as Prometheus would scrape it: (name, labels) -> value."""
     text = generate_latest(app.monitor.registry).decode()  # type: ignore[attr-defined]
     return {
@@ -51,39 +53,39 @@ def test_agents_counts_reach_the_exposition_and_the_state_the_timers() -> None:
     case = "live_resolver"
     garbage = b"NMSG\x00\x02garbage"
 
-    async def scenario() -> tuple[PipelineApp, RecordingOutput, int]:
-        app = create_app(Settings(app_id="test-metrics", web_enabled=False, window_seconds=60))
-        app.finalize()
-        ready(app)
+    async def scenario() -> tuple[Parts, RecordingOutput, int]:
         out = RecordingOutput()
-        assert isinstance(app.output, DeadLetterTally)
-        app.output.inner = out
+        parts = compose(Settings(app_id="test-metrics", web_enabled=False, window_seconds=60), output=out)
+        parts.app.finalize()
+        ready(parts)
+        assert isinstance(parts.output, DeadLetterTally)
+        assert parts.output.inner is out
         containers = raw_containers(case, 300)
-        async with app.agents["dnsqr-edns-filter"].test_context() as filt:
+        async with parts.app.agents["dnsqr-edns-filter"].test_context() as filt:
             await filt.put(garbage)
             for data in containers:
                 await filt.put(data)
-            await wait_for(lambda: app.counters.containers == len(containers))
-        async with app.agents["dnsqr-ns-aggregator"].test_context() as agg:
-            for (_key, value), headers, partition in out.sent[app.settings.stats_topic]:
+            await wait_for(lambda: parts.counters.containers == len(containers))
+        async with parts.app.agents["dnsqr-ns-aggregator"].test_context() as agg:
+            for (_key, value), headers, partition in out.sent[parts.settings.stats_topic]:
                 await agg.put(value, partition=partition, headers=headers)
             await agg.put(b"not an ns-stats batch", partition=0)
-        return app, out, len(containers)
+        return parts, out, len(containers)
 
-    app, out, containers = asyncio.run(scenario())
-    got = samples(app)
+    parts, out, containers = asyncio.run(scenario())
+    got = samples(parts.app)
     failures = sum(expected_failures(case).values())
     assert got[("dnsqr_worker_containers_in_total", ())] == containers + 1
     assert got[("dnsqr_worker_records_in_total", ())] == len(
         corpus.read_payloads(corpus.path(f"{case}.nmsg"))
     )
     assert got[("dnsqr_worker_records_out_total", (("output", "failures"),))] == failures
-    stats = out.sent[app.settings.stats_topic]
+    stats = out.sent[parts.settings.stats_topic]
     rows = sum(len(decode_batch(value).name_servers) for (_, value), _, _ in stats)
     assert got[("dnsqr_worker_records_out_total", (("output", "ns-stats"),))] == rows
     assert got[("dnsqr_worker_drops_total", (("reason", "undecodable_ns_stats"),))] == 1
     # the dead letter under the exception type its contract headers name; every reason exported, most at 0
-    [(_, headers, _)] = out.sent[app.settings.dlq_topic]
+    [(_, headers, _)] = out.sent[parts.settings.dlq_topic]
     reason = DeadLetterHeaders.decode(headers or []).error_type
     assert reason in DEAD_LETTER_REASONS and reason != "other"
     dead = {
@@ -96,13 +98,13 @@ def test_agents_counts_reach_the_exposition_and_the_state_the_timers() -> None:
     assert sum(dead.values()) == 1
     # the timers' work, done by hand: state sizes per partition, failures by kind as the failure records say
     state = WorkerState()
-    refresh_sizes(app.aggregation, state)
-    asyncio.run(walk_totals(app.aggregation, state, chunk=7))  # several chunks
+    refresh_sizes(parts.aggregation, state)
+    asyncio.run(walk_totals(parts.aggregation, state, chunk=7))  # several chunks
     name_servers = {ns for (_, value), _, _ in stats for ns in decode_batch(value).name_servers}
     assert sum(n for (_, part), (n, _) in state.sizes.items() if part == "totals") == len(name_servers)
-    assert {p for p, _ in state.sizes} == set(app.aggregation.states)
+    assert {p for p, _ in state.sizes} == set(parts.aggregation.states)
     assert all(nbytes > 0 for _, nbytes in state.sizes.values())
-    kinds = Counter(decode_failure(v)["kind"] for (_, v), _, _ in out.sent[app.settings.failures_topic])
+    kinds = Counter(decode_failure(v)["kind"] for (_, v), _, _ in out.sent[parts.settings.failures_topic])
     assert state.kinds == kinds
     assert state.jumps.top == []  # one walk is only a baseline
 
@@ -145,7 +147,7 @@ def test_state_size_estimates_the_memory_a_state_takes() -> None:
 
 
 def totals(failures: int, answered: int) -> list[Any]:
-    """Counts of a name server's totals (``processors.ns_state.Counts``)."""
+    """Counts of a name server's totals (``processors.state.Counts``)."""
     return [answered, failures, 0, {"noopt": failures} if failures else None, None]
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from processors.aggregator import Aggregation
-from processors.ns_state import NsState
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.delta_batch import decode_batch, encode_batch
+from processors.state import NsState
 from processors.views import BadRequest, held_range, worst, worst_filters
 from processors.worst_page import Filters
 

@@ -21,9 +21,9 @@ the rule.
   legitimately produce duplicates (the sink's file naming dedups replays of the *same* failures-topic
   offsets, not a second copy at a new offset), so the test only prints how many.
 
-Both failed in some runs until processors/consumer.py (Faust committing past a record it never delivered,
+Both failed in some runs until processors/commit_guard.py (Faust committing past a record it never delivered,
 and delivering others twice, across the two rebalances) and the filter agent's ``Redelivery``; the module
-doc of processors/consumer.py has the traces' findings.
+doc of processors/commit_guard.py has the traces' findings.
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ from fastavro import schemaless_reader
 
 from bench.make_big import main as make_big
 from dnsqr_pipeline.completion import CompletionError, Progress, wait_caught_up
-from dnsqr_pipeline.counts_view import read_latest_counts
+from dnsqr_pipeline.counts_reader import read_latest_counts
 from dnsqr_pipeline.job import free_port
 from dnsqr_schemas import avro_schema
 from nmsgdns.container import encode_container
 from nmsgdns.edns import EdnsFilter
+from processors.counts import Counts
+from processors.deltas import CountsKey, fold, rows
 from processors.filter_agent import WindowClock, filter_container
-from processors.ns_deltas import Counts, CountsKey, fold, rows
 from tests import corpus
 from tests.processors.helpers import expected_failures, read_payloads
 from tests.processors.test_integration import Run

@@ -42,7 +42,8 @@ from nmsgdns.classify import classify_failure
 from nmsgdns.container import encode_container
 from nmsgdns.edns import judge
 from nmsgdns.payload import decode_payload, payload_time
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 from tests import corpus
 from tests.chromium import CHROMIUM, Chromium, Tab
 from tests.processors.test_integration import wait_web_totals

@@ -1,15 +1,16 @@
-"""Faust's aiokafka consumer, made never to commit past a record it did not deliver.
+"""The commit guard: Faust's aiokafka consumer, made never to commit past a record it did not deliver, and
+to hold the commits of partitions whose state is being restored.
 
 Faust 0.15 decides what to commit from the offsets its streams acknowledged, plus "gaps" (offsets it infers
 hold transaction markers). Traced in tests/processors/test_worker_crash.py (a worker SIGKILLed and
 restarted, two rebalances), three of its habits lose or duplicate records:
 
-1. After a rebalance it resumes the flow while recovering its tables, so records are delivered from the
-   positions aiokafka reset to the committed offsets; when recovery ends it seeks to the committed offsets
-   again (``perform_seek``) and moves its "last read offset" back, although records beyond it were
-   delivered. The record *at* the read offset is then delivered a second time (``offset >= read``), and
-   the next new record looks like a jump, so the span before it is recorded as a gap: offsets committed
-   as if processed.
+1. After a rebalance it resumes the flow while its recovery service runs (it would recover tables; this
+   app has none), so records are delivered from the positions aiokafka reset to the committed offsets;
+   when recovery ends it seeks to the committed offsets again (``perform_seek``) and moves its "last read
+   offset" back, although records beyond it were delivered. The record *at* the read offset is then
+   delivered a second time (``offset >= read``), and the next new record looks like a jump, so the span
+   before it is recorded as a gap: offsets committed as if processed.
 2. A record fetched in one generation but reaching the stream in the next is skipped by the stream, while
    the fetch position has moved past it; a record the drain loop could not hand over before the flow
    stopped still advances its read offset.
@@ -17,17 +18,17 @@ restarted, two rebalances), three of its habits lose or duplicate records:
    onwards acknowledged, it commits past 24 although 24 was never processed (``min(acked) - committed >
    1``). Together with 2 this is the loss the crash test measured: one container (20-35 failures) missing.
 
-:class:`PipelineConsumer` fixes 1 by not letting ``perform_seek`` move the read offset back below the last
+:class:`CommitGuardConsumer` fixes 1 by not letting ``perform_seek`` move the read offset back below the last
 record delivered in the current generation, and closes 2 and 3 with a guard: when the first offset that
 would be committed lies beyond the committed one (a hole at the head), it does not commit that partition
 and seeks it back to the committed offset, once every :data:`RESEEK_SECONDS`. What the broker delivers
 after that seek settles the hole: the missing record itself (processed, the hole closes), or a later
 record first, which proves the hole holds no deliverable record (transaction markers, aborted data) and
 lets the commit through. Records delivered again by the seek are dropped by the filter agent
-(:class:`processors.filter_agent.Redelivery`), which asks :meth:`PipelineConsumer.done` whether an offset was
-processed already.
+(:class:`processors.filter_agent.Redelivery`), which asks :meth:`CommitGuardConsumer.done` whether an offset
+was processed already.
 
-It also commits nothing of the partitions in :attr:`PipelineConsumer.held` (the aggregator's, while their
+It also commits nothing of the partitions in :attr:`CommitGuardConsumer.held` (the aggregator's, while their
 state is being restored).
 """
 
@@ -63,7 +64,7 @@ class Hole:
     refetched: bool = False
 
 
-class PipelineConsumer(Consumer):
+class CommitGuardConsumer(Consumer):
     """aiokafka consumer that commits only offsets it delivered or proved empty (see module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -209,5 +210,5 @@ class PipelineConsumer(Consumer):
 
 
 def install(app: Any) -> None:
-    """Make ``app`` create :class:`PipelineConsumer` (before its consumer exists, i.e. at app creation)."""
-    app.transport.Consumer = PipelineConsumer
+    """Make ``app`` create :class:`CommitGuardConsumer` (before its consumer exists, i.e. at app creation)."""
+    app.transport.Consumer = CommitGuardConsumer

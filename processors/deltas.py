@@ -1,22 +1,24 @@
-"""Per (name server, window) counts of a batch of containers, and their ``NsStatsBatch`` records per
-ns-stats partition.
+"""The filter side of the counting: counted events folded into per-(name server, window) deltas over a batch
+of containers, and their ``NsStatsBatch`` records per ns-stats partition.
 
 The filter agent counts every EDNS query answered or timed out, per name server and window, sums the counts
-over a batch of containers and sends them as a few ``NsStatsBatch`` records (``ns_stats_batch.py``). At
+over a batch of containers and sends them as a few ``NsStatsBatch`` records (``delta_batch.py``). At
 real name-server cardinality (~480k distinct name servers per million records) most counted records start
 a new (name server, window), so everything done per key is paid almost per record. Hence cheap data:
 
-- a container's counted records are a flat list, four items per record: ``(response_ip, window_start, what,
-  kind)`` (:data:`ANSWERED` with an observation or None, :data:`FAILURE` with its kind, :data:`TIMEOUT`
-  with None), appended in the filter's per-record loop and folded into the batch only once the whole
-  container succeeded (:func:`fold`), so a container that raises half way leaves nothing behind;
+- a container's counted records are a flat list, four items per record: ``(response_ip, window_start,
+  event, kind)`` (``EVENT_ANSWERED`` with an observation or None, ``EVENT_FAILURE`` with its kind,
+  ``EVENT_TIMEOUT`` with None: ``processors/counts.py``), appended in the filter's per-record loop and
+  folded into the batch only once the whole container succeeded (:func:`fold`), so a container that
+  raises half way leaves nothing behind;
 - a batch's counts are keyed by the raw address bytes and the window start (``b""`` for a selected record
   without a usable address, whose failure names the name server ``""``); the address becomes text
   (``inet_ntop``, :func:`nmsgdns.ippacket.ip_to_text`) only when the batch is encoded;
-- a key's counts are a list ``[edns_answered, failures, timeouts, by_kind | None, observations | None]``.
+- a key's counts are a counts list (``processors/counts.py``), ``[edns_answered, failures, timeouts,
+  by_kind | None, observations | None]``.
 
-:func:`fold_py` and :func:`encode_py` are the specification; ``processors/_ns_deltas.c`` transcribes them
-(the same dicts, the same bytes; tests/processors/test_ns_deltas.py) and :func:`fold` and :func:`encode`
+:func:`fold_py` and :func:`encode_py` are the specification; ``processors/_deltas.c`` transcribes them
+(the same dicts, the same bytes; tests/processors/test_deltas.py) and :func:`fold` and :func:`encode`
 are the C versions when built, unless ``$NMSGDNS_PURE_PYTHON`` is set.
 """
 
@@ -27,19 +29,23 @@ from collections.abc import Callable
 from dnsqr_kafka.key_partition import KeyPartitioner
 from nmsgdns.ippacket import ip_to_text
 from nmsgdns.native import implementation, load_extension
-from processors.ns_stats_batch import VERSION, DeltaRow, encode_batch
-
-#: ``what`` of a counted record: an EDNS query answered (``kind`` is its observation or None)...
-ANSWERED = 0
-#: ...one the rule selected (``kind`` is the failure's kind; it was answered too)...
-FAILURE = 1
-#: ...or one never answered (``kind`` is None).
-TIMEOUT = 2
+from processors.counts import (
+    ANSWERED,
+    BY_KIND,
+    EVENT_ANSWERED,
+    EVENT_FAILURE,
+    EVENT_TIMEOUT,
+    FAILURES,
+    OBSERVATIONS,
+    TIMEOUTS,
+    Counts,
+    add_kind,
+    zero,
+)
+from processors.delta_batch import VERSION, DeltaRow, encode_batch
 
 #: (response_ip bytes, window start)
 CountsKey = tuple[bytes, int]
-#: [edns_answered, failures, timeouts, by_kind or None, observations or None]
-Counts = list[object]
 
 
 def fold_py(counts: dict[CountsKey, Counts], counted: list[object]) -> None:
@@ -47,29 +53,26 @@ def fold_py(counts: dict[CountsKey, Counts], counted: list[object]) -> None:
     if len(counted) % 4:
         raise ValueError(f"{len(counted)} items are not whole (ip, start, what, kind) quadruples")
     it = iter(counted)
-    for ip, start, what, kind in zip(it, it, it, it, strict=True):
+    for ip, start, event, kind in zip(it, it, it, it, strict=True):
         key = (ip, start)
         c = counts.get(key)
         if c is None:
-            c = counts[key] = [0, 0, 0, None, None]
-        if what == TIMEOUT:
-            c[2] += 1  # type: ignore[operator]
+            c = counts[key] = zero()
+        if event == EVENT_TIMEOUT:
+            c[TIMEOUTS] += 1
             continue
-        if what == FAILURE:
-            c[1] += 1  # type: ignore[operator]
-            slot = 3
-        elif what == ANSWERED:
+        if event == EVENT_FAILURE:
+            c[FAILURES] += 1
+            slot = BY_KIND
+        elif event == EVENT_ANSWERED:
             if kind is None:
-                c[0] += 1  # type: ignore[operator]
+                c[ANSWERED] += 1
                 continue
-            slot = 4
+            slot = OBSERVATIONS
         else:
-            raise ValueError(f"counted record of unknown kind {what!r}")
-        c[0] += 1  # type: ignore[operator]
-        kinds = c[slot]
-        if kinds is None:
-            kinds = c[slot] = {}
-        kinds[kind] = kinds.get(kind, 0) + 1  # type: ignore[attr-defined]
+            raise ValueError(f"counted record of unknown kind {event!r}")
+        c[ANSWERED] += 1
+        add_kind(c, slot, kind, 1)  # type: ignore[arg-type]
 
 
 def name_server(ip: bytes) -> str:
@@ -80,7 +83,15 @@ def name_server(ip: bytes) -> str:
 def rows(counts: dict[CountsKey, Counts]) -> list[DeltaRow]:
     """``counts`` as ``NsStatsBatch`` rows, in the order of the dict."""
     return [
-        (name_server(ip), start, c[0], c[1], c[2], c[3] or {}, c[4] or {})  # type: ignore[misc]
+        (
+            name_server(ip),
+            start,
+            c[ANSWERED],
+            c[FAILURES],
+            c[TIMEOUTS],
+            c[BY_KIND] or {},
+            c[OBSERVATIONS] or {},
+        )
         for (ip, start), c in counts.items()
     ]
 
@@ -107,8 +118,8 @@ def encode_py(
     }
 
 
-_ext = load_extension("_ns_deltas", "processors")
-#: Which :func:`fold` and :func:`encode` run: ``"c"`` (processors/_ns_deltas.c) or ``"python"``.
+_ext = load_extension("_deltas", "processors")
+#: Which :func:`fold` and :func:`encode` run: ``"c"`` (processors/_deltas.c) or ``"python"``.
 IMPLEMENTATION = implementation(_ext)
 #: :func:`fold_py`, in C when built.
 fold: Callable[[dict[CountsKey, Counts], list[object]], None] = fold_py if _ext is None else _ext.fold

@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from processors.ns_counts import count_values, failure_rate
-from processors.ns_state import Counts
+import faust
+
+from processors.counts import Counts, count_values, counts_of, failure_rate
 from processors.worst_page import WorstRow
-
-if TYPE_CHECKING:
-    from processors.app import PipelineApp
 
 #: query parameter of a worker-local answer (what a peer is asked for)
 LOCAL = "local"
@@ -54,23 +52,24 @@ class Missing:
         return f"worker {self.peer.url} (ns-stats partitions {parts}): {self.reason}"
 
 
-def peers(app: PipelineApp) -> list[Peer]:
-    """The other members of the group that own ns-stats partitions, from the latest assignment."""
+def peers(app: faust.App, stats_topic: str) -> list[Peer]:
+    """The other members of ``app``'s group that own partitions of ``stats_topic`` (the ns-stats topic),
+    from the latest assignment."""
     own = str(app.conf.canonical_url).rstrip("/")
     distribution: Mapping[str, Mapping[str, Sequence[int]]] = app.assignor.external_topic_distribution
     out = []
     for url, topics in distribution.items():
-        partitions = tuple(sorted(topics.get(app.settings.stats_topic, ())))
+        partitions = tuple(sorted(topics.get(stats_topic, ())))
         if partitions and str(url).rstrip("/") != own:
             out.append(Peer(str(url).rstrip("/"), partitions))
     return sorted(out, key=lambda p: p.url)
 
 
 async def gather(
-    app: PipelineApp, path: str, query: Mapping[str, str]
+    app: faust.App, stats_topic: str, path: str, query: Mapping[str, str]
 ) -> tuple[list[tuple[Peer, Any]], list[Missing]]:
-    """GET ``path`` with ``query`` and ``local=1`` from every peer: the JSON answers, and the peers that
-    did not give one."""
+    """GET ``path`` with ``query`` and ``local=1`` from every peer (:func:`peers`): the JSON answers, and
+    the peers that did not give one."""
 
     async def ask(peer: Peer) -> tuple[Peer, Any]:
         async with app.http_client.get(
@@ -82,7 +81,7 @@ async def gather(
 
     answers: list[tuple[Peer, Any]] = []
     missing: list[Missing] = []
-    others = peers(app)
+    others = peers(app, stats_topic)
     for peer, result in zip(
         others, await asyncio.gather(*(ask(p) for p in others), return_exceptions=True), strict=True
     ):
@@ -96,18 +95,6 @@ async def gather(
         else:
             answers.append(result)
     return answers, missing
-
-
-def counts_of(values: Mapping[str, Any]) -> Counts:
-    """The counts list (``processors.ns_state``) of an ``NsCountValues``: the inverse of
-    :func:`processors.ns_counts.count_values`."""
-    return [
-        values["edns_answered"],
-        values["failures"],
-        values["timeouts"],
-        dict(values["by_kind"]) or None,
-        dict(values["observations"]) or None,
-    ]
 
 
 def top_rows(answer: Iterable[Mapping[str, Any]]) -> list[tuple[str, int | None, Counts]]:

@@ -6,7 +6,7 @@ name-server cardinality that is tens of thousands a second, and fastavro's ``sch
 dicts it needs) cost ~15% of a worker's time in the e2e bench. :class:`SnapshotEncoder` writes the same
 bytes directly, 3.4 times faster (Avro's binary encoding of this flat schema is a few varints, a double
 and two maps); :func:`encode_snapshot_avro` is the fastavro specification it is held to
-(tests/processors/test_ns_counts.py).
+(tests/processors/test_snapshots.py).
 """
 
 from __future__ import annotations
@@ -21,25 +21,8 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
 from nmsgdns.native import load_extension
-from processors.ns_state import BY_KIND, OBSERVATIONS, Changed, Counts, NsState, Record
-
-
-def failure_rate(counts: Counts) -> float:
-    """Failures per EDNS query answered; 0.0 when none was answered."""
-    answered = counts[0]
-    return counts[1] / answered if answered else 0.0
-
-
-def count_values(counts: Counts) -> dict[str, Any]:
-    """``NsCountValues`` of a counts list (:mod:`processors.ns_state`)."""
-    return {
-        "edns_answered": counts[0],
-        "failures": counts[1],
-        "failure_rate": failure_rate(counts),
-        "by_kind": dict(counts[BY_KIND] or {}),
-        "timeouts": counts[2],
-        "observations": dict(counts[OBSERVATIONS] or {}),
-    }
+from processors.counts import Counts, count_values
+from processors.state import Changed, NsState, Record
 
 
 def _varint(z: int) -> bytes:
@@ -130,7 +113,7 @@ def snapshot_records_py(
     changed: dict[int, Changed], totals: dict[str, Counts], encode: SnapshotEncoder
 ) -> list[Record]:
     """The counts-topic records (name server, ``NsCounts``) of the name servers ``changed`` in each window
-    (:meth:`processors.ns_state.NsState.take_snapshot_changes`: their window counts), with their totals."""
+    (:meth:`processors.state.NsState.take_snapshot_changes`: their window counts), with their totals."""
     return [
         (ns.encode(), encode(ns, start, window, totals[ns]))
         for start, names in changed.items()
@@ -138,8 +121,8 @@ def snapshot_records_py(
     ]
 
 
-_ext = load_extension("_ns_state", "processors")
-#: :func:`snapshot_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
+_ext = load_extension("_state", "processors")
+#: :func:`snapshot_records_py`, in C when built (same bytes: tests/processors/test_state_c.py)
 snapshot_records: Callable[[dict[int, Changed], dict[str, Counts], SnapshotEncoder], list[Record]] = (
     snapshot_records_py if _ext is None else _ext.snapshot_records
 )

@@ -1,15 +1,15 @@
 /*
- * processors._ns_deltas: the filter agent's per-name-server counting and its NsStatsBatch encoding, in C.
+ * processors._deltas: the filter agent's per-name-server counting and its NsStatsBatch encoding, in C.
  *
  * Why this exists: at real name-server cardinality (~480k distinct name servers per million records)
- * almost every counted record starts a new (name server, window) key, and the Python code paid per key
+ * almost every counted record starts a new (name server, window) key, and the Python code pays per key
  * for a counts object, a merge into the batch, murmur2 and the row tuples: about 7 s of a worker's
- * 25 s CPU per million records, against 1 s with 8 name servers (issue #11).
+ * 25 s CPU per million records, against 1 s with 8 name servers.
  *
- * processors/ns_deltas.py is the specification, not this file: fold() is fold_py() (the same dict of
+ * processors/deltas.py is the specification, not this file: fold() is fold_py() (the same dict of
  * the same lists and maps afterwards) and encode() is encode_py() (the same partitions and the same
- * bytes, which are ns_stats_batch.encode_batch's, i.e. fastavro's), held to it by
- * tests/processors/test_ns_deltas.py on the corpus and on hypothesis-generated counts.
+ * bytes, which are delta_batch.encode_batch's, i.e. fastavro's), held to it by
+ * tests/processors/test_deltas.py on the corpus and on hypothesis-generated counts.
  *
  * Inputs are checked strictly: the keys' parts must be exact bytes and int, kinds exact str, counts
  * exact int lists of five slots, else TypeError/ValueError. That also means no Python code runs while
@@ -26,19 +26,7 @@
 
 #include "../nmsgdns/varint.h"
 #include "../dnsqr_kafka/murmur2.h"
-
-/* `what` of a counted record (ns_deltas.ANSWERED, FAILURE, TIMEOUT) */
-#define WHAT_ANSWERED 0
-#define WHAT_FAILURE 1
-#define WHAT_TIMEOUT 2
-
-/* slots of a key's counts list */
-#define SLOT_ANSWERED 0
-#define SLOT_FAILURES 1
-#define SLOT_TIMEOUTS 2
-#define SLOT_BY_KIND 3
-#define SLOT_OBSERVATIONS 4
-#define SLOTS 5
+#include "counts.h" /* SLOT_* of a key's counts list, EVENT_* of a counted record */
 
 /* ------------------------------------------------------------------------------------------------ */
 /* fold                                                                                              */
@@ -149,7 +137,7 @@ new_counts(void)
 
 PyDoc_STRVAR(fold_doc,
              "fold(counts, counted)\n--\n\n"
-             "ns_deltas.fold_py in C: add the flat (ip, start, what, kind) quadruples of ``counted`` to\n"
+             "deltas.fold_py in C: add the flat (ip, start, event, kind) quadruples of ``counted`` to\n"
              "``counts``.");
 
 static PyObject *
@@ -176,19 +164,19 @@ ns_fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (i = 0; i < n; i += 4) {
         /* borrowed: counted is not changed below (no Python code runs, see the top of the file) */
         PyObject *ip = PyList_GET_ITEM(counted, i), *start = PyList_GET_ITEM(counted, i + 1);
-        PyObject *what_obj = PyList_GET_ITEM(counted, i + 2), *kind = PyList_GET_ITEM(counted, i + 3);
+        PyObject *event_obj = PyList_GET_ITEM(counted, i + 2), *kind = PyList_GET_ITEM(counted, i + 3);
         PyObject *key, *c;
-        long what;
+        long event;
 
-        if (!PyBytes_CheckExact(ip) || !PyLong_CheckExact(start) || !PyLong_CheckExact(what_obj)) {
+        if (!PyBytes_CheckExact(ip) || !PyLong_CheckExact(start) || !PyLong_CheckExact(event_obj)) {
             PyErr_SetString(PyExc_TypeError, "a counted record is not (bytes, int, int, kind)");
             return NULL;
         }
-        what = PyLong_AsLong(what_obj);
-        if (what == -1 && PyErr_Occurred())
+        event = PyLong_AsLong(event_obj);
+        if (event == -1 && PyErr_Occurred())
             return NULL;
-        if (what != WHAT_ANSWERED && what != WHAT_FAILURE && what != WHAT_TIMEOUT) {
-            PyErr_Format(PyExc_ValueError, "counted record of unknown kind %R", what_obj);
+        if (event != EVENT_ANSWERED && event != EVENT_FAILURE && event != EVENT_TIMEOUT) {
+            PyErr_Format(PyExc_ValueError, "counted record of unknown kind %R", event_obj);
             return NULL;
         }
         key = PyTuple_Pack(2, ip, start);
@@ -214,14 +202,14 @@ ns_fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "counts of a key are not a list of five");
             return NULL;
         }
-        if (what == WHAT_TIMEOUT) {
+        if (event == EVENT_TIMEOUT) {
             if (add_to_slot(c, SLOT_TIMEOUTS, 1) < 0)
                 return NULL;
             continue;
         }
         if (add_to_slot(c, SLOT_ANSWERED, 1) < 0)
             return NULL;
-        if (what == WHAT_FAILURE) {
+        if (event == EVENT_FAILURE) {
             if (add_to_slot(c, SLOT_FAILURES, 1) < 0 || add_kind(c, SLOT_BY_KIND, kind) < 0)
                 return NULL;
         }
@@ -504,7 +492,7 @@ done:
 
 PyDoc_STRVAR(encode_doc,
              "encode(counts, partitions, max_rows, version)\n--\n\n"
-             "ns_deltas.encode_py in C: {ns-stats partition: [NsStatsBatch bytes, ...]} of ``counts``,\n"
+             "deltas.encode_py in C: {ns-stats partition: [NsStatsBatch bytes, ...]} of ``counts``,\n"
              "the partition of a name server being Kafka's default (murmur2) among ``partitions``.");
 
 static PyObject *
@@ -624,8 +612,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "processors._ns_deltas",
-    "The filter agent's per-name-server counts and their NsStatsBatch records (processors/ns_deltas.py),\n"
+    "processors._deltas",
+    "The filter agent's per-name-server counts and their NsStatsBatch records (processors/deltas.py),\n"
     "in C.",
     -1,
     methods,
@@ -636,7 +624,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC
-PyInit__ns_deltas(void)
+PyInit__deltas(void)
 {
     return PyModule_Create(&module);
 }

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the aggregator's per-name-server work: Python against C (``processors._ns_state``).
+"""Micro-benchmark of the aggregator's per-name-server work: Python against C (``processors._state``).
 
 Builds the ns-stats records the filter agent would send for the first ``--containers`` containers of each
 input (re-packed as ingest does, ``--group`` containers per filter batch, ``--partitions`` ns-stats
@@ -8,7 +8,7 @@ does with them: apply every record to its partition's state, write the changelog
 ``--tick-every`` records. Each implementation runs ``--repeat`` times on fresh states, alternating; the best
 run of each is reported, phase by phase. Building the records (the filter's work) is not timed.
 
-    python bench/ns_state_bench.py /work/main/bench/out/big-hc.nmsg /work/main/bench/out/big.nmsg
+    python bench/state_bench.py /work/main/bench/out/big-hc.nmsg /work/main/bench/out/big.nmsg
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import processors.state
 from nmsgdns.container import encode_container
 from nmsgdns.input import ContainerStreamReader
-from processors import ns_state
+from processors.delta_batch import decode_batch
 from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
-from processors.ns_counts import SnapshotEncoder, snapshot_records_py
-from processors.ns_state import NsState, counts_records_py
-from processors.ns_stats_batch import decode_batch
+from processors.snapshots import SnapshotEncoder, snapshot_records_py
+from processors.state import NsState, counts_records_py
 
 PHASES = ("apply", "changelog", "snapshots")
 
@@ -52,16 +52,16 @@ def run(
     records: list[tuple[int, bytes]], implementation: str, args: argparse.Namespace
 ) -> tuple[dict[str, float], int, int, int]:
     """CPU seconds per phase of one run; also the name servers, changelog records and snapshots."""
-    ext = ns_state._ext
+    ext = processors.state._ext
     if implementation == "c":
-        assert ext is not None, "processors._ns_state is not built"
-        ns_state.counts_records = ext.counts_records
+        assert ext is not None, "processors._state is not built"
+        processors.state.counts_records = ext.counts_records
         snapshot_records: Callable = ext.snapshot_records
 
         def apply(state: NsState, value: bytes) -> None:
             state.apply_record(value)
     else:
-        ns_state.counts_records = counts_records_py
+        processors.state.counts_records = counts_records_py
         snapshot_records = snapshot_records_py
 
         def apply(state: NsState, value: bytes) -> None:
@@ -89,7 +89,7 @@ def run(
                 snapshots += len(snapshot_records(changed, state.totals, encode))
                 snapshots += len([encode(ns, None, None, total) for ns, total in outside.items()])
             spent["snapshots"] += clock() - t0
-    ns_state.counts_records = counts_records_py if ext is None else ext.counts_records
+    processors.state.counts_records = counts_records_py if ext is None else ext.counts_records
     return spent, sum(len(s.totals) for s in states.values()), changelog, snapshots
 
 

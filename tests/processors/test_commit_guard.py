@@ -1,4 +1,4 @@
-"""PipelineConsumer's commit guard and read offsets, and the filter agent's Redelivery, without a broker.
+"""CommitGuardConsumer's commit guard and read offsets, and the filter agent's Redelivery, without a broker.
 
 The consumer is built the way the app builds it but never started; its seeks are recorded instead of sent,
 and deliveries are made by calling its callback the way Faust's drain loop does.
@@ -14,9 +14,10 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
-from processors.app import Settings, create_app
-from processors.consumer import PipelineConsumer
+from processors.app import create_app
+from processors.commit_guard import CommitGuardConsumer
 from processors.filter_agent import Redelivery
+from processors.settings import Settings
 
 RAW = TP("raw", 1)
 GENERATION = 3
@@ -36,7 +37,7 @@ class FakeEvent:
 
 @dataclass
 class Harness:
-    consumer: PipelineConsumer
+    consumer: CommitGuardConsumer
     seeks: list[tuple[TP, int]] = field(default_factory=list)
     handed: list[int] = field(default_factory=list)
 
@@ -54,7 +55,7 @@ def make_consumer(processing_guarantee: str = "at_least_once") -> Harness:
     async def nothing(*_: Any) -> None:
         return None
 
-    consumer = PipelineConsumer(
+    consumer = CommitGuardConsumer(
         app.transport, callback=on_message, on_partitions_revoked=nothing, on_partitions_assigned=nothing
     )
     harness = Harness(consumer, handed=handed)
@@ -67,13 +68,13 @@ def make_consumer(processing_guarantee: str = "at_least_once") -> Harness:
     return harness
 
 
-def ack(consumer: PipelineConsumer, *offsets: int) -> None:
+def ack(consumer: CommitGuardConsumer, *offsets: int) -> None:
     for offset in offsets:
         consumer._acked[RAW].append(offset)
         consumer._acked_index[RAW].add(offset)
 
 
-async def deliver(consumer: PipelineConsumer, offset: int) -> None:
+async def deliver(consumer: CommitGuardConsumer, offset: int) -> None:
     await consumer.callback(FakeMessage(RAW, offset))
 
 

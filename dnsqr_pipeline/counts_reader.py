@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, TopicPartition
 
 from dnsqr_pipeline.completion import CompletionError, end_offsets, job_consumer
-from processors.ns_counts import decode_snapshot
+from processors.snapshots import decode_snapshot
 
 
 class LatestCounts:

@@ -1,4 +1,4 @@
-"""``processors._ns_state`` (C) does exactly what its Python specification does: the state after applying
+"""``processors._state`` (C) does exactly what its Python specification does: the state after applying
 encoded ns-stats batches (totals, windows, marks, expiry, what is dirty), the changelog records and the
 counts snapshots, byte for byte; and it leaves every damaged batch to the Python path, untouched."""
 
@@ -13,17 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import processors.state
 from nmsgdns.native import load_extension
-from processors import ns_state
+from processors.delta_batch import decode_batch, encode_batch
 from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
-from processors.ns_counts import SnapshotEncoder, snapshot_records_py
-from processors.ns_state import NsState, counts_records_py, encode_value
-from processors.ns_stats_batch import decode_batch, encode_batch
+from processors.snapshots import SnapshotEncoder, snapshot_records_py
+from processors.state import NsState, counts_records_py, encode_value
 from tests.mutations import mutated
 from tests.processors.helpers import raw_containers
 
-ext = load_extension("_ns_state", "processors")
-pytestmark = pytest.mark.skipif(ext is None, reason="processors._ns_state is not built")
+ext = load_extension("_state", "processors")
+pytestmark = pytest.mark.skipif(ext is None, reason="processors._state is not built")
 
 NAMES = st.one_of(
     st.ip_addresses().map(str),
@@ -63,12 +63,12 @@ def outcome(f: Any, *args: Any) -> Any:
 
 
 def changelog_py(state: NsState) -> Any:
-    with mock.patch.object(ns_state, "counts_records", counts_records_py):
+    with mock.patch.object(processors.state, "counts_records", counts_records_py):
         return outcome(state.changelog)
 
 
 def changelog_c(state: NsState) -> Any:
-    with mock.patch.object(ns_state, "counts_records", ext.counts_records):
+    with mock.patch.object(processors.state, "counts_records", ext.counts_records):
         return outcome(state.changelog)
 
 

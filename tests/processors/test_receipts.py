@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.progress import Ledger, Receipt, decode_progress, encode_progress, progress_key
+from processors.receipts import Ledger, Receipt, decode_progress, encode_progress, progress_key
 
 
 def progress(topic: str, partition: int, *receipts: Receipt) -> dict:

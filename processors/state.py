@@ -1,9 +1,9 @@
 """The aggregator's state for one ns-stats partition: per-name-server counts in memory, with a record cache.
 
 No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-stats record
-(:class:`processors.ns_stats_batch.DeltaBatch`) here in one tight loop, writes what changed to its
+(:class:`processors.delta_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
-The Python code is the specification; when built, ``processors/_ns_state.c`` does the per-name-server loops
+The Python code is the specification; when built, ``processors/_state.c`` does the per-name-server loops
 (apply straight from the encoded record, changelog and snapshot records) on the same objects.
 
 What is kept:
@@ -15,13 +15,14 @@ What is kept:
   offset below ``base``, and the offsets in ``applied_offsets`` (at or above it). A record the mark holds
   is skipped. At each commit of offset C (every record below C processed) ``base`` moves up to C and the
   set keeps only what lies above: a few hundred offsets at most. Exact membership, not a high-water mark:
-  Faust can deliver a record after later ones of its partition (``processors/consumer.py`` fetches it
+  Faust can deliver a record after later ones of its partition (``processors/commit_guard.py`` fetches it
   again), and a "last applied" mark would then skip it as applied, losing its counts (seen in the
   exactly_once crash test on a high-cardinality input).
 
-Counts are small lists, ``[edns_answered, failures, timeouts, by_kind, observations]``, with ``None`` for
-empty maps: a name server with one window costs about 470 bytes when a quarter of them have a kinds map,
-~800 bytes of RSS on the high-cardinality bench file where most do (docs/design.md).
+Counts are the lists of ``processors/counts.py``, ``[edns_answered, failures, timeouts, by_kind,
+observations]`` with ``None`` for empty maps: a name server with one window costs about 470 bytes when a
+quarter of them have a kinds map, ~800 bytes of RSS on the high-cardinality bench file where most do
+(docs/design.md).
 
 The record cache: applying marks keys dirty instead of writing anything. :meth:`NsState.changelog` turns
 every key changed since its previous call into ONE changelog record, however often it changed (Kafka
@@ -35,7 +36,7 @@ interval. Changelog records (key, value):
 - ``M`` -> the mark, ``[base, *applied_offsets]``
 
 The totals are not written: a restore computes them, ``R + sum(W)`` per name server. Writing them too
-doubled the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
+doubles the changelog (one ``T`` and one ``W`` record per changed name server and commit: 1.2M records for
 the 1M-record high-cardinality bench file), its CPU and the reads of a recovery. ``R`` changes only when a
 window is freed or a delta comes for a freed one, so it is written rarely; it is computed when written, not
 kept in memory (the totals and windows are the state readers use; a retired map would cost as much again).
@@ -70,11 +71,21 @@ from typing import Any
 import orjson
 
 from nmsgdns.native import load_extension
-from processors.ns_stats_batch import DeltaBatch, decode_batch
+from processors.counts import (
+    ANSWERED,
+    BY_KIND,
+    FAILURES,
+    OBSERVATIONS,
+    SLOTS,
+    TIMEOUTS,
+    Counts,
+    add_counts,
+    add_kind,
+    zero,
+)
+from processors.delta_batch import DeltaBatch, decode_batch
 
-#: [edns_answered, failures, timeouts, by_kind or None, observations or None]
-Counts = list[Any]
-ANSWERED, FAILURES, TIMEOUTS, BY_KIND, OBSERVATIONS = range(5)
+#: (key, value) of a changelog or counts-topic record; a None value is a tombstone
 Record = tuple[bytes, bytes | None]
 #: name server -> its counts, of the name servers changed since some moment, in the order they changed
 Changed = dict[str, Counts]
@@ -83,17 +94,6 @@ CHANGELOG_VERSION = b"\x01"
 WINDOW_TAG, RETIRED_TAG, MARK_TAG = b"W", b"R", b"M"
 #: the end of every message about a changelog this version cannot read
 START_AFRESH = "delete the changelog topic or use a new app id to start afresh"
-
-
-def _add_kind(counts: Counts, index: int, kind: str, n: int) -> None:
-    """Add ``n`` to ``kind`` in the map at ``counts[index]`` (None stands for an empty map)."""
-    current = counts[index]
-    if current is None:
-        counts[index] = {kind: n}
-    elif kind in current:
-        current[kind] += n
-    else:
-        current[kind] = n
 
 
 def encode_value(value: list[Any]) -> bytes:
@@ -118,7 +118,7 @@ def decode_value(data: bytes) -> list[Any]:
 
 
 def _counts(value: list[Any]) -> Counts:
-    if len(value) != 5 or not all(isinstance(n, int) for n in value[:3]):
+    if len(value) != SLOTS or not all(isinstance(n, int) for n in value[:BY_KIND]):
         raise ValueError(f"damaged counts in the changelog: {value!r}")
     for i in (BY_KIND, OBSERVATIONS):
         kinds = value[i]
@@ -151,15 +151,6 @@ def retired_counts(total: Counts, live: list[Counts]) -> Counts | None:
     return out
 
 
-def add_counts(into: Counts, counts: Counts) -> None:
-    """``into`` += ``counts``, field by field (``into`` keeps its own kinds maps, never shares them)."""
-    for i in (ANSWERED, FAILURES, TIMEOUTS):
-        into[i] += counts[i]
-    for i in (BY_KIND, OBSERVATIONS):
-        for kind, n in (counts[i] or {}).items():
-            _add_kind(into, i, kind, n)
-
-
 def counts_records_py(
     prefix: bytes, changed: Changed, encode: Callable[[list[Any]], bytes] = encode_value
 ) -> list[Record]:
@@ -168,8 +159,8 @@ def counts_records_py(
 
 
 #: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
-_ext = load_extension("_ns_state", "processors")
-#: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_ns_state_c.py)
+_ext = load_extension("_state", "processors")
+#: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_state_c.py)
 counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Record]] = (
     counts_records_py if _ext is None else _ext.counts_records
 )
@@ -270,6 +261,7 @@ class NsState:
             batch.timeouts,
             strict=True,
         ):
+            # the slots ANSWERED, FAILURES, TIMEOUTS by their numbers: this loop runs per row
             total = totals.get(ns)
             if total is None:
                 total = totals[ns] = [answered, failures, timeouts, None, None]
@@ -308,10 +300,10 @@ class NsState:
             it = iter(flat)
             for row, name, n in zip(it, it, it, strict=True):
                 ns, kind = names[row], kind_names[name]
-                _add_kind(totals[ns], index, kind, n)
+                add_kind(totals[ns], index, kind, n)
                 window = windows.get(starts[row])
                 if window is not None:
-                    _add_kind(window[ns], index, kind, n)
+                    add_kind(window[ns], index, kind, n)
         return True
 
     def _window(self, start: int) -> dict[str, Counts] | None:
@@ -387,7 +379,7 @@ class NsState:
         """(name server, window start, window counts, total counts) of every window changed since the
         previous call, then (name server, None, None, total counts) of the name servers whose totals changed
         outside the live windows only; then forget that they changed. The specification of what the counts
-        topic receives (``processors/ns_counts.py`` encodes it)."""
+        topic receives (``processors/snapshots.py`` encodes it)."""
         changed, outside = self.take_snapshot_changes()
         totals = self.totals
         out: list[tuple[str, int | None, Counts | None, Counts]] = []
@@ -450,13 +442,13 @@ class NsState:
             del self.windows[start]
         totals = self.totals
         for ns, counts in self._loaded_retired.items():
-            add_counts(totals.setdefault(ns, [0, 0, 0, None, None]), counts)
+            add_counts(totals.setdefault(ns, zero()), counts)
         self._loaded_retired = {}
         for window in self.windows.values():
             for ns, counts in window.items():
                 total = totals.get(ns)
                 if total is None:
-                    total = totals[ns] = [0, 0, 0, None, None]
+                    total = totals[ns] = zero()
                 add_counts(total, counts)
         if self.windows:
             self.newest = max(self.windows)

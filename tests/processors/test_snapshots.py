@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.ns_counts import SnapshotEncoder, decode_snapshot, encode_snapshot_avro
+from processors.snapshots import SnapshotEncoder, decode_snapshot, encode_snapshot_avro
 
 LONGS = st.one_of(st.integers(0, 10), st.integers(0, 2**20), st.integers(-(2**63), 2**63 - 1))
 KINDS = st.one_of(st.none(), st.dictionaries(st.text(max_size=12), LONGS, max_size=4))

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import ns_counts, ns_state
-from processors.ns_state import NsState, Record, decode_value, encode_value, retired_counts
-from processors.ns_stats_batch import DeltaBatch, DeltaRow, decode_batch, encode_batch
+import processors.state
+from processors import snapshots
+from processors.delta_batch import DeltaBatch, DeltaRow, decode_batch, encode_batch
+from processors.state import NsState, Record, decode_value, encode_value, retired_counts
 
 NS1, NS2 = "192.0.2.1", "2001:db8::53"
 
@@ -89,7 +90,7 @@ def test_the_mark_skips_records_applied_already_by_offset() -> None:
 
 def test_a_record_delivered_after_later_ones_still_counts() -> None:
     """Faust can deliver a record after later ones of its partition (the consumer fetches a record it
-    skipped again, processors/consumer.py); the mark holds exact offsets, so it is applied, once. A
+    skipped again, processors/commit_guard.py); the mark holds exact offsets, so it is applied, once. A
     "last applied" mark lost it (the exactly_once crash test on a high-cardinality input)."""
     state = NsState()
     for offset in (32, 33, 35):
@@ -280,7 +281,7 @@ def test_state_equals_the_sum_and_a_restore_equals_the_state(
             assert not again.apply(batch(*rows), i)
 
 
-# --- record time in any order: the counts topic stays exact (issue: late and early deltas) -------------
+# --- record time in any order: the counts topic stays exact (late and early deltas) --------------------
 
 NOW = 1_800_000_000  # the workers' clock in these tests
 DAY = 86400
@@ -319,7 +320,7 @@ STEPS = st.lists(
     min_size=1,
     max_size=14,
 )
-IMPLEMENTATIONS = ["python"] + (["c"] if ns_state._ext is not None else [])
+IMPLEMENTATIONS = ["python"] + (["c"] if processors.state._ext is not None else [])
 
 
 class Worker:
@@ -340,7 +341,7 @@ class Worker:
     def apply(self, data: bytes, offset: int) -> None:
         mark = offset if self.marks else None
         if self.c:
-            assert ns_state._ext.apply(self.state, data, mark) is True
+            assert processors.state._ext.apply(self.state, data, mark) is True
         else:
             assert self.state.apply(decode_batch(data), mark)
 
@@ -351,11 +352,11 @@ class Worker:
         self.offset += 1
 
     def tick(self) -> None:
-        snapshot_records = ns_counts.snapshot_records if self.c else ns_counts.snapshot_records_py
-        with mock.patch.object(ns_counts, "snapshot_records", snapshot_records):
-            records = ns_counts.state_snapshots(self.state, 3600, snapshot_time_ms=len(self.published))
+        snapshot_records = snapshots.snapshot_records if self.c else snapshots.snapshot_records_py
+        with mock.patch.object(snapshots, "snapshot_records", snapshot_records):
+            records = snapshots.state_snapshots(self.state, 3600, snapshot_time_ms=len(self.published))
         for key, value in records:
-            snap = ns_counts.decode_snapshot(value)
+            snap = snapshots.decode_snapshot(value)
             assert snap["name_server"] == key.decode()
             assert snap["expired_through"] == self.state.expired_through()
             self.published[key.decode()] = snap["total"]

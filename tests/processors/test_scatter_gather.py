@@ -6,15 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.cluster_view import counts_of, rank_worst, top_rows, worst_json, worst_rows
-from processors.ns_counts import count_values
+from processors.scatter_gather import rank_worst, top_rows, worst_json, worst_rows
 from processors.views import pick, top
 from processors.worst_page import WorstRow
-
-
-def test_counts_of_inverts_count_values() -> None:
-    for counts in ([4, 2, 1, {"noopt": 2}, {"badvers": 1}], [3, 0, 0, None, None]):
-        assert counts_of(count_values(counts)) == counts
 
 
 def test_worst_rows_move_onto_a_newer_axis() -> None:

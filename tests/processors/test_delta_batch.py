@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dnsqr_schemas import avro_schema
-from processors.ns_stats_batch import DeltaRow, decode_batch, encode_batch
+from processors.delta_batch import DeltaRow, decode_batch, encode_batch
 from tests.mutations import mutated
 from tests.processors.helpers import row_kinds
 

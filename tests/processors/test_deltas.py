@@ -1,5 +1,5 @@
-"""processors/_ns_deltas.c gives what its specification, processors/ns_deltas.py, gives: the same counts
-after folding, the same partitions and the same NsStatsBatch bytes (ns_stats_batch.encode_batch's)."""
+"""processors/_deltas.c gives what its specification, processors/deltas.py, gives: the same counts
+after folding, the same partitions and the same NsStatsBatch bytes (delta_batch.encode_batch's)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import processors.deltas
 from dnsqr_kafka.key_partition import KeyPartitioner
-from processors import ns_deltas
+from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT, Counts
+from processors.delta_batch import MAX_ROWS, VERSION, decode_batch
+from processors.deltas import CountsKey, encode_py, fold_py, rows
 from processors.filter_agent import WindowClock, filter_container
-from processors.ns_deltas import (
-    ANSWERED,
-    FAILURE,
-    TIMEOUT,
-    Counts,
-    CountsKey,
-    encode_py,
-    fold_py,
-    rows,
-)
-from processors.ns_stats_batch import MAX_ROWS, VERSION, decode_batch
 from tests import corpus
 from tests.processors.helpers import raw_containers, row_kinds
 
-ext = ns_deltas._ext
-needs_c = pytest.mark.skipif(ext is None, reason="processors._ns_deltas is not built or disabled")
+ext = processors.deltas._ext
+needs_c = pytest.mark.skipif(ext is None, reason="processors._deltas is not built or disabled")
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 KINDS = ("formerr", "servfail", "noopt", "badvers", "do-not-echoed", "option-echoed", "ünïcode")
@@ -74,10 +66,10 @@ def test_encoded_records_hold_the_counts(case: str) -> None:
     """Whichever implementation runs: every row once, in the partition of its name server."""
     counts: dict[CountsKey, Counts] = {}
     for counted in corpus_counted(case, 60):
-        ns_deltas.fold(counts, counted)
+        processors.deltas.fold(counts, counted)
     partition_of = KeyPartitioner(5)
     got = []
-    for p, records in ns_deltas.encode(counts, partition_of, 5).items():
+    for p, records in processors.deltas.encode(counts, partition_of, 5).items():
         for part, value in enumerate(records):
             batch = decode_batch(value)
             assert batch.part == part and len(batch.name_servers) <= 5
@@ -128,9 +120,9 @@ def counted_records() -> st.SearchStrategy[tuple[object, ...]]:
     start = st.sampled_from([0, 60, 2**40])
     kind = st.sampled_from(KINDS)
     return st.one_of(
-        st.tuples(ip, start, st.just(ANSWERED), st.one_of(st.none(), kind)),
-        st.tuples(ip, start, st.just(FAILURE), kind),
-        st.tuples(ip, start, st.just(TIMEOUT), st.none()),
+        st.tuples(ip, start, st.just(EVENT_ANSWERED), st.one_of(st.none(), kind)),
+        st.tuples(ip, start, st.just(EVENT_FAILURE), kind),
+        st.tuples(ip, start, st.just(EVENT_TIMEOUT), st.none()),
     )
 
 
@@ -151,10 +143,10 @@ def test_c_folds_as_python(containers: list[list[tuple[object, ...]]]) -> None:
 @pytest.mark.parametrize("fold", [fold_py, pytest.param(fold_c, marks=needs_c)])
 def test_fold_rejects_what_it_cannot_count(fold: object) -> None:
     with pytest.raises(ValueError):
-        fold({}, [b"", 0, ANSWERED])  # type: ignore[operator]
+        fold({}, [b"", 0, EVENT_ANSWERED])  # type: ignore[operator]
     with pytest.raises(ValueError):
         fold({}, [b"", 0, 7, None])  # type: ignore[operator]
 
 
 def test_an_empty_batch_has_no_records() -> None:
-    assert ns_deltas.encode({}, KeyPartitioner(3), MAX_ROWS) == {}
+    assert processors.deltas.encode({}, KeyPartitioner(3), MAX_ROWS) == {}

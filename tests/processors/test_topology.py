@@ -1,10 +1,11 @@
-"""The app's topic specs: every topic a worker needs besides the raw topic, with its partitions and
-configuration."""
+"""The topic specs (processors/topology.py): every topic a worker needs besides the raw topic, with its
+partitions and configuration."""
 
 from __future__ import annotations
 
 from dnsqr_kafka.topics import CONTAINER_TOPIC_CONFIG
-from processors.app import Settings, internal_topic_specs
+from processors.settings import Settings
+from processors.topology import internal_topic_specs
 
 
 def test_internal_topic_specs_name_every_topic_the_worker_needs() -> None:

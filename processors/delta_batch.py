@@ -3,7 +3,7 @@
 The filter agent sums its counts per (name server, window) over a batch of containers and sends them as a
 few of these records (one per ns-stats partition, split past :data:`MAX_ROWS`) instead of one record per
 delta: with hundreds of thousands of distinct name servers, one Kafka record and Faust event per delta
-was the pipeline's bottleneck (issue #11). The columns are packed int64 arrays and one newline-joined
+would be the pipeline's bottleneck. The columns are packed int64 arrays and one newline-joined
 string, which fastavro reads and writes several times faster than Avro arrays of records or of longs
 (measured on 30k-row batches: 0.6 us a row to encode, 0.5 us to decode, against 2.6 and 2.8 us for an
 array of ``NsStatsDelta`` records). The failure kinds and observations, which most rows of a

@@ -1,5 +1,5 @@
 /*
- * processors._ns_state: the aggregator's per-name-server work (processors/ns_state.py, ns_counts.py) in C.
+ * processors._state: the aggregator's per-name-server work (processors/state.py, snapshots.py) in C.
  *
  * Why this exists: at ~480k distinct name servers (bench/out/big-hc.nmsg) decoding the ns-stats records,
  * adding them to the state, writing the changelog values and the counts snapshots cost ~8 s of CPU of a
@@ -8,7 +8,7 @@
  * the code reads (NsState.totals, windows, the changed name servers; counts lists [answered, failures, timeouts,
  * by_kind dict | None, observations dict | None]), so views, metrics and recovery are unchanged.
  *
- * The Python functions are the specification (tests/processors/test_ns_state_c.py holds these to them):
+ * The Python functions are the specification (tests/processors/test_state_c.py holds these to them):
  *
  *  - apply(state, data, offset): NsState.apply(decode_batch(data), offset), straight from the encoded
  *    NsStatsBatch. It parses only what is clearly well-formed (canonical varints, strict UTF-8, no
@@ -18,11 +18,11 @@
  *    state is mutated. The window lookup (NsState._window, with its expiry and clock bound), the count of
  *    the rows it refused (NsState._count_outside) and the marks (NsState._mark) stay Python calls: once
  *    per window change and once per record.
- *  - counts_records(prefix, changed, encode_value): ns_state.counts_records_py, the changelog records
+ *  - counts_records(prefix, changed, encode_value): state.counts_records_py, the changelog records
  *    of the changed name servers (name server -> counts); values are orjson's compact JSON, written here for the plain cases (ints that
  *    fit int64, None, dicts of printable-ASCII keys that need no escaping) and left to encode_value for
  *    any other counts list.
- *  - snapshot_records(changed, totals, encoder): ns_counts.snapshot_records_py, the counts-topic
+ *  - snapshot_records(changed, totals, encoder): snapshots.snapshot_records_py, the counts-topic
  *    records (Avro NsCounts) of the changed (name server, window)s (the snapshots without a window, a
  *    few, are written in Python); a counts list this code does not
  *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "../nmsgdns/varint.h"
+#include "counts.h" /* SLOT_* of a counts list */
 
 #define NS_STATS_VERSION 1
 /* a changelog value or a snapshot longer than this goes to the Python fallback */
@@ -223,7 +224,7 @@ error:
 /* ------------------------------------------------------------------------------------------------ */
 /* Adding to counts lists                                                                           */
 
-/* list[i] += n, for a counts list (exact list of 5, checked by the caller). */
+/* list[i] += n, for a counts list (exact list of SLOTS, checked by the caller). */
 static int
 add_at(PyObject *list, Py_ssize_t i, int64_t n)
 {
@@ -260,7 +261,7 @@ set:
 static PyObject *
 check_counts(PyObject *counts)
 {
-    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != 5) {
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != SLOTS) {
         PyErr_SetString(PyExc_TypeError, "a name server's counts must be a list of 5");
         return NULL;
     }
@@ -286,7 +287,7 @@ add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
         /* Not tracked by the cycle collector: a counts list holds ints, None and kinds dicts of str ->
          * int (which CPython leaves untracked), so it can never be part of a cycle, and with hundreds of
          * thousands of name servers the collector's full passes over these lists (and every int and dict
-         * in them) cost ~40% of apply (bench/ns_state_bench.py). CPython untracks tuples and dicts of
+         * in them) cost ~40% of apply (bench/state_bench.py). CPython untracks tuples and dicts of
          * atomic values the same way; only this list is not untracked by CPython itself. */
         PyObject_GC_UnTrack(c);
         rc = PyDict_SetItem(table, ns, c);
@@ -295,10 +296,12 @@ add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
     }
     if (check_counts(c) == NULL)
         return NULL;
-    return add_at(c, 0, a) < 0 || add_at(c, 1, f) < 0 || add_at(c, 2, t) < 0 ? NULL : c;
+    return add_at(c, SLOT_ANSWERED, a) < 0 || add_at(c, SLOT_FAILURES, f) < 0 || add_at(c, SLOT_TIMEOUTS, t) < 0
+               ? NULL
+               : c;
 }
 
-/* ns_state._add_kind: n added to `kind` in the map at counts[index] (None stands for an empty map). */
+/* counts.add_kind: n added to `kind` in the map at counts[index] (None stands for an empty map). */
 static int
 add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
 {
@@ -511,8 +514,8 @@ apply_rows(PyObject *state, batch_t *b)
     }
     if (refused > 0 && count_outside(state, key, refused) < 0)
         goto done;
-    if (add_kinds(b, b->by_kind, b->by_kind_triples, 3, row_totals, row_windows, windows) < 0 ||
-        add_kinds(b, b->observations, b->observation_triples, 4, row_totals, row_windows, windows) < 0)
+    if (add_kinds(b, b->by_kind, b->by_kind_triples, SLOT_BY_KIND, row_totals, row_windows, windows) < 0 ||
+        add_kinds(b, b->observations, b->observation_triples, SLOT_OBSERVATIONS, row_totals, row_windows, windows) < 0)
         goto done;
     rc = 0;
 done:
@@ -778,7 +781,7 @@ set_record(PyObject *records, Py_ssize_t i, PyObject *key, PyObject *value)
 
 PyDoc_STRVAR(counts_records_doc,
 "counts_records(prefix, changed, encode_value) -> list[tuple[bytes, bytes]]\n--\n\n"
-"ns_state.counts_records_py: (prefix + ns.encode(), encode_value(counts)) for each ns, counts of the\n"
+"state.counts_records_py: (prefix + ns.encode(), encode_value(counts)) for each ns, counts of the\n"
 "dict ``changed``, the plain values written here, byte for byte as orjson writes them.");
 
 static PyObject *
@@ -882,9 +885,10 @@ put_avro_values(out_t *o, PyObject *counts)
     int64_t answered, failures, timeouts;
     char rate[8];
 
-    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != 5 ||
-        !small_int(PyList_GET_ITEM(counts, 0), &answered) || !small_int(PyList_GET_ITEM(counts, 1), &failures) ||
-        !small_int(PyList_GET_ITEM(counts, 2), &timeouts))
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != SLOTS ||
+        !small_int(PyList_GET_ITEM(counts, SLOT_ANSWERED), &answered) ||
+        !small_int(PyList_GET_ITEM(counts, SLOT_FAILURES), &failures) ||
+        !small_int(PyList_GET_ITEM(counts, SLOT_TIMEOUTS), &timeouts))
         return 0;
     /* failures / answered as Python divides ints: exactly (double)f / (double)a while both are exact */
     if (answered < -EXACT_DOUBLE || answered > EXACT_DOUBLE || failures < -EXACT_DOUBLE || failures > EXACT_DOUBLE)
@@ -896,10 +900,10 @@ put_avro_values(out_t *o, PyObject *counts)
     put_long(o, answered);
     put_long(o, failures);
     put(o, rate, 8);
-    if (!put_avro_map(o, PyList_GET_ITEM(counts, 3)))
+    if (!put_avro_map(o, PyList_GET_ITEM(counts, SLOT_BY_KIND)))
         return 0;
     put_long(o, timeouts);
-    return put_avro_map(o, PyList_GET_ITEM(counts, 4));
+    return put_avro_map(o, PyList_GET_ITEM(counts, SLOT_OBSERVATIONS));
 }
 
 /* bytes attribute `name` of the encoder (an Avro field it wrote once) */
@@ -917,7 +921,7 @@ encoder_field(PyObject *encoder, const char *name)
 
 PyDoc_STRVAR(snapshot_records_doc,
 "snapshot_records(changed, totals, encoder) -> list[tuple[bytes, bytes]]\n--\n\n"
-"ns_counts.snapshot_records_py: (ns.encode(), encoder(ns, start, window, totals[ns])) for each ns, window\n"
+"snapshots.snapshot_records_py: (ns.encode(), encoder(ns, start, window, totals[ns])) for each ns, window\n"
 "of each start, names of ``changed`` (dict of dicts), in that order; the plain values written here, byte\n"
 "for byte as the SnapshotEncoder ``encoder`` writes them.");
 
@@ -1027,9 +1031,9 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "processors._ns_state",
+    "processors._state",
     "The aggregator's per-name-server work (apply, changelog and snapshot records) in C; the Python\n"
-    "functions of processors.ns_state and processors.ns_counts are the specification.",
+    "functions of processors.state and processors.snapshots are the specification.",
     -1,
     methods,
     NULL,
@@ -1039,7 +1043,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC
-PyInit__ns_state(void)
+PyInit__state(void)
 {
     return PyModule_Create(&module);
 }

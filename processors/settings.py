@@ -1,0 +1,104 @@
+"""The worker's settings: everything that configures one worker, in one frozen :class:`Settings`.
+
+Built from command flags (``dnsqr-pipeline worker``, ``processors/command.py``) or from environment
+variables (the ``faust`` command, whose own flags cannot carry ours: :meth:`Settings.from_env`). The
+defaults are the topic contracts' names (``dnsqr_kafka.names``). ``processors/app.py`` turns settings into
+a Faust app; ``processors/topology.py`` into the topics a worker needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dnsqr_kafka.config import DEFAULT_BOOTSTRAP, Credentials, default_bootstrap
+from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES
+
+#: the processing guarantees a worker runs under (``processors/app.py`` says what each costs)
+GUARANTEES = ("at_least_once", "exactly_once")
+
+#: Environment variable for each :class:`Settings` field read by :meth:`Settings.from_env`.
+ENV_PREFIX = "DNSQR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that configures one worker; the defaults are the topic contracts' names."""
+
+    app_id: str = DEFAULT_APP_ID
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    raw_topic: str = DEFAULT_NAMES.raw
+    failures_topic: str = DEFAULT_NAMES.failures
+    stats_topic: str = DEFAULT_NAMES.stats
+    counts_topic: str = DEFAULT_NAMES.counts
+    dlq_topic: str = DEFAULT_NAMES.raw_dlq
+    #: the filter agent's receipts (``processors/receipts.py``): one partition
+    progress_topic: str = DEFAULT_NAMES.progress
+    #: partitions of the topics this app creates when missing (ns-stats, counts, failures, DLQ, the state
+    #: changelog); ns-stats and the changelog must agree (one changelog partition per ns-stats partition).
+    partitions: int = 4
+    #: of the topics the worker creates (and Faust's own); 0: min(3, brokers), resolved as the worker starts
+    replication_factor: int = 0
+    processing_guarantee: str = "at_least_once"
+    #: tumbling window size for the per-name-server counts, in seconds of record time
+    window_seconds: int = 3600
+    #: windows starting this many seconds (record time) before the newest window seen are freed; 0 keeps
+    #: every window. Totals never expire.
+    window_expires_seconds: int = 7 * 86400
+    #: a record whose window starts more than this many seconds after the worker's clock is early (a sensor
+    #: with a bad clock): it counts in the totals only and does not move stream time (state.py)
+    window_max_ahead_seconds: int = 86400
+    #: how often the aggregator publishes snapshots of changed name servers to the counts topic
+    snapshot_interval: float = 1.0
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = True
+    session_timeout: float = 6.0
+    heartbeat_interval: float = 1.0
+    #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
+    credentials: Credentials = field(default_factory=Credentials)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``DNSQR_<FIELD>`` variables (e.g. ``DNSQR_RAW_TOPIC``) and ``KAFKA_BOOTSTRAP``.
+
+        This is how ``faust -A processors.app worker`` is configured, since the faust command has no
+        flags for our topics.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"bootstrap_servers": env.get("KAFKA_BOOTSTRAP") or default_bootstrap()}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name == "credentials":
+                continue
+            default = getattr(cls, f.name)
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = type(default)(raw)
+        return cls(**values, credentials=Credentials.from_env(env)).validated()
+
+    def validated(self) -> Settings:
+        """Self, after checking the values that would otherwise fail deep inside Faust."""
+        if self.processing_guarantee not in GUARANTEES:
+            raise ValueError(
+                f"processing guarantee must be one of {GUARANTEES}, not {self.processing_guarantee!r}"
+            )
+        if self.partitions < 1 or self.window_seconds <= 0 or self.snapshot_interval <= 0:
+            raise ValueError("partitions, window_seconds and snapshot_interval must be positive")
+        if self.window_expires_seconds < 0:
+            raise ValueError("window_expires_seconds must be 0 (never) or positive")
+        if self.window_max_ahead_seconds < 0:
+            raise ValueError("window_max_ahead_seconds must be 0 or positive")
+        return self
+
+    @property
+    def changelog_topic(self) -> str:
+        """The aggregator's state changelog: per app id, since it holds that consumer group's state."""
+        return f"{self.app_id}-ns-state-changelog"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the command use it)."""
+        return replace(self, **changes).validated()
