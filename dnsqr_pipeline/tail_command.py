@@ -25,9 +25,11 @@ from typing import Any, TextIO
 import dns.rcode
 import dns.rdatatype
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AclOperation
 
 from dnsqr_pipeline.argtypes import positive_int
 from dnsqr_pipeline.kafka_config import add_kafka_arguments, client_config
+from dnsqr_pipeline.kafka_errors import KafkaAccessError, access_error, check_access, report, topic_needs
 from processors.app import Settings
 from processors.failure_record import decode_failure
 
@@ -114,12 +116,19 @@ def _assign(consumer: Consumer, topic: str, back: int | None) -> int:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Print records until the end (or ``-n``, or forever with ``--follow``). Exit status 1 on a Kafka
-    error (e.g. no such topic) or when a value was not an ``EdnsFailure`` (each is named on stderr)."""
+    """Print records until the end (or ``-n``, or forever with ``--follow``). Exit status 3 when Kafka
+    refuses the credentials or the read, before or while reading (one line, as every command says it:
+    :mod:`dnsqr_pipeline.kafka_errors`); 1 on another Kafka error (e.g. no such topic) or when a value
+    was not an ``EdnsFailure`` (each is named on stderr)."""
     out = out or sys.stdout
+    conf = client_config(args)
+    try:
+        check_access(conf, topic_needs(AclOperation.READ, [args.failures_topic]))
+    except KafkaAccessError as exc:
+        return report("tail", exc)
     consumer = Consumer(
         {
-            **client_config(args),
+            **conf,
             "group.id": f"dnsqr-tail-{uuid.uuid4().hex[:12]}",  # throw-away: nothing is ever committed
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -158,6 +167,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if not args.follow and len(at_end) == partitions:
                 break
     except KafkaException as exc:
+        refused = access_error(exc, conf)
+        if refused is not None:
+            return report("tail", refused)
         print(f"dnsqr-pipeline tail: {args.failures_topic}: {exc.args[0].str()}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (| head): stop quietly, like other Unix tools
