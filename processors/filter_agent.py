@@ -26,7 +26,7 @@ Per-name-server deltas are summed over the whole batch of containers, per input 
 the number of distinct name servers in a batch rather than with the number of records.
 
 A container that does not decode (or whose processing raises) goes to the dead-letter topic unchanged, with
-the error in its headers, and is counted; the agent carries on.
+the error and its reason (:func:`dead_letter_reason`) in its headers, and is counted; the agent carries on.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from dnsqr_schemas.edns_failure import encode_failure
 from nmsgdns.classify import classify_failure, observe
 from nmsgdns.container import decode_container
 from nmsgdns.edns import Verdict, judgement_of, triage
+from nmsgdns.errors import ContainerError, PayloadError, TruncatedError
 from nmsgdns.payload import payload_time
 from processors.agent_counters import AgentCounters
 from processors.counts import EVENT_ANSWERED, EVENT_FAILURE, EVENT_TIMEOUT, Counts
@@ -190,6 +191,35 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
     return ContainerResult(len(payloads), failures, counted)
 
 
+class NotBytes(TypeError):
+    """A raw-topic value that is not container bytes (a null record)."""
+
+
+#: The dead-letter reason (:data:`dnsqr_schemas.dead_letter.WORKER_REASONS`) of each exception the filter
+#: raises on bad input, most specific class first. :func:`filter_container` raises the domain errors of
+#: the container walk (ContainerError, TruncatedError) and of the envelope walk behind a judged payload's
+#: time (PayloadError); DnsWireError stays inside the rule (a malformed side is a verdict), and the other
+#: domain errors belong to inputs the worker does not read (fragments, pcap, channel aliases).
+REASON_OF_ERROR: tuple[tuple[type[Exception], str], ...] = (
+    (TruncatedError, "truncated"),
+    (ContainerError, "container"),
+    (PayloadError, "payload"),
+    (NotBytes, "not_bytes"),
+)
+#: Any other exception: a bug, which still must not stop the stream.
+OTHER_REASON = "other"
+
+
+def dead_letter_reason(exc: BaseException) -> str:
+    """The ``dlq.error.type`` of a container the filter rejected with ``exc``: a word of the contract's
+    stable set (``schemas/dead_letter.md``), which the metrics count it under too, whatever the class of
+    ``exc`` is called (a private subclass of a domain error gets its public ancestor's reason)."""
+    for cls, reason in REASON_OF_ERROR:
+        if isinstance(exc, cls):
+            return reason
+    return OTHER_REASON
+
+
 def dead_letter_headers(exc: BaseException, source: TP, offset: int) -> Headers:
     """The dead-letter contract's headers (``schemas/dead_letter.md``) of a container the filter rejected:
     why, and its raw-topic coordinates, which also identify a copy sent again after an at_least_once
@@ -197,7 +227,7 @@ def dead_letter_headers(exc: BaseException, source: TP, offset: int) -> Headers:
     return DeadLetterHeaders(
         stage="worker",
         error=str(exc),
-        error_type=type(exc).__name__,
+        error_type=dead_letter_reason(exc),
         topic=source.topic,
         partition=source.partition,
         offset=offset,
@@ -278,7 +308,7 @@ async def _process_events(outputs: FilterOutputs, events: Sequence[EventT], cloc
         batch = batches.get(message.tp) or batches.setdefault(message.tp, PartitionBatch())
         try:
             if not isinstance(data, bytes | bytearray):
-                raise TypeError(f"raw topic value is {type(data).__name__}, expected container bytes")
+                raise NotBytes(f"raw topic value is {type(data).__name__}, expected container bytes")
             result = filter_container(bytes(data), clock)
         except Exception as exc:
             # Any exception, not only NmsgDnsError: one poison container must not stop the stream; it is

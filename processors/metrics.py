@@ -10,9 +10,9 @@ The agents' hot path gains no metric call. What is exported comes from:
 - :class:`processors.agent_counters.AgentCounters`, which the agents keep anyway, read when Prometheus
   scrapes (:class:`WorkerCollector`);
 - the sends to the dead-letter topic, one call per send (:class:`DeadLetterTally` wraps the agents'
-  output),
-  for the reason: the exception type in the dead letter's ``dlq.error.type`` header
-  (``schemas/dead_letter.md``);
+  output), for the reason: the dead letter's ``dlq.error.type`` header, one of the contract's stable
+  reasons (``schemas/dead_letter.md``), every one exported from the start at 0 so that a rate over them
+  sees the first dead letter;
 - Faust's commits: :class:`MetricsMonitor` takes the place of the app's Monitor sensor (which Faust
   calls per message anyway) and adds each commit that committed offsets to a histogram;
 - two timers: every :data:`REFRESH_SECONDS` the consumer lag of each source partition (the broker's end
@@ -46,8 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsqr_schemas.dead_letter import DeadLetterHeaders
-from nmsgdns.errors import NmsgDnsError
+from dnsqr_schemas.dead_letter import WORKER_REASONS, DeadLetterHeaders
 from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
 from processors.counts import ANSWERED, BY_KIND, FAILURES, Counts
@@ -106,24 +105,16 @@ class MetricsMonitor(Monitor):
             self.commit_histogram.observe(self.commit_latency[-1])
 
 
-def _error_names(cls: type[BaseException]) -> list[str]:
-    return [cls.__name__, *(name for sub in cls.__subclasses__() for name in _error_names(sub))]
-
-
-#: Reasons a raw container is dead-lettered for: the exception types the filter agent meets (the domain
-#: errors, TypeError for a value that is not bytes), and ``other`` for any other; all exported from the
-#: start at 0, so that a rate over them sees the first dead letter.
-DEAD_LETTER_REASONS = (*sorted(_error_names(NmsgDnsError)), "TypeError", "other")
-
-
-def dead_letter_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> str:
-    """The reason a dead letter is counted under: its ``dlq.error.type`` when that is one of
-    :data:`DEAD_LETTER_REASONS`, else ``other`` (also for headers that are not the contract's)."""
+def tallied_reason(headers: Iterable[tuple[str, bytes | None]] | None) -> str:
+    """The reason a dead letter is counted under: its ``dlq.error.type`` (the filter agent's
+    :func:`~processors.filter_agent.dead_letter_reason`) when that is one of the contract's
+    :data:`~dnsqr_schemas.dead_letter.WORKER_REASONS`, else ``other`` (also for headers that are not the
+    contract's), so that the label set stays the documented one."""
     try:
         error_type = DeadLetterHeaders.decode(headers or ()).error_type
     except ValueError:
         return "other"
-    return error_type if error_type in DEAD_LETTER_REASONS else "other"
+    return error_type if error_type in WORKER_REASONS else "other"
 
 
 class DeadLetterTally:
@@ -149,7 +140,7 @@ class DeadLetterTally:
         partition: int | None = None,
     ) -> None:
         if topic == self._dlq_topic:
-            self.by_reason[dead_letter_reason(headers)] += len(records)
+            self.by_reason[tallied_reason(headers)] += len(records)
         await self.inner.send(topic, records, source=source, headers=headers, partition=partition)
 
     def __getattr__(self, name: str) -> Any:
@@ -355,8 +346,8 @@ class WorkerCollector(Collector):
             reasons["other"] += untold
         yield _counter(
             "dnsqr_worker_dead_letters",
-            "raw containers sent to the dead-letter topic, by exception type (dlq.error.type)",
-            [((reason,), reasons[reason]) for reason in DEAD_LETTER_REASONS],
+            "raw containers sent to the dead-letter topic, by reason (dlq.error.type)",
+            [((reason,), reasons[reason]) for reason in WORKER_REASONS],
             ["reason"],
         )
         lag = GaugeMetricFamily(

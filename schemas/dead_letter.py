@@ -37,6 +37,15 @@ STAGES = ("ingest", "worker", "sink")
 #: ``dlq.error`` is cut to at most this many bytes (at a character boundary).
 ERROR_MAX_BYTES = 4096
 
+#: The worker's values of ``dlq.error.type``, also the ``reason`` labels of
+#: ``dnsqr_worker_dead_letters_total``: why a raw record was not judged (``schemas/dead_letter.md`` says
+#: what each means). Stable names, not exception class names: a consumer or an alert can rely on them
+#: whatever the code's classes are called.
+WORKER_REASONS = ("container", "truncated", "payload", "not_bytes", "other")
+#: The sink's values of ``dlq.error.type``, also the ``reason`` labels of ``dnsqr_sink_dead_letters_total``:
+#: why a failures-topic record is not an ``EdnsFailure`` the files can hold.
+SINK_REASONS = ("null", "avro", "not_nmsg_payload", "not_dnsqr")
+
 Headers = list[tuple[str, bytes]]
 
 

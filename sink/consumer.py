@@ -51,7 +51,8 @@ _LOG_FIRST = 20
 
 class UndecodableValue(ValueError):
     """A failures-topic value that is not a valid ``EdnsFailure``; the message says why, ``reason`` in a
-    word (one of ``sink.metrics.DEAD_LETTER_REASONS``)."""
+    word (one of :data:`dnsqr_schemas.dead_letter.SINK_REASONS`: the dead letter's ``dlq.error.type`` and
+    its metric label)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -333,7 +334,7 @@ class FailureSink:
         contract = DeadLetterHeaders(
             stage="sink",
             error=str(error),
-            error_type=type(error).__name__,
+            error_type=error.reason,
             topic=message.topic(),
             partition=message.partition(),
             offset=message.offset(),

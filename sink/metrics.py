@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dnsqr_kafka.metrics_server import MetricsServer
+from dnsqr_schemas.dead_letter import SINK_REASONS
 from sink.files import Discard, FileSetStats
 from sink.stats import SinkStats
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: How often librdkafka reports the consumer's partitions (and so how fresh the lag is).
 STATISTICS_INTERVAL_MS = 5000
-#: Why a value is dead-lettered (``sink.consumer.UndecodableValue.reason``); all exported from the start.
-DEAD_LETTER_REASONS = ("null", "avro", "not_nmsg_payload", "not_dnsqr")
 #: fsync of a file and its directory: from a page cache flush to a slow disk's seconds.
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: a synchronous offset commit: a round trip to the group coordinator.
@@ -124,7 +123,7 @@ class SinkCollector(Collector):
             "dnsqr_sink_dead_letters", "undecodable values sent to the dead-letter topic", labels=["reason"]
         )
         by_reason = dict(stats.undecodable_by_reason)
-        for reason in DEAD_LETTER_REASONS:
+        for reason in SINK_REASONS:  # every reason exported from the start
             dead.add_metric([reason], by_reason.get(reason, 0))
         yield dead
         yield _counter(

@@ -1,11 +1,14 @@
-"""Recognising refused credentials and operations, and the up-front check's verdicts without a broker."""
+"""Recognising refused credentials and operations, the up-front check's verdicts, and ``tail``'s exit
+status on a refusal, without a broker."""
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from aiokafka import errors as aioerrors
@@ -14,6 +17,8 @@ from confluent_kafka import KafkaError, KafkaException
 from dnsqr_kafka import access
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, is_refusal
 from dnsqr_kafka.topics import TopicAdminError
+from dnsqr_pipeline import tail_command
+from dnsqr_pipeline.cli import build_parser
 
 SINK = {
     "bootstrap.servers": "127.0.0.1:1",
@@ -137,3 +142,69 @@ def test_a_port_that_answers_but_hangs_up_is_a_refused_connection(slamming_port:
     ):
         check_access(conf)
     assert time.monotonic() - started < 10
+
+
+class ScriptedConsumer:
+    """Stands in for ``tail``'s consumer: the broker answers the topic's metadata with ``metadata_error``,
+    or describes one empty partition and then answers a read with ``read_error``."""
+
+    metadata_error: int | None = None
+    read_error: int | None = None
+
+    def __init__(self, conf: dict[str, object]) -> None:
+        self.closed = False
+
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
+        code = self.metadata_error
+        error = KafkaError(code) if code is not None else None
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=error, partitions={0: None})})
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        return 0, 0
+
+    def assign(self, partitions: list[object]) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[SimpleNamespace]:
+        return [SimpleNamespace(error=lambda: KafkaError(self.read_error), partition=lambda: 0)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("metadata_error", "read_error", "status", "said"),
+    [
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, None, 3, "refused User:sink: topic access"),
+        (None, KafkaError.TOPIC_AUTHORIZATION_FAILED, 3, "refused User:sink: topic access"),  # --follow
+        (KafkaError._UNKNOWN_TOPIC, None, 1, "dnsqr-pipeline tail: dnsqr.edns.failures: "),
+    ],
+    ids=["metadata", "while-reading", "missing-topic"],
+)
+def test_tail_exits_3_when_kafka_refuses_the_read(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    metadata_error: int | None,
+    read_error: int | None,
+    status: int,
+    said: str,
+) -> None:
+    """Like every command: a refusal is exit status 3 and one line; another Kafka error stays 1. Nothing
+    listens on the bootstrap port, so the up-front check leaves the verdict to the reads."""
+    monkeypatch.setattr(ScriptedConsumer, "metadata_error", metadata_error)
+    monkeypatch.setattr(ScriptedConsumer, "read_error", read_error)
+    monkeypatch.setattr(tail_command, "Consumer", ScriptedConsumer)
+    flags = [
+        "--security-protocol",
+        "SASL_SSL",
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "sink",
+    ]
+    args = build_parser().parse_args(
+        ["tail", "--follow", "--bootstrap-servers", f"127.0.0.1:{free_port()}", *flags]
+    )
+    assert args.func(args, io.StringIO()) == status
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("dnsqr-pipeline tail: ") and said in line, line

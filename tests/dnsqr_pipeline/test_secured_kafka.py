@@ -4,7 +4,7 @@ One secured broker serves the whole module (started on free ports in a temporary
 the three stages, each with its own user and only its ACLs, give the reference filter's files and counts;
 a wrong password ends every command within seconds with exit status 3 and one line; the sink's user can
 neither read the raw topic nor write the failures topic (refused by the broker itself, and named by the
-commands); and a client without TLS cannot connect.
+commands); ``tail`` is refused the same way; and a client without TLS cannot connect.
 """
 
 from __future__ import annotations
@@ -212,14 +212,15 @@ def test_stages_with_their_own_users_give_the_reference_files_and_counts(
         ["sink", "--output-dir", "OUT"],
         ["worker", "--no-web"],
         ["topics", "list"],
+        ["tail", "--from-beginning"],
     ],
-    ids=["ingest", "sink", "worker", "topics-list"],
+    ids=["ingest", "sink", "worker", "topics-list", "tail"],
 )
 def test_a_wrong_password_ends_the_command_at_once_with_one_line(
     secured: Secured, argv: list[str], tmp_path: Path
 ) -> None:
     argv = [str(tmp_path) if a == "OUT" else a for a in argv]
-    user = {"ingest": "ingest", "sink": "sink", "worker": "worker"}.get(argv[0], "admin")
+    user = {"ingest": "ingest", "sink": "sink", "worker": "worker", "tail": "sink"}.get(argv[0], "admin")
     stderr, elapsed = run_refused(secured, user, argv, password="not-" + secured.passwords[user])
     line = one_line(stderr)
     assert elapsed < REFUSAL_SECONDS, line
@@ -242,6 +243,24 @@ def test_the_sink_user_cannot_read_raw(secured: Secured, tmp_path: Path) -> None
         assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
     finally:
         consumer.close()
+
+
+def test_tail_without_read_on_the_topic_or_its_group_is_refused(secured: Secured) -> None:
+    # refused by the up-front check
+    stderr, _ = run_refused(secured, "ingest", ["tail", "--from-beginning"])
+    assert f"User:ingest: READ on topic '{FAILURES}'" in one_line(stderr)
+    # refused while reading: the sink's user reads the topic, but no group outside its own (tail's is a
+    # throw-away one, which librdkafka still looks up)
+    stderr, elapsed = run_refused(secured, "sink", ["tail", "--from-beginning"])
+    assert "User:sink: group access" in one_line(stderr) and elapsed < REFUSAL_SECONDS
+    proc = subprocess.run(
+        secured.command("admin", "tail", "--from-beginning", "--json"),
+        env=secured.env("admin"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_sink_user_cannot_write_failures(secured: Secured) -> None:

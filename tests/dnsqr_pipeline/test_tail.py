@@ -1,15 +1,19 @@
 """``dnsqr-pipeline tail`` against a real broker: EdnsFailure records produced to a new topic come back
 decoded, as JSON lines and as a table; where it starts and stops (``--from-beginning``, ``-n``, the end of
-the partitions, ``--follow``); values that are not EdnsFailure records; a missing topic."""
+the partitions, ``--follow``); values that are not EdnsFailure records; a missing topic; Ctrl-C ends
+``--follow`` within seconds whenever it comes, also when tail was started with SIGINT ignored."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import random
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +26,9 @@ from tests import corpus
 pytestmark = pytest.mark.integration
 
 PAYLOAD = corpus.read_payloads(corpus.path("edge_cases.filtered.nmsg"))[0]
+#: How soon tail must exit after Ctrl-C: its longest wait (0.5 s), the consumer's close and Python's exit,
+#: with room for a loaded machine.
+EXIT_SECONDS = 5.0
 
 
 def failure(i: int, **fields: Any) -> dict[str, Any]:
@@ -127,3 +134,82 @@ def test_follow_prints_new_records(kafka_bootstrap: str, new_topic) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def follow(bootstrap: str, topic: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnsqr_pipeline.cli", "tail", "--failures-topic", topic, "--json", "--follow",
+         "--from-beginning", "--bootstrap-servers", bootstrap],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def interrupted(proc: subprocess.Popen[str], where: str, *, twice: bool = False) -> list[str]:
+    """Send Ctrl-C (twice: a second one 50 ms later); the lines tail printed, once it exited in time as
+    Ctrl-C ends a program (130, or killed by SIGINT while Python was still starting)."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    if twice:
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = proc.communicate(timeout=EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"tail --follow still ran {EXIT_SECONDS} s after Ctrl-C {where}")
+    assert proc.returncode in (130, -signal.SIGINT), (where, proc.returncode, stderr)
+    assert time.monotonic() - sent < EXIT_SECONDS, where
+    return stdout.splitlines()
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Children start with SIGINT at its default, as from a terminal, even when this test run ignores
+    it (a background job of a non-interactive shell): before tail installs its handler, only Python's
+    start-up can take a Ctrl-C, and an ignored one is gone. Ignored is tested on its own below."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_at_any_moment_ends_follow_within_seconds(
+    kafka_bootstrap: str, new_topic, sigint_default: None
+) -> None:
+    """Ctrl-C during Python's start-up, the access check, the set-up (metadata, watermarks), printing
+    and the idle waits of the read loop, and a second Ctrl-C during the exit: every time tail is gone
+    within seconds and its output is whole lines. At most 16 runs of at most a few seconds each."""
+    topic = new_topic(partitions=3)
+    produce(kafka_bootstrap, topic, [(i % 3, encode_failure(failure(i))) for i in range(60)])
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    for run in range(16):
+        delay = run * 0.15 + rng.uniform(0, 0.15)  # 0 to 2.4 s after the start
+        where = f"{delay:.3f} s after the start (seed {seed})"
+        proc = follow(kafka_bootstrap, topic)
+        time.sleep(delay)
+        lines = interrupted(proc, where, twice=run % 4 == 3)
+        assert all(json.loads(line)["kind"] == "servfail" for line in lines), where
+    # and while it waits for more, having printed every record
+    proc = follow(kafka_bootstrap, topic)
+    assert proc.stdout is not None
+    printed = [json.loads(proc.stdout.readline())["name_server"] for _ in range(60)]
+    assert sorted(printed) == sorted(failure(i)["name_server"] for i in range(60))
+    assert interrupted(proc, "while it waits for records") == []
+
+
+def test_ctrl_c_ends_follow_started_with_sigint_ignored(kafka_bootstrap: str, new_topic) -> None:
+    """A program started with SIGINT ignored (by a non-interactive shell's ``&``) gets no KeyboardInterrupt
+    from Python; tail takes SIGINT itself, so ``kill -INT`` still ends it."""
+    topic = new_topic(partitions=1)
+    produce(kafka_bootstrap, topic, [(0, encode_failure(failure(1)))])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child, as from such a shell
+    try:
+        proc = follow(kafka_bootstrap, topic)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["name_server"] == "192.0.2.1"
+    assert interrupted(proc, "with SIGINT ignored at start") == []

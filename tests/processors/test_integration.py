@@ -263,7 +263,7 @@ def check_outputs(run: Run) -> None:
     assert [(k, v) for k, v, _ in dlq] == [(b"bad", GARBAGE)]
     letter = DeadLetterHeaders.decode(dlq[0][2])
     assert (letter.stage, letter.topic) == ("worker", run.topics["raw"])
-    assert letter.error and letter.error_type
+    assert letter.error and letter.error_type == "container"
     assert run.latest_snapshots(expected_total_counts()) == expected_total_counts()
 
 

@@ -14,8 +14,8 @@ from tests.corpus import REPO_ROOT
 DOC = REPO_ROOT / "schemas" / "dead_letter.md"
 #: one letter of each shape the stages write
 SHAPES = [
-    DeadLetterHeaders("worker", "bad magic", "ContainerError", topic="dnsqr.raw", partition=3, offset=17),
-    DeadLetterHeaders("sink", "null value", "UndecodableValue", topic="f", partition=0, offset=0),
+    DeadLetterHeaders("worker", "bad magic", "container", topic="dnsqr.raw", partition=3, offset=17),
+    DeadLetterHeaders("sink", "null value", "null", topic="f", partition=0, offset=0),
     DeadLetterHeaders("ingest", "undecodable record (garbage)", "garbage", "kafka:t", "t", 1, 2),
     DeadLetterHeaders(
         "ingest", "undecodable datagram (short)", "short", "udp:0.0.0.0/8430", sender="::1/9", unsampled=41
@@ -82,3 +82,11 @@ def test_the_published_contract_names_every_header_and_stage():
     documented = set(re.findall(r"^\| `(dlq\.[a-z.]+)` \|", text, flags=re.MULTILINE))
     assert documented == names
     assert all(f"`{stage}`" in text for stage in dead_letter.STAGES)
+
+
+def test_the_published_contract_names_every_reason_of_the_worker_and_the_sink():
+    text = DOC.read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| (worker|sink) \| `([a-z_]+)` \|", text, flags=re.MULTILINE))
+    assert documented == {("worker", r) for r in dead_letter.WORKER_REASONS} | {
+        ("sink", r) for r in dead_letter.SINK_REASONS
+    }

@@ -11,10 +11,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dnsqr_schemas.dead_letter import SINK_REASONS
 from sink import consumer as sink_consumer
 from sink.consumer import FailureSink
 from sink.files import final_files
-from sink.metrics import DEAD_LETTER_REASONS, SinkMetrics, partition_lag
+from sink.metrics import SinkMetrics, partition_lag
 from tests.sink.helpers import corpus_payloads
 from tests.sink.test_consumer import (
     TOPIC,
@@ -74,7 +75,7 @@ def test_a_run_shows_in_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         for (name, labels), v in got.items()
         if name == "dnsqr_sink_dead_letters_total"
     }
-    assert dead == {**dict.fromkeys(DEAD_LETTER_REASONS, 0), "null": 1, "avro": 1}
+    assert dead == {**dict.fromkeys(SINK_REASONS, 0), "null": 1, "avro": 1}
     # mid-run, the endpoint served the same families
     assert served and b"dnsqr_sink_records_in_total" in served[0]
 
