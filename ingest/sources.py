@@ -33,7 +33,7 @@ from ingest.replay import Pacer, TimeWindow, record_time
 from ingest.sampling import DEFAULT_DLQ_RATE, DeadLetterSampler
 from nmsgdns.errors import NmsgDnsError, TruncatedError
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder
-from nmsgdns.sources import UdpReceiver
+from nmsgdns.udp import UdpReceiver
 
 log = logging.getLogger(__name__)
 

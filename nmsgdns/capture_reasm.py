@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from nmsgdns.ipreasm import Fragments, parse_fragment
+from nmsgdns.ipreasm import IpFragments, parse_ip_fragment
 
 
 @dataclass(slots=True)
-class FragmentSet(Fragments):
-    """The fragments of one datagram received so far (:class:`~nmsgdns.ipreasm.Fragments`), with when the
+class FragmentSet(IpFragments):
+    """The fragments of one datagram received so far (:class:`~nmsgdns.ipreasm.IpFragments`), with when the
     set expires and whether a fragment already made it impossible to rebuild."""
 
     expires_sec: int = 0
@@ -49,7 +49,7 @@ class Reassembler:
                 break
             del self._sets[key]
             self._stats["fragment.expired"] += 1
-        frag = parse_fragment(packet, ts_sec, ts_nsec)
+        frag = parse_ip_fragment(packet, ts_sec, ts_nsec)
         if frag is None:
             return False, None
         fset = self._sets.get(frag.key)

@@ -35,7 +35,7 @@ from nmsgdns.errors import ChannelError, ContainerError
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder, DecodeStats
 from nmsgdns.jsonout import JsonLinesWriter
 from nmsgdns.output import NmsgFileWriter
-from nmsgdns.sources import RCVBUF_WANTED, UdpReceiver
+from nmsgdns.udp import RCVBUF_WANTED, UdpReceiver
 
 PROG = "dnsqr-edns-filter"
 #: How often an idle socket loop wakes to check for a signal and expire stale fragments.

@@ -270,7 +270,7 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return read_varint(data, pos, end, ContainerError, "Nmsg body")
 
 
-def parse_fragment(body: bytes) -> Fragment:
+def parse_ip_fragment(body: bytes) -> Fragment:
     """Parse an ``NmsgFragment`` body; raises ContainerError when a required field is missing."""
     end = len(body)
     pos = 0

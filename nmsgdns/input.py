@@ -11,7 +11,7 @@ input, because their inputs differ:
   input, it counts the datagram under a drop reason and carries on.
 
 Counting rules in ``stats.drops``: ``crc_mismatch`` and ``bad_payload`` count payloads; fragment reasons
-(see nmsgdns.fragment) count fragments or sets; every other reason counts containers or datagrams.
+(see nmsgdns.nmsg_fragment) count fragments or sets; every other reason counts containers or datagrams.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from nmsgdns.container import (
     MAX_CONTAINER_SIZE,
     inflate,
     looks_like_headerless_zlib,
-    parse_fragment,
     parse_header,
+    parse_ip_fragment,
     split_nmsg,
 )
 from nmsgdns.errors import ContainerError, NmsgDnsError, PayloadError, TruncatedError
-from nmsgdns.fragment import FRAGMENT_TIMEOUT, FragmentReassembler
+from nmsgdns.nmsg_fragment import FRAGMENT_TIMEOUT, NmsgFragmentReassembler
 from nmsgdns.payload import payload_data_span
 
 # Drop reasons besides the fragment ones.
@@ -170,7 +170,7 @@ class _Decoder:
         self.max_body_size = max_body_size
         self.verify = verify_crcs
         self.stats = DecodeStats()
-        self.reassembler = FragmentReassembler(
+        self.reassembler = NmsgFragmentReassembler(
             timeout=fragment_timeout, max_size=max_body_size, clock=clock, drops=self.stats.drops
         )
 
@@ -187,7 +187,7 @@ class _Decoder:
         if flags & FLAG_FRAGMENT:
             self.stats.fragments += 1
             try:
-                frag = parse_fragment(data[start:end])
+                frag = parse_ip_fragment(data[start:end])
             except ContainerError as exc:
                 raise _Bad(DROP_BAD_FRAGMENT, str(exc)) from None
             done = self.reassembler.add(frag, flags, sender)
@@ -213,7 +213,7 @@ class ContainerStreamReader(_Decoder):
     """Iterate the payloads of every container in a byte stream, reassembling fragments.
 
     Reads with ``read1`` where the stream has it, so a live pipe yields containers as they arrive
-    instead of waiting for a full read buffer. Fragments pending at end of input are counted as
+    instead of waiting for a full read buffer. IpFragments pending at end of input are counted as
     ``fragment_incomplete``. Iterate once; ``batches()`` gives the payloads container by container.
     """
 

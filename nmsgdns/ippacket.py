@@ -28,7 +28,7 @@ from functools import lru_cache
 from struct import Struct
 
 from nmsgdns.errors import PayloadError
-from nmsgdns.ipreasm import Fragments, parse_fragment
+from nmsgdns.ipreasm import IpFragments, parse_ip_fragment
 from nmsgdns.native import load_extension
 
 __all__ = ["ip_to_text", "reassemble", "udp_payload", "udp_payload_py"]
@@ -113,9 +113,9 @@ def reassemble(packets: Sequence[bytes]) -> tuple[bytes, bool] | None:
     matched by identification: all packets of the record are one datagram, and the IP version of the
     last packet decides how the result is read.
     """
-    fragments = Fragments()
+    fragments = IpFragments()
     for packet in packets:
-        frag = parse_fragment(packet)
+        frag = parse_ip_fragment(packet)
         if frag is None or not fragments.add(frag):
             return None
     packet = fragments.assemble()

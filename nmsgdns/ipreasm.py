@@ -19,7 +19,7 @@ rules, so they keep libnmsg's quirks:
 - Where the C code would read past the end (an IPv4 packet shorter than 20 bytes, a total length shorter
   than the header) the packet is no fragment.
 - A non-final fragment whose length is not a multiple of 8, an overlap, a second final fragment or a
-  fragment past the end makes the datagram impossible to rebuild (:meth:`Fragments.add` returns False).
+  fragment past the end makes the datagram impossible to rebuild (:meth:`IpFragments.add` returns False).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class IpFragment:
     ip6f_nxt: int = 0
 
 
-def parse_fragment(packet: bytes, ts_sec: int = 0, ts_nsec: int = 0) -> IpFragment | None:
+def parse_ip_fragment(packet: bytes, ts_sec: int = 0, ts_nsec: int = 0) -> IpFragment | None:
     """The fragment ``packet`` is (captured at ``ts_sec.ts_nsec``), or None when it is none."""
     n = len(packet)
     if not n:
@@ -121,7 +121,7 @@ def parse_fragment(packet: bytes, ts_sec: int = 0, ts_nsec: int = 0) -> IpFragme
 
 
 @dataclass(slots=True)
-class Fragments:
+class IpFragments:
     """The fragments of one datagram received so far, in offset order, and libnmsg's count of holes: one
     is assumed above the highest fragment until the final one arrives; none left means complete."""
 

@@ -21,8 +21,8 @@ from nmsgdns.container import (
     inflate,
     looks_like_headerless_zlib,
     nmsg_crc,
-    parse_fragment,
     parse_header,
+    parse_ip_fragment,
     payload_crc,
     split_nmsg,
     swap32,
@@ -185,13 +185,13 @@ def test_fragment_encoding_matches_protobuf() -> None:
     data = encode_fragment(frag)
     ref = NmsgFragment(id=frag.id, current=3, last=9, fragment=frag.fragment, crc=frag.crc)
     assert data == ref.SerializeToString()
-    assert parse_fragment(data) == frag
+    assert parse_ip_fragment(data) == frag
     no_crc = encode_fragment(frag._replace(crc=None))
-    assert parse_fragment(no_crc).crc is None
+    assert parse_ip_fragment(no_crc).crc is None
     with pytest.raises(ContainerError, match="required"):
-        parse_fragment(b"\x08\x01\x10\x00")
+        parse_ip_fragment(b"\x08\x01\x10\x00")
     with pytest.raises(ContainerError):
-        parse_fragment(b"\x22\x09abc")
+        parse_ip_fragment(b"\x22\x09abc")
 
 
 def test_headerless_zlib_detection() -> None:

@@ -11,7 +11,7 @@ import pytest
 from nmsgdns.capture import DnsqrCapture
 from nmsgdns.capture_reasm import Reassembler
 from nmsgdns.ippacket import reassemble
-from nmsgdns.ipreasm import IPSZ_MAX, Fragments, parse_fragment
+from nmsgdns.ipreasm import IPSZ_MAX, IpFragments, parse_ip_fragment
 
 LINKTYPE_RAW = 101
 
@@ -33,7 +33,7 @@ def ip6(body: bytes, offlg: int, *, ident: int = 77, plen: int | None = None) ->
 
 def test_ipv4_fields_at_their_widths() -> None:
     # DF (0x4000) is no fragment bit; MF (0x2000) is not part of the 13-bit offset, counted in 8 bytes
-    frag = parse_fragment(ip4(b"x" * 8, 0x4000 | 0x2000 | 0x1FFF, ident=0xFFFF, proto=17))
+    frag = parse_ip_fragment(ip4(b"x" * 8, 0x4000 | 0x2000 | 0x1FFF, ident=0xFFFF, proto=17))
     assert frag is not None
     assert (frag.offset, frag.length, frag.data_offset, frag.last, frag.family) == (
         0x1FFF * 8,
@@ -43,12 +43,12 @@ def test_ipv4_fields_at_their_widths() -> None:
         4,
     )
     assert frag.key == (4, bytes((192, 0, 2, 1)), bytes((192, 0, 2, 2)), 0xFFFF, 17)  # id: 16 bits
-    assert parse_fragment(ip4(b"x" * 8, 0x4000)) is None  # DF alone: a whole packet
+    assert parse_ip_fragment(ip4(b"x" * 8, 0x4000)) is None  # DF alone: a whole packet
 
 
 def test_ipv6_fields_at_their_widths() -> None:
     # offset: the high 13 bits (times 8, so the mask is 0xFFF8); bits 1-2 reserved; bit 0 is M
-    frag = parse_fragment(ip6(b"y" * 8, 0xFFF8 | 0x6 | 1, ident=0xFFFFFFFF))
+    frag = parse_ip_fragment(ip6(b"y" * 8, 0xFFF8 | 0x6 | 1, ident=0xFFFFFFFF))
     assert frag is not None
     assert (frag.offset, frag.length, frag.data_offset, frag.last, frag.family) == (0xFFF8, 8, 48, False, 6)
     assert frag.key == (6, bytes(15) + b"\x01", bytes(15) + b"\x02", 0xFFFFFFFF)  # id: 32 bits
@@ -61,7 +61,7 @@ def test_ipv6_length_is_libnmsgs_uint16(plen: int, fragment: bool) -> None:
     dnsqr response getter masked it; the capture did not, and took such a packet for a fragment."""
     packet = ip6(bytes(plen - 8), 0 | 1, plen=plen)
     assert len(packet) == 40 + plen
-    frag = parse_fragment(packet)
+    frag = parse_ip_fragment(packet)
     assert (frag is not None) == fragment
     if frag is not None:
         assert frag.length == plen - 8 and len(frag.data) == 40 + plen
@@ -98,8 +98,8 @@ def test_an_empty_final_fragment_alone_completes_nothing_to_rebuild() -> None:
     and would rebuild from no fragment (a NULL dereference). The capture raised IndexError on it; now it
     is counted as an unusable fragment."""
     packet = ip6(b"", 0)
-    fragments = Fragments()
-    assert fragments.add(parse_fragment(packet))  # type: ignore[arg-type]
+    fragments = IpFragments()
+    assert fragments.add(parse_ip_fragment(packet))  # type: ignore[arg-type]
     assert fragments.holes == 0 and fragments.assemble() is None
     capture = DnsqrCapture()
     assert capture.add_packet(1, 0, packet, LINKTYPE_RAW) == []

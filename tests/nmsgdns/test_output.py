@@ -14,8 +14,8 @@ from nmsgdns.container import (
     decode_container,
     encode_body,
     inflate,
-    parse_fragment,
     parse_header,
+    parse_ip_fragment,
     split_nmsg,
 )
 from nmsgdns.input import ContainerStreamReader, DatagramDecoder
@@ -85,7 +85,7 @@ def test_socket_output_reencode_is_byte_identical(case: str, compress: bool) -> 
     ids, blob, sequence_id = [], b"", None
     for flags, body in _containers(data):
         if flags & FLAG_FRAGMENT:
-            frag = parse_fragment(body)
+            frag = parse_ip_fragment(body)
             if frag.current == 0:
                 ids.append(frag.id)
                 blob = b""
@@ -102,7 +102,7 @@ def test_socket_output_reencode_is_byte_identical(case: str, compress: bool) -> 
     out += packer.flush()
     assert b"".join(out) == data
     assert packer.next_sequence == sum(
-        1 for f, b in _containers(data) if not f & 2 or parse_fragment(b).current == 0
+        1 for f, b in _containers(data) if not f & 2 or parse_ip_fragment(b).current == 0
     )
 
 
@@ -145,7 +145,7 @@ def test_oversized_payload_fragments_and_roundtrips() -> None:
         assert flags[0] == flags[-1] == (FLAG_ZLIB if compress else 0)
         assert set(flags[1:-1]) == {frag_flag}
         assert all(len(c) <= 512 for c in out)
-        frags = [parse_fragment(c[10:]) for c in out[1:-1]]
+        frags = [parse_ip_fragment(c[10:]) for c in out[1:-1]]
         assert [f.current for f in frags] == list(range(len(frags)))
         assert {f.last for f in frags} == {len(frags) - 1}
         assert all(len(f.fragment) == 480 for f in frags[:-1])
@@ -165,7 +165,7 @@ def test_exact_multiple_blob_announces_the_real_last_chunk() -> None:
     else:
         raise AssertionError("no payload size gives an exact multiple of the chunk size")
     out = ContainerPacker(512).add(p)
-    frags = [parse_fragment(c[10:]) for c in out]
+    frags = [parse_ip_fragment(c[10:]) for c in out]
     assert [len(f.fragment) for f in frags] == [480] * len(frags)
     assert [f.last for f in frags] == [len(frags) - 1] * len(frags)
     assert list(ContainerStreamReader(io.BytesIO(b"".join(out)))) == [p]

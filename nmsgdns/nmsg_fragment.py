@@ -1,4 +1,6 @@
-"""Reassembly of fragmented containers, keyed by (id, crc, sender) as libnmsg keys them.
+"""Reassembly of NMSG fragments (a container too large for one datagram, sent in pieces with the FRAGMENT
+flag), keyed by (id, crc, sender) as libnmsg keys them. IP fragments are another matter:
+``nmsgdns/ipreasm.py``.
 
 libnmsg trusts its peers: it indexes an array by ``current`` without a bounds check, asserts that every
 piece agrees on ``last``, never checks the blob CRC and keeps no total size limit. Input here may come
@@ -54,7 +56,7 @@ class _PendingSet:
         self.size = 0
 
 
-class FragmentReassembler:
+class NmsgFragmentReassembler:
     """Collects fragments and returns each blob once all of its pieces are in and verified.
 
     ``drops`` counts by reason; the unit is one fragment for per-piece problems (bounds, duplicate,

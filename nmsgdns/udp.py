@@ -1,4 +1,4 @@
-"""Where payloads come from: NMSG files, and UDP sockets fed by ``nmsgtool -s`` or an SIE channel.
+"""The UDP receiver of NMSG datagrams: sockets fed by ``nmsgtool -s`` or an SIE channel's endpoints.
 
 Shared by the standalone filter and the ingest bridge so both read sockets the same way: the largest
 receive buffer the kernel allows (nmsgtool asks for 16 MiB) and the kernel's own drop counter

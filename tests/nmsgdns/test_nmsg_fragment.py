@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nmsgdns.container import FLAG_FRAGMENT, FLAG_ZLIB, Fragment, nmsg_crc
-from nmsgdns.fragment import (
+from nmsgdns.nmsg_fragment import (
     DROP_BOUNDS,
     DROP_CRC,
     DROP_DUPLICATE,
@@ -12,7 +12,7 @@ from nmsgdns.fragment import (
     DROP_INCOMPLETE,
     DROP_TIMEOUT,
     DROP_TOO_LARGE,
-    FragmentReassembler,
+    NmsgFragmentReassembler,
 )
 
 F = FLAG_FRAGMENT
@@ -38,7 +38,7 @@ def _split(blob: bytes, chunk: int, frag_id: int = 42, *, last: int | None = Non
 def test_in_order_and_out_of_order() -> None:
     blob = bytes(range(256)) * 10
     for order in (list(range(6)), [5, 0, 3, 1, 4, 2]):
-        r = FragmentReassembler()
+        r = NmsgFragmentReassembler()
         frags = _split(blob, 480)
         results = [r.add(frags[i], F) for i in order]
         assert results[:-1] == [None] * 5
@@ -47,14 +47,14 @@ def test_in_order_and_out_of_order() -> None:
 
 
 def test_single_piece_set_and_crc_absent() -> None:
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     assert r.add(Fragment(1, 0, 0, b"abc", None), F | FLAG_ZLIB) == (b"abc", F | FLAG_ZLIB)
 
 
 def test_keyed_by_sender_and_crc() -> None:
     blob_a, blob_b = b"a" * 1000, b"b" * 1000
     fa, fb = _split(blob_a, 480, 7), _split(blob_b, 480, 7)  # same id, different blobs
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     assert r.add(fa[0], F, "s1") is None
     assert r.add(fb[0], F, "s2") is None
     assert r.add(fa[1], F, "s1") is None
@@ -64,7 +64,7 @@ def test_keyed_by_sender_and_crc() -> None:
 
 
 def test_bounds_duplicates_and_disagreements_are_counted() -> None:
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     blob = b"x" * 1000
     frags = _split(blob, 480)
     assert r.add(Fragment(42, 5, 2, b"zz", frags[0].crc), F) is None  # current > last
@@ -78,7 +78,7 @@ def test_bounds_duplicates_and_disagreements_are_counted() -> None:
 
 
 def test_crc_mismatch_drops_the_set() -> None:
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     frags = _split(b"y" * 1000, 480)
     frags[1] = frags[1]._replace(fragment=b"Y" * 480)
     assert [r.add(f, F) for f in frags] == [None, None, None]
@@ -87,7 +87,7 @@ def test_crc_mismatch_drops_the_set() -> None:
 
 
 def test_total_size_cap() -> None:
-    r = FragmentReassembler(max_size=1000)
+    r = NmsgFragmentReassembler(max_size=1000)
     frags = _split(b"z" * 1500, 480)
     assert [r.add(f, F) for f in frags[:3]] == [None, None, None]
     assert r.drops[DROP_TOO_LARGE] == 1
@@ -96,7 +96,7 @@ def test_total_size_cap() -> None:
 
 def test_timeout_after_30_seconds() -> None:
     clock = Clock()
-    r = FragmentReassembler(clock=clock)
+    r = NmsgFragmentReassembler(clock=clock)
     frags = _split(b"q" * 1000, 480)
     r.add(frags[0], F)
     clock.now += 29.9
@@ -110,12 +110,12 @@ def test_timeout_after_30_seconds() -> None:
 
 
 def test_pending_limits_evict_oldest() -> None:
-    r = FragmentReassembler(max_pending_sets=2)
+    r = NmsgFragmentReassembler(max_pending_sets=2)
     for i in range(4):
         r.add(Fragment(i, 0, 1, b"p" * 10, 1), F)
     assert r.pending == 2
     assert r.drops[DROP_EVICTED] == 2
-    r = FragmentReassembler(max_pending_bytes=100)
+    r = NmsgFragmentReassembler(max_pending_bytes=100)
     for i in range(3):
         r.add(Fragment(i, 0, 1, b"p" * 60, 1), F)
     assert r.pending_bytes <= 100
@@ -128,7 +128,7 @@ def test_recovers_libnmsgs_last_off_by_one() -> None:
     blob = b"m" * 960
     frags = _split(blob, 480, last=2)
     assert len(frags) == 2
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     assert r.add(frags[1], F) is None
     assert r.add(frags[0], F) == (blob, F)
     assert r.recovered_short_last == 1 and not r.drops
@@ -137,7 +137,7 @@ def test_recovers_libnmsgs_last_off_by_one() -> None:
 def test_short_last_guess_does_not_fire_on_partial_sets() -> None:
     blob = b"n" * 1000
     frags = _split(blob, 400)  # 400, 400, 200
-    r = FragmentReassembler()
+    r = NmsgFragmentReassembler()
     assert r.add(frags[0], F) is None
     assert r.add(frags[1], F) is None  # pieces 0..last-1 are equal but the CRC does not match yet
     assert r.add(frags[2], F) == (blob, F)
