@@ -11,7 +11,7 @@
  * Inputs that are not `bytes` go to the pure-Python fallback registered by wire.py / ippacket.py, so that
  * e.g. a bytearray keeps returning what the Python code returns for it.
  *
- * Two later additions serve the Faust worker's per-record cost (issue #5): judge() decides the common
+ * Two functions serve a per-record cost where the rule runs on every record: judge() decides the common
  * case of nmsgdns.edns.judge from the serialized payload without protobuf objects and returns None for
  * anything else; qname_to_text() is nmsgdns.dnsqr.qname_to_text. Each is held to its Python counterpart
  * by tests (tests/nmsgdns/test_wirescan.py, tests/nmsgdns/test_judge_fast.py).
