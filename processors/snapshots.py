@@ -21,21 +21,12 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from dnsqr_schemas import avro_schema
 from nmsgdns.native import load_extension
+from nmsgdns.payload import encode_varint
 from processors.counts import Counts, count_values
 from processors.state import Changed, NsState, Record
 
-
-def _varint(z: int) -> bytes:
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 #: Avro longs (zigzag varints) of 0..8191, the counts almost every snapshot holds
-_SMALL = [_varint(n << 1) for n in range(8192)]
+_SMALL = [encode_varint(n << 1) for n in range(8192)]
 _DOUBLE = struct.Struct("<d")
 _EMPTY_MAP = b"\x00"
 
@@ -43,7 +34,7 @@ _EMPTY_MAP = b"\x00"
 def _long(n: int) -> bytes:
     if 0 <= n < 8192:
         return _SMALL[n]
-    return _varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
+    return encode_varint((n << 1) ^ (n >> 63))  # zigzag
 
 
 def _string(text: str) -> bytes:
