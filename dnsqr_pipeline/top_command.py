@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AclOperation
 
+from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report, topic_needs
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_pipeline.completion import CompletionError
@@ -83,13 +85,21 @@ def rank(
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Print the ``-n`` worst name servers. Exit status 1 on a Kafka error (e.g. no such topic)."""
+    """Print the ``-n`` worst name servers. Exit status 3 when Kafka refuses the credentials or the read
+    (one line, as every command), 1 on another Kafka error (e.g. no such topic)."""
     out = out or sys.stdout
+    conf = client_config(args)
     view = None
     try:
-        view = LatestCounts(client_config(args), args.counts_topic, args.window)
+        check_access(conf, topic_needs(AclOperation.READ, [args.counts_topic]))
+        view = LatestCounts(conf, args.counts_topic, args.window)
         latest = view.read()
+    except KafkaAccessError as exc:
+        return report("top", exc)
     except (CompletionError, KafkaException) as exc:
+        refused = access_error(exc, conf)
+        if refused is not None:
+            return report("top", refused)
         detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
         print(f"dnsqr-pipeline top: {args.counts_topic}: {detail}", file=sys.stderr)
         return 1

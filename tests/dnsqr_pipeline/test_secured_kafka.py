@@ -263,6 +263,11 @@ def test_tail_without_read_on_the_topic_or_its_group_is_refused(secured: Secured
     assert proc.returncode == 0, proc.stderr
 
 
+def test_top_without_read_on_the_counts_topic_is_refused(secured: Secured) -> None:
+    stderr, _ = run_refused(secured, "ingest", ["top", "--counts-topic", COUNTS])
+    assert f"User:ingest: READ on topic '{COUNTS}'" in one_line(stderr)
+
+
 def test_the_sink_user_cannot_write_failures(secured: Secured) -> None:
     stderr, _ = run_refused(
         secured, "sink", ["ingest", "-r", str(corpus.path(f"{CASE}.nmsg")), "--raw-topic", FAILURES]
