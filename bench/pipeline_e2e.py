@@ -26,7 +26,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from dnsqr_kafka.names import TopicNames
+from dnsqr_kafka.names import DEFAULT_APP_ID, TopicNames
 from dnsqr_kafka.topics import admin_client, delete_topics
 from dnsqr_pipeline.completion import end_offsets
 from dnsqr_pipeline.job import JobConfig, run_job
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_topics=bool(args.bootstrap_servers),
         )
         # the worker's app id: per run on a given broker, the contract's on an embedded one (job.py)
-        app_id = f"dnsqr-edns-run-{cfg.run_id}" if args.bootstrap_servers else "dnsqr-edns"
+        app_id = f"{DEFAULT_APP_ID}-run-{cfg.run_id}" if args.bootstrap_servers else DEFAULT_APP_ID
         with PeakRss(f"--app-id\0{app_id}\0") as rss:
             result = run_job(cfg)
         if args.bootstrap_servers:
