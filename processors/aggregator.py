@@ -36,8 +36,10 @@ Recovery: when ns-stats partitions are assigned, their states are rebuilt from t
 end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
 partition's state is back, its ns-stats records are kept (not applied) and its offsets are not committed
 (:attr:`processors.commit_guard.CommitGuardConsumer.held`); then the kept records are applied in order.
-Revoked partitions' states are dropped (the commits of the revocation wrote what they had). Faust's table
-recovery is not used: its stalls needed a watchdog.
+A revoked partition's state is kept until the next assignment (the commits of the revocation wrote what
+it had): when the assignment gives the partition back and the group's committed offset for it is still
+this worker's last commit, the state is taken back at once instead of read (:class:`Aggregation`). Faust's
+table recovery is not used: its stalls needed a watchdog.
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
