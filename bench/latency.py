@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -184,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20, help="length of the replay (default %(default)s)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--add-worker-at",
+        type=float,
+        metavar="S",
+        help="start one more worker S seconds into the replay (a scale-out while the state is built)",
+    )
     p.add_argument("--bootstrap-servers", help="default: start a throw-away local broker")
     p.add_argument(
         "--processing-guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once"
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         create_run_topics(kafka, topics, args.partitions)
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         stages = [worker_stage(i, args, bootstrap, topics, app_id) for i in range(1, args.workers + 1)]
+        added: threading.Timer | None = None
         try:
             deadline = time.monotonic() + 120
             wait_for_assignment(kafka, app_id, topics.raw, args.workers, stages, deadline)
@@ -211,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress_bar=False,
             )
             bridge = Bridge(config)
+            if args.add_worker_at is not None:
+                added = threading.Timer(
+                    args.add_worker_at,
+                    lambda: stages.append(worker_stage(args.workers + 1, args, bootstrap, topics, app_id)),
+                )
+                added.start()
             start = time.time()
             summary = bridge.run()
             if not summary.ok:
@@ -220,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
             wait_caught_up(kafka, [Progress(app_id, topics.raw, "the filter agent")], stages, deadline)
             latencies = sorted(failure_latencies(kafka, topics.failures, start, paced.first_ns))
         finally:
+            if added is not None:
+                added.cancel()
             for stage in stages:
                 stage.stop()
             delete_run_topics(kafka, run_id)
     sent = sum(summary.records_in.values())
+    added_text = "" if args.add_worker_at is None else f", one more added at {args.add_worker_at:g} s"
     print(
         f"{sent} records in {summary.elapsed:.1f} s = {sent / summary.elapsed:,.0f} records/s achieved "
-        f"(asked {args.rate:,.0f}/s); {args.workers} worker(s), {args.partitions} partitions, "
+        f"(asked {args.rate:,.0f}/s); {args.workers} worker(s){added_text}, {args.partitions} partitions, "
         f"{args.processing_guarantee}"
     )
     if not latencies:

@@ -36,8 +36,10 @@ Recovery: when ns-stats partitions are assigned, their states are rebuilt from t
 end, ``read_committed``) by a thread with its own consumer, while the worker keeps running. Until a
 partition's state is back, its ns-stats records are kept (not applied) and its offsets are not committed
 (:attr:`processors.commit_guard.CommitGuardConsumer.held`); then the kept records are applied in order.
-Revoked partitions' states are dropped (the commits of the revocation wrote what they had). Faust's table
-recovery is not used: its stalls needed a watchdog.
+A revoked partition's state is kept until the next assignment (the commits of the revocation wrote what
+it had): when the assignment gives the partition back and the group's committed offset for it is still
+this worker's last commit, the state is taken back at once instead of read (:class:`Aggregation`). Faust's
+table recovery is not used: its stalls needed a watchdog.
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
@@ -96,6 +98,13 @@ class Aggregation:
 
     A partition is either ready (``states``) or restoring (its records wait); records of a partition in
     neither (revoked while the record was on its way) are ignored: its next owner applies them.
+
+    What stays, stays: a revoked partition's state is kept (``kept``, with the offset of its last commit)
+    until the next assignment. Faust's eager rebalance revokes every partition, and most come back to the
+    same worker; one that does is taken back without reading the changelog when the group's committed
+    offset for it is still the one this worker committed last (nobody processed it since, and the
+    revocation's commit wrote everything the state had applied). Otherwise, and for every kept state the
+    assignment does not give back, the state is dropped.
     """
 
     def __init__(self, expires: int, max_ahead: int | None = None, *, marks: bool) -> None:
@@ -109,6 +118,13 @@ class Aggregation:
         self.replayed = 0
         #: late and early deltas (:class:`NsState`) of the states dropped since this worker started
         self._dropped_outside = [0, 0]
+        #: partition -> the offset its last commit committed (its state had applied every record below it)
+        self.last_commit: dict[int, int] = {}
+        #: revoked partitions' states and their last commit offsets, until the next assignment
+        self.kept: dict[int, tuple[NsState, int]] = {}
+        #: partitions taken back from ``kept``, and those read from the changelog, since this worker started
+        self.taken_back = 0
+        self.read_back = 0
 
     def new_state(self) -> NsState:
         """An empty state with this worker's expiry and clock bound."""
@@ -117,18 +133,22 @@ class Aggregation:
     @property
     def late_deltas(self) -> int:
         """Deltas for freed windows applied by this worker (to the totals only), since it started."""
-        return self._dropped_outside[0] + sum(s.late_deltas for s in self.states.values())
+        return self._dropped_outside[0] + sum(s.late_deltas for s in self._held_states())
 
     @property
     def early_deltas(self) -> int:
         """Deltas dated too far ahead of the clock applied by this worker (to the totals only)."""
-        return self._dropped_outside[1] + sum(s.early_deltas for s in self.states.values())
+        return self._dropped_outside[1] + sum(s.early_deltas for s in self._held_states())
+
+    def _held_states(self) -> list[NsState]:
+        return [*self.states.values(), *(state for state, _ in self.kept.values())]
 
     def begin_restore(self, partitions: Iterable[int]) -> Restoring:
         """Mark ``partitions`` as restoring (their records wait from now on)."""
         restoring = Restoring(set(partitions))
         for p in restoring.partitions:
             self.states.pop(p, None)
+            self.last_commit.pop(p, None)
             self.restoring[p] = restoring
             restoring.waiting[p] = []
         return restoring
@@ -147,13 +167,37 @@ class Aggregation:
             ready.append(p)
         return ready
 
+    def keep(self, partitions: Iterable[int]) -> None:
+        """Revoked ``partitions``: keep the states that have a commit until the next assignment
+        (:meth:`take_kept`), drop the others and stop restoring them."""
+        for p in partitions:
+            state = self.states.get(p)
+            if state is not None and p in self.last_commit:
+                del self.states[p]
+                self.kept[p] = (state, self.last_commit[p])
+        self.drop(partitions)
+
+    def take_kept(self, partitions: Iterable[int]) -> dict[int, tuple[NsState, int]]:
+        """The kept states of ``partitions`` (assigned again), with their last commit offsets; every other
+        kept state is dropped."""
+        wanted = set(partitions)
+        taken = {p: kept for p, kept in self.kept.items() if p in wanted}
+        for p, (state, _) in self.kept.items():
+            if p not in wanted:
+                self._count_dropped(state)
+        self.kept = {}
+        return taken
+
+    def _count_dropped(self, state: NsState) -> None:
+        self._dropped_outside[0] += state.late_deltas
+        self._dropped_outside[1] += state.early_deltas
+
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget the states of revoked partitions, and stop restoring them."""
         for p in partitions:
             state = self.states.pop(p, None)
             if state is not None:
-                self._dropped_outside[0] += state.late_deltas
-                self._dropped_outside[1] += state.early_deltas
+                self._count_dropped(state)
             restoring = self.restoring.pop(p, None)
             if restoring is not None:
                 restoring.waiting.pop(p, None)
@@ -177,6 +221,20 @@ class Aggregation:
     def _apply(self, state: NsState, value: bytes, offset: int) -> None:
         if not state.apply_record(value, offset if self.marks else None):
             self.replayed += 1
+
+
+def committed_offsets(
+    config: Mapping[str, str], group: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """The offsets ``group`` has committed for ``partitions`` of ``topic`` (negative: none). Blocking.
+
+    The consumer asks the group coordinator and joins nothing, so the worker's own group id serves."""
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        asked = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=10)}
+    finally:
+        consumer.close()
 
 
 def read_changelog(
@@ -276,49 +334,67 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 f"{max(partitions)} needs one: give it as many partitions as {settings.stats_topic}"
             )
 
-    def restore_blocking(restoring: Restoring) -> dict[int, NsState] | None:
-        ensure_changelog(restoring.partitions)
-        return read_changelog(
-            config,
-            changelog.name,
-            restoring.partitions,
-            aggregation.new_state,
-            restoring.stop,
-            settings.app_id,
+    def current(kept: Mapping[int, tuple[NsState, int]]) -> dict[int, NsState]:
+        """The kept states that are current: the group's committed offset of their partition is still the
+        one this worker's last commit of it committed."""
+        if not kept:
+            return {}
+        committed = committed_offsets(config, settings.app_id, settings.stats_topic, kept)
+        return {p: state for p, (state, offset) in kept.items() if committed.get(p) == offset}
+
+    def restore_blocking(
+        restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]
+    ) -> tuple[dict[int, NsState], dict[int, NsState] | None]:
+        """The kept states still current, and the other partitions' states read from the changelog (None
+        when the restore was stopped)."""
+        taken = current(kept)
+        rest = restoring.partitions - set(taken)
+        if not rest:
+            return taken, {}
+        ensure_changelog(rest)
+        read = read_changelog(
+            config, changelog.name, rest, aggregation.new_state, restoring.stop, settings.app_id
         )
+        return taken, read
 
     restores: set[asyncio.Future[None]] = set()
 
-    async def restore(restoring: Restoring) -> None:
+    async def restore(restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]) -> None:
         started = time.monotonic()
         try:
-            states = await asyncio.to_thread(restore_blocking, restoring)
+            taken, read = await asyncio.to_thread(restore_blocking, restoring, kept)
         except Exception as exc:
             await app.crash(exc)
             return
-        if states is None:
+        if read is None:
             return  # revoked meanwhile
-        ready = aggregation.restored(restoring, states)
+        ready = aggregation.restored(restoring, {**taken, **read})
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
+        aggregation.taken_back += len(set(taken) & set(ready))
+        aggregation.read_back += len(set(read) & set(ready))
         if ready:
             log.info(
-                "ns-stats partitions %s restored from %s in %.1f s: %d name servers",
-                sorted(ready),
-                changelog.name,
+                "ns-stats partitions ready in %.1f s (%d name servers): %s kept (their state was current), "
+                "%s read from %s",
                 time.monotonic() - started,
                 sum(len(aggregation.states[p].totals) for p in ready),
+                sorted(set(taken) & set(ready)) or "none",
+                sorted(set(read) & set(ready)) or "none",
+                changelog.name,
             )
 
     @app.on_partitions_revoked.connect
-    async def drop_states(sender: Any, revoked: set[TP], **_: Any) -> None:
-        """Revoked partitions' states go (what they applied is in the changelog: see the module doc)."""
+    async def keep_states(sender: Any, revoked: set[TP], **_: Any) -> None:
+        """Revoked partitions' states are kept until the next assignment, which may give them back (see
+        :class:`Aggregation`; what they applied is committed and in the changelog)."""
         mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
-        aggregation.drop(mine)
+        aggregation.keep(mine)
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
 
     @app.on_partitions_assigned.connect
     async def restore_states(sender: Any, assigned: set[TP], **_: Any) -> None:
-        """Rebuild the states of newly assigned partitions in the background (see the module doc)."""
+        """Take back the current kept states of newly assigned partitions, and rebuild the others from the
+        changelog, in the background (see the module doc)."""
         mine = {
             tp.partition
             for tp in assigned
@@ -326,9 +402,10 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             and tp.partition not in aggregation.states
             and tp.partition not in aggregation.restoring
         }
+        kept = aggregation.take_kept(mine)
         if mine:
             app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
-            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine)))
+            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept))
             restores.add(task)
             task.add_done_callback(restores.discard)
 
@@ -351,6 +428,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         state = aggregation.states.get(tp.partition) if tp.topic == settings.stats_topic else None
         if state is not None:
             state.committed(offset)  # every record below it was processed: the mark moves up
+            aggregation.last_commit[tp.partition] = offset
             pending += await output.send_for_commit(
                 tp,
                 settings.counts_topic,

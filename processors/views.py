@@ -309,6 +309,10 @@ def install(
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,
+                    # ns-stats partitions assigned again whose kept state was current, and those read
+                    # from the changelog
+                    "states_kept": aggregation.taken_back,
+                    "states_read": aggregation.read_back,
                     "reseeks": reseeks,
                     "name_servers": sum(len(s.totals) for s in aggregation.states.values()),
                 }

@@ -56,6 +56,31 @@ def test_a_restore_finishing_after_its_partition_was_revoked_is_discarded() -> N
     assert second.stop.is_set() and aggregation.states == {}
 
 
+def test_revoked_states_are_kept_until_the_next_assignment() -> None:
+    """A revoked partition's state waits for the next assignment with its last commit's offset; one the
+    assignment does not give back is dropped (its late deltas still counted), one never committed is not
+    kept (it would need its changelog anyway), and a restoring one stops."""
+    aggregation = Aggregation(3600, marks=False)
+    aggregation.restored(aggregation.begin_restore([0, 1, 2]), {p: NsState(3600) for p in (0, 1, 2)})
+    aggregation.offer(0, 10, value(2))
+    aggregation.offer(1, 4, value(1, start=7200))
+    aggregation.offer(1, 5, value(1, start=0))  # late: window 0 was freed by window 7200
+    aggregation.last_commit.update({0: 11, 1: 6})  # their commits; partition 2 never committed
+    restoring = aggregation.begin_restore([3])
+    aggregation.keep([0, 1, 2, 3])
+    assert aggregation.states == {} and aggregation.restoring == {} and restoring.stop.is_set()
+    assert {p: offset for p, (_, offset) in aggregation.kept.items()} == {0: 11, 1: 6}
+    assert aggregation.late_deltas == 1
+    taken = aggregation.take_kept([0, 2, 3])
+    assert list(taken) == [0] and taken[0][0].totals[NS][1] == 2
+    assert (
+        aggregation.kept == {} and aggregation.late_deltas == 1
+    )  # partition 1's state went, its count stays
+    # a partition being restored has no last commit until its state commits again
+    aggregation.begin_restore([0])
+    assert 0 not in aggregation.last_commit
+
+
 def test_at_least_once_applies_what_comes() -> None:
     aggregation = Aggregation(0, marks=False)
     aggregation.restored(aggregation.begin_restore([0]), {0: NsState()})

@@ -377,3 +377,40 @@ def test_a_record_dated_2040_frees_no_window(
     assert all(s["expired_through"] < min(capture) for s in snapshots)
     early_ns = {s["name_server"] for s in snapshots if s["window_start"] is None}
     assert early_ns <= set(want)
+
+
+def test_a_worker_added_keeps_the_states_that_stay(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """What stays, stays: one worker holds every ns-stats partition's state; a second one joins. The first
+    takes back the states of the partitions it keeps without reading the changelog, the second reads the
+    others' from it, and the counts stay exact through a second pass of the corpus."""
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4)
+    runs.append(run)
+    first = run.start_worker(tmp_path)
+    run.wait_group_stable(1)
+    run.produce_corpus()
+    want = expected_total_counts()
+    assert run.latest_snapshots(want) == want, run.logs()
+    before = stats_of(first)
+    assert (before["states_read"], before["states_kept"]) == (4, 0)  # its first assignment: all read
+    second = run.start_worker(tmp_path)
+    run.wait_group_stable(2)
+    moved: dict[str, int] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = [stats_of(port) for port in (first, second)]
+        moved = {
+            "first kept": now[0]["states_kept"],
+            "first read": now[0]["states_read"] - before["states_read"],
+            "second read": now[1]["states_read"],
+        }
+        if moved["first kept"] + moved["first read"] + moved["second read"] >= 4:
+            break
+        time.sleep(0.5)
+    # the first worker kept what it still owns, reading nothing; the second read the rest
+    assert moved["first kept"] > 0 and moved["first read"] == 0, (moved, run.logs())
+    assert moved["first kept"] + moved["second read"] == 4, (moved, run.logs())
+    run.produce_corpus()
+    twice = {ns: 2 * n for ns, n in want.items()}
+    assert run.latest_snapshots(twice) == twice, run.logs()
