@@ -12,10 +12,10 @@ Method:
 2. **New work.** One small ``NsStatsBatch`` per ns-stats partition (one known name server each), so every
    partition's state must be back before the group can commit it.
 3. **One worker** (``dnsqr-pipeline worker``, as ``dnsqr_pipeline.job.worker_command`` starts it; log in
-   bench/out/recovery-logs/), timed from its start: (a) its "restored from ... in X s: N name servers"
-   log line, (b) the moment its group has committed the end of ns-stats, i.e. it processes again, and its
-   RSS then (``/proc/PID/status`` VmRSS; VmHWM is the peak). ``/dnsqr/stats/`` must then count N name
-   servers. With ``--baseline`` (the default) a worker of another app id (an empty changelog) is timed
+   bench/out/recovery-logs/), timed from its start: (a) its "ns-stats partitions ready in X s (N name
+   servers)" log line, (b) the moment its group has committed the end of ns-stats, i.e. it processes
+   again, and its RSS then (``/proc/PID/status`` VmRSS; VmHWM is the peak). ``/dnsqr/stats/`` must then
+   count N name servers. With ``--baseline`` (the default) a worker of another app id (an empty changelog) is timed
    first on the same input: its RSS is the worker's with no state.
 
 Prints one summary line; exits 1 if (b) exceeds ``--limit`` seconds. The run's topics (their names carry
@@ -72,7 +72,8 @@ WINDOW_START = 1_764_633_600
 #: name servers counted, encoded and applied at a time (the aggregator commits its changelog as often)
 CHUNK = 50_000
 POLL_SECONDS = 0.1
-RESTORED = re.compile(r"restored from (\S+) in ([\d.]+) s: (\d+) name servers")
+#: the aggregator's line when assigned partitions are ready (processors/aggregator.py)
+RESTORED = re.compile(r"ns-stats partitions ready in ([\d.]+) s \((\d+) name servers\)")
 
 
 def name_server_ips(n: int, ipv6_share: float, rng: random.Random) -> list[bytes]:
@@ -287,8 +288,8 @@ def recovered_worker(
             now = time.monotonic() - started
             for found in filter(None, map(RESTORED.search, log.new())):
                 recovery.restored_at = now
-                recovery.restore_seconds = float(found[2])
-                recovery.restored_name_servers += int(found[3])
+                recovery.restore_seconds = float(found[1])
+                recovery.restored_name_servers += int(found[2])
             if committed_end(offsets, settings.stats_topic, ends):
                 recovery.processing_at = now
                 status = proc_status_kb(stage.proc.pid)
