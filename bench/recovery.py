@@ -15,8 +15,8 @@ Method:
    bench/out/recovery-logs/), timed from its start: (a) its "ns-stats partitions ready in X s (N name
    servers)" log line, (b) the moment its group has committed the end of ns-stats, i.e. it processes
    again, and its RSS then (``/proc/PID/status`` VmRSS; VmHWM is the peak). ``/dnsqr/stats/`` must then
-   count N name servers. With ``--baseline`` (the default) a worker of another app id (an empty changelog) is timed
-   first on the same input: its RSS is the worker's with no state.
+   count N name servers. With ``--baseline`` (the default) a worker of another app id (an empty
+   changelog) is timed first on the same input: its RSS is the worker's with no state.
 
 Prints one summary line; exits 1 if (b) exceeds ``--limit`` seconds. The run's topics (their names carry
 the run id) and groups are deleted at the end.
