@@ -29,6 +29,7 @@ makes it a secured cluster: SCRAM users per stage, TLS, ACLs; see :mod:`dnsqr_pi
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -434,8 +435,22 @@ def _proc_cmdline(pid: int) -> str | None:
         return None
 
 
+#: the nodes this process started, by pid. Their own ``Popen`` answers whether they run, and keeping it
+#: referenced keeps it out of ``subprocess._active``, whose later ``waitpid`` of a reaped pid could reap an
+#: unrelated child once the pid is reused (pid_max is 32768 on some hosts and a JVM takes ~100 pids).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+#: the last few of them that exited, for the exit status in an error message
+_exited_children: collections.deque[subprocess.Popen[bytes]] = collections.deque(maxlen=16)
+
+
 def _alive(pid: int) -> bool:
     """True if ``pid`` runs and is not a zombie; reaps it when it is our own exited child."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _exited_children.append(_children.pop(pid))
+        return False
     with contextlib.suppress(ChildProcessError, OSError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -461,10 +476,26 @@ def node_pid(layout: ClusterLayout, node: int) -> int | None:
         return None
     if not _alive(pid):
         return None
+    if pid in _children:
+        return pid  # our own running child: no need to guess from its command line
     cmdline = _proc_cmdline(pid)
     if cmdline is not None and str(layout.node_dir(node) / "server.properties") not in cmdline:
         return None
     return pid
+
+
+def _why_not_running(layout: ClusterLayout, node: int) -> str:
+    """Why :func:`node_pid` takes ``node`` as not running, for an error message."""
+    try:
+        pid = int(layout.pid_file(node).read_text().strip())
+    except (OSError, ValueError) as exc:
+        return f"no readable pid file: {exc}"
+    for child in _exited_children:
+        if child.pid == pid:
+            return f"pid {pid} exited with status {child.returncode}"
+    if not _alive(pid):
+        return f"pid {pid} is gone"
+    return f"pid {pid} runs something else: {_proc_cmdline(pid)!r:.200}"
 
 
 def _spawn_node(layout: ClusterLayout, node: int, libs: Path, heap: str) -> int:
@@ -495,6 +526,7 @@ def _spawn_node(layout: ClusterLayout, node: int, libs: Path, heap: str) -> int:
             start_new_session=True,
             cwd=layout.node_dir(node),
         )
+    _children[proc.pid] = proc
     layout.pid_file(node).write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -529,7 +561,8 @@ def wait_ready(
             pid = node_pid(layout, node)
             if pid is None:
                 raise LocalKafkaError(
-                    f"Kafka node {node} exited during startup; last lines of {layout.log_file(node)}:\n"
+                    f"Kafka node {node} is not running during startup ({_why_not_running(layout, node)}); "
+                    f"last lines of {layout.log_file(node)}:\n"
                     + _tail(layout.log_file(node))
                     + "\n"
                     + _tail(layout.node_dir(node) / "logs" / "stdout.log")

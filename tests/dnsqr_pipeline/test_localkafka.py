@@ -73,6 +73,26 @@ def test_status_and_stop_without_a_cluster_or_with_a_stale_pid(tmp_path: Path) -
     assert localkafka.stop(tmp_path) == []
 
 
+def test_a_node_started_here_is_judged_by_its_own_process(tmp_path: Path) -> None:
+    """A node this process spawned runs while its Popen says so, whatever /proc shows, and once it exits
+    the reason names its exit status."""
+    layout = localkafka.plan_layout(tmp_path)
+    localkafka._write_layout(layout)
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.3); sys.exit(7)"])
+    localkafka._children[child.pid] = child
+    layout.pid_file(1).write_text(f"{child.pid}\n")
+    try:
+        # its command line does not name the node's server.properties, yet it is the node
+        assert localkafka.node_pid(layout, 1) == child.pid
+        child.wait()
+        assert localkafka.node_pid(layout, 1) is None
+        assert localkafka._why_not_running(layout, 1) == f"pid {child.pid} exited with status 7"
+    finally:
+        localkafka._children.pop(child.pid, None)
+    layout.pid_file(1).unlink()
+    assert localkafka._why_not_running(layout, 1).startswith("no readable pid file")
+
+
 def test_cached_jars_need_no_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DNSQR_KAFKA_CACHE", str(tmp_path))
     monkeypatch.setenv("MVN", str(tmp_path / "no-such-mvn"))
