@@ -136,9 +136,16 @@ def worker_stage(
     return Stage(f"worker-{number}", argv, LOG_DIR)
 
 
-def failure_latencies(kafka: Mapping[str, str], topic: str, start: float, first_ns: int) -> list[float]:
+def failure_latencies(
+    kafka: Mapping[str, str],
+    topic: str,
+    start: float,
+    first_ns: int,
+    from_offsets: Mapping[int, int] | None = None,
+) -> list[float]:
     """Seconds from each failure's record arrival (``start`` + record time - ``first_ns``) to its Kafka
-    timestamp, for every committed failure on ``topic`` up to its current end."""
+    timestamp, for every committed failure on ``topic`` from ``from_offsets`` (default: the beginning)
+    up to its current end."""
     consumer = Consumer(
         {
             **kafka,
@@ -151,7 +158,8 @@ def failure_latencies(kafka: Mapping[str, str], topic: str, start: float, first_
     latencies: list[float] = []
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        starts = from_offsets or {}
+        consumer.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in partitions])
         waiting = set(partitions)
         while waiting:
             msg = consumer.poll(5.0)
