@@ -1,0 +1,73 @@
+"""Memory of the aggregator's state per (name server, window) (issue #20: "a week of hourly windows").
+
+For each input, the ns-stats records the filter agent would send for the whole file are built first (as
+``bench/state_bench.py`` builds them), then applied to one ``NsState`` per ns-stats partition the way a
+worker applies them (``apply_record``, the C path when built), with the changelog and the snapshot
+changes taken every ``--commit-every`` records as commits and ticks take them. Reported: the process's
+RSS growth while applying (``/proc/self/status`` VmRSS, after ``gc.collect()``), the name servers, the
+(name server, window) entries, and the bytes per entry and per name server.
+
+    python bench/make_big.py --records 2000000 --name-servers 1000000 --zipf 0.8 --time-span-days 7 \\
+        --out bench/out/week-hc.nmsg
+    python bench/state_memory.py bench/out/week-hc.nmsg
+
+Run one input per process for a clean figure (the allocator keeps freed memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+from bench.state_bench import ns_stats_records
+from processors.state import NsState
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("input", type=Path)
+    p.add_argument("--group", type=int, default=64, help="containers per filter batch")
+    p.add_argument("--partitions", type=int, default=4, help="ns-stats partitions")
+    p.add_argument("--window-seconds", type=int, default=3600)
+    p.add_argument("--expires", type=int, default=7 * 86400)
+    p.add_argument("--commit-every", type=int, default=100, help="ns-stats records between commits")
+    args = p.parse_args(argv)
+    records = ns_stats_records(args.input, 10**12, args.group, args.partitions, args.window_seconds)
+    states = {part: NsState(args.expires) for part in range(args.partitions)}
+    gc.collect()
+    before = rss_bytes()
+    started = time.process_time()
+    for i, (part, value) in enumerate(records, start=1):
+        states[part].apply_record(value)
+        if i % args.commit_every == 0 or i == len(records):
+            for state in states.values():
+                state.changelog()
+                state.take_snapshot_changes()
+    spent = time.process_time() - started
+    gc.collect()
+    grown = rss_bytes() - before
+    names = sum(len(s.totals) for s in states.values())
+    entries = sum(len(w) for s in states.values() for w in s.windows.values())
+    windows = max(len(s.windows) for s in states.values())
+    print(
+        f"{args.input.name}: {len(records)} ns-stats records applied in {spent:.1f} s CPU; "
+        f"{names} name servers, {windows} windows, {entries} (name server, window) entries; "
+        f"RSS +{grown / 2**20:.0f} MiB = {grown / max(entries, 1):.0f} bytes per entry, "
+        f"{grown / max(names, 1):.0f} per name server"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
