@@ -362,6 +362,11 @@ class NsState:
         self._freed = {}
         return records
 
+    def unwritten(self) -> bool:
+        """Whether keys changed since the last :meth:`changelog` (a checkpoint is an image of the changelog:
+        ``processors/checkpoint.py`` takes one only from a state without)."""
+        return bool(self._dirty_windows or self._freed or self._dirty_retired or self._dirty_mark)
+
     def _retired_records(self) -> list[Record]:
         """The R records of the name servers whose retired counts changed: values, then tombstones."""
         retired: Changed = {}

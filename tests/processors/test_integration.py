@@ -414,3 +414,68 @@ def test_a_worker_added_keeps_the_states_that_stay(
     run.produce_corpus()
     twice = {ns: 2 * n for ns, n in want.items()}
     assert run.latest_snapshots(twice) == twice, run.logs()
+
+
+def wait_restored(port: int, partitions: int = 4, timeout: float = 60.0) -> dict[str, int]:
+    """The worker's stats once all its ``partitions`` ns-stats states are ready (however restored)."""
+    deadline = time.monotonic() + timeout
+    stats: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            stats = stats_of(port)
+            if stats["states_kept"] + stats["states_from_checkpoint"] + stats["states_read"] >= partitions:
+                break
+        time.sleep(0.3)
+    return stats
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_restart_with_a_state_dir_loads_the_checkpoints(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, guarantee: str
+) -> None:
+    """``--state-dir``: a worker stopped cleanly writes a checkpoint per ns-stats partition; started again it
+    loads them and reads no changelog record, with exact counts through a second pass of the corpus. A
+    damaged checkpoint is refused with its reason and that partition read from the changelog."""
+    state_dir = tmp_path / "state"
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4, guarantee=guarantee, state_dir=str(state_dir))
+    runs.append(run)
+    run.start_worker(tmp_path)
+    run.wait_group_stable(1)
+    run.produce_corpus()
+    want = expected_total_counts()
+    assert run.latest_snapshots(want) == want, run.logs()
+    run.stop_workers()
+    files = sorted(state_dir.glob("*.checkpoint"))
+    assert files, run.logs()
+
+    port = run.start_worker(tmp_path)
+    stats = wait_restored(port)
+    assert (stats["states_from_checkpoint"], stats["states_read"]) == (len(files), 4 - len(files)), run.logs()
+    assert stats["changelog_records_read"] == 0, run.logs()
+    assert wait_web_totals(port, want) == want
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    restored = {
+        source: float(
+            metrics.split(f'dnsqr_worker_state_restored_entries_total{{source="{source}"}} ')[1].split()[0]
+        )
+        for source in ("checkpoint", "changelog")
+    }
+    assert restored["checkpoint"] > 0 and sum(restored.values()) == stats["name_servers"], metrics
+    assert "dnsqr_worker_state_restore_seconds_count 1.0" in metrics
+    run.produce_corpus()
+    twice = {ns: 2 * n for ns, n in want.items()}
+    assert run.latest_snapshots(twice) == twice, run.logs()
+    run.stop_workers()
+
+    damaged = files[0]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    port = run.start_worker(tmp_path)
+    stats = wait_restored(port)
+    assert (stats["states_from_checkpoint"], stats["states_read"]) == (len(files) - 1, 5 - len(files))
+    assert stats["changelog_records_read"] > 0
+    log = run.workers[-1][2].read_text(errors="replace")
+    assert f"checkpoint {damaged} not used, damaged: the body's checksum does not match" in log, log[-3000:]
+    assert wait_web_totals(port, twice) == twice
