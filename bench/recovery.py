@@ -18,10 +18,15 @@ Method:
    count N name servers. With ``--baseline`` (the default) a worker of another app id (an empty
    changelog) is timed first on the same input: its RSS is the worker's with no state.
 
+4. **With ``--state-dir DIR``** the worker of 3 runs with checkpoints: it is stopped cleanly (SIGTERM: it
+   writes a checkpoint per partition), new input is added as in 2, and its restart is timed as in 3
+   (the "ready" line also says how many changelog records were read after the checkpoints).
+
 Prints one summary line; exits 1 if (b) exceeds ``--limit`` seconds. The run's topics (their names carry
 the run id) and groups are deleted at the end.
 
     .venv/bin/python -m bench.recovery --name-servers 1000000 --bootstrap-servers 127.0.0.1:9092
+    .venv/bin/python -m bench.recovery --name-servers 1000000 --no-baseline --state-dir bench/out/state
 
 (``-m``, from the repository's root: it uses ``bench/latency.py``'s broker and clean-up.)
 """
@@ -290,7 +295,7 @@ def recovered_worker(
     with tempfile.TemporaryDirectory(prefix="recovery-faust-") as datadir, contextlib.ExitStack() as stack:
         stack.callback(offsets.close)
         started = time.monotonic()
-        stage = Stage(app_id, argv, log_dir, {"DNSQR_FAUST_DATADIR": datadir}, restarts=0)
+        stage = Stage(log_path.stem, argv, log_dir, {"DNSQR_FAUST_DATADIR": datadir}, restarts=0)
         stack.callback(stage.stop)
         log = LogLines(log_path)
         stack.callback(log.close)

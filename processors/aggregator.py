@@ -41,6 +41,12 @@ it had): when the assignment gives the partition back and the group's committed 
 this worker's last commit, the state is taken back at once instead of read (:class:`Aggregation`). Faust's
 table recovery is not used: its stalls needed a watchdog.
 
+Checkpoints (``--state-dir``, ``processors/checkpoint.py``): a state leaving this worker after the commit
+that ends its ownership (revocation, shutdown) is written to a local file, an image of its changelog
+partition through the changelog's end X; a later restore of that partition loads it and reads the changelog
+from X only (not at all when nothing was written or committed since). A file that is missing, damaged or
+may be stale is logged with the reason, and the changelog read from its beginning.
+
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
@@ -77,7 +83,7 @@ from processors.delta_batch import decode_batch
 from processors.filter_agent import Output
 from processors.settings import Settings
 from processors.snapshots import state_snapshots
-from processors.state import NsState
+from processors.state import NsState, collector_paused
 from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)
@@ -259,6 +265,8 @@ class Aggregation:
         """Count a restore that took ``seconds`` and made ``ready`` ready (the /metrics and /dnsqr/stats/
         figures)."""
         ready = set(ready)
+        if not ready:
+            return  # revoked meanwhile: not a restore that ended
         self.restores += 1
         self.restore_seconds += seconds
         self.changelog_records += restored.records
@@ -356,8 +364,9 @@ def read_changelog(
                     raise KafkaException(error)
     finally:
         consumer.close()
-    for state in states.values():
-        state.loaded()
+    with collector_paused():
+        for state in states.values():
+            state.loaded()
     return states, records
 
 
@@ -483,8 +492,9 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             resume, complete = (
                 ({}, set()) if state_dir is None else from_checkpoints(consumer, rest, committed)
             )
-        for p in complete:
-            resume[p][0].loaded()
+        with collector_paused():
+            for p in complete:
+                resume[p][0].loaded()
         read = read_changelog(
             config,
             changelog.name,

@@ -33,7 +33,6 @@ renamed: a crash leaves the old file or the new one, never half of one.
 
 from __future__ import annotations
 
-import gc
 import marshal
 import os
 import struct
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.counts import Counts
-from processors.state import NsState, retired_counts
+from processors.state import NsState, collector_paused, retired_counts
 
 #: first bytes of every checkpoint file
 MAGIC = b"DNSQRCKP"
@@ -188,9 +187,7 @@ def decode(data: bytes, changelog_topic: str, partition: int) -> tuple[Header, I
 
 def _image(body: memoryview) -> Image:
     image = Image({}, {}, [0])
-    collecting = gc.isenabled()
-    gc.disable()  # millions of new lists and dicts, none garbage: the collector would triple the time
-    try:
+    with collector_paused():  # 0.7 s instead of 2 s for 1M name servers
         at = 0
         while at < len(body):
             (length,) = _LENGTH.unpack_from(body, at)
@@ -202,9 +199,6 @@ def _image(body: memoryview) -> Image:
                 image.retired.update(frame[1])
             else:
                 image.mark = frame[1]
-    finally:
-        if collecting:
-            gc.enable()
     return image
 
 
