@@ -18,10 +18,15 @@ Method:
    count N name servers. With ``--baseline`` (the default) a worker of another app id (an empty
    changelog) is timed first on the same input: its RSS is the worker's with no state.
 
+4. **With ``--state-dir DIR``** the worker of 3 runs with checkpoints: it is stopped cleanly (SIGTERM: it
+   writes a checkpoint per partition), new input is added as in 2, and its restart is timed as in 3
+   (the "ready" line also says how many changelog records were read after the checkpoints).
+
 Prints one summary line; exits 1 if (b) exceeds ``--limit`` seconds. The run's topics (their names carry
 the run id) and groups are deleted at the end.
 
     .venv/bin/python -m bench.recovery --name-servers 1000000 --bootstrap-servers 127.0.0.1:9092
+    .venv/bin/python -m bench.recovery --name-servers 1000000 --no-baseline --state-dir bench/out/state
 
 (``-m``, from the repository's root: it uses ``bench/latency.py``'s broker and clean-up.)
 """
@@ -72,8 +77,11 @@ WINDOW_START = 1_764_633_600
 #: name servers counted, encoded and applied at a time (the aggregator commits its changelog as often)
 CHUNK = 50_000
 POLL_SECONDS = 0.1
-#: the aggregator's line when assigned partitions are ready (processors/aggregator.py)
-RESTORED = re.compile(r"ns-stats partitions ready in ([\d.]+) s \((\d+) name servers\)")
+#: the aggregator's line when assigned partitions are ready (processors/aggregator.py): seconds, name
+#: servers, and (since checkpoints) the changelog records read
+RESTORED = re.compile(
+    r"ns-stats partitions ready in ([\d.]+) s \((\d+) name servers\)(?:.* \((\d+) changelog records read\))?"
+)
 
 
 def name_server_ips(n: int, ipv6_share: float, rng: random.Random) -> list[bytes]:
@@ -212,6 +220,7 @@ class Recovery:
     restored_at: float | None = None
     restore_seconds: float = 0.0
     restored_name_servers: int = 0
+    changelog_records: int = 0
     #: (b) its group had committed the end of ns-stats
     processing_at: float | None = None
     #: kB at (b): resident, and the peak so far
@@ -229,7 +238,8 @@ class Recovery:
 
         return (
             f"restored {self.restored_name_servers} name servers at {at(self.restored_at)} "
-            f"(read in {self.restore_seconds:.1f} s), processing at {at(self.processing_at)}, "
+            f"(read in {self.restore_seconds:.1f} s, {self.changelog_records} changelog records), "
+            f"processing at {at(self.processing_at)}, "
             f"RSS {self.rss_kb / 1024:.0f} MB (peak {self.hwm_kb / 1024:.0f} MB)"
         )
 
@@ -263,14 +273,20 @@ class LogLines:
 
 @contextlib.contextmanager
 def recovered_worker(
-    run: RunTopics, app_id: str, timeout: float, log_dir: Path = LOG_DIR
+    run: RunTopics,
+    app_id: str,
+    timeout: float,
+    log_dir: Path = LOG_DIR,
+    state_dir: Path | None = None,
+    log_name: str | None = None,
 ) -> Iterator[Recovery]:
-    """Start one worker of ``app_id`` on the run's topics (its log in ``log_dir``), wait until its group
-    has committed the end of ns-stats (at most ``timeout`` s), and yield what it took with the worker
-    still running (its views answer); it is stopped on exit."""
-    settings = run.worker(app_id)
+    """Start one worker of ``app_id`` on the run's topics (its log in ``log_dir``, named ``log_name`` or by
+    the app id, its checkpoints in ``state_dir``), wait until its group has committed the end of ns-stats
+    (at most ``timeout`` s), and yield what it took with the worker still running (its views answer); it
+    is stopped on exit (SIGTERM: with ``state_dir``, it writes its checkpoints)."""
+    settings = run.worker(app_id).with_overrides(state_dir=state_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{app_id}.log"
+    log_path = log_dir / f"{log_name or app_id}.log"
     log_path.unlink(missing_ok=True)
     argv = worker_command(settings, stage_kafka(run.kafka))
     recovery = Recovery(app_id, int(argv[argv.index("--web-port") + 1]))  # worker_command picks a free port
@@ -279,7 +295,7 @@ def recovered_worker(
     with tempfile.TemporaryDirectory(prefix="recovery-faust-") as datadir, contextlib.ExitStack() as stack:
         stack.callback(offsets.close)
         started = time.monotonic()
-        stage = Stage(app_id, argv, log_dir, {"DNSQR_FAUST_DATADIR": datadir}, restarts=0)
+        stage = Stage(log_path.stem, argv, log_dir, {"DNSQR_FAUST_DATADIR": datadir}, restarts=0)
         stack.callback(stage.stop)
         log = LogLines(log_path)
         stack.callback(log.close)
@@ -290,6 +306,7 @@ def recovered_worker(
                 recovery.restored_at = now
                 recovery.restore_seconds = float(found[1])
                 recovery.restored_name_servers += int(found[2])
+                recovery.changelog_records += int(found[3] or 0)
             if committed_end(offsets, settings.stats_topic, ends):
                 recovery.processing_at = now
                 status = proc_status_kb(stage.proc.pid)
@@ -311,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a worker")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the no-state worker")
     p.add_argument("--bootstrap-servers", help="default: start a throw-away local broker")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="run the worker with --state-dir DIR, stop it once it processes (it writes its checkpoints), "
+        "add new input and time its restart from the checkpoints too",
+    )
     args = p.parse_args(argv)
     with broker(args.bootstrap_servers) as bootstrap:
         run = create_run(bootstrap, args.partitions)
@@ -330,13 +353,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             add_input(run, states)
             held = sum(len(s.totals) for s in states.values())
-            del states
+            if not args.state_dir:
+                del states  # kept for the restart's new input otherwise
             baseline = None
             if args.baseline:
                 with recovered_worker(run, empty_app, args.timeout) as baseline:
                     print(f"no state: {baseline.describe()}", file=sys.stderr)
-            with recovered_worker(run, app_id, args.timeout) as recovery:
+            with recovered_worker(run, app_id, args.timeout, state_dir=args.state_dir) as recovery:
                 counted = recovery.view("/dnsqr/stats/")["name_servers"]
+            restart = None
+            if args.state_dir:
+                add_input(run, states)
+                with recovered_worker(
+                    run, app_id, args.timeout, state_dir=args.state_dir, log_name=f"{app_id}-restart"
+                ) as restart:
+                    counted = restart.view("/dnsqr/stats/")["name_servers"]
         finally:
             delete_run(run, [app_id, empty_app])
     slow = recovery.processing_at is None or recovery.processing_at > args.limit
@@ -345,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         if baseline
         else ""
     )
+    restarted = f"; restart from checkpoints: {restart.describe()}" if restart else ""
     print(
         f"recovery of {args.name_servers} name servers ({args.partitions} partitions): "
-        f"{recovery.describe()}; "
+        f"{recovery.describe()}{restarted}; "
         f"its /dnsqr/stats/ counts {counted} name servers (written {held}; the writer held them in "
         f"{live_mb:.0f} MB){no_state}; limit {args.limit:.0f} s: {'EXCEEDED' if slow else 'met'}"
     )

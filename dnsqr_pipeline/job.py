@@ -609,6 +609,7 @@ def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
         *("--partitions", str(settings.partitions)),
         *("--processing-guarantee", settings.processing_guarantee),
         *(("--replication-factor", str(settings.replication_factor)) if settings.replication_factor else ()),
+        *(("--state-dir", str(settings.state_dir)) if settings.state_dir else ()),
         *("--web-port", str(free_port())),
     )
 

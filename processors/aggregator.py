@@ -41,6 +41,12 @@ it had): when the assignment gives the partition back and the group's committed 
 this worker's last commit, the state is taken back at once instead of read (:class:`Aggregation`). Faust's
 table recovery is not used: its stalls needed a watchdog.
 
+Checkpoints (``--state-dir``, ``processors/checkpoint.py``): a state leaving this worker after the commit
+that ends its ownership (revocation, shutdown) is written to a local file, an image of its changelog
+partition through the changelog's end X; a later restore of that partition loads it and reads the changelog
+from X only (not at all when nothing was written or committed since). A file that is missing, damaged or
+may be stale is logged with the reason, and the changelog read from its beginning.
+
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
@@ -55,11 +61,15 @@ consumed again by the next owner, which publishes their name servers anew.)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -67,12 +77,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from faust.types import TP, EventT, StreamT
 
 from dnsqr_kafka.topics import admin_client, create_topics
+from processors import checkpoint
 from processors.agent_counters import AgentCounters
 from processors.delta_batch import decode_batch
 from processors.filter_agent import Output
 from processors.settings import Settings
 from processors.snapshots import state_snapshots
-from processors.state import NsState
+from processors.state import NsState, collector_paused
 from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)
@@ -81,6 +92,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 #: how long a changelog topic just created may take to show its partitions in the metadata
 TOPIC_METADATA_SECONDS = 30.0
+#: how long a changelog partition may take to have a leader when its watermarks are asked
+WATERMARK_SECONDS = 5.0
 
 
 @dataclass
@@ -91,6 +104,23 @@ class Restoring:
     stop: threading.Event = field(default_factory=threading.Event)
     #: partition -> (encoded NsStatsBatch, its offset) in arrival order, applied once the state is back
     waiting: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
+
+
+@dataclass
+class Restored:
+    """The states a restore rebuilt, by where they came from, and the changelog records it read."""
+
+    #: kept states still current (:class:`Aggregation`)
+    kept: dict[int, NsState]
+    #: loaded from a checkpoint, then the changelog read from the checkpoint's offset (when it had more)
+    checkpoint: dict[int, NsState] = field(default_factory=dict)
+    #: read from the changelog's beginning
+    changelog: dict[int, NsState] = field(default_factory=dict)
+    records: int = 0
+
+    def sources(self) -> dict[str, dict[int, NsState]]:
+        """Source name (the ``source`` label of the restore metrics) -> its states."""
+        return {"kept": self.kept, "checkpoint": self.checkpoint, "changelog": self.changelog}
 
 
 class Aggregation:
@@ -122,9 +152,18 @@ class Aggregation:
         self.last_commit: dict[int, int] = {}
         #: revoked partitions' states and their last commit offsets, until the next assignment
         self.kept: dict[int, tuple[NsState, int]] = {}
-        #: partitions taken back from ``kept``, and those read from the changelog, since this worker started
+        #: partitions taken back from ``kept``, loaded from a checkpoint, and read from the changelog's
+        #: beginning, since this worker started
         self.taken_back = 0
+        self.from_checkpoint = 0
         self.read_back = 0
+        #: restores that made partitions ready, and their seconds in all
+        self.restores = 0
+        self.restore_seconds = 0.0
+        #: name servers of the partitions made ready, by source (:meth:`Restored.sources`)
+        self.restored_name_servers: Counter[str] = Counter()
+        #: changelog records read by restores
+        self.changelog_records = 0
 
     def new_state(self) -> NsState:
         """An empty state with this worker's expiry and clock bound."""
@@ -222,19 +261,55 @@ class Aggregation:
         if not state.apply_record(value, offset if self.marks else None):
             self.replayed += 1
 
+    def count_restore(self, restored: Restored, ready: Iterable[int], seconds: float) -> None:
+        """Count a restore that took ``seconds`` and made ``ready`` ready (the /metrics and /dnsqr/stats/
+        figures)."""
+        ready = set(ready)
+        if not ready:
+            return  # revoked meanwhile: not a restore that ended
+        self.restores += 1
+        self.restore_seconds += seconds
+        self.changelog_records += restored.records
+        for source, states in restored.sources().items():
+            self.restored_name_servers[source] += sum(len(self.states[p].totals) for p in ready & set(states))
+        self.taken_back += len(ready & set(restored.kept))
+        self.from_checkpoint += len(ready & set(restored.checkpoint))
+        self.read_back += len(ready & set(restored.changelog))
 
-def committed_offsets(
-    config: Mapping[str, str], group: str, topic: str, partitions: Iterable[int]
-) -> dict[int, int]:
-    """The offsets ``group`` has committed for ``partitions`` of ``topic`` (negative: none). Blocking.
 
-    The consumer asks the group coordinator and joins nothing, so the worker's own group id serves."""
+@contextlib.contextmanager
+def offsets_consumer(config: Mapping[str, str], group: str) -> Iterator[Consumer]:
+    """A consumer to ask for committed offsets and watermarks. It asks the group coordinator and joins
+    nothing, so the worker's own group id serves."""
     consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
     try:
-        asked = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=10)}
+        yield consumer
     finally:
         consumer.close()
+
+
+def committed_offsets(consumer: Consumer, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The offsets ``consumer``'s group has committed for ``partitions`` of ``topic`` (negative: none).
+    Blocking."""
+    asked = [TopicPartition(topic, p) for p in partitions]
+    return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=10)}
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partitions: Iterable[int], patience: float = WATERMARK_SECONDS
+) -> dict[int, tuple[int, int]]:
+    """The low and high watermarks of ``partitions`` of ``topic``, asked again for ``patience`` seconds
+    while the broker has no leader for one (a topic just created). Blocking."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions
+            }
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_changelog(
@@ -244,15 +319,22 @@ def read_changelog(
     new_state: Callable[[], NsState],
     stop: threading.Event,
     group: str,
-) -> dict[int, NsState] | None:
+    resume: Mapping[int, tuple[NsState, int]] | None = None,
+) -> tuple[dict[int, NsState], int] | None:
     """States rebuilt from ``partitions`` of the changelog ``topic``, each read to its end
-    (``read_committed``: under exactly_once only committed transactions count); None if ``stop`` was set
-    first. Blocking: run it in a thread.
+    (``read_committed``: under exactly_once only committed transactions count), and the number of records
+    read; None if ``stop`` was set first. Blocking: run it in a thread.
+
+    A partition in ``resume`` is read from the offset given there, on top of the state given there (loaded
+    from a checkpoint: ``processors/checkpoint.py``); the others from their beginning, on a ``new_state()``.
 
     ``group`` is the worker's own group id: the reader assigns its partitions and commits nothing, so it
     never joins that group, and a secured cluster needs no other group ACL for it.
     """
-    states = {p: new_state() for p in partitions}
+    resume = resume or {}
+    starts = {p: resume.get(p, (new_state(), OFFSET_BEGINNING)) for p in partitions}
+    states = {p: state for p, (state, _) in starts.items()}
+    records = 0
     consumer = Consumer(
         {
             **config,
@@ -266,7 +348,7 @@ def read_changelog(
         }
     )
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in states])
+        consumer.assign([TopicPartition(topic, p, offset) for p, (_, offset) in starts.items()])
         remaining = set(states)
         while remaining:
             if stop.is_set():
@@ -275,15 +357,17 @@ def read_changelog(
                 error = msg.error()
                 if error is None:
                     states[msg.partition()].load(msg.key(), msg.value())
+                    records += 1
                 elif error.code() == KafkaError._PARTITION_EOF:
                     remaining.discard(msg.partition())
                 else:
                     raise KafkaException(error)
     finally:
         consumer.close()
-    for state in states.values():
-        state.loaded()
-    return states
+    with collector_paused():
+        for state in states.values():
+            state.loaded()
+    return states, records
 
 
 def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output) -> Aggregation:
@@ -334,62 +418,220 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 f"{max(partitions)} needs one: give it as many partitions as {settings.stats_topic}"
             )
 
-    def current(kept: Mapping[int, tuple[NsState, int]]) -> dict[int, NsState]:
-        """The kept states that are current: the group's committed offset of their partition is still the
-        one this worker's last commit of it committed."""
-        if not kept:
-            return {}
-        committed = committed_offsets(config, settings.app_id, settings.stats_topic, kept)
-        return {p: state for p, (state, offset) in kept.items() if committed.get(p) == offset}
+    state_dir = settings.state_dir
+    #: writes checkpoints one at a time, off the event loop; partition -> its latest write
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+    writes: dict[int, concurrent.futures.Future[None]] = {}
 
-    def restore_blocking(
-        restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]
-    ) -> tuple[dict[int, NsState], dict[int, NsState] | None]:
-        """The kept states still current, and the other partitions' states read from the changelog (None
-        when the restore was stopped)."""
-        taken = current(kept)
-        rest = restoring.partitions - set(taken)
-        if not rest:
-            return taken, {}
-        ensure_changelog(rest)
-        read = read_changelog(
-            config, changelog.name, rest, aggregation.new_state, restoring.stop, settings.app_id
+    def refused(partition: int, reason: str) -> None:
+        assert state_dir is not None
+        file = checkpoint.path(state_dir, changelog.name, partition)
+        log.warning(
+            "ns-stats partition %d: checkpoint %s not used, %s: reading the whole changelog",
+            partition,
+            file,
+            reason,
         )
-        return taken, read
+
+    def from_checkpoints(
+        consumer: Consumer, partitions: Iterable[int], committed: Mapping[int, int]
+    ) -> tuple[dict[int, tuple[NsState, int]], set[int]]:
+        """States loaded from the usable checkpoints of ``partitions`` in the state dir, with the changelog
+        offset to read on from (``read_changelog``'s ``resume``), and those of them with nothing to read
+        (nobody committed since, the changelog ends at the checkpoint). A missing, stale or damaged file is
+        logged with the reason and left out: its partition is read from the changelog's beginning."""
+        assert state_dir is not None
+        found: dict[int, tuple[checkpoint.Header, checkpoint.Image]] = {}
+        for p in partitions:
+            file = checkpoint.path(state_dir, changelog.name, p)
+            try:
+                found[p] = checkpoint.decode(file.read_bytes(), changelog.name, p)
+            except FileNotFoundError:
+                log.info(
+                    "ns-stats partition %d: no checkpoint in %s, reading the whole changelog", p, state_dir
+                )
+            except (OSError, checkpoint.CheckpointError) as exc:
+                refused(p, str(exc))
+        if not found:
+            return {}, set()
+        try:
+            bounds = watermarks(consumer, changelog.name, found)
+        except KafkaException as exc:
+            for p in found:
+                refused(p, f"the changelog's offsets are unknown ({exc})")
+            return {}, set()
+        resume: dict[int, tuple[NsState, int]] = {}
+        complete: set[int] = set()
+        for p, (header, image) in found.items():
+            reason = checkpoint.rejection(header, *bounds[p], committed.get(p, -1))
+            if reason is not None:
+                refused(p, reason)
+                continue
+            state = aggregation.new_state()
+            checkpoint.install(state, image)
+            resume[p] = (state, header.changelog_offset)
+            if header.changelog_offset == bounds[p][1] and committed.get(p) == header.committed_offset:
+                complete.add(p)
+        return resume, complete
+
+    def restore_blocking(restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]) -> Restored | None:
+        """The kept states still current (the group's committed offset of their partition is still the one
+        this worker's last commit of it committed), and the other partitions' states from their checkpoints
+        and the changelog (None when the restore was stopped)."""
+        # a kept state being written to a checkpoint must not change until it is written
+        concurrent.futures.wait([writes[p] for p in restoring.partitions if p in writes])
+        with offsets_consumer(config, settings.app_id) as consumer:
+            committed = committed_offsets(consumer, settings.stats_topic, restoring.partitions)
+            restored = Restored(
+                {p: state for p, (state, offset) in kept.items() if committed.get(p) == offset}
+            )
+            rest = restoring.partitions - set(restored.kept)
+            if not rest:
+                return restored
+            ensure_changelog(rest)
+            resume, complete = (
+                ({}, set()) if state_dir is None else from_checkpoints(consumer, rest, committed)
+            )
+        with collector_paused():
+            for p in complete:
+                resume[p][0].loaded()
+        read = read_changelog(
+            config,
+            changelog.name,
+            rest - complete,
+            aggregation.new_state,
+            restoring.stop,
+            settings.app_id,
+            resume,
+        )
+        if read is None:
+            return None
+        states, restored.records = read
+        restored.checkpoint = {p: state for p, (state, _) in resume.items()}
+        restored.changelog = {p: state for p, state in states.items() if p not in resume}
+        return restored
 
     restores: set[asyncio.Future[None]] = set()
 
     async def restore(restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]) -> None:
         started = time.monotonic()
         try:
-            taken, read = await asyncio.to_thread(restore_blocking, restoring, kept)
+            restored = await asyncio.to_thread(restore_blocking, restoring, kept)
         except Exception as exc:
             await app.crash(exc)
             return
-        if read is None:
+        if restored is None:
             return  # revoked meanwhile
-        ready = aggregation.restored(restoring, {**taken, **read})
+        ready = aggregation.restored(
+            restoring, {**restored.kept, **restored.checkpoint, **restored.changelog}
+        )
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
-        aggregation.taken_back += len(set(taken) & set(ready))
-        aggregation.read_back += len(set(read) & set(ready))
+        seconds = time.monotonic() - started
+        aggregation.count_restore(restored, ready, seconds)
         if ready:
             log.info(
                 "ns-stats partitions ready in %.1f s (%d name servers): %s kept (their state was current), "
-                "%s read from %s",
-                time.monotonic() - started,
+                "%s from checkpoints, %s read from %s (%d changelog records read)",
+                seconds,
                 sum(len(aggregation.states[p].totals) for p in ready),
-                sorted(set(taken) & set(ready)) or "none",
-                sorted(set(read) & set(ready)) or "none",
+                sorted(set(restored.kept) & set(ready)) or "none",
+                sorted(set(restored.checkpoint) & set(ready)) or "none",
+                sorted(set(restored.changelog) & set(ready)) or "none",
                 changelog.name,
+                restored.records,
             )
+
+    def checkpoint_headers(
+        leaving: Mapping[int, tuple[NsState, int]],
+    ) -> list[tuple[NsState, checkpoint.Header]]:
+        """The states of ``leaving`` (partition -> state, its last commit offset) that may be written to a
+        checkpoint, with their headers: those with no change after the last commit, which the group has
+        committed (so its changelog records went through too). X is the changelog's end now. Blocking."""
+        with offsets_consumer(config, settings.app_id) as consumer:
+            committed = committed_offsets(consumer, settings.stats_topic, leaving)
+            ends = watermarks(consumer, changelog.name, leaving)
+        headers = []
+        for p, (state, last_commit) in sorted(leaving.items()):
+            if state.unwritten():
+                log.info("no checkpoint of ns-stats partition %d: it changed after its last commit", p)
+            elif committed.get(p) != last_commit:
+                log.info(
+                    "no checkpoint of ns-stats partition %d: the group's committed offset %s is not its last "
+                    "commit %d",
+                    p,
+                    committed.get(p),
+                    last_commit,
+                )
+            else:
+                headers.append(
+                    (state, checkpoint.Header(changelog.name, p, ends[p][1], last_commit, time.time()))
+                )
+        return headers
+
+    def write_checkpoint(directory: Path, state: NsState, header: checkpoint.Header) -> None:
+        """Write ``state``'s checkpoint (in the writer thread); a failure is logged, not raised."""
+        started = time.monotonic()
+        try:
+            image = checkpoint.image_of(state)
+            data = checkpoint.encode(header, image)
+            checkpoint.write(checkpoint.path(directory, header.changelog_topic, header.partition), data)
+        except Exception:
+            log.exception("checkpoint of ns-stats partition %d not written", header.partition)
+            return
+        log.info(
+            "checkpoint of ns-stats partition %d written in %.1f s: %d entries, %d name servers, changelog "
+            "through offset %d (%.1f MB)",
+            header.partition,
+            time.monotonic() - started,
+            image.entries,
+            len(state.totals),
+            header.changelog_offset,
+            len(data) / 1e6,
+        )
+
+    async def write_checkpoints(leaving: Mapping[int, tuple[NsState, int]]) -> None:
+        """Start writing the checkpoints of the states ``leaving`` this worker (:func:`checkpoint_headers`).
+        The changelog's end is asked before this returns: a revocation's new owner writes only after."""
+        if state_dir is None or not leaving:
+            return
+        try:
+            headers = await asyncio.to_thread(checkpoint_headers, leaving)
+        except Exception:
+            log.exception("no checkpoints of ns-stats partitions %s", sorted(leaving))
+            return
+        for state, header in headers:
+            writes[header.partition] = writer.submit(write_checkpoint, state_dir, state, header)
 
     @app.on_partitions_revoked.connect
     async def keep_states(sender: Any, revoked: set[TP], **_: Any) -> None:
         """Revoked partitions' states are kept until the next assignment, which may give them back (see
-        :class:`Aggregation`; what they applied is committed and in the changelog)."""
+        :class:`Aggregation`; what they applied is committed and in the changelog), and written to
+        checkpoints with ``--state-dir`` (Faust sends this signal after the revocation's commit)."""
         mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
         aggregation.keep(mine)
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
+        await write_checkpoints({p: aggregation.kept[p] for p in mine if p in aggregation.kept})
+
+    shutdown = app.on_shutdown
+
+    async def on_shutdown() -> None:
+        """With ``--state-dir``, write the checkpoints of the partitions still held, once the consumer has
+        stopped (its final commit done: mode stops the app's children, then calls this) and wait for every
+        checkpoint being written."""
+        if state_dir is not None:
+            for p in sorted(set(aggregation.states) - set(aggregation.last_commit)):
+                log.info("no checkpoint of ns-stats partition %d: no commit since it was restored", p)
+        await write_checkpoints(
+            {
+                p: (state, aggregation.last_commit[p])
+                for p, state in aggregation.states.items()
+                if p in aggregation.last_commit
+            }
+        )
+        await asyncio.to_thread(writer.shutdown)
+        await shutdown()
+
+    app.on_shutdown = on_shutdown  # type: ignore[method-assign]
 
     @app.on_partitions_assigned.connect
     async def restore_states(sender: Any, assigned: set[TP], **_: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import AclOperation
@@ -113,6 +114,14 @@ def register(subparsers: Any) -> None:
     faust_group.add_argument("--web-port", type=int, default=DEFAULTS.web_port)
     faust_group.add_argument("--no-web", action="store_true", help="do not start the web server")
     faust_group.add_argument("--session-timeout", type=float, default=DEFAULTS.session_timeout)
+    faust_group.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULTS.state_dir,
+        help="keep a checkpoint of each ns-stats partition's state here when it leaves this worker "
+        "(revocation, shutdown), so that a restart reads the changelog from the checkpoint on instead of "
+        "from its beginning (default: no checkpoints)",
+    )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -142,6 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         web_port=args.web_port,
         web_enabled=not args.no_web,
         session_timeout=args.session_timeout,
+        state_dir=args.state_dir,
         credentials=Credentials.from_args(args),
     ).validated()
 

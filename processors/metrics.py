@@ -43,7 +43,7 @@ from faust.sensors.monitor import Monitor
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from dnsqr_schemas.dead_letter import WORKER_REASONS, DeadLetterHeaders
@@ -330,6 +330,26 @@ class WorkerCollector(Collector):
             "per-name-server deltas whose window starts further ahead of the worker's clock than "
             "--window-max-ahead-seconds (a bad clock): counted in the totals only, stream time unmoved",
             [((), self.aggregation.early_deltas)],
+        )
+        a = self.aggregation
+        yield SummaryMetricFamily(
+            "dnsqr_worker_state_restore_seconds",
+            "time from an assignment of ns-stats partitions to their states being ready (kept, loaded from "
+            "a checkpoint, read from the changelog)",
+            count_value=a.restores,
+            sum_value=a.restore_seconds,
+        )
+        yield _counter(
+            "dnsqr_worker_state_restored_entries",
+            "name servers of the ns-stats partitions made ready, by where their state came from: kept "
+            "(taken back after a rebalance), checkpoint (--state-dir), changelog (read from its beginning)",
+            [((source,), a.restored_name_servers[source]) for source in ("kept", "checkpoint", "changelog")],
+            ["source"],
+        )
+        yield _counter(
+            "dnsqr_worker_state_changelog_records_read",
+            "changelog records read by restores (after a checkpoint's offset, or from the beginning)",
+            [((), a.changelog_records)],
         )
         stream_time = GaugeMetricFamily(
             "dnsqr_worker_stream_time_seconds",

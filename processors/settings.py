@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from dnsqr_kafka.config import DEFAULT_BOOTSTRAP, Credentials, default_bootstrap
@@ -57,6 +58,10 @@ class Settings:
     web_enabled: bool = True
     session_timeout: float = 6.0
     heartbeat_interval: float = 1.0
+    #: where the aggregator keeps a checkpoint of each ns-stats partition's state
+    #: (``processors/checkpoint.py``), so that a restart reads the changelog from the checkpoint on; None: no
+    #: checkpoints, a restart reads the whole changelog
+    state_dir: Path | None = None
     #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -74,7 +79,9 @@ class Settings:
             if raw is None or f.name == "credentials":
                 continue
             default = getattr(cls, f.name)
-            if isinstance(default, bool):
+            if f.name == "state_dir":
+                values[f.name] = Path(raw) if raw else None
+            elif isinstance(default, bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = type(default)(raw)

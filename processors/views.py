@@ -309,10 +309,13 @@ def install(
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,
-                    # ns-stats partitions assigned again whose kept state was current, and those read
-                    # from the changelog
+                    # ns-stats partitions assigned again whose kept state was current, those loaded from
+                    # a checkpoint (--state-dir), and those read from the changelog's beginning; the
+                    # changelog records those restores read
                     "states_kept": aggregation.taken_back,
+                    "states_from_checkpoint": aggregation.from_checkpoint,
                     "states_read": aggregation.read_back,
+                    "changelog_records_read": aggregation.changelog_records,
                     "reseeks": reseeks,
                     "name_servers": sum(len(s.totals) for s in aggregation.states.values()),
                 }

@@ -135,16 +135,20 @@ def test_read_changelog_restores_what_was_written(
     topic = new_topic(2, {"cleanup.policy": "compact"}, prefix="test-changelog")
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     states = {p: NsState() for p in (0, 1)}
+    written: dict[int, list[tuple[bytes, bytes | None]]] = {0: [], 1: []}
     for i in range(1, 6):
         for p, state in states.items():
             rows = [(f"192.0.2.{j}", 60 * (i % 2), 1, p, 0, {}, {}) for j in range(i * 10)]
             state.apply(decode_batch(encode_batch(0, rows)), 10 + i)
             for key, v in state.changelog():
                 producer.produce(topic, v, key, partition=p)
+                written[p].append((key, v))
     assert producer.flush(30) == 0
     config = {"bootstrap.servers": kafka_bootstrap}
-    got = read_changelog(config, topic, [0, 1], NsState, threading.Event(), f"{topic}-test")
-    assert got is not None
+    read = read_changelog(config, topic, [0, 1], NsState, threading.Event(), f"{topic}-test")
+    assert read is not None
+    got, records = read
+    assert records == len(written[0]) + len(written[1])
     for p, state in states.items():
         assert got[p].totals == state.totals
         assert got[p].windows == state.windows
@@ -153,6 +157,16 @@ def test_read_changelog_restores_what_was_written(
             == (state.base, state.applied_offsets)
             == (0, {11, 12, 13, 14, 15})
         )
+    # resumed on a state that has the first records (a checkpoint's), from their end: the same state
+    first = NsState()
+    for key, v in written[0][:25]:
+        first.load(key, v)
+    resumed = read_changelog(
+        config, topic, [0], NsState, threading.Event(), f"{topic}-test", resume={0: (first, 25)}
+    )
+    assert resumed is not None
+    assert resumed[0][0] is first and resumed[1] == len(written[0]) - 25
+    assert (first.totals, first.windows) == (states[0].totals, states[0].windows)
     stopped = threading.Event()
     stopped.set()
     assert read_changelog(config, topic, [0], NsState, stopped, f"{topic}-test") is None

@@ -35,6 +35,7 @@ from nmsgdns.payload import replace_time
 from processors.snapshots import decode_snapshot
 from tests import corpus
 from tests.corpus import read_payloads
+from tests.dead_letters import committed_offsets, log_end_offsets
 from tests.processors.helpers import expected_failures, raw_containers
 
 pytestmark = pytest.mark.integration
@@ -414,3 +415,102 @@ def test_a_worker_added_keeps_the_states_that_stay(
     run.produce_corpus()
     twice = {ns: 2 * n for ns, n in want.items()}
     assert run.latest_snapshots(twice) == twice, run.logs()
+
+
+def wait_restored(port: int, partitions: int = 4, timeout: float = 60.0) -> dict[str, int]:
+    """The worker's stats once all its ``partitions`` ns-stats states are ready (however restored)."""
+    deadline = time.monotonic() + timeout
+    stats: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            stats = stats_of(port)
+            if stats["states_kept"] + stats["states_from_checkpoint"] + stats["states_read"] >= partitions:
+                break
+        time.sleep(0.3)
+    return stats
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_restart_with_a_state_dir_loads_the_checkpoints(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, guarantee: str
+) -> None:
+    """``--state-dir``: a worker stopped cleanly writes a checkpoint per ns-stats partition; started again it
+    loads them and reads no changelog record, with exact counts through a second pass of the corpus. A
+    damaged checkpoint is refused with its reason and that partition read from the changelog."""
+    state_dir = tmp_path / "state"
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4, guarantee=guarantee, state_dir=str(state_dir))
+    runs.append(run)
+    run.start_worker(tmp_path)
+    run.wait_group_stable(1)
+    run.produce_corpus()
+    want = expected_total_counts()
+    assert run.latest_snapshots(want) == want, run.logs()
+    run.stop_workers()
+    files = sorted(state_dir.glob("*.checkpoint"))
+    assert files, run.logs()
+
+    port = run.start_worker(tmp_path)
+    stats = wait_restored(port)
+    assert (stats["states_from_checkpoint"], stats["states_read"]) == (len(files), 4 - len(files)), run.logs()
+    assert stats["changelog_records_read"] == 0, run.logs()
+    assert wait_web_totals(port, want) == want
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    restored = {
+        source: float(
+            metrics.split(f'dnsqr_worker_state_restored_entries_total{{source="{source}"}} ')[1].split()[0]
+        )
+        for source in ("checkpoint", "changelog")
+    }
+    assert restored["checkpoint"] > 0 and sum(restored.values()) == stats["name_servers"], metrics
+    assert "dnsqr_worker_state_restore_seconds_count 1.0" in metrics
+    run.produce_corpus()
+    twice = {ns: 2 * n for ns, n in want.items()}
+    assert run.latest_snapshots(twice) == twice, run.logs()
+    run.stop_workers()
+
+    damaged = files[0]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    port = run.start_worker(tmp_path)
+    stats = wait_restored(port)
+    assert (stats["states_from_checkpoint"], stats["states_read"]) == (len(files) - 1, 5 - len(files))
+    assert stats["changelog_records_read"] > 0
+    log = run.workers[-1][2].read_text(errors="replace")
+    assert f"checkpoint {damaged} not used, damaged: the body's checksum does not match" in log, log[-3000:]
+    assert wait_web_totals(port, twice) == twice
+
+
+def test_a_partition_back_from_a_dead_worker_loads_the_checkpoint_of_its_revocation(
+    runs: list[Run], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """``--state-dir`` on a rebalance: the first worker writes a checkpoint of every partition the second
+    one's join revokes; the second one counts on, then dies (SIGKILL: no checkpoint). The first one gets its
+    partitions back from those checkpoints plus the changelog records written after them, exactly."""
+    run = Run(kafka_bootstrap, new_topic, raw_partitions=4, state_dir=str(tmp_path / "state"))
+    runs.append(run)
+    first = run.start_worker(tmp_path)
+    run.wait_group_stable(1)
+    run.produce_corpus()
+    want = expected_total_counts()
+    assert run.latest_snapshots(want) == want, run.logs()
+    run.start_worker(tmp_path)
+    run.wait_group_stable(2)
+    run.produce_corpus()
+    twice = {ns: 2 * n for ns, n in want.items()}
+    assert run.latest_snapshots(twice) == twice, run.logs()
+    deadline = time.monotonic() + 30  # the second worker's records are committed: none are replayed
+    while sum(committed_offsets(run.bootstrap, run.app_id, run.topics["stats"]).values()) != log_end_offsets(
+        run.bootstrap, run.topics["stats"]
+    ):
+        assert time.monotonic() < deadline, run.logs()
+        time.sleep(0.3)
+    before = stats_of(first)
+    os.killpg(run.workers[1][0].pid, signal.SIGKILL)
+    restored = ("states_kept", "states_from_checkpoint", "states_read")
+    after = wait_restored(first, partitions=sum(before[k] for k in restored) + 4, timeout=60)
+    kept, from_checkpoint, read = (after[k] - before[k] for k in restored)
+    assert from_checkpoint > 0 and kept + from_checkpoint == 4 and read == 0, (after, before, run.logs())
+    assert after["changelog_records_read"] > before["changelog_records_read"], "records after the checkpoint"
+    assert wait_web_totals(first, twice) == twice
