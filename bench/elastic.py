@@ -165,12 +165,14 @@ class Run:
         self.restarted_at: float | None = None
 
     def worker(self, number: int) -> Stage:
+        state_dir = self.args.state_dir
         settings = worker_settings(
             self.topics,
             self.app_id,
             self.bootstrap,
             partitions=self.args.partitions,
             processing_guarantee=self.args.processing_guarantee,
+            state_dir=None if state_dir is None else state_dir / self.run_id / f"worker-{number}",
         )
         argv = worker_command(settings, stage_kafka(self.kafka))
         stage = Stage(f"{self.scenario}-worker-{number}", argv, LOG_DIR, restarts=0)
@@ -281,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="workers at the start (kill: always 2)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, in this order")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="worker N gets the --state-dir DIR/<run id>/worker-N (a restarted worker keeps its own)",
+    )
     p.add_argument("--bootstrap-servers", help="default: start a throw-away local broker")
     p.add_argument(
         "--processing-guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once"
@@ -306,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.preload} records of state, then {args.rate:,.0f} records/s for {args.seconds:g} s, change at "
         f"{args.change_at:g} s, {args.partitions} partitions, {args.processing_guarantee}"
+        + ("" if args.state_dir is None else f", checkpoints in {args.state_dir}")
     )
     return 1 if any(len(o.latencies) < o.expected for o in outcomes) else 0
 
