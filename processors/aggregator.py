@@ -352,6 +352,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         if not rest:
             return taken, {}
         ensure_changelog(rest)
+        log.info("ns-stats partitions restoring: %s read from %s", sorted(rest), changelog.name)
         read = read_changelog(
             config, changelog.name, rest, aggregation.new_state, restoring.stop, settings.app_id
         )
@@ -367,7 +368,12 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             await app.crash(exc)
             return
         if read is None:
-            return  # revoked meanwhile
+            log.info(
+                "ns-stats partitions restore stopped after %.1f s (revoked meanwhile): %s",
+                time.monotonic() - started,
+                sorted(restoring.partitions),
+            )
+            return
         ready = aggregation.restored(restoring, {**taken, **read})
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
         aggregation.taken_back += len(set(taken) & set(ready))
