@@ -495,6 +495,8 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         with collector_paused():
             for p in complete:
                 resume[p][0].loaded()
+        if to_read := rest - complete:
+            log.info("ns-stats partitions restoring: %s read from %s", sorted(to_read), changelog.name)
         read = read_changelog(
             config,
             changelog.name,
@@ -521,7 +523,12 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             await app.crash(exc)
             return
         if restored is None:
-            return  # revoked meanwhile
+            log.info(
+                "ns-stats partitions restore stopped after %.1f s (revoked meanwhile): %s",
+                time.monotonic() - started,
+                sorted(restoring.partitions),
+            )
+            return
         ready = aggregation.restored(
             restoring, {**restored.kept, **restored.checkpoint, **restored.changelog}
         )

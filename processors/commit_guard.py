@@ -29,7 +29,8 @@ lets the commit through. Records delivered again by the seek are dropped by the 
 was processed already.
 
 It also commits nothing of the partitions in :attr:`CommitGuardConsumer.held` (the aggregator's, while their
-state is being restored).
+state is being restored), and stops the transactional producers of partitions given away, which Faust kept
+(:meth:`CommitGuardConsumer._stop_stale_transactions`).
 """
 
 from __future__ import annotations
@@ -139,9 +140,37 @@ class CommitGuardConsumer(Consumer):
         self.holes.clear()
         for tp in assigned:
             self._read_offset.pop(tp, None)
+        if self.in_transaction:
+            await self._stop_stale_transactions(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
         # the app's handler, called by the line above, has begun a transaction per assigned partition
         self.transactions_open = True
+
+    async def _stop_stale_transactions(self, assigned: Set[TP]) -> None:
+        """Stop the transactional producers of input partitions this worker no longer owns, before Faust
+        begins the transactions of the new assignment.
+
+        Faust stops the producers of revoked partitions only when they are not standby ones, and its
+        assignor makes a worker the standby of the raw and ns-stats partitions it gave away: their
+        producers were kept. The partition's new owner then starts a producer with the same transactional
+        id, which fences the kept one; when a later rebalance gave the partition back, Faust found the
+        fenced producer, "began" its transaction (a warning: it believed one open), and the first commit
+        crashed the worker ("Can't send messages while not in transaction", seen in
+        tests/processors/test_elastic.py: a worker leaving while another restores). A producer stopped
+        here is started anew (and fences the previous owner's) if its partition comes back.
+        """
+        producer: Any = self.app.producer
+        assignor = self.app.assignor
+        owned = {
+            f"{self.app.conf.id}-{assignor.group_for_topic(tp.topic)}-{tp.partition}"
+            for tp in assigned
+            if not assignor.is_standby(tp)
+        }
+        stale = sorted(set(producer._transaction_producers) - owned)
+        if stale:
+            log.info("stopping the transactional producers of partitions no longer owned: %s", stale)
+            for transactional_id in stale:
+                await producer.stop_transaction(transactional_id)
 
     async def commit_and_end_transactions(self) -> None:
         await super().commit_and_end_transactions()

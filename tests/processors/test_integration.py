@@ -73,14 +73,23 @@ class Run:
         new_topic: Callable[..., str],
         raw_partitions: int,
         guarantee: str = "at_least_once",
+        *,
+        partitions: int = 4,
         **settings: str,
     ) -> None:
         self.bootstrap = bootstrap
+        #: of the topics besides raw (ns-stats among them: the workers' ``partitions`` setting agrees)
+        self.partitions = partitions
         #: worker settings besides the topics (``DNSQR_<NAME>`` variables)
-        self.settings = {"snapshot_interval": "0.3", "window_expires_seconds": "0", **settings}
+        self.settings = {
+            "snapshot_interval": "0.3",
+            "window_expires_seconds": "0",
+            "partitions": str(partitions),
+            **settings,
+        }
         self.app_id = f"dnsqr-test-{uuid.uuid4().hex[:8]}"
         self.topics = {
-            key: new_topic(raw_partitions if key == "raw" else 4, prefix=f"test-{key}")
+            key: new_topic(raw_partitions if key == "raw" else partitions, prefix=f"test-{key}")
             for key in ("raw", "failures", "stats", "counts", "dlq")
         }
         self.guarantee = guarantee
@@ -124,6 +133,32 @@ class Run:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+    def stop_worker(self, index: int, timeout: float = 15.0) -> int:
+        """SIGTERM one worker (a clean leave: it commits and leaves the group), wait for it to exit and
+        forget it, so liveness checks skip it; its exit status."""
+        proc, _, log_path = self.workers.pop(index)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+            raise AssertionError(
+                f"worker did not exit within {timeout} s of SIGTERM; see {log_path}"
+            ) from None
+
+    def stop_all_cleanly(self, timeout: float = 15.0) -> None:
+        """SIGTERM every worker at once (before the test's topics are deleted under them); each must exit 0
+        within ``timeout``."""
+        for proc, _, _ in self.workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, log_path in self.workers:
+            try:
+                status = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"no exit within {timeout} s of SIGTERM; see {log_path}") from None
+            assert status == 0, log_path.read_text(errors="replace")[-3000:]
 
     def close(self) -> None:
         """Stop the workers and delete the topics they created for their app id (the state changelog,

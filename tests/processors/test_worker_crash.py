@@ -162,6 +162,7 @@ class CliRun(Run):
             "--raw-topic", self.topics["raw"], "--failures-topic", self.topics["failures"],
             "--stats-topic", self.topics["stats"], "--counts-topic", self.topics["counts"],
             "--dlq-topic", self.topics["dlq"], "--processing-guarantee", self.guarantee,
+            "--partitions", str(self.partitions),
             "--snapshot-interval", "0.3", "--window-expires-seconds", "0", "--web-port", str(port),
             # 1 s windows: the capture spans 4 s, so batches span windows (the marks must tell them apart)
             "--window-seconds", "1",
