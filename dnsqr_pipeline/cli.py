@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = (
     "dnsqr_pipeline.kafka_command",
+    "dnsqr_pipeline.registry_command",
     "dnsqr_pipeline.topics_command",
     "ingest.command",
     "processors.command",

@@ -29,7 +29,6 @@ makes it a secured cluster: SCRAM users per stage, TLS, ACLs; see :mod:`dnsqr_pi
 from __future__ import annotations
 
 import base64
-import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -37,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -48,7 +46,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from dnsqr_pipeline import certs, kafka_security
+from dnsqr_pipeline import certs, kafka_security, processes
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +143,7 @@ def resolve_jars(version: str | None = None) -> Path:
 
 def java_command() -> str:
     """``$JAVA_HOME/bin/java`` when set, else ``java`` on PATH (Kafka 4 needs Java 17+)."""
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    found = shutil.which("java")
+    found = processes.find_java()
     if not found:
         raise LocalKafkaError("Java 17+ is needed to run Kafka: apt-get install openjdk-17-jre-headless")
     return found
@@ -427,75 +422,18 @@ def _format_storage(layout: ClusterLayout, libs: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ process
 
-
-def _proc_cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
-
-
-#: the nodes this process started, by pid. Their own ``Popen`` answers whether they run, and keeping it
-#: referenced keeps it out of ``subprocess._active``, whose later ``waitpid`` of a reaped pid could reap an
-#: unrelated child once the pid is reused (pid_max is 32768 on some hosts and a JVM takes ~100 pids).
-_children: dict[int, subprocess.Popen[bytes]] = {}
-#: the last few of them that exited, for the exit status in an error message
-_exited_children: collections.deque[subprocess.Popen[bytes]] = collections.deque(maxlen=16)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie; reaps it when it is our own exited child."""
-    child = _children.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _exited_children.append(_children.pop(pid))
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rpartition(")")[2].split()[0] != "Z"
+#: the nodes this process started (shared with every local server: :data:`processes.children`)
+_children = processes.children
 
 
 def node_pid(layout: ClusterLayout, node: int) -> int | None:
     """The pid of a running node, or None; a stale pid file (or a reused pid) counts as not running."""
-    try:
-        pid = int(layout.pid_file(node).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not _alive(pid):
-        return None
-    if pid in _children:
-        return pid  # our own running child: no need to guess from its command line
-    cmdline = _proc_cmdline(pid)
-    if cmdline is not None and str(layout.node_dir(node) / "server.properties") not in cmdline:
-        return None
-    return pid
+    return processes.running_pid(layout.pid_file(node), str(layout.node_dir(node) / "server.properties"))
 
 
 def _why_not_running(layout: ClusterLayout, node: int) -> str:
     """Why :func:`node_pid` takes ``node`` as not running, for an error message."""
-    try:
-        pid = int(layout.pid_file(node).read_text().strip())
-    except (OSError, ValueError) as exc:
-        return f"no readable pid file: {exc}"
-    for child in _exited_children:
-        if child.pid == pid:
-            return f"pid {pid} exited with status {child.returncode}"
-    if not _alive(pid):
-        return f"pid {pid} is gone"
-    return f"pid {pid} runs something else: {_proc_cmdline(pid)!r:.200}"
+    return processes.why_not_running(layout.pid_file(node))
 
 
 def _spawn_node(layout: ClusterLayout, node: int, libs: Path, heap: str) -> int:
@@ -515,27 +453,9 @@ def _spawn_node(layout: ClusterLayout, node: int, libs: Path, heap: str) -> int:
         "kafka.Kafka",
         str(layout.node_dir(node) / "server.properties"),
     ]
-    with open(logs / "stdout.log", "ab") as out:
-        # own session: Ctrl-C in the shell (or pytest's) must not kill the broker behind our back,
-        # and stop/kill can signal the whole group
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=layout.node_dir(node),
-        )
-    _children[proc.pid] = proc
-    layout.pid_file(node).write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return processes.spawn(
+        cmd, output=logs / "stdout.log", pid_file=layout.pid_file(node), cwd=layout.node_dir(node)
+    )
 
 
 def wait_ready(
@@ -563,9 +483,9 @@ def wait_ready(
                 raise LocalKafkaError(
                     f"Kafka node {node} is not running during startup ({_why_not_running(layout, node)}); "
                     f"last lines of {layout.log_file(node)}:\n"
-                    + _tail(layout.log_file(node))
+                    + processes.tail(layout.log_file(node))
                     + "\n"
-                    + _tail(layout.node_dir(node) / "logs" / "stdout.log")
+                    + processes.tail(layout.node_dir(node) / "logs" / "stdout.log")
                 )
             try:
                 md = admin.list_topics(timeout=2)
@@ -627,11 +547,6 @@ def start(
     return layout
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)  # the node is its own session leader: pgid == pid
-
-
 def stop(
     directory: Path | None = None,
     *,
@@ -652,17 +567,9 @@ def stop(
     for node in targets:
         layout.check_node(node)
     running = {node: pid for node in targets if (pid := node_pid(layout, node)) is not None}
-    for pid in running.values():
-        _signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in running.values()):
-        if time.monotonic() > deadline:
-            for node, pid in running.items():
-                if _alive(pid):
-                    log.warning("Kafka node %d did not stop within %.0fs; killing it", node, timeout)
-                    _signal_group(pid, signal.SIGKILL)
-            deadline = float("inf")
-        time.sleep(0.1)
+    processes.stop_all(
+        {f"Kafka node {node}": pid for node, pid in running.items()}, timeout=timeout, kill=kill
+    )
     for node in running:
         with contextlib.suppress(FileNotFoundError):
             layout.pid_file(node).unlink()

@@ -1,3 +1,3 @@
-"""Shared fixtures: the Kafka broker fixture plugin is loaded for every test package."""
+"""Shared fixtures: the Kafka broker and Schema Registry fixture plugins are loaded for every test package."""
 
-pytest_plugins = ["tests.kafka_fixture"]
+pytest_plugins = ["tests.kafka_fixture", "tests.registry_fixture"]
