@@ -42,7 +42,8 @@ this worker's last commit, the state is taken back at once instead of read (:cla
 table recovery is not used: its stalls needed a watchdog.
 
 Checkpoints (``--state-dir``, ``processors/checkpoint.py``): a state leaving this worker after the commit
-that ends its ownership (revocation, shutdown) is written to a local file, an image of its changelog
+that ends its ownership (revocation, shutdown) is written to a local file (after a revocation, once the
+next assignment shows that it left), an image of its changelog
 partition through the changelog's end X; a later restore of that partition loads it and reads the changelog
 from X only (not at all when nothing was written or committed since). A file that is missing, damaged or
 may be stale is logged with the reason, and the changelog read from its beginning.
@@ -596,9 +597,14 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             len(data) / 1e6,
         )
 
-    async def write_checkpoints(leaving: Mapping[int, tuple[NsState, int]]) -> None:
-        """Start writing the checkpoints of the states ``leaving`` this worker (:func:`checkpoint_headers`).
-        The changelog's end is asked before this returns: a revocation's new owner writes only after."""
+    #: revoked partitions' states and checkpoint headers, written once the next assignment shows that they
+    #: left (one given back is taken back at once: writing it first would hold it up, see ``writes``)
+    unwritten: dict[int, tuple[NsState, checkpoint.Header]] = {}
+
+    async def plan_checkpoints(leaving: Mapping[int, tuple[NsState, int]]) -> None:
+        """Note the checkpoints of the states ``leaving`` this worker (:func:`checkpoint_headers`) in
+        ``unwritten``. The changelog's end is asked before this returns: a revocation's new owner writes
+        only after."""
         if state_dir is None or not leaving:
             return
         try:
@@ -606,18 +612,25 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         except Exception:
             log.exception("no checkpoints of ns-stats partitions %s", sorted(leaving))
             return
-        for state, header in headers:
-            writes[header.partition] = writer.submit(write_checkpoint, state_dir, state, header)
+        unwritten.update((header.partition, (state, header)) for state, header in headers)
+
+    def write_checkpoints(partitions: Iterable[int]) -> None:
+        """Start writing the noted checkpoints of ``partitions`` (in the writer thread)."""
+        assert state_dir is not None or not unwritten
+        for p in sorted(set(partitions) & set(unwritten)):
+            state, header = unwritten.pop(p)
+            writes[p] = writer.submit(write_checkpoint, state_dir, state, header)
 
     @app.on_partitions_revoked.connect
     async def keep_states(sender: Any, revoked: set[TP], **_: Any) -> None:
         """Revoked partitions' states are kept until the next assignment, which may give them back (see
-        :class:`Aggregation`; what they applied is committed and in the changelog), and written to
-        checkpoints with ``--state-dir`` (Faust sends this signal after the revocation's commit)."""
+        :class:`Aggregation`; what they applied is committed and in the changelog), and with ``--state-dir``
+        their checkpoints planned, written if they left (Faust sends this signal after the revocation's
+        commit)."""
         mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
         aggregation.keep(mine)
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
-        await write_checkpoints({p: aggregation.kept[p] for p in mine if p in aggregation.kept})
+        await plan_checkpoints({p: aggregation.kept[p] for p in mine if p in aggregation.kept})
 
     shutdown = app.on_shutdown
 
@@ -628,13 +641,14 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         if state_dir is not None:
             for p in sorted(set(aggregation.states) - set(aggregation.last_commit)):
                 log.info("no checkpoint of ns-stats partition %d: no commit since it was restored", p)
-        await write_checkpoints(
+        await plan_checkpoints(
             {
                 p: (state, aggregation.last_commit[p])
                 for p, state in aggregation.states.items()
                 if p in aggregation.last_commit
             }
         )
+        write_checkpoints(list(unwritten))
         await asyncio.to_thread(writer.shutdown)
         await shutdown()
 
@@ -651,6 +665,11 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             and tp.partition not in aggregation.states
             and tp.partition not in aggregation.restoring
         }
+        # the revoked states that left are written now; one given back is taken back (when current) or
+        # read again, not written
+        write_checkpoints(set(unwritten) - mine)
+        for p in mine:
+            unwritten.pop(p, None)
         kept = aggregation.take_kept(mine)
         if mine:
             app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
