@@ -7,9 +7,7 @@ cluster directory, so ``start`` takes the shape flags once and the other actions
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -17,31 +15,13 @@ from confluent_kafka import KafkaException
 from dnsqr_kafka import topics
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
 from dnsqr_kafka.config import add_kafka_arguments, client_config
-from dnsqr_pipeline import compose_secrets, kafka_security, localkafka
+from dnsqr_pipeline import compose_secrets, kafka_security, localkafka, service_command
 
-
-def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Show a :class:`~dnsqr_pipeline.localkafka.LocalKafkaError` as one message and exit 1, not a traceback:
-    its text already says what went wrong and what to do."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except localkafka.LocalKafkaError as exc:
-            print(f"dnsqr-pipeline kafka: {exc}", file=sys.stderr)
-            return 1
-
-    return wrapper
+_reporting = service_command.reporting("kafka", localkafka.LocalKafkaError)
 
 
 def _add_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="data, logs and pid files (default: $DNSQR_KAFKA_DIR, else ./var/kafka)",
-    )
+    service_command.add_dir(parser, "data, logs and pid files", "DNSQR_KAFKA_DIR", "./var/kafka")
 
 
 def _node_arg(parser: argparse.ArgumentParser) -> None:

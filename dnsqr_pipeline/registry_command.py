@@ -7,35 +7,14 @@ Thin wrappers over :mod:`dnsqr_pipeline.localregistry`; ``start`` remembers its 
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
-from dnsqr_pipeline import localregistry
+from dnsqr_pipeline import localregistry, service_command
 
-
-def _reporting(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Show a :class:`~dnsqr_pipeline.localregistry.LocalRegistryError` as one message and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except localregistry.LocalRegistryError as exc:
-            print(f"dnsqr-pipeline registry: {exc}", file=sys.stderr)
-            return 1
-
-    return wrapper
+_reporting = service_command.reporting("registry", localregistry.LocalRegistryError)
 
 
 def _add_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="pid, log and port files (default: $DNSQR_REGISTRY_DIR, else ./var/registry)",
-    )
+    service_command.add_dir(parser, "pid, log and port files", "DNSQR_REGISTRY_DIR", "./var/registry")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
