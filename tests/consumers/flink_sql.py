@@ -155,7 +155,8 @@ def is_loopback(address: str) -> bool:
 
 
 def run_sql(script: str, *, timeout: float = RUN_TIMEOUT) -> QueryResult:
-    """Run ``script`` (Flink SQL statements) in a local mini cluster and return its queries' final rows."""
+    """Run ``script`` (Flink SQL statements) in a local mini cluster and return its queries' final rows;
+    :class:`FlinkError` if it fails, or if the JVM was seen listening on an address beyond loopback."""
     libs = resolve_jars()
     with tempfile.TemporaryDirectory(prefix="flink-sql-") as tmp:
         sql = Path(tmp) / "script.sql"
@@ -188,6 +189,9 @@ def run_sql(script: str, *, timeout: float = RUN_TIMEOUT) -> QueryResult:
                 f"the Flink script failed (exit {proc.returncode}); last lines of its output:\n"
                 + (text + err.read_text(errors="replace"))[-4000:]
             )
+    beyond = sorted(addr for addr in listening if not is_loopback(addr[0]))
+    if beyond:
+        raise FlinkError(f"the Flink mini cluster listened beyond loopback: {beyond}")
     columns: tuple[str, ...] = ()
     rows = []
     for line in text.splitlines():
