@@ -14,6 +14,8 @@ Fixtures:
 - ``kafka_topic_factory`` / ``new_topic`` (function): ``new_topic(partitions=1, config=None, *,
   replication_factor=1, prefix="test") -> str`` creates a uniquely named topic, waits until every
   partition has a leader, and deletes it after the test.
+
+Helper: :func:`read_topic`, every (key, value) of a topic from its beginning to its current end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dnsqr_kafka import topics
@@ -160,3 +163,24 @@ def kafka_topic_factory(kafka_admin: AdminClient) -> Iterator[TopicFactory]:
 def new_topic(kafka_topic_factory: TopicFactory) -> TopicFactory:
     """The same factory under the shorter name."""
     return kafka_topic_factory
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of ``topic`` from the beginning to its current end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.time_ns()}"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        out, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.key(), msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+        assert len(done) == len(ends), f"could not read {topic} to its end"
+        return out
+    finally:
+        consumer.close()

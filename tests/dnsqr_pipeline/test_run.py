@@ -13,12 +13,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_reader
 
@@ -28,6 +26,7 @@ from dnsqr_schemas import avro_schema
 from ingest.bridge import IngestConfig
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus
+from tests.kafka_fixture import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -38,27 +37,6 @@ def payloads_of(paths: list[Path]) -> Counter[bytes]:
         with path.open("rb") as fh:
             out.update(ContainerStreamReader(fh, name=str(path)))
     return out
-
-
-def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of ``topic`` from the beginning to its current end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.time_ns()}"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        out, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.monotonic() + timeout
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            out.append((msg.key(), msg.value()))
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-        assert len(done) == len(ends), f"could not read {topic} to its end"
-        return out
-    finally:
-        consumer.close()
 
 
 def run_case(
