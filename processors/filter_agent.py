@@ -172,7 +172,7 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
                 ns = j.ns_ip or ""
                 detail = classify_failure(j.record, j.query_opt, j.response)
                 kind = detail.kind
-                avro = encode_failure(failure_dict(payload, j, kind, detail=detail, time=(sec, nsec)))
+                avro = encode_failure(failure_dict(payload, j, kind, detail=detail))
             failures.append((ns.encode(), avro))
             # counted against the failure's name server: "" (key b"") when the address is not usable
             ip = response_ip if len(response_ip) in (4, 16) else b""
