@@ -161,7 +161,7 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
     fast = failure_fast
     for payload in payloads:
         t = triage(payload)
-        verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, sec, nsec = t
+        verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, _sec, _nsec = t
         if verdict is selected:
             # one C call for the whole failure record; None (unusual records) takes the Python path
             f = fast(payload) if fast is not None else None
