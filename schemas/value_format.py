@@ -106,7 +106,9 @@ class ValueFormat:
     schema_id: int | None = None
     lookup: SchemaLookup | None = field(default=None, compare=False)
     #: schema id -> None when the writer's schema is this one (the body is read as is), else the writer's
-    _writers: dict[int, dict[str, Any] | None] = field(default_factory=dict, compare=False, repr=False)
+    _writers: dict[int, dict[str, Any] | None] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.layout not in ("avro", "confluent", "json"):
