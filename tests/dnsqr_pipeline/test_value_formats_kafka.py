@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_writer
 
 from dnsqr_kafka.names import TopicNames
@@ -90,6 +92,12 @@ def test_worker_and_sink_in_the_confluent_format_write_the_same_files(
         v for _, v in read_topic(kafka_bootstrap, plain_topics.failures)
     ]
     assert all(v[:5] == confluent_prefix(counts_id) for _, v in read_topic(kafka_bootstrap, topics.counts))
+    # what any Confluent-format consumer does: confluent-kafka's own deserializer reads them
+    deserialize = AvroDeserializer(client)
+    ctx = SerializationContext(topics.failures, MessageField.VALUE)
+    assert [deserialize(v, ctx) for v in framed_values[:50]] == [
+        decode_failure(split_confluent(v)[1]) for v in framed_values[:50]
+    ]
 
     # tail and top read them with the flag
     status, out = cli(
