@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the Schema Registry client's HTTP library logs every request at INFO; -vv shows them
+    logging.getLogger("httpx2").setLevel(max(level, logging.WARNING) if args.verbose < 2 else level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

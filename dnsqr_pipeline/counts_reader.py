@@ -18,18 +18,30 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
+from dnsqr_kafka.value_formats import COUNTS_SCHEMA
 from dnsqr_pipeline.completion import CompletionError, end_offsets, job_consumer
-from processors.snapshots import decode_snapshot
+from dnsqr_schemas.value_format import ValueFormat
+
+#: the counts topic's values without a registry
+SCHEMALESS = ValueFormat(COUNTS_SCHEMA)
 
 
 class LatestCounts:
     """Each name server's newest ``NsCounts.total`` on ``topic`` (or, with ``window_start``, the newest
     ``window`` counts of that window; name servers without a snapshot of it are left out). Newest is by
-    ``snapshot_time_ms``. ``read_committed``: under exactly_once only committed snapshots count."""
+    ``snapshot_time_ms``. ``read_committed``: under exactly_once only committed snapshots count. Values are
+    in ``value_format`` (``dnsqr_kafka.value_formats``; by default schemaless Avro)."""
 
-    def __init__(self, kafka: Mapping[str, str], topic: str, window_start: int | None = None) -> None:
+    def __init__(
+        self,
+        kafka: Mapping[str, str],
+        topic: str,
+        window_start: int | None = None,
+        value_format: ValueFormat = SCHEMALESS,
+    ) -> None:
         self.topic = topic
         self.window_start = window_start
+        self._decode = value_format.decode
         self._consumer = job_consumer(
             kafka, "counts", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
         )
@@ -70,7 +82,7 @@ class LatestCounts:
                         continue
                     raise CompletionError(f"reading {self.topic}: {error.str()}")
                 self._next[msg.partition()] = msg.offset() + 1
-                self._take(decode_snapshot(msg.value()))
+                self._take(self._decode(msg.value()))
         return self._latest
 
     def window_freed(self) -> bool:
@@ -98,10 +110,13 @@ class LatestCounts:
 
 
 def read_latest_counts(
-    kafka: Mapping[str, str], topic: str, window_start: int | None = None
+    kafka: Mapping[str, str],
+    topic: str,
+    window_start: int | None = None,
+    value_format: ValueFormat = SCHEMALESS,
 ) -> dict[str, dict[str, Any]]:
     """The counts topic read once from the beginning to its end (see :class:`LatestCounts`)."""
-    view = LatestCounts(kafka, topic, window_start)
+    view = LatestCounts(kafka, topic, window_start, value_format)
     try:
         return dict(view.read())
     finally:

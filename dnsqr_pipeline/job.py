@@ -50,7 +50,8 @@ from dnsqr_kafka.topics import (
     delete_topics,
     wait_for_leaders,
 )
-from dnsqr_pipeline import localkafka
+from dnsqr_kafka.value_formats import RegistryOptions, stage_flags, topic_formats
+from dnsqr_pipeline import localkafka, localregistry
 from dnsqr_pipeline.completion import (
     Alive,
     GroupWatch,
@@ -63,6 +64,7 @@ from dnsqr_pipeline.completion import (
     job_consumer,
 )
 from dnsqr_pipeline.counts_reader import LatestCounts
+from dnsqr_schemas.value_format import ValueFormat
 from ingest.bridge import IngestConfig, IngestSummary, run_ingest
 from nmsgdns.edns import ranked_counts
 from nmsgdns.input import ContainerStreamReader
@@ -129,6 +131,13 @@ class JobConfig:
     #: on a given broker, raw and DLQ topic names to use instead of per-run ones (None: per-run)
     raw_topic: str | None = None
     dlq_topic: str | None = None
+    #: the Schema Registry of the failures and counts topics (``dnsqr_kafka.value_formats``); None:
+    #: schemaless Avro, unless ``embedded_registry``
+    schema_registry: RegistryOptions | None = None
+    #: start a local registry for the job (``dnsqr_pipeline.localregistry``) and stop it at the end
+    embedded_registry: bool = False
+    #: values of the failures topic: "avro" or "json"
+    failures_format: str = "avro"
     #: start ingest only once the workers and the sink own their partitions, so the processing time
     #: measures throughput with every stage running rather than the stages' start-up (benchmarks); a job
     #: otherwise ingests while the workers start, which finishes sooner
@@ -161,6 +170,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def embedded_registry() -> Iterator[RegistryOptions]:
+    """A local Schema Registry for the job's duration, on a free port, in a temp dir removed after it
+    (its schemas live in memory: they go with it, as the embedded broker's topics do)."""
+    directory = Path(tempfile.mkdtemp(prefix="dnsqr-registry-"))
+    port = free_port()
+    print(f"starting a local Schema Registry on 127.0.0.1:{port} ...", file=sys.stderr)
+    try:
+        registry = localregistry.start(directory, port)
+        yield RegistryOptions(registry.url)
+    finally:
+        localregistry.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -360,6 +384,17 @@ def run_job(cfg: JobConfig) -> JobResult:
             topics, app_id = TopicNames.named(f".run-{cfg.run_id}"), f"{DEFAULT_APP_ID}-run-{cfg.run_id}"
         topics = replace(topics, raw=cfg.raw_topic or topics.raw, raw_dlq=cfg.dlq_topic or topics.raw_dlq)
         sink_group = f"{app_id}-sink"
+        registry = cfg.schema_registry
+        if cfg.embedded_registry:
+            registry = stack.enter_context(embedded_registry())
+        # the job reads the counts topic as its workers write it; the registry is asked once here
+        counts_format = topic_formats(
+            registry,
+            failures_topic=topics.failures,
+            counts_topic=topics.counts,
+            failures_format=cfg.failures_format,
+        ).counts
+        format_flags, format_env = stage_flags(registry, cfg.failures_format)
         settings = worker_settings(
             topics,
             app_id,
@@ -400,8 +435,9 @@ def run_job(cfg: JobConfig) -> JobResult:
                 "%s apply to ingest and the sink; the Faust workers do not take librdkafka properties",
                 " ".join(flags.librdkafka),
             )
+        env = {**flags.env, **format_env}
         for i in range(1, cfg.workers + 1):
-            stages.append(Stage(f"worker-{i}", worker_command(settings, flags), log_dir, flags.env))
+            stages.append(Stage(f"worker-{i}", worker_command(settings, flags, format_flags), log_dir, env))
         # The sink runs alongside, as in production, in its own group. Its files rotate when idle for
         # SINK_ROTATE_IDLE, so what it has consumed becomes durable and committed soon after it stops
         # receiving; once its commits reach the end of the failures topic, SIGTERM ends it cleanly.
@@ -423,9 +459,10 @@ def run_job(cfg: JobConfig) -> JobResult:
                 str(SINK_ROTATE_SECONDS),
                 "--rotate-idle",
                 str(SINK_ROTATE_IDLE),
+                *format_flags,
             ),
             log_dir,
-            flags.env,
+            env,
         )
         stages.append(sink)
         print(f"started {cfg.workers} worker(s) and the sink; logs in {log_dir}", file=sys.stderr)
@@ -473,7 +510,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         on_topic = count_records(kafka, topics.failures, failures_start)
         duplicates = _check_failures(cfg, expected, on_topic, sink_records, receipts.ledger, lags)
         exact = cfg.processing_guarantee == "exactly_once"
-        totals = _wait_for_totals(waiter, kafka, topics.counts, expected.failures, exact=exact)
+        totals = _wait_for_totals(waiter, kafka, topics.counts, counts_format, expected.failures, exact=exact)
     return JobResult(
         summary, totals, files, sink_records, time.monotonic() - started, processing, startup, duplicates
     )
@@ -594,8 +631,9 @@ def _check_failures(
     return duplicates
 
 
-def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
-    """Command line of a ``dnsqr-pipeline worker`` stage with ``settings`` (web views on a free port)."""
+def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence[str] = ()) -> list[str]:
+    """Command line of a ``dnsqr-pipeline worker`` stage with ``settings`` (web views on a free port) and
+    the topics' value formats (``format_flags``: ``dnsqr_kafka.value_formats.stage_flags``)."""
     return _stage_command(
         "worker",
         *flags.common,
@@ -611,6 +649,7 @@ def worker_command(settings: Settings, flags: StageKafka) -> list[str]:
         *(("--replication-factor", str(settings.replication_factor)) if settings.replication_factor else ()),
         *(("--state-dir", str(settings.state_dir)) if settings.state_dir else ()),
         *("--web-port", str(free_port())),
+        *format_flags,
     )
 
 
@@ -646,14 +685,20 @@ def _delete_topics(kafka: Mapping[str, str], names: list[str], app_id: str) -> N
 
 
 def _wait_for_totals(
-    waiter: Waiter, kafka: Mapping[str, str], topic: str, failures: int, *, exact: bool
+    waiter: Waiter,
+    kafka: Mapping[str, str],
+    topic: str,
+    value_format: ValueFormat,
+    failures: int,
+    *,
+    exact: bool,
 ) -> dict[str, dict[str, Any]]:
     """The aggregator publishes snapshots on a timer: wait until its totals account for every failure:
     exactly under exactly_once; under at_least_once at least (replays after a restart may count some
     twice), and unchanged in two reads in a row."""
     totals: Mapping[str, dict[str, Any]] = {}
     previous: int | None = None
-    view = LatestCounts(kafka, topic)
+    view = LatestCounts(kafka, topic, value_format=value_format)
 
     def status() -> str | None:
         nonlocal totals, previous

@@ -1,7 +1,9 @@
 """``dnsqr-pipeline run`` (one job over finite sources) and ``demo`` (``run`` on the shipped sample).
 
 Without ``--bootstrap-servers`` (and without ``$KAFKA_BOOTSTRAP``) the job starts its own local Kafka and
-stops it afterwards: the embedded default for a user who only has a capture to look at.
+stops it afterwards: the embedded default for a user who only has a capture to look at. Likewise
+``--schema-registry embedded`` starts a local Schema Registry for the job (the topics' values then in the
+Confluent wire format) and stops it at the end.
 """
 
 from __future__ import annotations
@@ -15,13 +17,24 @@ from pathlib import Path
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report
 from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_kafka.topics import TopicAdminError
+from dnsqr_kafka.value_formats import (
+    EXIT_REGISTRY,
+    FormatChoiceError,
+    RegistryError,
+    RegistryUnavailable,
+    add_format_arguments,
+    registry_options,
+)
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.job import JobConfig, JobError, format_table, job_files, run_job, write_counts_json
 from dnsqr_pipeline.localkafka import LocalKafkaError
+from dnsqr_pipeline.localregistry import LocalRegistryError
 from ingest.bridge import IngestConfig
 from ingest.command import add_ingest_arguments, config_from_args
 from ingest.producer import IngestError
 
+#: the ``--schema-registry`` value that starts a local registry for the job
+EMBEDDED_REGISTRY = "embedded"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA_DIR / "sample.z.nmsg"
 SAMPLE_EXPECTED = DATA_DIR / "sample.expected_counts.json"
@@ -38,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage and what is short. Without --bootstrap-servers it starts its own broker (its data is kept "
         "after a failure). On a given broker it uses per-run topics, deleted at the end unless "
         "--keep-topics, or the raw and DLQ topics named by --raw-topic/--dlq-topic. Exit status: 0 "
-        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage, 3 Kafka "
+        "complete, 1 incomplete or damaged input (what was read is still processed), 2 usage or a Schema "
+        "Registry that cannot be used (unreachable, or it refuses the workers' schemas), 3 Kafka "
         "refused the credentials or an operation (one line names the principal, broker and operation).",
     )
     add_ingest_arguments(run)
@@ -46,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(raw_topic=None, dlq_topic=None)
     _add_job_arguments(run, output_default=None)
     add_kafka_arguments(run, embedded_default=True)
+    add_format_arguments(run, embedded=True)
     run.set_defaults(func=run_main)
 
     demo = subparsers.add_parser(
@@ -56,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_job_arguments(demo, output_default="demo-out")
     add_kafka_arguments(demo, embedded_default=True)
+    add_format_arguments(demo, embedded=True)
     demo.set_defaults(func=demo_main)
 
 
@@ -111,6 +127,7 @@ def _job_config(args: argparse.Namespace, ingest: IngestConfig) -> JobConfig:
     if args.bootstrap_servers is None:
         args.bootstrap_servers = ""  # client_config needs a string; empty means "start one"
     kafka = {k: v for k, v in client_config(args).items() if v}
+    embedded = args.schema_registry == EMBEDDED_REGISTRY
     return JobConfig(
         ingest=ingest,
         output_dir=args.output_dir,
@@ -125,6 +142,9 @@ def _job_config(args: argparse.Namespace, ingest: IngestConfig) -> JobConfig:
         keep_topics=args.keep_topics,
         raw_topic=getattr(args, "raw_topic", None),
         dlq_topic=getattr(args, "dlq_topic", None),
+        schema_registry=None if embedded else registry_options(args),
+        embedded_registry=embedded,
+        failures_format=args.failures_format,
     )
 
 
@@ -162,7 +182,18 @@ def _run(args: argparse.Namespace, ingest: IngestConfig) -> int:
         result = run_job(config)
     except KafkaAccessError as exc:
         return report(args.command, exc)
-    except (JobError, CompletionError, IngestError, LocalKafkaError, TopicAdminError) as exc:
+    except (RegistryError, FormatChoiceError) as exc:
+        print(f"dnsqr-pipeline {args.command}: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY
+    except (
+        JobError,
+        CompletionError,
+        IngestError,
+        LocalKafkaError,
+        LocalRegistryError,
+        TopicAdminError,
+        RegistryUnavailable,
+    ) as exc:
         refused = access_error(exc, config.kafka)
         if refused:
             return report(args.command, refused)

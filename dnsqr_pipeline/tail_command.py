@@ -1,9 +1,10 @@
 """``dnsqr-pipeline tail``: print the failures topic, decoded, as a table or as JSON lines.
 
-A downstream consumer's first tool, and a worked example of reading the topic: each value is one Avro
-``EdnsFailure`` (``schemas/edns_failure.avsc``), written *schemaless* (no registry, no schema id), so a
-reader decodes it with the published schema (here ``dnsqr_schemas.edns_failure.decode_failure``, which is
-fastavro's ``schemaless_reader``); the key is the name server.
+A downstream consumer's first tool, and a worked example of reading the topic: each value is one
+``EdnsFailure`` (``schemas/edns_failure.avsc``) in the format the flags say (``dnsqr_kafka.value_formats``):
+schemaless Avro by default, decoded with the published schema; the Confluent wire format with
+``--schema-registry`` (each writer's schema looked up by its id); JSON with ``--failures-format json``.
+The key is the name server.
 
 It reads with a throw-away consumer group, assigns the partitions itself and commits nothing, so it never
 moves anyone's offsets. It starts ``N`` records before the end of each partition (``-n``, default 10), or
@@ -14,8 +15,6 @@ end of the partitions unless ``--follow``.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import signal
 import sys
@@ -34,7 +33,16 @@ from confluent_kafka.admin import AclOperation
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report, topic_needs
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
-from dnsqr_schemas.edns_failure import decode_failure
+from dnsqr_kafka.value_formats import (
+    EXIT_REGISTRY,
+    FormatChoiceError,
+    RegistryError,
+    RegistryUnavailable,
+    add_format_arguments,
+    registry_options,
+    topic_formats,
+)
+from dnsqr_schemas.value_format import record_json
 from processors.settings import Settings
 
 #: Records before the end of each partition where reading starts without ``--from-beginning`` or ``-n``.
@@ -91,12 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--follow", action="store_true", help="keep printing new records instead of stopping at the end"
     )
     add_kafka_arguments(parser)
+    add_format_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def format_json(record: dict[str, Any]) -> str:
-    """One record as a JSON line: the Avro fields by name, ``payload`` (bytes) in base64."""
-    return json.dumps({**record, "payload": base64.b64encode(record["payload"]).decode("ascii")})
 
 
 def format_row(record: dict[str, Any]) -> str:
@@ -191,7 +195,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     status 130, once the records read so far are printed and the consumer closed). Exit status 3 when
     Kafka refuses the credentials or the read, before or while reading (one line, as every command says
     it: :mod:`dnsqr_kafka.access`); 1 on another Kafka error (e.g. no such topic) or when a
-    value was not an ``EdnsFailure`` (each is named on stderr)."""
+    value was not an ``EdnsFailure`` (each is named on stderr); 2 when the Schema Registry cannot be used
+    at start-up."""
     with InterruptFlag() as interrupt:
         return _tail(args, out or sys.stdout, interrupt)
 
@@ -199,6 +204,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _tail(args: argparse.Namespace, out: TextIO, interrupt: InterruptFlag) -> int:
     """:func:`run` with its SIGINT handler installed: every wait ends within :data:`WAIT_SECONDS` to
     look at ``interrupt``."""
+    try:
+        value_format = topic_formats(
+            registry_options(args),
+            failures_topic=args.failures_topic,
+            counts_topic=Settings.counts_topic,
+            failures_format=args.failures_format,
+        ).failures
+    except (RegistryError, FormatChoiceError) as exc:
+        print(f"dnsqr-pipeline tail: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY
     conf = client_config(args)
     try:
         check_access(conf, topic_needs(AclOperation.READ, [args.failures_topic]))
@@ -215,7 +230,7 @@ def _tail(args: argparse.Namespace, out: TextIO, interrupt: InterruptFlag) -> in
             "enable.partition.eof": True,
         }
     )
-    fmt = format_json if args.json else format_row
+    fmt = record_json if args.json else format_row
     printed, bad = 0, 0
     at_end: set[int] = set()
     try:
@@ -233,7 +248,9 @@ def _tail(args: argparse.Namespace, out: TextIO, interrupt: InterruptFlag) -> in
                     continue
                 at_end.discard(msg.partition())
                 try:
-                    record = decode_failure(msg.value() or b"")
+                    record = value_format.decode(msg.value() or b"")
+                except OSError:  # the registry did not answer a lookup
+                    raise
                 except Exception as exc:  # fastavro raises many types; all mean "not an EdnsFailure"
                     bad += 1
                     print(f"partition {msg.partition()} offset {msg.offset()}: not an EdnsFailure: {exc}",
@@ -253,6 +270,9 @@ def _tail(args: argparse.Namespace, out: TextIO, interrupt: InterruptFlag) -> in
         if refused is not None:
             return report("tail", refused)
         print(f"dnsqr-pipeline tail: {args.failures_topic}: {exc.args[0].str()}", file=sys.stderr)
+        return 1
+    except RegistryUnavailable as exc:
+        print(f"dnsqr-pipeline tail: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (| head): stop quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())

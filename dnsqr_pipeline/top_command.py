@@ -27,6 +27,14 @@ from confluent_kafka.admin import AclOperation
 from dnsqr_kafka.access import KafkaAccessError, access_error, check_access, report, topic_needs
 from dnsqr_kafka.argtypes import positive_int
 from dnsqr_kafka.config import add_kafka_arguments, client_config
+from dnsqr_kafka.value_formats import (
+    EXIT_REGISTRY,
+    RegistryError,
+    RegistryUnavailable,
+    add_format_arguments,
+    registry_options,
+    topic_formats,
+)
 from dnsqr_pipeline.completion import CompletionError
 from dnsqr_pipeline.counts_reader import LatestCounts
 from dnsqr_pipeline.job import format_rows
@@ -72,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="one JSON object per name server instead of a table"
     )
     add_kafka_arguments(parser)
+    add_format_arguments(parser, failures=False)
     parser.set_defaults(func=run)
 
 
@@ -86,17 +95,25 @@ def rank(
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Print the ``-n`` worst name servers. Exit status 3 when Kafka refuses the credentials or the read
-    (one line, as every command), 1 on another Kafka error (e.g. no such topic)."""
+    (one line, as every command), 1 on another Kafka error (e.g. no such topic), 2 when the Schema
+    Registry cannot be used at start-up."""
     out = out or sys.stdout
+    try:
+        value_format = topic_formats(
+            registry_options(args), failures_topic=Settings.failures_topic, counts_topic=args.counts_topic
+        ).counts
+    except RegistryError as exc:
+        print(f"dnsqr-pipeline top: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY
     conf = client_config(args)
     view = None
     try:
         check_access(conf, topic_needs(AclOperation.READ, [args.counts_topic]))
-        view = LatestCounts(conf, args.counts_topic, args.window)
+        view = LatestCounts(conf, args.counts_topic, args.window, value_format)
         latest = view.read()
     except KafkaAccessError as exc:
         return report("top", exc)
-    except (CompletionError, KafkaException) as exc:
+    except (CompletionError, KafkaException, RegistryUnavailable) as exc:
         refused = access_error(exc, conf)
         if refused is not None:
             return report("top", refused)

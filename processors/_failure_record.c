@@ -60,6 +60,7 @@ static const struct {
     {"query_edns_version", AVRO_LONG},
     {"query_edns_do", AVRO_BOOLEAN},
     {"payload", AVRO_BYTES},
+    {"source", AVRO_LONG},
 };
 #define N_FAILURE_FIELDS ((int)(sizeof failure_fields / sizeof failure_fields[0]))
 
@@ -175,10 +176,10 @@ failure_failure_record(PyObject *Py_UNUSED(module), PyObject *payload)
         qname_len = render_qname(p + rec.qname.start, rec.qname.len, qname);
     }
 
-    /* 15 varints (10 numbers, 5 lengths), 1 boolean, the texts and the payload; all text is ASCII, so
+    /* 16 varints (11 numbers, 5 lengths), 1 boolean, the texts and the payload; all text is ASCII, so
      * its UTF-8 form is the bytes themselves. */
     avro = PyBytes_FromStringAndSize(
-        NULL, 15 * VARINT_MAX_BYTES + 1 + ns_len + resolver_len + qname_len + kind_len + n);
+        NULL, 16 * VARINT_MAX_BYTES + 1 + ns_len + resolver_len + qname_len + kind_len + n);
     if (avro == NULL)
         goto done;
     start = o = (unsigned char *)PyBytes_AS_STRING(avro);
@@ -198,7 +199,10 @@ failure_failure_record(PyObject *Py_UNUSED(module), PyObject *payload)
     o = avro_put_long(o, (int64_t)qo.udp_size);               /* query_edns_*: the query's OPT */
     o = avro_put_long(o, (int64_t)version);
     *o++ = (flags & 0x8000) != 0;                             /* query_edns_do: the DO bit */
+    /* source (version 2): a payload that has one (envelope field 7) is left to Python by
+     * parse_dnsqr_payload, so here it is always absent, which the schema writes as 0. */
     o = avro_put_bytes(o, p, n);                              /* payload, byte for byte */
+    *o++ = 0;                                                 /* source: 0 (absent: see below) */
     if (_PyBytes_Resize(&avro, o - start) < 0)                /* (frees it and sets NULL on failure) */
         goto done;
     out = Py_BuildValue("(s#OO)", ns, (Py_ssize_t)ns_len, kind_strs[kind], avro);

@@ -37,10 +37,12 @@ from typing import Any
 import faust
 
 from dnsqr_kafka.config import Credentials
+from dnsqr_kafka.value_formats import TopicFormats
 from processors import aggregator, commit_guard, diagnostics, filter_agent, metrics, views
 from processors.agent_counters import AgentCounters
 from processors.aggregator import Aggregation
 from processors.filter_agent import KafkaBatchOutput, Output
+from processors.framed_output import FramedOutput
 from processors.metrics import DeadLetterTally
 from processors.receipts import worker_name
 from processors.settings import Settings
@@ -103,16 +105,19 @@ class Parts:
     aggregation: Aggregation
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, formats: TopicFormats | None = None) -> faust.App:
     """The Faust app of a worker for ``settings``, with its agents, views and metrics installed."""
-    return compose(settings).app
+    return compose(settings, formats=formats).app
 
 
-def compose(settings: Settings, output: Output | None = None) -> Parts:
+def compose(settings: Settings, output: Output | None = None, formats: TopicFormats | None = None) -> Parts:
     """Build the app and install its agents, views and metrics, handing each what it needs.
 
     ``output`` is where the agents' records go: by default Kafka, through the app's producer
-    (:class:`processors.filter_agent.KafkaBatchOutput`); unit tests pass one that records them. The order
+    (:class:`processors.filter_agent.KafkaBatchOutput`); unit tests pass one that records them. Values of
+    the failures and counts topics go out in ``formats`` (by default :meth:`Settings.topic_formats`, which
+    registers the schemas when the settings name a registry): a :class:`FramedOutput` encodes them, none
+    when both are schemaless Avro. The order
     of the installs matters: the aggregator's commit hook wraps the filter agent's, so that Faust's commit
     of a partition sends the held outputs (exactly_once) before the snapshots and changelog records.
     """
@@ -153,6 +158,10 @@ def compose(settings: Settings, output: Output | None = None) -> Parts:
     kafka: KafkaBatchOutput | None = None
     if output is None:
         output = kafka = KafkaBatchOutput(app)
+    formats = formats or settings.topic_formats()
+    framed = formats.by_topic(settings.failures_topic, settings.counts_topic)
+    if framed:
+        output = FramedOutput(output, framed)
     tally = DeadLetterTally(output, settings.dlq_topic)
     name = worker_name()
     filter_agent.install(app, settings, counters, tally, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from dnsqr_kafka.topics import (
     list_topics,
     wait_for_leaders,
 )
+from dnsqr_kafka.value_formats import EXIT_REGISTRY, FormatChoiceError, RegistryError, add_format_arguments
 from processors.app import create_app
 from processors.settings import GUARANTEES, Settings
 from processors.topology import copartitioned_topics, internal_topic_specs
@@ -123,6 +125,7 @@ def register(subparsers: Any) -> None:
         "from its beginning (default: no checkpoints)",
     )
     add_kafka_arguments(parser)
+    add_format_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -152,6 +155,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         web_enabled=not args.no_web,
         session_timeout=args.session_timeout,
         state_dir=args.state_dir,
+        failures_format=args.failures_format,
+        schema_registry=args.schema_registry or "",
+        schema_registry_user=args.schema_registry_user or "",
+        schema_registry_password=args.schema_registry_password or "",
         credentials=Credentials.from_args(args),
     ).validated()
 
@@ -220,8 +227,14 @@ def access_needs(settings: Settings) -> list[Need]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the worker until SIGINT/SIGTERM."""
+    """Run the worker until SIGINT/SIGTERM. Exit status 2 when a start-up step fails: topics, or the
+    Schema Registry (unreachable, or the subject refuses the worker's schema: one line naming it)."""
     settings = settings_from_args(args)
+    try:
+        formats = settings.topic_formats()
+    except (RegistryError, FormatChoiceError) as exc:
+        print(f"dnsqr-pipeline worker: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY
     kafka = client_config(args)
     try:
         check_access(kafka, access_needs(settings))
@@ -238,13 +251,15 @@ def run(args: argparse.Namespace) -> int:
             return report("worker", refused)
         log.error("%s", exc)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, formats)
     level = logging.getLogger().getEffectiveLevel()
     log.info(
-        "worker %s: %s -> %s on %s",
+        "worker %s: %s -> %s (%s), counts %s on %s",
         settings.app_id,
         settings.raw_topic,
         settings.failures_topic,
+        formats.failures.describe(),
+        formats.counts.describe(),
         settings.bootstrap_servers,
     )
     worker = Worker(app, loglevel=logging.getLevelName(level).lower(), quiet=True)

@@ -53,29 +53,25 @@ def failure_dict(
     kind: str,
     *,
     detail: FailureDetail | None = None,
-    time: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The Avro ``EdnsFailure`` value (as a dict) of one selected payload and its failure ``kind``.
 
     ``detail`` (``nmsgdns.classify.classify_failure``), when the caller has it, supplies the question
     name it already rendered instead of rendering it again; the rcode is the response header's 4 bits.
-    ``time`` is the payload's (time_sec, time_nsec) when the caller has already decoded them
-    (``nmsgdns.edns.triage`` does); otherwise the envelope is parsed again for them.
+    Time and ``source`` (version 2 of the schema: 0 when absent) are the envelope's.
     """
     rec = judgement.record
     opt = judgement.query_opt
     response = judgement.response
-    if time is None:
-        # the protobuf (upb) parse is ~5x faster than the pure-Python envelope walk for this one need
-        envelope = decode_payload(payload)
-        time = (envelope.time_sec, envelope.time_nsec)
+    # the protobuf (upb) parse is ~5x faster than the pure-Python envelope walk
+    envelope = decode_payload(payload)
     if detail is not None:
         qname = detail.qname or ""
     else:
         qname = qname_to_text(rec.qname) if rec.HasField("qname") else ""
     return {
-        "time_sec": time[0],
-        "time_nsec": time[1],
+        "time_sec": envelope.time_sec,
+        "time_nsec": envelope.time_nsec,
         "name_server": judgement.ns_ip or "",
         "resolver": ip_text(rec.query_ip) if rec.HasField("query_ip") else "",
         "query_port": rec.query_port,
@@ -90,6 +86,7 @@ def failure_dict(
         "query_edns_version": opt.version if opt is not None else 0,
         "query_edns_do": bool(opt.flags & DO_BIT) if opt is not None else False,
         "payload": payload,
+        "source": envelope.source,
     }
 
 

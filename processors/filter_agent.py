@@ -161,7 +161,7 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
     fast = failure_fast
     for payload in payloads:
         t = triage(payload)
-        verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, sec, nsec = t
+        verdict, query_opt, response_opt, response, answered, timeout, response_ip, rtype, _sec, _nsec = t
         if verdict is selected:
             # one C call for the whole failure record; None (unusual records) takes the Python path
             f = fast(payload) if fast is not None else None
@@ -172,7 +172,7 @@ def filter_container(data: bytes, clock: WindowClock) -> ContainerResult:
                 ns = j.ns_ip or ""
                 detail = classify_failure(j.record, j.query_opt, j.response)
                 kind = detail.kind
-                avro = encode_failure(failure_dict(payload, j, kind, detail=detail, time=(sec, nsec)))
+                avro = encode_failure(failure_dict(payload, j, kind, detail=detail))
             failures.append((ns.encode(), avro))
             # counted against the failure's name server: "" (key b"") when the address is not usable
             ip = response_ip if len(response_ip) in (4, 16) else b""

@@ -12,10 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnsqr_kafka.config import DEFAULT_BOOTSTRAP, Credentials, default_bootstrap
 from dnsqr_kafka.names import DEFAULT_APP_ID, DEFAULT_NAMES
+from dnsqr_kafka.value_formats import FAILURES_FORMATS, RegistryOptions, TopicFormats, topic_formats
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 #: the processing guarantees a worker runs under (``processors/app.py`` says what each costs)
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -62,6 +66,12 @@ class Settings:
     #: (``processors/checkpoint.py``), so that a restart reads the changelog from the checkpoint on; None: no
     #: checkpoints, a restart reads the whole changelog
     state_dir: Path | None = None
+    #: values of the failures topic: "avro" or "json" (``dnsqr_kafka.value_formats``)
+    failures_format: str = "avro"
+    #: a Schema Registry's URL: failures and counts values in the Confluent wire format; "": schemaless
+    schema_registry: str = ""
+    schema_registry_user: str = ""
+    schema_registry_password: str = ""
     #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -99,7 +109,31 @@ class Settings:
             raise ValueError("window_expires_seconds must be 0 (never) or positive")
         if self.window_max_ahead_seconds < 0:
             raise ValueError("window_max_ahead_seconds must be 0 or positive")
+        if self.failures_format not in FAILURES_FORMATS:
+            raise ValueError(
+                f"failures format must be one of {FAILURES_FORMATS}, not {self.failures_format!r}"
+            )
         return self
+
+    @property
+    def registry(self) -> RegistryOptions | None:
+        """The Schema Registry the worker registers its schemas with; None: schemaless Avro."""
+        if not self.schema_registry:
+            return None
+        return RegistryOptions(self.schema_registry, self.schema_registry_user, self.schema_registry_password)
+
+    def topic_formats(self, client: SchemaRegistryClient | None = None) -> TopicFormats:
+        """The failures and counts topics' formats, the worker's schemas registered (once, at start-up:
+        :func:`dnsqr_kafka.value_formats.topic_formats`, whose errors it raises; ``client``: a registry
+        client to use instead of one for :attr:`registry`, e.g. confluent-kafka's mock)."""
+        return topic_formats(
+            self.registry,
+            failures_topic=self.failures_topic,
+            counts_topic=self.counts_topic,
+            failures_format=self.failures_format,
+            register=True,
+            client=client,
+        )
 
     @property
     def changelog_topic(self) -> str:

@@ -3,7 +3,8 @@
 The ``.avsc`` files beside this module are the published Avro schemas (downstream consumers read them);
 the ``.proto`` files define NMSG and base:dnsqr (code generated into ``nmsgdns/proto``). Where a value
 has a writer and a reader in different stages, its codec lives here too (``edns_failure``, the failures
-topic's value; ``dead_letter``, the dead letters' headers), so no stage imports another for it.
+topic's value; ``dead_letter``, the dead letters' headers), so no stage imports another for it, and so
+does the framing every topic value can have (``value_format``: schemaless, Confluent wire format, JSON).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ ERROR_MAX_BYTES = 4096
 WORKER_REASONS = ("container", "truncated", "payload", "not_bytes", "other")
 #: The sink's values of ``dlq.error.type``, also the ``reason`` labels of ``dnsqr_sink_dead_letters_total``:
 #: why a failures-topic record is not an ``EdnsFailure`` the files can hold.
-SINK_REASONS = ("null", "avro", "not_nmsg_payload", "not_dnsqr")
+SINK_REASONS = ("null", "format", "avro", "not_nmsg_payload", "not_dnsqr")
 
 Headers = list[tuple[str, bytes]]
 

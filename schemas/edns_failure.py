@@ -2,8 +2,10 @@
 
 The failures topic is the product downstream consumers read, so its value follows the published contract
 exactly and keeps the original serialized ``NmsgPayload``: a consumer (or the sink) can always recover the
-full record, byte for byte, whatever the Avro fields summarise. Values are *schemaless* Avro (no registry,
-no schema id): the contract is the ``.avsc``.
+full record, byte for byte, whatever the Avro fields summarise. What this module writes and reads is the
+Avro body (schemaless: the contract is the ``.avsc``); what goes around it on the topic, the Confluent wire
+format's 5-byte prefix or nothing, or JSON instead, is ``value_format``'s business. The schema is at
+version 2 (``source`` added, with a default); version 1 stays as ``edns_failure_v1.avsc``.
 
 This module is the one owner of that value format: the filter agent writes it (:func:`encode_failure`),
 the sink reads it (:func:`failure_payload`), ``dnsqr-pipeline tail`` and tests decode it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -17,6 +18,14 @@ from confluent_kafka.admin import AclOperation
 from dnsqr_kafka.access import KafkaAccessError, Need, access_error, check_access, report
 from dnsqr_kafka.config import add_kafka_arguments, client_config
 from dnsqr_kafka.names import DEFAULT_NAMES, DEFAULT_SINK_GROUP, SINK_DLQ_SUFFIX
+from dnsqr_kafka.value_formats import (
+    EXIT_REGISTRY,
+    FormatChoiceError,
+    RegistryError,
+    add_format_arguments,
+    registry_options,
+    topic_formats,
+)
 from sink.consumer import FailureSink, SinkConfig
 from sink.files import DEFAULT_PREFIX
 
@@ -110,11 +119,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="address the metrics port listens on (default %(default)s; 0.0.0.0 in a container)",
     )
     add_kafka_arguments(parser)
+    add_format_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sink until signalled, idle or at its record limit; print the summary."""
+    """Run the sink until signalled, idle or at its record limit; print the summary. Exit status 2 when
+    the Schema Registry cannot be used at start-up (one line naming its URL)."""
+    try:
+        formats = topic_formats(
+            registry_options(args),
+            failures_topic=args.failures_topic,
+            counts_topic=DEFAULT_NAMES.counts,
+            failures_format=args.failures_format,
+        )
+    except (RegistryError, FormatChoiceError) as exc:
+        print(f"dnsqr-pipeline sink: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY
     config = SinkConfig(
         output_dir=args.output_dir,
         kafka=client_config(args),
@@ -130,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         max_records=args.max_records,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        value_format=formats.failures,
     )
     try:
         sink = FailureSink(config)

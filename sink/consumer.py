@@ -33,8 +33,10 @@ from google.protobuf.message import DecodeError
 
 from dnsqr_kafka.access import is_refusal
 from dnsqr_kafka.names import DEFAULT_NAMES, DEFAULT_SINK_GROUP, SINK_DLQ_SUFFIX
+from dnsqr_kafka.value_formats import FAILURES_SCHEMA
 from dnsqr_schemas.dead_letter import DeadLetterHeaders, with_input_headers
 from dnsqr_schemas.edns_failure import FailureRecordError, failure_payload
+from dnsqr_schemas.value_format import ValueFormat, ValueFormatError
 from nmsgdns.payload import MSGTYPE_DNSQR, VID_BASE
 from nmsgdns.proto.nmsg_pb2 import NmsgPayload
 from sink.files import DEFAULT_PREFIX, Discard, Durable, PartitionFileSet
@@ -59,18 +61,33 @@ class UndecodableValue(ValueError):
         self.reason = reason
 
 
-def decode_failure_payload(value: bytes | None) -> bytes:
-    """The ``payload`` (serialized NmsgPayload) of an Avro ``EdnsFailure`` value.
+#: the failures topic's values as written before formats were configurable: schemaless Avro
+SCHEMALESS = ValueFormat(FAILURES_SCHEMA)
+
+
+def decode_failure_payload(value: bytes | None, value_format: ValueFormat = SCHEMALESS) -> bytes:
+    """The ``payload`` (serialized NmsgPayload) of an ``EdnsFailure`` value in ``value_format``.
 
     Checks what the files need: the whole value is one record of the published schema, and its payload is
-    a complete base:dnsqr ``NmsgPayload`` (anything else would make a file nmsgtool cannot read back).
+    a complete base:dnsqr ``NmsgPayload`` (anything else would make a file nmsgtool cannot read back). A
+    value written with the sink's own schema (schemaless, or framed with its id) is read by
+    ``failure_payload``'s fast path; another schema version's, or JSON, is decoded whole.
     """
     if value is None:
         raise UndecodableValue("null value", "null")
     try:
-        payload = failure_payload(value)
+        body = value_format.own_body(value)
+        payload = failure_payload(body) if body is not None else value_format.decode(value)["payload"]
+    except ValueFormatError as exc:
+        raise UndecodableValue(f"{value_format.describe()}: {exc}", "format") from exc
     except FailureRecordError as exc:  # fastavro's error or the trailing bytes, e.g. "Avro: EOFError: ..."
         raise UndecodableValue(f"Avro: {exc}", "avro") from exc
+    except OSError:  # the registry did not answer (RegistryUnavailable): the sink stops, nothing is lost
+        raise
+    except Exception as exc:  # fastavro raises many types on a bad body of another writer's schema
+        raise UndecodableValue(f"Avro: {type(exc).__name__}: {exc}", "avro") from exc
+    if not isinstance(payload, bytes):  # JSON values are not type-checked by a schema
+        raise UndecodableValue("payload is not bytes", "format")
     # a upb parse (about 1 us) is cheaper here than the hand walk of nmsgdns.payload, and checks as much
     envelope = NmsgPayload()
     try:
@@ -112,6 +129,8 @@ class SinkConfig:
     #: serve Prometheus metrics on this port (0: any free port) of ``metrics_host``; None: no metrics
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: the failures topic's values (``dnsqr_kafka.value_formats.topic_formats``)
+    value_format: ValueFormat = SCHEMALESS
 
     @property
     def dead_letter_topic(self) -> str:
@@ -244,7 +263,7 @@ class FailureSink:
             return
         self.stats.records += 1
         try:
-            payload: bytes | None = decode_failure_payload(message.value())
+            payload: bytes | None = decode_failure_payload(message.value(), self.config.value_format)
         except UndecodableValue as exc:
             payload = None
             self.stats.undecodable += 1

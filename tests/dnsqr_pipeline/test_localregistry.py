@@ -173,6 +173,7 @@ def test_an_edns_failure_round_trips_through_the_registry_serializers(registry_u
         "query_edns_version": 0,
         "query_edns_do": True,
         "payload": bytes(range(40)),
+        "source": 0,
     }
     data = AvroSerializer(client, schema_text("edns_failure"))(failure, ctx)
     schema_id = client.get_latest_version(f"{topic}-value").schema_id

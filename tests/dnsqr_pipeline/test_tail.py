@@ -50,6 +50,7 @@ def failure(i: int, **fields: Any) -> dict[str, Any]:
         "query_edns_version": 0,
         "query_edns_do": True,
         "payload": PAYLOAD,
+        "source": 0,
         **fields,
     }
 

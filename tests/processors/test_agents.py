@@ -8,12 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from dnsqr_schemas.dead_letter import DeadLetterHeaders
 from dnsqr_schemas.edns_failure import decode_failure
+from dnsqr_schemas.value_format import ValueFormat, confluent_prefix
 from processors.app import Parts, compose
 from processors.delta_batch import decode_batch, encode_batch
 from processors.filter_agent import Headers, KeyPartitioner, Record
+from processors.framed_output import FramedOutput
 from processors.settings import Settings
 from processors.snapshots import SnapshotEncoder, decode_snapshot
 from processors.state import NsState
@@ -216,3 +219,51 @@ def test_corpus_counts_reach_the_state() -> None:
         }
 
     assert asyncio.run(scenario()) == corpus.expected_counts("live_resolver")
+
+
+@pytest.mark.parametrize("failures_format", ["avro", "json"])
+def test_failures_go_out_in_the_configured_format(failures_format: str) -> None:
+    asyncio.run(_configured_format(failures_format))
+
+
+async def _configured_format(failures_format: str) -> None:
+    """With a registry the agents' Avro bodies go out framed with the registered id; with JSON failures as
+    JSON; the records are the same."""
+    out = RecordingOutput()
+    registry = "mock://agents" if failures_format == "avro" else ""
+    settings = Settings(
+        app_id="test-formats",
+        web_enabled=False,
+        window_seconds=60,
+        schema_registry=registry,
+        failures_format=failures_format,
+    )
+    formats = settings.topic_formats(SchemaRegistryClient.new_client({"url": "mock://agents"}))
+    parts = compose(settings, output=out, formats=formats)
+    parts.app.finalize()
+    containers = raw_containers("live_resolver", 250)
+    async with parts.app.agents["dnsqr-edns-filter"].test_context() as test_agent:
+        for data in containers:
+            await test_agent.put(data, key=b"sensor")
+        await wait_for(lambda: parts.counters.containers == len(containers))
+    values = [v for (_, v), _, _ in out.sent[settings.failures_topic]]
+    if failures_format == "avro":
+        prefix = confluent_prefix(formats.failures.schema_id)
+        assert all(v.startswith(prefix) for v in values)
+    assert Counter(formats.failures.decode(v)["payload"] for v in values) == expected_failures(
+        "live_resolver"
+    )
+
+
+def test_framed_output_frames_the_commit_path_too() -> None:
+    async def send() -> RecordingOutput:
+        out = RecordingOutput()
+        framed = FramedOutput(out, {"counts": ValueFormat("ns_counts", "confluent", 3)})
+        await framed.send_for_commit(None, "counts", [(b"ns", b"body")])
+        await framed.send("other", [(b"ns", b"body")], source=None)
+        assert (await framed.partitioner("counts")).count == PARTITIONS  # the rest is the output's
+        return out
+
+    out = asyncio.run(send())
+    assert [r for r, _, _ in out.sent["counts"]] == [(b"ns", b"\x00\x00\x00\x00\x03body")]
+    assert [r for r, _, _ in out.sent["other"]] == [(b"ns", b"body")]

@@ -10,6 +10,7 @@ from pathlib import Path
 import faust
 import pytest
 
+from dnsqr_kafka.value_formats import RegistryOptions
 from processors import command
 from processors.app import create_app, faust_credentials
 from processors.settings import Settings
@@ -51,6 +52,18 @@ def test_defaults_are_the_topic_contracts() -> None:
     assert settings.counts_topic == "dnsqr.edns.ns-counts"
     assert settings.processing_guarantee == "at_least_once"
     assert settings.window_seconds == 3600
+    # schemaless Avro unless told: no registry, Avro failures
+    assert settings.registry is None and settings.failures_format == "avro"
+
+
+def test_value_format_flags_become_settings() -> None:
+    args = parse(
+        ["--schema-registry", "http://r:8081/apis/ccompat/v7", "--schema-registry-user", "u",
+         "--schema-registry-password", "p", "--failures-format", "json"]
+    )  # fmt: skip
+    settings = command.settings_from_args(args)
+    assert settings.registry == RegistryOptions("http://r:8081/apis/ccompat/v7", "u", "p")
+    assert settings.failures_format == "json"
 
 
 def test_librdkafka_properties_are_refused() -> None:

@@ -11,8 +11,8 @@ from dnsqr_schemas import schema_text
 from dnsqr_schemas.edns_failure import decode_failure, encode_failure, encode_failure_py
 from nmsgdns.classify import classify_failure
 from nmsgdns.edns import judge, judge_py
-from nmsgdns.payload import payload_time
-from processors.failure_record import failure_dict, ip_text
+from nmsgdns.payload import make_payload, payload_fields, payload_time
+from processors.failure_record import failure_dict, failure_fast, ip_text
 from tests import corpus
 from tests.nmsgdns.test_judge_fast import corpus_payloads
 from tests.processors.helpers import read_payloads
@@ -64,3 +64,20 @@ def test_ip_text() -> None:
     assert ip_text(bytes([192, 0, 2, 1])) == "192.0.2.1"
     assert ip_text(bytes(15) + b"\x01") == "::1"
     assert ip_text(b"\x01\x02") == "0102"
+
+
+def test_source_is_the_envelopes_and_0_when_absent() -> None:
+    """Version 2's ``source``: the C record (payloads without one) writes 0, a payload with a source takes
+    the Python path and carries it."""
+    payload = read_payloads(corpus.path("edge_cases.filtered.nmsg"))[0]
+    fields = payload_fields(payload)
+    assert fields.source is None
+    data = payload[fields.data_start : fields.data_end]
+    with_source = make_payload(1, 9, fields.time_sec, fields.time_nsec, data, source=0xFEEDBEEF)
+    for p, source in ((payload, 0), (with_source, 0xFEEDBEEF)):
+        j = judge(p, detail=True)
+        value = failure_dict(p, j, classify_failure(j.record, j.query_opt, j.response).kind)
+        assert value["source"] == source and decode_failure(encode_failure(value)) == value
+    if failure_fast is not None:
+        assert failure_fast(with_source) is None
+        assert decode_failure(failure_fast(payload)[2])["source"] == 0

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from dnsqr_schemas import avro_schema, edns_failure
 from dnsqr_schemas.dead_letter import SINK_REASONS, SOURCE_OFFSET, SOURCE_PARTITION, DeadLetterHeaders
+from dnsqr_schemas.value_format import ValueFormat
 from nmsgdns.payload import make_payload
 from sink import consumer as sink_consumer
 from sink import files as sink_files
@@ -126,7 +127,7 @@ def test_decode_is_unchanged_by_the_c_reader(value: bytes) -> None:
         (lambda v: v, None),
         (lambda v: v + b"\x00", r"^Avro: 1 trailing bytes after the record$"),
         (lambda v: v + b"xyz", r"^Avro: 3 trailing bytes after the record$"),
-        (lambda v: v[:-1], r"^Avro: EOFError: Expected \d+ bytes, read \d+$"),
+        (lambda v: v[:-2], r"^Avro: EOFError: Expected \d+ bytes, read \d+$"),  # into the payload
         (lambda v: v[:1], r"^Avro: (IndexError|EOFError): "),
         (lambda v: b"\x80", r"^Avro: IndexError: "),
         (lambda v: b"\xff" * 40, r"^Avro: "),
@@ -428,3 +429,19 @@ def test_stale_records_are_skipped(
     assert (stats.records, stats.stale) == (5, 3)
     assert files_multiset(tmp_path) == Counter(payloads[:5])
     assert committed(fake_kafka) == {0: 5}
+
+
+def test_decode_in_each_value_format() -> None:
+    """The sink reads the payload out of every configured format; a value not laid out as configured is
+    a dead letter with reason ``format`` (never guessed: a schemaless value is not read as framed)."""
+    payload = corpus_payloads("live_resolver")[0]
+    body = failure_value(payload)[1]
+    framed = ValueFormat("edns_failure", "confluent", 5)
+    reader = ValueFormat("edns_failure", "confluent", lookup=lambda i: avro_schema("edns_failure"))
+    assert decode_failure_payload(framed.encode(body), reader) == payload
+    json_format = ValueFormat("edns_failure", "json")
+    assert decode_failure_payload(json_format.encode(body), json_format) == payload
+    for value, fmt in ((body, reader), (body, json_format), (framed.encode(body), json_format)):
+        with pytest.raises(UndecodableValue) as err:
+            decode_failure_payload(value, fmt)
+        assert err.value.reason == "format"
