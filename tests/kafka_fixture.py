@@ -172,15 +172,16 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[by
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        out, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.monotonic() + timeout
-        while len(done) < len(ends) and time.monotonic() < deadline:
+        out, deadline = [], time.monotonic() + timeout
+        pending = {p for p, end in ends.items() if end > 0}
+        while pending and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            out.append((msg.key(), msg.value()))
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-        assert len(done) == len(ends), f"could not read {topic} to its end"
+            if msg is not None and not msg.error():
+                out.append((msg.key(), msg.value()))
+            # the position, not the last record: a transactional topic ends with a commit marker
+            positions = consumer.position([TopicPartition(topic, p) for p in pending])
+            pending -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+        assert not pending, f"could not read {topic} to its end: partitions {sorted(pending)}"
         return out
     finally:
         consumer.close()

@@ -23,7 +23,8 @@ CREATE TABLE edns_failures (
   query_edns_udp_size INT NOT NULL,
   query_edns_version INT NOT NULL,
   query_edns_do BOOLEAN NOT NULL,
-  payload BYTES NOT NULL
+  payload BYTES NOT NULL,
+  source BIGINT NOT NULL
 ) WITH (
   'connector' = 'kafka',
   'topic' = '${TOPIC}',

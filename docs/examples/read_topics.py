@@ -10,6 +10,7 @@ snapshot on the counts topic (its all-time failures). Once the pipeline is idle 
 
 import json
 import sys
+import time
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -25,15 +26,19 @@ def read_to_end(bootstrap, topic, deserialize):
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     pending = {p for p, end in ends.items() if end > 0}
+    quiet_since = time.monotonic()
     while pending:
-        msg = consumer.poll(10)
-        if msg is None:
+        msg = consumer.poll(1)
+        if msg is not None:
+            if msg.error():
+                raise RuntimeError(msg.error())
+            quiet_since = time.monotonic()
+            yield deserialize(msg.value(), SerializationContext(topic, MessageField.VALUE))
+        elif time.monotonic() - quiet_since > 10:
             raise TimeoutError(f"{topic}: nothing for 10 s, partitions {sorted(pending)} not at their end")
-        if msg.error():
-            raise RuntimeError(msg.error())
-        yield deserialize(msg.value(), SerializationContext(topic, MessageField.VALUE))
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            pending.discard(msg.partition())
+        # the position, not the last record's offset: a transactional topic ends with a commit marker
+        positions = consumer.position([TopicPartition(topic, p) for p in pending])
+        pending -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
     consumer.close()
 
 

@@ -11,7 +11,6 @@ under CI.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -32,19 +31,6 @@ EXPECTED = {
     "203.0.113.9": 17,
     "192.0.2.254": 3,
 }
-
-
-@pytest.fixture(scope="session")
-def flink_jars() -> None:
-    """The Flink jars, resolved once; a skip with the reason where Java or Maven is missing (not in CI).
-    Session-scoped and first in the tests' arguments, so it runs before the broker and registry fixtures."""
-    try:
-        flink_sql.java()
-        flink_sql.resolve_jars()
-    except flink_sql.FlinkUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Flink consumer test: {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.mark.consumer

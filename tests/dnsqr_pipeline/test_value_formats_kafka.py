@@ -29,7 +29,8 @@ from dnsqr_schemas.value_format import ValueFormat, confluent_prefix, split_conf
 from ingest.bridge import IngestConfig
 from nmsgdns.input import ContainerStreamReader
 from tests import corpus
-from tests.dnsqr_pipeline.test_run import payloads_of, read_topic
+from tests.dnsqr_pipeline.test_run import payloads_of
+from tests.kafka_fixture import read_topic
 from tests.sink.helpers import corpus_payloads, failure_value
 
 pytestmark = pytest.mark.integration
