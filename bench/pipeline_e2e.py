@@ -14,11 +14,13 @@ ns-stats topic, the aggregator's changelog and the counts topic) and the workers
 
     python bench/make_big.py --records 300000 --out bench/out/300k.nmsg
     python bench/pipeline_e2e.py bench/out/300k.nmsg --workers 1 [--bootstrap-servers H:P]
+    python bench/pipeline_e2e.py bench/out/300k.nmsg --schema-registry embedded --rounds 3  # with vs without
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
@@ -28,6 +30,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from dnsqr_kafka.names import DEFAULT_APP_ID, TopicNames
 from dnsqr_kafka.topics import admin_client, delete_topics
+from dnsqr_kafka.value_formats import RegistryOptions
 from dnsqr_pipeline.completion import end_offsets
 from dnsqr_pipeline.job import JobConfig, run_job
 from ingest.bridge import IngestConfig
@@ -78,21 +81,10 @@ def topic_records(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("input", type=Path)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--bootstrap-servers", help="default: start a broker for the run")
-    p.add_argument("--processing-guarantee", default="at_least_once")
-    p.add_argument("--cold", action="store_true", help="start ingest with the stages, not when ready")
-    args = p.parse_args(argv)
-
-    rule = EdnsFilter()
-    with args.input.open("rb") as fh:
-        for batch in ContainerStreamReader(fh, name=str(args.input)).batches():
-            for payload in batch:
-                rule.select(payload)
+def run_once(
+    args: argparse.Namespace, rule: EdnsFilter, registry: RegistryOptions | None, embedded: bool
+) -> tuple[float, bool]:
+    """One job over the input; prints its figures and returns (records/s end to end, output exact)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = JobConfig(
             ingest=IngestConfig(kafka={}, files=[str(args.input)], progress_bar=False),
@@ -105,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_stages=not args.cold,
             # on a given broker: counted below, then deleted
             keep_topics=bool(args.bootstrap_servers),
+            schema_registry=registry,
+            embedded_registry=embedded,
         )
         # the worker's app id: per run on a given broker, the contract's on an embedded one (job.py)
         app_id = f"{DEFAULT_APP_ID}-run-{cfg.run_id}" if args.bootstrap_servers else DEFAULT_APP_ID
@@ -139,20 +133,67 @@ def main(argv: list[str] | None = None) -> int:
     lost = rule.selected - result.sink_records
     if result.startup is not None:
         print(f"the stages owned their partitions {result.startup:.1f} s after they started")
+    rate = records / result.processing
     print(
         f"{records} records, {result.sink_records} failures written (standalone filter: {rule.selected}); "
         f"{args.workers} worker(s), {args.partitions} partitions, {args.processing_guarantee}, "
-        f"{'cold' if args.cold else 'stages ready'}: "
+        f"{'cold' if args.cold else 'stages ready'}, "
+        f"{'Schema Registry (Confluent wire format)' if registry or embedded else 'schemaless Avro'}: "
         f"{result.processing:.1f} s from ingest start to the last durable file = "
-        f"{records / result.processing:,.0f} records/s end to end"
+        f"{rate:,.0f} records/s end to end"
     )
+    exact = True
     if result.failures_by_ns != ranked_counts(rule.failures_by_ns):
         print("per-name-server counts DIFFER from the standalone filter's", file=sys.stderr)
-        return 1
+        exact = False
     if lost:
         print(f"{lost} failures missing from the sink's files", file=sys.stderr)
-        return 1
-    return 0
+        exact = False
+    return rate, exact
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("input", type=Path)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--bootstrap-servers", help="default: start a broker for the run")
+    p.add_argument("--processing-guarantee", default="at_least_once")
+    p.add_argument("--cold", action="store_true", help="start ingest with the stages, not when ready")
+    p.add_argument(
+        "--schema-registry",
+        metavar="URL|embedded",
+        help="also run with this Schema Registry (Confluent wire format) and compare: the runs alternate, "
+        "without it first, and the ratio of the medians is printed",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="runs of each variant (default 1)")
+    args = p.parse_args(argv)
+
+    rule = EdnsFilter()
+    with args.input.open("rb") as fh:
+        for batch in ContainerStreamReader(fh, name=str(args.input)).batches():
+            for payload in batch:
+                rule.select(payload)
+    embedded = args.schema_registry == "embedded"
+    registry = RegistryOptions(args.schema_registry) if args.schema_registry and not embedded else None
+    variants = [("schemaless", None, False)]
+    if args.schema_registry:
+        variants.append(("registry", registry, embedded))
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    exact = True
+    for _ in range(args.rounds):
+        for name, options, embed in variants:
+            rate, ok = run_once(args, rule, options, embed)
+            rates[name].append(rate)
+            exact &= ok
+    if args.schema_registry:
+        plain, framed = (statistics.median(rates[name]) for name in ("schemaless", "registry"))
+        print(
+            f"records/s, median of {args.rounds}: schemaless {plain:,.0f}, registry {framed:,.0f} "
+            f"(registry / schemaless = {framed / plain:.2f}); each run: "
+            + "; ".join(f"{name} " + ", ".join(f"{r:,.0f}" for r in rs) for name, rs in rates.items())
+        )
+    return 0 if exact else 1
 
 
 if __name__ == "__main__":
