@@ -122,6 +122,15 @@ def register(subparsers: Any) -> None:
         "(revocation, shutdown), so that a restart reads the changelog from the checkpoint on instead of "
         "from its beginning (default: no checkpoints)",
     )
+    faust_group.add_argument(
+        "--standby-replicas",
+        type=int,
+        default=DEFAULTS.standby_replicas,
+        help="keep this many warm standby copies of each ns-stats partition's state on other workers, "
+        "which tail its changelog, so that the worker taking a partition over (a failover prefers a "
+        "standby) reads only the changelog's tail; each copy costs that state's memory again "
+        "(default: %(default)s)",
+    )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -152,6 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         web_enabled=not args.no_web,
         session_timeout=args.session_timeout,
         state_dir=args.state_dir,
+        standby_replicas=args.standby_replicas,
         credentials=Credentials.from_args(args),
     ).validated()
 

@@ -62,6 +62,10 @@ class Settings:
     #: (``processors/checkpoint.py``), so that a restart reads the changelog from the checkpoint on; None: no
     #: checkpoints, a restart reads the whole changelog
     state_dir: Path | None = None
+    #: standby replicas of each ns-stats partition's state (``processors/standby.py``): this many other
+    #: workers tail its changelog, and a failover prefers one of them; each costs a full copy of the state's
+    #: memory. 0: none, a worker taking a partition over reads its changelog (or checkpoint) as before
+    standby_replicas: int = 0
     #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -99,6 +103,8 @@ class Settings:
             raise ValueError("window_expires_seconds must be 0 (never) or positive")
         if self.window_max_ahead_seconds < 0:
             raise ValueError("window_max_ahead_seconds must be 0 or positive")
+        if self.standby_replicas < 0:
+            raise ValueError("standby_replicas must be 0 (none) or positive")
         return self
 
     @property
