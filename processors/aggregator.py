@@ -48,6 +48,12 @@ partition through the changelog's end X; a later restore of that partition loads
 from X only (not at all when nothing was written or committed since). A file that is missing, damaged or
 may be stale is logged with the reason, and the changelog read from its beginning.
 
+Standbys (``--standby-replicas``, ``processors/standby.py``): the partitions Faust's assignor makes this
+worker standby for are tailed from the changelog by one thread into states being loaded; when the
+assignment makes one of them active here, the restore takes its state and reads the changelog from the
+standby's offset on (its tail), as after a checkpoint. Preference: a current kept state, a standby's, a
+checkpoint, the whole changelog.
+
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
