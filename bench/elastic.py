@@ -161,6 +161,8 @@ class Run:
     ) -> None:
         self.args, self.bootstrap, self.scenario = args, bootstrap, scenario
         self.standby_replicas = standby_replicas
+        #: the scenario, and the standby replicas when any (its lines and its workers' logs)
+        self.name = scenario + (f"+{standby_replicas}sb" if standby_replicas else "")
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = TopicNames.named(f".elastic-{self.run_id}")
         self.app_id = f"dnsqr-edns-elastic-{self.run_id}"
@@ -183,7 +185,7 @@ class Run:
             standby_replicas=self.standby_replicas,
         )
         argv = worker_command(settings, stage_kafka(self.kafka))
-        stage = Stage(f"{self.scenario}-worker-{number}", argv, LOG_DIR, restarts=0)
+        stage = Stage(f"{self.name}-worker-{number}", argv, LOG_DIR, restarts=0)
         self.stages.append(stage)
         return stage
 
@@ -255,8 +257,7 @@ class Run:
                     f"{moved + stopping:.1f} s after SIGTERM"
                 )
         latencies = sorted(failure_latencies(self.kafka, self.topics.failures, start, paced.first_ns, before))
-        name = self.scenario + (f"+{self.standby_replicas}sb" if self.standby_replicas else "")
-        return Outcome(name, latencies, sampler.staleness(start, end), paced.selected, notes)
+        return Outcome(self.name, latencies, sampler.staleness(start, end), paced.selected, notes)
 
     def change(self, notes: list[str]) -> None:
         """The scenario's change of the cluster, ``--change-at`` seconds into the replay."""

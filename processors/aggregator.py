@@ -529,8 +529,9 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             rest = restoring.partitions - set(restored.kept)
             if not rest:
                 return restored
-            ensure_changelog(rest)
             warm = {p: standby[p] for p in rest & set(standby)}
+            if rest - set(warm):  # a standby read the changelog: it exists
+                ensure_changelog(rest - set(warm))
             resume, complete = (
                 ({}, set()) if state_dir is None else from_checkpoints(consumer, rest - set(warm), committed)
             )

@@ -118,7 +118,7 @@ class Standbys:
                 self._tails[p] = Tail(self.new_state())
             self._reassign = True
         log.info("standby for ns-stats partitions %s (tailing %s)", sorted(wanted) or "none", self.topic)
-        if wanted and self._thread is None:
+        if wanted and (self._thread is None or not self._thread.is_alive()):  # first, or after a failure
             self._thread = threading.Thread(target=self._run, name="standby", daemon=True)
             self._thread.start()
 
@@ -195,6 +195,7 @@ class Standbys:
         live = [TopicPartition(self.topic, p) for p, tail in self._tails.items() if tail.live]
         for tp in consumer.position(live):
             end = consumer.get_watermark_offsets(tp, cached=True)
-            if end is None or tp.offset == OFFSET_INVALID or end[1] < 0:
+            if end is None or end[1] < 0:
                 continue
-            self._tails[tp.partition].lag = max(end[1] - tp.offset, 0)
+            position = end[0] if tp.offset == OFFSET_INVALID else tp.offset  # nothing fetched yet: the start
+            self._tails[tp.partition].lag = max(end[1] - position, 0)
