@@ -125,6 +125,7 @@ def register(subparsers: Any) -> None:
     faust_group.add_argument(
         "--standby-replicas",
         type=int,
+        metavar="N",
         default=DEFAULTS.standby_replicas,
         help="keep this many warm standby copies of each ns-stats partition's state on other workers, "
         "which tail its changelog, so that the worker taking a partition over (a failover prefers a "
