@@ -14,6 +14,9 @@ Each scenario runs on its own topics and group:
    - ``restart``: worker 1 gets SIGTERM and is started again at once;
    - ``kill``: two workers from the start, worker 2 gets SIGKILL (no restart).
 
+   With ``--standby-replicas 0,1`` every scenario runs once per value (the workers' ``--standby-replicas``:
+   with 1, in ``kill`` the survivor takes the victim's partitions over from its warm standby states).
+
 3. **Measured from outside.** Failure latency: record arrival to the failures topic's append time
    (p50/p99/max). Counts staleness, sampled every ``--sample`` seconds during the replay: for each
    ns-stats partition the age of the newest ns-stats record that the group's committed offset reflects
@@ -57,6 +60,7 @@ from dnsqr_kafka.topics import admin_client, wait_for_leaders
 from dnsqr_pipeline.completion import Progress, end_offsets, job_consumer, wait_caught_up
 from dnsqr_pipeline.job import Stage, stage_kafka, wait_for_assignment, worker_command, worker_settings
 from ingest.bridge import Bridge, IngestConfig
+from processors.settings import Settings
 
 SCENARIOS = ("steady", "add", "restart", "kill")
 LOG_DIR = Path(__file__).resolve().parent / "out" / "elastic-logs"
@@ -152,8 +156,13 @@ class Outcome:
 class Run:
     """One scenario's topics, workers and sampler."""
 
-    def __init__(self, args: argparse.Namespace, bootstrap: str, scenario: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, bootstrap: str, scenario: str, standby_replicas: int
+    ) -> None:
         self.args, self.bootstrap, self.scenario = args, bootstrap, scenario
+        self.standby_replicas = standby_replicas
+        #: the scenario, and the standby replicas when any (its lines and its workers' logs)
+        self.name = scenario + (f"+{standby_replicas}sb" if standby_replicas else "")
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = TopicNames.named(f".elastic-{self.run_id}")
         self.app_id = f"dnsqr-edns-elastic-{self.run_id}"
@@ -173,9 +182,10 @@ class Run:
             partitions=self.args.partitions,
             processing_guarantee=self.args.processing_guarantee,
             state_dir=None if state_dir is None else state_dir / self.run_id / f"worker-{number}",
+            standby_replicas=self.standby_replicas,
         )
         argv = worker_command(settings, stage_kafka(self.kafka))
-        stage = Stage(f"{self.scenario}-worker-{number}", argv, LOG_DIR, restarts=0)
+        stage = Stage(f"{self.name}-worker-{number}", argv, LOG_DIR, restarts=0)
         self.stages.append(stage)
         return stage
 
@@ -247,7 +257,7 @@ class Run:
                     f"{moved + stopping:.1f} s after SIGTERM"
                 )
         latencies = sorted(failure_latencies(self.kafka, self.topics.failures, start, paced.first_ns, before))
-        return Outcome(self.scenario, latencies, sampler.staleness(start, end), paced.selected, notes)
+        return Outcome(self.name, latencies, sampler.staleness(start, end), paced.selected, notes)
 
     def change(self, notes: list[str]) -> None:
         """The scenario's change of the cluster, ``--change-at`` seconds into the replay."""
@@ -288,12 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="worker N gets the --state-dir DIR/<run id>/worker-N (a restarted worker keeps its own)",
     )
+    p.add_argument(
+        "--standby-replicas",
+        default="0",
+        help="comma-separated values of the workers' --standby-replicas: every scenario runs once per value",
+    )
     p.add_argument("--bootstrap-servers", help="default: start a throw-away local broker")
     p.add_argument(
         "--processing-guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once"
     )
     args = p.parse_args(argv)
     scenarios = args.scenarios.split(",")
+    standby_replicas = [int(n) for n in args.standby_replicas.split(",")]
     if unknown := set(scenarios) - set(SCENARIOS):
         p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -303,17 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         write_paced(args.capture, preload, 1e9, args.preload)  # the capture's payloads, cycled to --preload
         paced = write_paced(args.capture, Path(tmp) / "paced.nmsg", args.rate, int(args.rate * args.seconds))
         for scenario in scenarios:
-            run = Run(args, bootstrap, scenario)
-            try:
-                outcome = run.measure(preload, paced)
-            finally:
-                run.close()
-            print(outcome.line(), flush=True)
-            outcomes.append(outcome)
+            for replicas in standby_replicas:
+                run = Run(args, bootstrap, scenario, replicas)
+                try:
+                    outcome = run.measure(preload, paced)
+                finally:
+                    run.close()
+                print(outcome.line(), flush=True)
+                outcomes.append(outcome)
     print(
         f"{args.preload} records of state, then {args.rate:,.0f} records/s for {args.seconds:g} s, change at "
         f"{args.change_at:g} s, {args.partitions} partitions, {args.processing_guarantee}"
         + ("" if args.state_dir is None else f", checkpoints in {args.state_dir}")
+        + f", session timeout {Settings().session_timeout:g} s"
     )
     return 1 if any(len(o.latencies) < o.expected for o in outcomes) else 0
 

@@ -648,6 +648,7 @@ def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence
         *("--processing-guarantee", settings.processing_guarantee),
         *(("--replication-factor", str(settings.replication_factor)) if settings.replication_factor else ()),
         *(("--state-dir", str(settings.state_dir)) if settings.state_dir else ()),
+        *(("--standby-replicas", str(settings.standby_replicas)) if settings.standby_replicas else ()),
         *("--web-port", str(free_port())),
         *format_flags,
     )

@@ -48,6 +48,12 @@ partition through the changelog's end X; a later restore of that partition loads
 from X only (not at all when nothing was written or committed since). A file that is missing, damaged or
 may be stale is logged with the reason, and the changelog read from its beginning.
 
+Standbys (``--standby-replicas``, ``processors/standby.py``): the partitions Faust's assignor makes this
+worker standby for are tailed from the changelog by one thread into states being loaded; when the
+assignment makes one of them active here, the restore takes its state and reads the changelog from the
+standby's offset on (its tail), as after a checkpoint. Preference: a current kept state, a standby's, a
+checkpoint, the whole changelog.
+
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous
 tick, with the name server's totals at that moment, and one without a window per name server whose totals
@@ -84,13 +90,19 @@ from processors.delta_batch import decode_batch
 from processors.filter_agent import Output
 from processors.settings import Settings
 from processors.snapshots import state_snapshots
+from processors.standby import Standbys, standby_partitions
 from processors.state import NsState, collector_paused
 from processors.topology import changelog_spec
 
 log = logging.getLogger(__name__)
 
-#: a recovery thread looks for a request to stop this often while the changelog has nothing to read
-POLL_SECONDS = 0.5
+#: a recovery thread waits this long for a batch of changelog records (librdkafka waits the whole time
+#: unless the batch fills: at a partition's end, that is time added to the restore) and looks as often for
+#: a request to stop
+POLL_SECONDS = 0.05
+#: a restore's fetch at the changelog's end returns after this many milliseconds (librdkafka's 500 ms
+#: default was half the time of a restore reading a short tail: a standby's, or a checkpoint's)
+END_FETCH_WAIT_MS = 50
 #: how long a changelog topic just created may take to show its partitions in the metadata
 TOPIC_METADATA_SECONDS = 30.0
 #: how long a changelog partition may take to have a leader when its watermarks are asked
@@ -107,12 +119,18 @@ class Restoring:
     waiting: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
 
 
+#: where a restore's states come from (the ``source`` label of the restore metrics): :class:`Restored`
+RESTORE_SOURCES = ("kept", "standby", "checkpoint", "changelog")
+
+
 @dataclass
 class Restored:
     """The states a restore rebuilt, by where they came from, and the changelog records it read."""
 
     #: kept states still current (:class:`Aggregation`)
     kept: dict[int, NsState]
+    #: this worker's standby states (``processors/standby.py``), then the changelog's tail read
+    standby: dict[int, NsState] = field(default_factory=dict)
     #: loaded from a checkpoint, then the changelog read from the checkpoint's offset (when it had more)
     checkpoint: dict[int, NsState] = field(default_factory=dict)
     #: read from the changelog's beginning
@@ -120,8 +138,8 @@ class Restored:
     records: int = 0
 
     def sources(self) -> dict[str, dict[int, NsState]]:
-        """Source name (the ``source`` label of the restore metrics) -> its states."""
-        return {"kept": self.kept, "checkpoint": self.checkpoint, "changelog": self.changelog}
+        """Source name (:data:`RESTORE_SOURCES`) -> its states."""
+        return {source: getattr(self, source) for source in RESTORE_SOURCES}
 
 
 class Aggregation:
@@ -153,9 +171,10 @@ class Aggregation:
         self.last_commit: dict[int, int] = {}
         #: revoked partitions' states and their last commit offsets, until the next assignment
         self.kept: dict[int, tuple[NsState, int]] = {}
-        #: partitions taken back from ``kept``, loaded from a checkpoint, and read from the changelog's
-        #: beginning, since this worker started
+        #: partitions taken back from ``kept``, taken over from a standby, loaded from a checkpoint, and
+        #: read from the changelog's beginning, since this worker started
         self.taken_back = 0
+        self.from_standby = 0
         self.from_checkpoint = 0
         self.read_back = 0
         #: restores that made partitions ready, and their seconds in all
@@ -165,6 +184,8 @@ class Aggregation:
         self.restored_name_servers: Counter[str] = Counter()
         #: changelog records read by restores
         self.changelog_records = 0
+        #: the standby states (``--standby-replicas``), kept current by :func:`install`'s thread
+        self.standbys: Standbys | None = None
 
     def new_state(self) -> NsState:
         """An empty state with this worker's expiry and clock bound."""
@@ -274,6 +295,7 @@ class Aggregation:
         for source, states in restored.sources().items():
             self.restored_name_servers[source] += sum(len(self.states[p].totals) for p in ready & set(states))
         self.taken_back += len(ready & set(restored.kept))
+        self.from_standby += len(ready & set(restored.standby))
         self.from_checkpoint += len(ready & set(restored.checkpoint))
         self.read_back += len(ready & set(restored.changelog))
 
@@ -313,6 +335,26 @@ def watermarks(
             time.sleep(0.2)
 
 
+def changelog_consumer(config: Mapping[str, str], group: str, *, eof: bool = False) -> Consumer:
+    """A consumer of the changelog, for a restore (``eof``: it tells when a partition's end is reached) or
+    the standbys (``processors/standby.py``): ``read_committed`` (under exactly_once only committed
+    transactions count), prefetch bounded (librdkafka's default is 64 MB per partition: this runs inside a
+    worker). ``group`` is the worker's own group id: the consumer is assigned its partitions and commits
+    nothing, so it never joins that group, and a secured cluster needs no other group ACL for it."""
+    return Consumer(
+        {
+            **config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": eof,
+            **({"fetch.wait.max.ms": END_FETCH_WAIT_MS} if eof else {}),
+            "isolation.level": "read_committed",
+            "queued.max.messages.kbytes": 16 * 1024,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+        }
+    )
+
+
 def read_changelog(
     config: Mapping[str, str],
     topic: str,
@@ -327,27 +369,14 @@ def read_changelog(
     read; None if ``stop`` was set first. Blocking: run it in a thread.
 
     A partition in ``resume`` is read from the offset given there, on top of the state given there (loaded
-    from a checkpoint: ``processors/checkpoint.py``); the others from their beginning, on a ``new_state()``.
-
-    ``group`` is the worker's own group id: the reader assigns its partitions and commits nothing, so it
-    never joins that group, and a secured cluster needs no other group ACL for it.
+    from a checkpoint, ``processors/checkpoint.py``, or a standby's, ``processors/standby.py``); the others
+    from their beginning, on a ``new_state()``. ``group``: see :func:`changelog_consumer`.
     """
     resume = resume or {}
     starts = {p: resume.get(p, (new_state(), OFFSET_BEGINNING)) for p in partitions}
     states = {p: state for p, (state, _) in starts.items()}
     records = 0
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            # prefetch bounded (librdkafka's default is 64 MB per partition): this runs inside a worker
-            "queued.max.messages.kbytes": 16 * 1024,
-            "fetch.max.bytes": 16 * 1024 * 1024,
-        }
-    )
+    consumer = changelog_consumer(config, group, eof=True)
     try:
         consumer.assign([TopicPartition(topic, p, offset) for p, (_, offset) in starts.items()])
         remaining = set(states)
@@ -419,6 +448,12 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 f"{max(partitions)} needs one: give it as many partitions as {settings.stats_topic}"
             )
 
+    #: with --standby-replicas: the states of the partitions this worker is standby for
+    standbys = aggregation.standbys = (
+        Standbys(lambda: changelog_consumer(config, settings.app_id), changelog.name, aggregation.new_state)
+        if settings.standby_replicas
+        else None
+    )
     state_dir = settings.state_dir
     #: writes checkpoints one at a time, off the event loop; partition -> its latest write
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
@@ -475,10 +510,15 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 complete.add(p)
         return resume, complete
 
-    def restore_blocking(restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]) -> Restored | None:
+    def restore_blocking(
+        restoring: Restoring,
+        kept: Mapping[int, tuple[NsState, int]],
+        standby: Mapping[int, tuple[NsState, int]],
+    ) -> Restored | None:
         """The kept states still current (the group's committed offset of their partition is still the one
-        this worker's last commit of it committed), and the other partitions' states from their checkpoints
-        and the changelog (None when the restore was stopped)."""
+        this worker's last commit of it committed), and the other partitions' states from ``standby``
+        (this worker's standby states, with their changelog offsets), their checkpoints and the changelog
+        (None when the restore was stopped)."""
         # a kept state being written to a checkpoint must not change until it is written
         concurrent.futures.wait([writes[p] for p in restoring.partitions if p in writes])
         with offsets_consumer(config, settings.app_id) as consumer:
@@ -489,15 +529,22 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             rest = restoring.partitions - set(restored.kept)
             if not rest:
                 return restored
-            ensure_changelog(rest)
+            warm = {p: standby[p] for p in rest & set(standby)}
+            if rest - set(warm):  # a standby read the changelog: it exists
+                ensure_changelog(rest - set(warm))
             resume, complete = (
-                ({}, set()) if state_dir is None else from_checkpoints(consumer, rest, committed)
+                ({}, set()) if state_dir is None else from_checkpoints(consumer, rest - set(warm), committed)
             )
         with collector_paused():
             for p in complete:
                 resume[p][0].loaded()
         if to_read := rest - complete:
-            log.info("ns-stats partitions restoring: %s read from %s", sorted(to_read), changelog.name)
+            log.info(
+                "ns-stats partitions restoring: %s read from %s (%s from standbys: their tail only)",
+                sorted(to_read),
+                changelog.name,
+                sorted(warm) or "none",
+            )
         read = read_changelog(
             config,
             changelog.name,
@@ -505,21 +552,26 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             aggregation.new_state,
             restoring.stop,
             settings.app_id,
-            resume,
+            {**resume, **warm},
         )
         if read is None:
             return None
         states, restored.records = read
+        restored.standby = {p: state for p, (state, _) in warm.items()}
         restored.checkpoint = {p: state for p, (state, _) in resume.items()}
-        restored.changelog = {p: state for p, state in states.items() if p not in resume}
+        restored.changelog = {p: state for p, state in states.items() if p not in resume and p not in warm}
         return restored
 
     restores: set[asyncio.Future[None]] = set()
 
-    async def restore(restoring: Restoring, kept: Mapping[int, tuple[NsState, int]]) -> None:
+    async def restore(
+        restoring: Restoring,
+        kept: Mapping[int, tuple[NsState, int]],
+        standby: Mapping[int, tuple[NsState, int]],
+    ) -> None:
         started = time.monotonic()
         try:
-            restored = await asyncio.to_thread(restore_blocking, restoring, kept)
+            restored = await asyncio.to_thread(restore_blocking, restoring, kept, standby)
         except Exception as exc:
             await app.crash(exc)
             return
@@ -531,7 +583,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             )
             return
         ready = aggregation.restored(
-            restoring, {**restored.kept, **restored.checkpoint, **restored.changelog}
+            restoring, {p: state for states in restored.sources().values() for p, state in states.items()}
         )
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
         seconds = time.monotonic() - started
@@ -539,10 +591,11 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         if ready:
             log.info(
                 "ns-stats partitions ready in %.1f s (%d name servers): %s kept (their state was current), "
-                "%s from checkpoints, %s read from %s (%d changelog records read)",
+                "%s from standbys, %s from checkpoints, %s read from %s (%d changelog records read)",
                 seconds,
                 sum(len(aggregation.states[p].totals) for p in ready),
                 sorted(set(restored.kept) & set(ready)) or "none",
+                sorted(set(restored.standby) & set(ready)) or "none",
                 sorted(set(restored.checkpoint) & set(ready)) or "none",
                 sorted(set(restored.changelog) & set(ready)) or "none",
                 changelog.name,
@@ -650,14 +703,17 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         )
         write_checkpoints(list(unwritten))
         await asyncio.to_thread(writer.shutdown)
+        if standbys is not None:
+            await asyncio.to_thread(standbys.close)
         await shutdown()
 
     app.on_shutdown = on_shutdown  # type: ignore[method-assign]
 
     @app.on_partitions_assigned.connect
     async def restore_states(sender: Any, assigned: set[TP], **_: Any) -> None:
-        """Take back the current kept states of newly assigned partitions, and rebuild the others from the
-        changelog, in the background (see the module doc)."""
+        """Take back the current kept states of newly assigned partitions, and rebuild the others from a
+        standby state or the changelog, in the background (see the module doc); then tail the partitions
+        this worker is now standby for (the assignor's metadata of this assignment)."""
         mine = {
             tp.partition
             for tp in assigned
@@ -671,9 +727,12 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         for p in mine:
             unwritten.pop(p, None)
         kept = aggregation.take_kept(mine)
+        standby = {} if standbys is None else standbys.take(mine)
+        if standbys is not None:
+            standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic))
         if mine:
             app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
-            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept))
+            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept, standby))
             restores.add(task)
             task.add_done_callback(restores.discard)
 

@@ -15,6 +15,10 @@ Faust settings chosen here, and why:
 - Producer: large batches and a linger of a few milliseconds, because the filter agent hands the producer
   whole per-partition batches of failures (see ``filter_agent.py``); requests stay under the broker's default
   ``message.max.bytes`` (about 1 MB).
+- ``table_standby_replicas``: ``--standby-replicas``, at least 1 (Faust's default): Faust's partition
+  assignor computes standbys for ns-stats with it (``processors/standby.py``), and with 0 and no tables
+  Faust would use a round-robin assignor instead, whose assignments carry no worker URLs
+  (``processors/scatter_gather.py`` needs them). Standbys are tailed only with ``--standby-replicas`` > 0.
 - Consumer: low session timeout and heartbeat interval so a group join (tests, restarts) takes seconds, and
   a fetch size large enough for containers of ~1000 records. At most :data:`STREAM_BUFFER` events wait in
   an agent's buffer (Faust's default is 4096): a raw event is a whole container (~300 KB), so a worker
@@ -146,6 +150,9 @@ def compose(settings: Settings, output: Output | None = None, formats: TopicForm
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_commit_interval=1.0,
+        # the partition assignor's standbys (processors/standby.py); at least Faust's default of 1, which
+        # keeps Faust's own assignor (not round robin: the views' scatter-gather reads its metadata)
+        table_standby_replicas=max(settings.standby_replicas, 1),
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_buffer_maxsize=STREAM_BUFFER,
         producer_max_batch_size=512 * 1024,

@@ -124,6 +124,16 @@ def register(subparsers: Any) -> None:
         "(revocation, shutdown), so that a restart reads the changelog from the checkpoint on instead of "
         "from its beginning (default: no checkpoints)",
     )
+    faust_group.add_argument(
+        "--standby-replicas",
+        type=int,
+        metavar="N",
+        default=DEFAULTS.standby_replicas,
+        help="keep this many warm standby copies of each ns-stats partition's state on other workers, "
+        "which tail its changelog, so that the worker taking a partition over (a failover prefers a "
+        "standby) reads only the changelog's tail; each copy costs that state's memory again "
+        "(default: %(default)s)",
+    )
     add_kafka_arguments(parser)
     add_format_arguments(parser)
     parser.set_defaults(func=run)
@@ -159,6 +169,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         schema_registry=args.schema_registry or "",
         schema_registry_user=args.schema_registry_user or "",
         schema_registry_password=args.schema_registry_password or "",
+        standby_replicas=args.standby_replicas,
         credentials=Credentials.from_args(args),
     ).validated()
 

@@ -48,7 +48,7 @@ from prometheus_client.registry import Collector
 
 from dnsqr_schemas.dead_letter import WORKER_REASONS, DeadLetterHeaders
 from processors.agent_counters import AgentCounters
-from processors.aggregator import Aggregation
+from processors.aggregator import RESTORE_SOURCES, Aggregation
 from processors.counts import ANSWERED, BY_KIND, FAILURES, Counts
 from processors.filter_agent import Headers, Output, Record
 from processors.settings import Settings
@@ -342,15 +342,36 @@ class WorkerCollector(Collector):
         yield _counter(
             "dnsqr_worker_state_restored_entries",
             "name servers of the ns-stats partitions made ready, by where their state came from: kept "
-            "(taken back after a rebalance), checkpoint (--state-dir), changelog (read from its beginning)",
-            [((source,), a.restored_name_servers[source]) for source in ("kept", "checkpoint", "changelog")],
+            "(taken back after a rebalance), standby (this worker's standby state and the changelog's "
+            "tail), checkpoint (--state-dir), changelog (read from its beginning)",
+            [((source,), a.restored_name_servers[source]) for source in RESTORE_SOURCES],
             ["source"],
         )
         yield _counter(
             "dnsqr_worker_state_changelog_records_read",
-            "changelog records read by restores (after a checkpoint's offset, or from the beginning)",
+            "changelog records read by restores (after a standby's or a checkpoint's offset, or from the "
+            "beginning)",
             [((), a.changelog_records)],
         )
+        standbys = a.standbys
+        yield GaugeMetricFamily(
+            "dnsqr_worker_standby_partitions",
+            "ns-stats partitions whose state this worker keeps as a warm standby (--standby-replicas)",
+            value=0 if standbys is None else len(standbys.partitions),
+        )
+        yield _counter(
+            "dnsqr_worker_standby_changelog_records",
+            "changelog records applied to this worker's standby states",
+            [((), 0 if standbys is None else standbys.records)],
+        )
+        standby_lag = GaugeMetricFamily(
+            "dnsqr_worker_standby_lag_records",
+            "changelog records each standby state is behind its partition's end (last fetch)",
+            labels=["partition"],
+        )
+        for partition, behind in sorted(({} if standbys is None else standbys.lags()).items()):
+            standby_lag.add_metric([str(partition)], behind)
+        yield standby_lag
         stream_time = GaugeMetricFamily(
             "dnsqr_worker_stream_time_seconds",
             "stream time of each ns-stats partition held here: start of its newest window (record time)",

@@ -72,6 +72,10 @@ class Settings:
     schema_registry: str = ""
     schema_registry_user: str = ""
     schema_registry_password: str = ""
+    #: standby replicas of each ns-stats partition's state (``processors/standby.py``): this many other
+    #: workers tail its changelog, and a failover prefers one of them; each costs a full copy of the state's
+    #: memory. 0: none, a worker taking a partition over reads its changelog (or checkpoint) as before
+    standby_replicas: int = 0
     #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -113,6 +117,8 @@ class Settings:
             raise ValueError(
                 f"failures format must be one of {FAILURES_FORMATS}, not {self.failures_format!r}"
             )
+        if self.standby_replicas < 0:
+            raise ValueError("standby_replicas must be 0 (none) or positive")
         return self
 
     @property

@@ -303,16 +303,21 @@ def install(
 
         async def get(self, request: Request) -> Response:
             reseeks = getattr(app.consumer, "reseeks", 0)
+            standbys = aggregation.standbys
             return self.json(
                 {
                     **dataclasses.asdict(counters),
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,
-                    # ns-stats partitions assigned again whose kept state was current, those loaded from
-                    # a checkpoint (--state-dir), and those read from the changelog's beginning; the
-                    # changelog records those restores read
+                    # ns-stats partitions assigned again whose kept state was current, those taken over
+                    # from a standby state (--standby-replicas), those loaded from a checkpoint
+                    # (--state-dir), and those read from the changelog's beginning; the changelog records
+                    # those restores read; the partitions this worker is standby for now
                     "states_kept": aggregation.taken_back,
+                    "states_from_standby": aggregation.from_standby,
+                    "partitions": sorted(aggregation.states),
+                    "standby_partitions": [] if standbys is None else standbys.partitions,
                     "states_from_checkpoint": aggregation.from_checkpoint,
                     "states_read": aggregation.read_back,
                     "changelog_records_read": aggregation.changelog_records,

@@ -66,6 +66,19 @@ def test_value_format_flags_become_settings() -> None:
     assert settings.failures_format == "json"
 
 
+def test_standby_replicas_flag_variable_and_faust_setting() -> None:
+    """``--standby-replicas`` / ``DNSQR_STANDBY_REPLICAS`` set Faust's ``table_standby_replicas``, which stays
+    at Faust's default of 1 when 0 (no standbys tailed; the assignor as before)."""
+    assert command.settings_from_args(parse([])).standby_replicas == 0
+    settings = command.settings_from_args(parse(["--standby-replicas", "2"]))
+    assert settings.standby_replicas == 2
+    assert create_app(settings).conf.table_standby_replicas == 2
+    assert create_app(Settings()).conf.table_standby_replicas == 1
+    assert Settings.from_env({"DNSQR_STANDBY_REPLICAS": "1"}).standby_replicas == 1
+    with pytest.raises(ValueError):
+        Settings(standby_replicas=-1).validated()
+
+
 def test_librdkafka_properties_are_refused() -> None:
     with pytest.raises(SystemExit):
         command.settings_from_args(parse(["--kafka-config", "linger.ms=5"]))

@@ -192,10 +192,13 @@ def seed_changelog(run: CliRun, name_servers: int) -> set[str]:
     """The ns-stats state of ``name_servers`` synthetic name servers (bench/recovery.py's) in the run's
     changelog, as the aggregator writes it, before any worker starts; their names."""
     settings = Settings(
-        app_id=run.app_id, bootstrap_servers=run.bootstrap, partitions=PARTITIONS, window_expires_seconds=0
+        app_id=run.app_id,
+        bootstrap_servers=run.bootstrap,
+        partitions=run.partitions,
+        window_expires_seconds=0,
     )
     admin = admin_client(run.kafka)
-    create_topics(admin, [changelog_spec(settings)], bootstrap=run.bootstrap, partitions=PARTITIONS)
+    create_topics(admin, [changelog_spec(settings)], bootstrap=run.bootstrap, partitions=run.partitions)
     wait_for_leaders(admin, [settings.changelog_topic], timeout=30)
     states = write_state(RunTopics(run.kafka, run.app_id, settings), name_servers)
     names = {ns for state in states.values() for ns in state.totals}

@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,9 +146,11 @@ class CliRun(Run):
     current directory, which would otherwise be the repository.
     """
 
-    def __init__(self, *args: Any, work_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, work_dir: Path, worker_args: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.work_dir = work_dir
+        #: further flags of every worker (e.g. ``--standby-replicas 1``)
+        self.worker_args = list(worker_args)
         self.kafka = {"bootstrap.servers": self.bootstrap}
         self.started = 0
 
@@ -165,7 +167,7 @@ class CliRun(Run):
             "--partitions", str(self.partitions),
             "--snapshot-interval", "0.3", "--window-expires-seconds", "0", "--web-port", str(port),
             # 1 s windows: the capture spans 4 s, so batches span windows (the marks must tell them apart)
-            "--window-seconds", "1",
+            "--window-seconds", "1", *self.worker_args,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
