@@ -281,8 +281,9 @@ def wait_web_totals(port: int, expect: dict[str, int], timeout: float = 30.0) ->
 
 
 @pytest.fixture
-def runs() -> Iterator[list[Run]]:
-    """The test's runs; their workers are stopped however the test ends."""
+def runs(new_topic: Callable[..., str]) -> Iterator[list[Run]]:
+    """The test's runs; their workers are stopped however the test ends, before ``new_topic`` deletes the
+    topics under them (set up after it, so torn down first)."""
     runs: list[Run] = []
     yield runs
     for run in runs:

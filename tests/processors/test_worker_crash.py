@@ -203,8 +203,9 @@ class CliRun(Run):
 
 
 @pytest.fixture
-def crash_runs() -> Iterator[list[CliRun]]:
-    """The test's runs; their workers are stopped however the test ends."""
+def crash_runs(new_topic: Callable[..., str]) -> Iterator[list[CliRun]]:
+    """The test's runs; their workers are stopped however the test ends, before ``new_topic`` deletes the
+    topics under them (set up after it, so torn down first)."""
     runs: list[CliRun] = []
     yield runs
     for run in runs:
