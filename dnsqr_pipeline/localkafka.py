@@ -35,9 +35,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -46,7 +44,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from dnsqr_pipeline import certs, kafka_security, processes
+from dnsqr_pipeline import certs, kafka_security, maven_cache, processes
 
 log = logging.getLogger(__name__)
 
@@ -97,48 +95,22 @@ def jar_dir(version: str | None = None) -> Path:
 
 
 def resolve_jars(version: str | None = None) -> Path:
-    """Return the directory holding the broker's jars, running Maven only when it is not cached yet.
-
-    Maven copies into a temporary sibling that is renamed into place, so an interrupted download or two
-    concurrent first runs never leave a half-filled cache that later runs would trust.
-    """
+    """Return the directory holding the broker's jars, running Maven only when it is not cached yet
+    (:mod:`dnsqr_pipeline.maven_cache`)."""
     version = version or kafka_version()
     target = jar_dir(version)
-    if (target / ".complete").exists():
-        return target
-    mvn = shutil.which(os.environ.get("MVN") or "mvn")
-    if not mvn:
-        raise LocalKafkaError("Maven (mvn) is needed once to fetch the Kafka jars: apt-get install maven")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".resolve-") as tmp:
-        pom = Path(tmp) / "pom.xml"
-        pom.write_bytes(_pom_bytes())
-        libs = Path(tmp) / "libs"
-        cmd = [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(pom),
-            f"-Dkafka.version={version}",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}",
-            "-DincludeScope=runtime",
-        ]
+    if not (target / maven_cache.COMPLETE).exists():
         log.info("resolving Kafka %s jars with Maven into %s", version, target)
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
-            raise LocalKafkaError(
-                f"Maven could not resolve Kafka {version} (exit {proc.returncode}):\n"
-                + (proc.stdout + proc.stderr)[-3000:]
-            )
-        (libs / ".complete").write_text(version + "\n")
-        try:
-            libs.rename(target)
-        except OSError:
-            if not (target / ".complete").exists():  # lost a race only if the winner finished
-                raise
-    return target
+    try:
+        return maven_cache.cached_dependencies(
+            _pom_bytes(),
+            target,
+            what=f"the Kafka {version} jars",
+            expect="kafka_2.13-*.jar",
+            properties={"kafka.version": version},
+        )
+    except maven_cache.MavenError as exc:
+        raise LocalKafkaError(str(exc)) from None
 
 
 def java_command() -> str:

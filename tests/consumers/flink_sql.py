@@ -16,14 +16,13 @@ import dataclasses
 import hashlib
 import ipaddress
 import os
-import shutil
 import string
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from dnsqr_pipeline import processes
+from dnsqr_pipeline import maven_cache, processes
 
 FLINK_VERSION = "2.2.0"
 HERE = Path(__file__).resolve().parent
@@ -64,44 +63,20 @@ def java() -> str:
 
 
 def resolve_jars() -> Path:
-    """The directory holding the jars, resolved with Maven only when not cached yet (~170 MB the first time).
-
-    Maven copies into a temporary sibling that is renamed into place, so an interrupted download or two
-    concurrent first runs never leave a half-filled cache that later runs would trust.
-    """
-    target = cache_dir()
-    if (target / ".complete").exists():
-        return target
-    mvn = shutil.which(os.environ.get("MVN") or "mvn")
-    if not mvn:
-        raise FlinkUnavailable("Maven (mvn) is needed once to fetch the Flink jars: apt-get install maven")
+    """The directory holding the jars, resolved with Maven only when not cached yet (~170 MB the first time;
+    :mod:`dnsqr_pipeline.maven_cache`)."""
     java()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".resolve-") as tmp:
-        libs = Path(tmp) / "libs"
-        cmd = [
-            mvn,
-            "-B",
-            "--no-transfer-progress",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}",
-            "-DincludeScope=runtime",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
-        if proc.returncode != 0 or not any(libs.glob("flink-sql-avro-confluent-registry-*.jar")):
-            raise FlinkError(
-                f"Maven could not resolve the Flink {FLINK_VERSION} jars of {POM} (exit {proc.returncode}):\n"
-                + (proc.stdout + proc.stderr)[-3000:]
-            )
-        (libs / ".complete").write_text(FLINK_VERSION + "\n")
-        try:
-            libs.rename(target)
-        except OSError:
-            if not (target / ".complete").exists():  # lost a race only if the winner finished
-                raise
-    return target
+    try:
+        return maven_cache.cached_dependencies(
+            POM.read_bytes(),
+            cache_dir(),
+            what=f"the Flink {FLINK_VERSION} jars of {POM}",
+            expect="flink-sql-avro-confluent-registry-*.jar",
+        )
+    except maven_cache.MavenMissing as exc:
+        raise FlinkUnavailable(str(exc)) from None
+    except maven_cache.MavenError as exc:
+        raise FlinkError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------- run
