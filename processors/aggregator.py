@@ -117,6 +117,13 @@ class Restoring:
     stop: threading.Event = field(default_factory=threading.Event)
     #: partition -> (encoded NsStatsBatch, its offset) in arrival order, applied once the state is back
     waiting: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
+    #: partition -> bytes of its waiting records
+    waiting_bytes: dict[int, int] = field(default_factory=dict)
+    #: partitions whose fetching was paused (their waiting records reached the bound)
+    paused: set[int] = field(default_factory=set)
+    #: set by :meth:`Aggregation.restored`: paused partition made ready -> the offset to fetch on from (the
+    #: one after its last waiting record; what was fetched after the pause was not delivered)
+    resume: dict[int, int] = field(default_factory=dict)
 
 
 #: where a restore's states come from (the ``source`` label of the restore metrics): :class:`Restored`
@@ -146,7 +153,11 @@ class Aggregation:
     """The states of the ns-stats partitions assigned to this worker (no Kafka here: see :func:`install`).
 
     A partition is either ready (``states``) or restoring (its records wait); records of a partition in
-    neither (revoked while the record was on its way) are ignored: its next owner applies them.
+    neither (revoked while the record was on its way) are ignored: its next owner applies them. The records
+    waiting for one partition are bounded: once they hold ``restore_buffer`` bytes, :meth:`offer` asks for
+    the partition to be paused (no more fetched: the records already delivered still wait), and once its
+    state is back it is fetched again from the record after the last one that waited
+    (:attr:`Restoring.resume`). None: no bound.
 
     What stays, stays: a revoked partition's state is kept (``kept``, with the offset of its last commit)
     until the next assignment. Faust's eager rebalance revokes every partition, and most come back to the
@@ -156,9 +167,14 @@ class Aggregation:
     assignment does not give back, the state is dropped.
     """
 
-    def __init__(self, expires: int, max_ahead: int | None = None, *, marks: bool) -> None:
+    def __init__(
+        self, expires: int, max_ahead: int | None = None, *, marks: bool, restore_buffer: int | None = None
+    ) -> None:
         self.expires = expires
         self.max_ahead = max_ahead
+        self.restore_buffer = restore_buffer
+        #: partitions paused because their waiting records reached ``restore_buffer``, since start
+        self.pauses = 0
         #: exactly_once: apply each record once (marks); at_least_once: apply what comes
         self.marks = marks
         self.states: dict[int, NsState] = {}
@@ -222,7 +238,10 @@ class Aggregation:
             if self.restoring.get(p) is not restoring:
                 continue  # revoked, or restored again since
             del self.restoring[p]
-            for value, offset in restoring.waiting.pop(p):
+            waiting = restoring.waiting.pop(p)
+            if p in restoring.paused:
+                restoring.resume[p] = waiting[-1][1] + 1
+            for value, offset in waiting:
                 self._apply(state, value, offset)
             self.states[p] = state
             ready.append(p)
@@ -262,22 +281,32 @@ class Aggregation:
             restoring = self.restoring.pop(p, None)
             if restoring is not None:
                 restoring.waiting.pop(p, None)
+                restoring.waiting_bytes.pop(p, None)
+                restoring.paused.discard(p)  # Faust forgets a revoked partition's pause itself
                 if not any(self.restoring.get(q) is restoring for q in restoring.partitions):
                     restoring.stop.set()
 
-    def offer(self, partition: int, offset: int, value: bytes) -> None:
+    def offer(self, partition: int, offset: int, value: bytes) -> bool:
         """Apply one ns-stats record now, or keep it until its partition's state is restored; ValueError
-        when it does not decode."""
+        when it does not decode. True when the partition must be paused now: its waiting records reached
+        the bound (once per restore; see the class doc)."""
         state = self.states.get(partition)
         restoring = self.restoring.get(partition)
         if state is None and restoring is None:
             log.info("ns-stats partition %d is not assigned here: record ignored", partition)
-            return
+            return False
         if state is not None:
             self._apply(state, value, offset)
-        elif restoring is not None:
-            decode_batch(value)  # kept only if it decodes: its ValueError is for now, not for later
-            restoring.waiting[partition].append((value, offset))
+            return False
+        assert restoring is not None
+        decode_batch(value)  # kept only if it decodes: its ValueError is for now, not for later
+        restoring.waiting[partition].append((value, offset))
+        size = restoring.waiting_bytes[partition] = restoring.waiting_bytes.get(partition, 0) + len(value)
+        if self.restore_buffer is None or size < self.restore_buffer or partition in restoring.paused:
+            return False
+        restoring.paused.add(partition)
+        self.pauses += 1
+        return True
 
     def _apply(self, state: NsState, value: bytes, offset: int) -> None:
         if not state.apply_record(value, offset if self.marks else None):
@@ -406,7 +435,10 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
     the states it keeps (the views and metrics read them)."""
     exactly_once = settings.processing_guarantee == "exactly_once"
     aggregation = Aggregation(
-        settings.window_expires_seconds, settings.window_max_ahead_seconds, marks=exactly_once
+        settings.window_expires_seconds,
+        settings.window_max_ahead_seconds,
+        marks=exactly_once,
+        restore_buffer=settings.restore_buffer_bytes,
     )
     stats = app.topic(
         settings.stats_topic,
@@ -586,6 +618,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             restoring, {p: state for states in restored.sources().values() for p, state in states.items()}
         )
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in ready)
+        await resume_paused(restoring)
         seconds = time.monotonic() - started
         aggregation.count_restore(restored, ready, seconds)
         if ready:
@@ -601,6 +634,24 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 changelog.name,
                 restored.records,
             )
+            # commit now rather than at the next interval: counts of a partition taken over (a failover)
+            # have not moved since its last owner's last commit. All partitions, as Faust's timer commits:
+            # under exactly_once one transaction holds the raw and ns-stats partitions of a number.
+            try:
+                await app.consumer.commit()
+            except Exception:
+                log.exception("commit after the restore failed (the next interval's commit tries again)")
+
+    async def resume_paused(restoring: Restoring) -> None:
+        """Fetch the partitions paused while they restored again, from the record after the last one that
+        waited: what was fetched after the pause was dropped by Faust (its fetch loop delivers only active
+        partitions), so the seek is what makes those records come again."""
+        for p, offset in sorted(restoring.resume.items()):
+            tp = TP(settings.stats_topic, p)
+            await app.consumer.seek(tp, offset)
+            app.consumer.resume_partitions([tp])
+            log.info("ns-stats partition %d resumed from offset %d (its state is ready)", p, offset)
+        restoring.resume.clear()
 
     def checkpoint_headers(
         leaving: Mapping[int, tuple[NsState, int]],
@@ -780,10 +831,20 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 counters.redelivered_stats += 1
                 continue
             try:
-                aggregation.offer(message.tp.partition, message.offset, message.value)
+                pause = aggregation.offer(message.tp.partition, message.offset, message.value)
             except ValueError as exc:
                 log.warning("ns-stats record at %s offset %d skipped: %s", message.tp, message.offset, exc)
                 counters.bad_stats += 1
+                continue
+            if pause:
+                app.consumer.pause_partitions([message.tp])
+                log.info(
+                    "ns-stats partition %d paused at offset %d while its state is restored: its waiting "
+                    "records reached --restore-buffer-mb %s",
+                    message.tp.partition,
+                    message.offset,
+                    settings.restore_buffer_mb,
+                )
 
     @app.task
     async def declare_counts_topic() -> None:

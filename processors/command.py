@@ -134,6 +134,14 @@ def register(subparsers: Any) -> None:
         "standby) reads only the changelog's tail; each copy costs that state's memory again "
         "(default: %(default)s)",
     )
+    faust_group.add_argument(
+        "--restore-buffer-mb",
+        type=float,
+        metavar="MB",
+        default=DEFAULTS.restore_buffer_mb,
+        help="ns-stats records kept per partition while its state is restored; beyond this the partition "
+        "is paused and fetched again once its state is ready (default: %(default)s)",
+    )
     add_kafka_arguments(parser)
     add_format_arguments(parser)
     parser.set_defaults(func=run)
@@ -170,6 +178,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         schema_registry_user=args.schema_registry_user or "",
         schema_registry_password=args.schema_registry_password or "",
         standby_replicas=args.standby_replicas,
+        restore_buffer_mb=args.restore_buffer_mb,
         credentials=Credentials.from_args(args),
     ).validated()
 

@@ -348,6 +348,12 @@ class WorkerCollector(Collector):
             ["source"],
         )
         yield _counter(
+            "dnsqr_worker_restore_pauses",
+            "ns-stats partitions paused while their state was restored, their waiting records having "
+            "reached --restore-buffer-mb (fetched again once the state was ready)",
+            [((), a.pauses)],
+        )
+        yield _counter(
             "dnsqr_worker_state_changelog_records_read",
             "changelog records read by restores (after a standby's or a checkpoint's offset, or from the "
             "beginning)",

@@ -76,6 +76,10 @@ class Settings:
     #: workers tail its changelog, and a failover prefers one of them; each costs a full copy of the state's
     #: memory. 0: none, a worker taking a partition over reads its changelog (or checkpoint) as before
     standby_replicas: int = 0
+    #: megabytes of ns-stats records one partition keeps while its state is restored; then the partition is
+    #: paused (fetched again from the next record once the state is back), so a long restore under a full
+    #: stream holds a bounded amount of memory. 0 pauses at the first record.
+    restore_buffer_mb: float = 64.0
     #: how the worker authenticates (security protocol, SASL, SSL): its Kafka clients and Faust alike
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -119,6 +123,8 @@ class Settings:
             )
         if self.standby_replicas < 0:
             raise ValueError("standby_replicas must be 0 (none) or positive")
+        if self.restore_buffer_mb < 0:
+            raise ValueError("restore_buffer_mb must be 0 or positive")
         return self
 
     @property
@@ -140,6 +146,11 @@ class Settings:
             register=True,
             client=client,
         )
+
+    @property
+    def restore_buffer_bytes(self) -> int:
+        """:attr:`restore_buffer_mb` in bytes (at least 1: 0 pauses a partition at its first record)."""
+        return max(1, int(self.restore_buffer_mb * 2**20))
 
     @property
     def changelog_topic(self) -> str:

@@ -41,6 +41,34 @@ def test_records_wait_while_their_partition_is_restored_then_apply_in_order() ->
     assert aggregation.replayed == 1
 
 
+def test_a_partition_is_paused_once_its_waiting_records_reach_the_bound() -> None:
+    """Each partition's waiting records are bounded: the record that reaches the bound asks for a pause
+    (once), records delivered after it still wait, and the restore says where to fetch on from: the record
+    after the last one that waited. A partition revoked while paused is forgotten."""
+    size = len(value(1))
+    aggregation = Aggregation(0, marks=True, restore_buffer=2 * size)
+    restoring = aggregation.begin_restore([0, 1, 2])
+    assert aggregation.offer(0, 10, value(1)) is False
+    assert aggregation.offer(0, 11, value(1)) is True, "the bound is reached: pause"
+    assert aggregation.offer(0, 12, value(1)) is False, "delivered before the pause took effect: waits"
+    assert aggregation.offer(1, 4, value(1)) is False, "another partition's records count apart"
+    assert aggregation.offer(2, 7, value(1)) is False
+    assert aggregation.offer(2, 8, value(1)) is True
+    aggregation.drop([2])
+    assert aggregation.pauses == 2
+    assert aggregation.restored(restoring, {0: NsState(), 1: NsState()}) == [0, 1]
+    assert restoring.resume == {0: 13}, "partition 1 was not paused; partition 2 was revoked"
+    assert aggregation.states[0].totals[NS][1] == 3, "every record that waited was applied"
+
+
+def test_no_bound_pauses_nothing() -> None:
+    aggregation = Aggregation(0, marks=False)
+    restoring = aggregation.begin_restore([0])
+    assert not any(aggregation.offer(0, offset, value(1)) for offset in range(1000))
+    aggregation.restored(restoring, {0: NsState()})
+    assert restoring.resume == {} and aggregation.pauses == 0
+
+
 def test_a_restore_finishing_after_its_partition_was_revoked_is_discarded() -> None:
     aggregation = Aggregation(0, marks=False)
     first = aggregation.begin_restore([0, 1])

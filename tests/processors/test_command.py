@@ -79,6 +79,15 @@ def test_standby_replicas_flag_variable_and_faust_setting() -> None:
         Settings(standby_replicas=-1).validated()
 
 
+def test_restore_buffer_flag_and_variable() -> None:
+    """``--restore-buffer-mb`` / ``DNSQR_RESTORE_BUFFER_MB``: megabytes, 0 pauses at the first record."""
+    assert command.settings_from_args(parse([])).restore_buffer_bytes == 64 * 2**20
+    assert command.settings_from_args(parse(["--restore-buffer-mb", "0.5"])).restore_buffer_bytes == 2**19
+    assert Settings.from_env({"DNSQR_RESTORE_BUFFER_MB": "0"}).restore_buffer_bytes == 1
+    with pytest.raises(ValueError):
+        Settings(restore_buffer_mb=-1).validated()
+
+
 def test_librdkafka_properties_are_refused() -> None:
     with pytest.raises(SystemExit):
         command.settings_from_args(parse(["--kafka-config", "linger.ms=5"]))

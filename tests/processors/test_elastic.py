@@ -54,6 +54,9 @@ SEEDED = 800_000
 RESTORING = re.compile(r"ns-stats partitions restoring: \[(\d+)")
 READY = re.compile(r"ns-stats partitions ready in ([\d.]+) s")
 STOPPED = re.compile(r"ns-stats partitions restore stopped after ([\d.]+) s")
+#: a partition paused while it restores (its waiting records reached --restore-buffer-mb), and resumed
+PAUSED = re.compile(r"ns-stats partition (\d+) paused at offset (\d+)")
+RESUMED = re.compile(r"ns-stats partition (\d+) resumed from offset (\d+)")
 
 
 class PacedProducer(threading.Thread):
@@ -114,12 +117,22 @@ class PacedProducer(threading.Thread):
 
 
 def start_run(
-    runs: list[CliRun], kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    runs: list[CliRun],
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    worker_args: tuple[str, ...] = (),
 ) -> CliRun:
     work_dir = tmp_path / "workers"
     work_dir.mkdir()
     run = CliRun(
-        kafka_bootstrap, new_topic, PARTITIONS, "exactly_once", partitions=PARTITIONS, work_dir=work_dir
+        kafka_bootstrap,
+        new_topic,
+        PARTITIONS,
+        "exactly_once",
+        partitions=PARTITIONS,
+        work_dir=work_dir,
+        worker_args=worker_args,
     )
     runs.append(run)
     return run
@@ -229,10 +242,12 @@ def test_a_rebalance_while_restoring(
     (SIGTERM). The joiner's read is stopped by the revocation and done again for its new assignment, and
     the first worker gets back partitions it once gave away (whose transactional producers Faust kept:
     processors/commit_guard.py); files and counts stay exact, and no state is lost (the workers left hold
-    every name server)."""
+    every name server). The workers keep no records while they restore (``--restore-buffer-mb 0``): a
+    partition is paused at its first waiting record and fetched again from the next one once its state is
+    ready, so the exact outputs also show that the pause loses and repeats nothing."""
     deadline = time.monotonic() + BUDGET
     expected = expected_outputs(read_payloads(corpus.path(f"{CASE}.nmsg")) * 6)  # 156 containers, ~16 s
-    run = start_run(crash_runs, kafka_bootstrap, new_topic, tmp_path)
+    run = start_run(crash_runs, kafka_bootstrap, new_topic, tmp_path, ("--restore-buffer-mb", "0"))
     seeded = seed_changelog(run, SEEDED)
     assert not seeded & set(expected.totals), "the synthetic name servers are not the capture's"
     # one worker first, then a second: the first gives half its partitions away (and is made their standby)
@@ -257,6 +272,11 @@ def test_a_rebalance_while_restoring(
     ready_in = wait_for_line(joiner, READY, deadline)
     print(f"\nthe joiner's first read stopped after {stopped_after} s; its next one took {ready_in} s")
     check_outputs(run, expected, tmp_path, deadline)
+    log = joiner.read_text(errors="replace")
+    paused = {int(m[1]) for m in PAUSED.finditer(log)}
+    resumed = {int(m[1]) for m in RESUMED.finditer(log)}
+    assert paused, "records came while the joiner restored: it paused their partitions"
+    assert resumed, "the joiner resumed the partitions it paused once their states were ready"
     held = sum(stats_of(port)["name_servers"] for _, port, _ in run.workers)
     assert held == SEEDED + len(expected.totals), "every name server's state is held by a worker"
     run.stop_all_cleanly()
