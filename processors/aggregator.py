@@ -725,16 +725,46 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             state, header = unwritten.pop(p)
             writes[p] = writer.submit(write_checkpoint, state_dir, state, header)
 
+    #: with standbys: the changelog's end of each kept state's partition at its revocation, the offset a
+    #: standby seeded with that state reads on from (``processors/standby.py``)
+    revoked_ends: dict[int, int] = {}
+
+    async def note_revoked_ends(kept: Mapping[int, tuple[NsState, int]]) -> None:
+        """Note in ``revoked_ends`` the changelog's ends of the ``kept`` partitions (partition -> state, its
+        last commit offset) whose last commit went through (the group's committed offset is that commit's:
+        its changelog records did too), before this returns (as :func:`plan_checkpoints`: no new owner has
+        written yet)."""
+        if standbys is None or not kept:
+            return
+
+        def ends() -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
+            with offsets_consumer(config, settings.app_id) as consumer:
+                committed = committed_offsets(consumer, settings.stats_topic, kept)
+                return committed, watermarks(consumer, changelog.name, kept)
+
+        try:
+            committed, bounds = await asyncio.to_thread(ends)
+        except Exception:
+            log.exception(
+                "changelog ends of %s unknown: their standbys read from the beginning", sorted(kept)
+            )
+            return
+        revoked_ends.update(
+            (p, bounds[p][1]) for p, (_, last_commit) in kept.items() if committed.get(p) == last_commit
+        )
+
     @app.on_partitions_revoked.connect
     async def keep_states(sender: Any, revoked: set[TP], **_: Any) -> None:
         """Revoked partitions' states are kept until the next assignment, which may give them back (see
         :class:`Aggregation`; what they applied is committed and in the changelog), and with ``--state-dir``
         their checkpoints planned, written if they left (Faust sends this signal after the revocation's
-        commit)."""
+        commit); with standbys, their changelog ends noted (a standby of one that left starts from it)."""
         mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
         aggregation.keep(mine)
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
-        await plan_checkpoints({p: aggregation.kept[p] for p in mine if p in aggregation.kept})
+        kept = {p: aggregation.kept[p] for p in mine if p in aggregation.kept}
+        await plan_checkpoints(kept)
+        await note_revoked_ends(kept)
 
     shutdown = app.on_shutdown
 
@@ -777,10 +807,17 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         write_checkpoints(set(unwritten) - mine)
         for p in mine:
             unwritten.pop(p, None)
+        leaving = {p: state for p, (state, _) in aggregation.kept.items() if p not in mine}
         kept = aggregation.take_kept(mine)
         standby = {} if standbys is None else standbys.take(mine)
         if standbys is not None:
-            standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic))
+            seeds = {
+                p: (state, revoked_ends[p])
+                for p, state in leaving.items()
+                if p in revoked_ends and not state.unwritten()
+            }
+            standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic), seeds)
+        revoked_ends.clear()
         if mine:
             app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
             task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept, standby))

@@ -61,7 +61,9 @@ class Settings:
     web_port: int = 6066
     web_enabled: bool = True
     session_timeout: float = 6.0
-    heartbeat_interval: float = 1.0
+    #: how often the consumer heartbeats; also how late, at most, a worker learns that the group rebalances
+    #: (a member left or died), so it is part of every failover's pause
+    heartbeat_interval: float = 0.5
     #: where the aggregator keeps a checkpoint of each ns-stats partition's state
     #: (``processors/checkpoint.py``), so that a restart reads the changelog from the checkpoint on; None: no
     #: checkpoints, a restart reads the whole changelog

@@ -19,6 +19,12 @@ the aggregator's restore takes it (:meth:`Standbys.take`) and reads the changelo
 (``M``, exactly_once) is a changelog record like the counts, so it comes with them; the consumer reads
 ``read_committed``: only committed transactions reach a standby, as they reach a restore.
 
+A partition this worker just gave away (a rebalance moved it elsewhere and made this worker its
+standby) starts from the state it had (:meth:`Standbys.update`'s ``seeds``) instead of the changelog's
+beginning: that state is what the changelog held at the revocation, so the tail is read from the
+changelog's end at that moment. It is turned into a state being loaded (its image, as a checkpoint takes
+it: ``processors/checkpoint.py``) by the tailing thread, or by :meth:`Standbys.take` if that comes first.
+
 One thread tails every standby partition with its own consumer (the restore's settings:
 :func:`processors.aggregator.changelog_consumer`). Memory: a standby holds a full copy of its partition's
 windows and retired counts (a little less than an active state, which also holds the totals), so N
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -42,6 +48,7 @@ from confluent_kafka import (
 )
 from faust.types import TP
 
+from processors import checkpoint
 from processors.state import NsState
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,19 @@ class Tail:
     live: bool = False
     #: changelog records the consumer's position is behind the partition's end (last stable offset)
     lag: int = 0
+    #: the state this worker held when it gave the partition away, the changelog through ``offset``, until
+    #: it becomes ``state`` (:func:`seeded`)
+    seed: NsState | None = None
+
+
+def seeded(seed: NsState, state: NsState) -> NsState:
+    """The new ``state`` given the image of the changelog ``seed`` holds (a state given away, see the
+    module doc): a state being loaded, with windows dicts of its own, so that loading on top changes
+    nothing a checkpoint writer may still be reading of ``seed``."""
+    image = checkpoint.image_of(seed)
+    image.windows = {start: dict(window) for start, window in image.windows.items()}
+    checkpoint.install(state, image)
+    return state
 
 
 class Standbys:
@@ -105,19 +125,31 @@ class Standbys:
         with self._lock:
             return {p: tail.lag for p, tail in self._tails.items()}
 
-    def update(self, partitions: Iterable[int]) -> None:
+    def update(
+        self, partitions: Iterable[int], seeds: Mapping[int, tuple[NsState, int]] | None = None
+    ) -> None:
         """Tail exactly ``partitions`` from now on: a new one from its changelog's beginning, on an empty
-        state; a state no longer wanted is dropped."""
+        state, or, when in ``seeds`` (partition -> the state this worker gave away, with no change its
+        changelog lacks, and the changelog's end when it was revoked), from that state and offset; a state
+        no longer wanted is dropped."""
         wanted = set(partitions)
+        seeds = seeds or {}
         with self._lock:
             if wanted == set(self._tails):
                 return
             for p in set(self._tails) - wanted:
                 del self._tails[p]
-            for p in wanted - set(self._tails):
-                self._tails[p] = Tail(self.new_state())
+            new = wanted - set(self._tails)
+            for p in new:
+                seed, offset = seeds.get(p, (None, OFFSET_BEGINNING))
+                self._tails[p] = Tail(self.new_state(), offset, seed=seed)
             self._reassign = True
-        log.info("standby for ns-stats partitions %s (tailing %s)", sorted(wanted) or "none", self.topic)
+        log.info(
+            "standby for ns-stats partitions %s (tailing %s; %s from the states this worker gave away)",
+            sorted(wanted) or "none",
+            self.topic,
+            sorted(new & set(seeds)) or "none",
+        )
         if wanted and (self._thread is None or not self._thread.is_alive()):  # first, or after a failure
             self._thread = threading.Thread(target=self._run, name="standby", daemon=True)
             self._thread.start()
@@ -129,7 +161,10 @@ class Standbys:
             taken = {p: self._tails.pop(p) for p in set(partitions) & set(self._tails)}
             if taken:
                 self._reassign = True
-        return {p: (tail.state, tail.offset) for p, tail in taken.items()}
+        return {
+            p: (tail.state if tail.seed is None else seeded(tail.seed, self.new_state()), tail.offset)
+            for p, tail in taken.items()
+        }
 
     def close(self) -> None:
         """Stop the thread and drop every standby state (the worker stops). Blocking."""
@@ -143,6 +178,7 @@ class Standbys:
         consumer = self.new_consumer()
         try:
             while not self._closed.is_set():
+                self._seed()
                 with self._lock:
                     assignment = self._assignment() if self._reassign else None
                 if assignment is not None:
@@ -160,6 +196,19 @@ class Standbys:
                 self._tails.clear()
         finally:
             consumer.close()
+
+    def _seed(self) -> None:
+        """Turn the seeds of new tails into their states (the work outside the lock: a take may come
+        meanwhile, and then does it itself)."""
+        with self._lock:
+            pending = [(p, tail) for p, tail in self._tails.items() if tail.seed is not None]
+        for p, tail in pending:
+            assert tail.seed is not None
+            state = seeded(tail.seed, self.new_state())
+            with self._lock:
+                if self._tails.get(p) is tail:
+                    tail.seed = None
+                    tail.state = state
 
     def _assignment(self) -> list[TopicPartition]:
         """Every tail's partition from its offset (under the lock); the tails are live from now on."""
@@ -180,6 +229,9 @@ class Standbys:
                 continue
             tail = self._tails.get(msg.partition())
             if tail is None or not tail.live:
+                continue
+            if tail.seed is not None:  # assigned before its seed became its state: fetch again from there
+                self._reassign = True
                 continue
             try:
                 tail.state.load(msg.key(), msg.value())

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
@@ -25,6 +26,7 @@ from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from faust.types import TP
 
+from processors.delta_batch import decode_batch, encode_batch
 from processors.standby import Standbys, standby_partitions
 from processors.state import NsState, encode_value
 from tests import corpus
@@ -51,6 +53,10 @@ STANDBY = ("--standby-replicas", "1")
 SEEDED = 40_000
 BUDGET = 80.0
 #: the survivor's line once the partitions it took over are ready (processors/aggregator.py)
+#: the standbys log line naming the partitions started from the states the worker gave away
+SEEDED_STANDBY = re.compile(
+    r"standby for ns-stats partitions .*; \[([\d, ]+)\] from the states this worker gave"
+)
 TAKEN_OVER = re.compile(
     r"ns-stats partitions ready in ([\d.]+) s \(\d+ name servers\): .* kept \(their state was current\), "
     r"(\[[\d, ]+\]|none) from standbys, .* \((\d+) changelog records read\)"
@@ -183,6 +189,49 @@ def test_standbys_tail_their_partitions_and_hand_over_state_and_offset() -> None
     standbys.close()
 
 
+def given_away() -> NsState:
+    """A state as a worker gives it away: applied, committed, its changes written (window 0 and totals
+    of "a": 3 failures, of "old": 4 retired ones, its window long freed)."""
+    state = NsState(expires=3600)
+    state.apply(decode_batch(encode_batch(0, [("old", -7200, 4, 4, 0, {}, {})])), 0)
+    state.apply(decode_batch(encode_batch(0, [("a", 0, 3, 3, 0, {"noopt": 3}, {})])), 1)
+    state.committed(2)
+    state.changelog()
+    return state
+
+
+@pytest.mark.parametrize("taken_at_once", [False, True])
+def test_a_standby_of_a_partition_given_away_starts_from_its_state(taken_at_once: bool) -> None:
+    """The state given away, with the changelog's end at the revocation, is where its standby starts: the
+    tail is read from that offset on top of it; a take before the thread turned it into a standby state
+    turns it itself."""
+    consumer = FakeConsumer()
+    standbys = Standbys(lambda: consumer, "changelog", lambda: NsState(expires=3600))
+    seed = given_away()
+    if taken_at_once:
+        with mock.patch.object(Standbys, "_run"):  # no thread: the take finds the seed as it came
+            standbys.update([0], {0: (seed, 40)})
+            [(state, offset)] = standbys.take([0]).values()
+        assert offset == 40
+    else:
+        standbys.update([0], {0: (seed, 40)})
+        until(lambda: consumer.assigned == {0: 40})
+        with consumer.lock:
+            consumer.queued.append(FakeMessage(0, 40, *window_record("b", 1)))
+        until(lambda: standbys.records == 1)
+        [(state, offset)] = standbys.take([0]).values()
+        assert offset == 41
+    state.loaded()
+    expected = dict(seed.totals)
+    if not taken_at_once:
+        expected["b"] = [1, 1, 0, None, None]
+    assert state.totals == expected
+    assert state.windows[0] is not seed.windows[0], "loading on top leaves the state given away as it was"
+    assert -7200 not in state.windows and state.totals["old"] == [4, 4, 0, None, None]
+    assert (state.base, state.applied_offsets) == (2, set())
+    standbys.close()
+
+
 def start_workers(run: CliRun, n: int, tmp_path: Path, deadline: float) -> None:
     """Start ``n`` workers one after the other, each once the group is stable and the previous one's
     states are ready (Faust's sticky assignor then moves as little as it can)."""
@@ -231,25 +280,33 @@ def test_sigkill_of_one_of_two_workers_fails_over_to_the_standby(
     new_topic: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    """Two workers, one standby replica: each tails the changelog of the other's partitions. One is
-    SIGKILLed mid-stream; the survivor takes its partitions over from its standby states, reading a few
-    changelog records instead of the thousands of a full read, and files and counts stay exact."""
+    """Two workers, one standby replica: each tails the changelog of the other's partitions. The second
+    joins mid-stream: the first gives it half its partitions and becomes their standby, starting from the
+    states it gave away (not the changelog's beginning). Then the second is SIGKILLed mid-stream; the
+    survivor takes its partitions over from its standby states, reading a few changelog records instead
+    of the thousands of a full read, and files and counts stay exact."""
     deadline = time.monotonic() + BUDGET
-    expected = expected_outputs(read_payloads(corpus.path(f"{CASE}.nmsg")) * 6)  # 156 containers, ~16 s
+    expected = expected_outputs(read_payloads(corpus.path(f"{CASE}.nmsg")) * 8)  # 208 containers, ~21 s
     work_dir = tmp_path / "workers"
     work_dir.mkdir()
     run = CliRun(kafka_bootstrap, new_topic, 4, "exactly_once", work_dir=work_dir, worker_args=STANDBY)
     crash_runs.append(run)
     seeded = seed_changelog(run, SEEDED)
-    start_workers(run, 2, tmp_path, deadline)
-    [(first, _), (second, _)] = settled_roles(run, deadline)
-    wait_for_roles(run, [(first, second), (second, first)], deadline)
+    start_workers(run, 1, tmp_path, deadline)
 
     producer = PacedProducer(run, expected.containers, INTERVAL)
     producer.start()
     with producer.stopped_on_failure():
+        producer.wait_for(len(expected.containers) // 8, deadline)
+        while run.committed_raw() == 0:  # the states the first worker gives away have a commit
+            assert time.monotonic() < deadline, "nothing committed"
+            time.sleep(0.1)
+        start_workers(run, 1, tmp_path, deadline)
+        [(first, _), (second, _)] = settled_roles(run, deadline)
+        wait_for_roles(run, [(first, second), (second, first)], deadline)
+        seeded_from = SEEDED_STANDBY.findall(run.workers[0][2].read_text(errors="replace"))
+        assert seeded_from == [str(second)[1:-1]], seeded_from
         producer.wait_for(len(expected.containers) * 2 // 5, deadline)
-        assert run.committed_raw() > 0
         killed, sizes = kill(run, 1)
         survivor = run.workers[0][2]
         while not (found := TAKEN_OVER.search(survivor.read_text(errors="replace")[sizes[0] :])):
