@@ -743,83 +743,6 @@ add_entry(PyObject *totals, PyObject *ns, PyObject *counts, PyObject **spare)
     return rc;
 }
 
-/*
- * Fetching ahead. The table's entries are read in order, but the objects of each (its name server, its
- * counts list, the list's items, its kinds maps, its entry in the totals) lie anywhere in memory: at
- * hundreds of thousands of name servers nearly every read is a cache miss, and one entry's misses come one
- * after the other (each read gives the address of the next). So the table is added CHUNK entries at a
- * time, and before a chunk is added, short passes over it touch each of these objects, a stage at a time:
- * the misses of one pass are independent of each other and the CPU waits for many at once. These passes
- * only read (and hold references to what they read, so that nothing they point to can be freed under them);
- * the adding itself then reads the table anew, entry by entry, exactly as without them.
- */
-#define CHUNK 64
-
-#define prefetch(address) __builtin_prefetch((const void *)(address), 0, 3)
-
-typedef struct {
-    Py_ssize_t n;
-    PyObject *names[CHUNK], *counts[CHUNK]; /* references */
-} chunk_t;
-
-static void
-chunk_clear(chunk_t *chunk)
-{
-    for (Py_ssize_t i = 0; i < chunk->n; i++) {
-        Py_DECREF(chunk->names[i]);
-        Py_DECREF(chunk->counts[i]);
-    }
-    chunk->n = 0;
-}
-
-/* The next CHUNK entries of table from *pos, their objects fetched into the cache: a pass per stage, each
- * reading what the pass before fetched. */
-static void
-chunk_fetch(chunk_t *chunk, PyObject *table, Py_ssize_t *pos, PyObject *totals)
-{
-    PyObject *ns, *counts;
-
-    /* the name servers (PyDict_Next reads their hashes) and the counts lists */
-    while (chunk->n < CHUNK && PyDict_Next(table, pos, &ns, &counts)) {
-        Py_INCREF(ns);
-        Py_INCREF(counts);
-        chunk->names[chunk->n] = ns;
-        chunk->counts[chunk->n++] = counts;
-    }
-    /* the lists' items */
-    for (Py_ssize_t i = 0; i < chunk->n; i++) {
-        counts = chunk->counts[i];
-        if (PyList_CheckExact(counts) && PyList_GET_SIZE(counts) == SLOTS) {
-            prefetch(&PyList_GET_ITEM(counts, 0));
-            prefetch(&PyList_GET_ITEM(counts, SLOTS - 1));
-        }
-    }
-    /* the kinds maps */
-    for (Py_ssize_t i = 0; i < chunk->n; i++) {
-        counts = chunk->counts[i];
-        if (PyList_CheckExact(counts) && PyList_GET_SIZE(counts) == SLOTS)
-            for (Py_ssize_t index = SLOT_BY_KIND; index <= SLOT_OBSERVATIONS; index++)
-                if (PyList_GET_ITEM(counts, index) != Py_None)
-                    prefetch(PyList_GET_ITEM(counts, index));
-    }
-    /* the maps' keys objects (their entries, which PyDict_Next reads: a small map's fit in two lines) */
-    for (Py_ssize_t i = 0; i < chunk->n; i++) {
-        counts = chunk->counts[i];
-        if (PyList_CheckExact(counts) && PyList_GET_SIZE(counts) == SLOTS)
-            for (Py_ssize_t index = SLOT_BY_KIND; index <= SLOT_OBSERVATIONS; index++) {
-                PyObject *kinds = PyList_GET_ITEM(counts, index);
-                if (PyDict_CheckExact(kinds)) {
-                    prefetch(((PyDictObject *)kinds)->ma_keys);
-                    prefetch((char *)((PyDictObject *)kinds)->ma_keys + 64);
-                }
-            }
-    }
-    /* the lookups of the name servers in the totals (their results are not kept: add_entry looks again) */
-    for (Py_ssize_t i = 0; i < chunk->n; i++)
-        if (PyUnicode_CheckExact(chunk->names[i]) && PyDict_GetItemWithError(totals, chunk->names[i]) == NULL)
-            PyErr_Clear();
-}
-
 PyDoc_STRVAR(add_table_doc,
 "add_table(totals, table) -> None\n--\n\n"
 "state.add_table_py: totals[ns] += counts for every ns, counts of the dict ``table`` (``totals`` is a\n"
@@ -831,8 +754,7 @@ ns_add_table(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
 {
     PyObject *totals, *table, *ns, *counts;
     PyObject *spare = NULL; /* see add_entry */
-    Py_ssize_t pos = 0, size, fetched = 0;
-    chunk_t chunk;
+    Py_ssize_t pos = 0, size;
     int rc = 0;
 
     if (nargs != 2) {
@@ -846,16 +768,10 @@ ns_add_table(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     size = PyDict_GET_SIZE(table);
-    chunk.n = 0;
     while (PyDict_Next(table, &pos, &ns, &counts)) {
         /* an odd number's + (Python code) could change the table: keep this entry alive */
         Py_INCREF(ns);
         Py_INCREF(counts);
-        if (pos > fetched) { /* the entry at pos - 1 starts the next chunk */
-            chunk_clear(&chunk);
-            fetched = pos - 1;
-            chunk_fetch(&chunk, table, &fetched, totals);
-        }
         rc = check_counts(counts) == NULL ? -1 : add_entry(totals, ns, counts, &spare);
         Py_DECREF(ns);
         Py_DECREF(counts);
@@ -866,7 +782,6 @@ ns_add_table(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         if (rc < 0)
             break;
     }
-    chunk_clear(&chunk);
     Py_XDECREF(spare);
     if (rc < 0)
         return NULL;
