@@ -27,9 +27,13 @@
  *    few, are written in Python); a counts list this code does not
  *    write exactly as the Python encoder does (ints beyond int64, a rate of ints beyond 2**53, odd types)
  *    goes to the encoder itself.
+ *  - add_table(totals, table): state.add_table_py, totals[ns] += counts for every name server of the dict
+ *    `table` (a restore's retired counts, then each window: NsState.loaded), with Python's own + on the
+ *    numbers (ints beyond int64 too); a name server new to the totals gets its own list and maps. A value
+ *    that is not a counts list (a list of 5, its kinds maps dicts or None) is a TypeError, as in apply.
  *
- * The counts lists apply creates are untracked by the cycle collector (see add_row): the one difference
- * from the Python path, invisible to everything but gc.is_tracked() and gc.get_objects().
+ * The counts lists apply and add_table create are untracked by the cycle collector (see add_row): the one
+ * difference from the Python path, invisible to everything but gc.is_tracked() and gc.get_objects().
  *
  * Every read of a record is bounds-checked against the size of its bytes object. Values are fixed-size
  * local buffers; a value that would not fit goes to the Python fallback, it is never truncated.
@@ -268,6 +272,35 @@ check_counts(PyObject *counts)
     return counts;
 }
 
+/* A new counts list [a, f, t, None, None], taking the references a, f, t (NULL: an error, the others are
+ * released); NULL with an exception. */
+static PyObject *
+new_counts(PyObject *a, PyObject *f, PyObject *t)
+{
+    PyObject *c = a == NULL || f == NULL || t == NULL ? NULL : PyList_New(SLOTS);
+
+    if (c == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(f);
+        Py_XDECREF(t);
+        return NULL;
+    }
+    PyList_SET_ITEM(c, SLOT_ANSWERED, a);
+    PyList_SET_ITEM(c, SLOT_FAILURES, f);
+    PyList_SET_ITEM(c, SLOT_TIMEOUTS, t);
+    Py_INCREF(Py_None);
+    PyList_SET_ITEM(c, SLOT_BY_KIND, Py_None);
+    Py_INCREF(Py_None);
+    PyList_SET_ITEM(c, SLOT_OBSERVATIONS, Py_None);
+    /* Not tracked by the cycle collector: a counts list holds ints, None and kinds dicts of str -> int
+     * (which CPython leaves untracked), so it can never be part of a cycle, and with hundreds of thousands
+     * of name servers the collector's full passes over these lists (and every int and dict in them) cost
+     * ~40% of apply (bench/state_bench.py). CPython untracks tuples and dicts of atomic values the same
+     * way; only this list is not untracked by CPython itself. */
+    PyObject_GC_UnTrack(c);
+    return c;
+}
+
 /*
  * The counts of `ns` in `table` plus (answered, failures, timeouts), a new [a, f, t, None, None] if none:
  * that counts list (borrowed from table), or NULL with an exception.
@@ -281,15 +314,10 @@ add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
         int rc;
         if (PyErr_Occurred())
             return NULL;
-        c = Py_BuildValue("[LLLOO]", (long long)a, (long long)f, (long long)t, Py_None, Py_None);
+        c = new_counts(PyLong_FromLongLong((long long)a), PyLong_FromLongLong((long long)f),
+                       PyLong_FromLongLong((long long)t));
         if (c == NULL)
             return NULL;
-        /* Not tracked by the cycle collector: a counts list holds ints, None and kinds dicts of str ->
-         * int (which CPython leaves untracked), so it can never be part of a cycle, and with hundreds of
-         * thousands of name servers the collector's full passes over these lists (and every int and dict
-         * in them) cost ~40% of apply (bench/state_bench.py). CPython untracks tuples and dicts of
-         * atomic values the same way; only this list is not untracked by CPython itself. */
-        PyObject_GC_UnTrack(c);
         rc = PyDict_SetItem(table, ns, c);
         Py_DECREF(c); /* table holds it */
         return rc < 0 ? NULL : c;
@@ -301,17 +329,24 @@ add_row(PyObject *table, PyObject *ns, int64_t a, int64_t f, int64_t t)
                : c;
 }
 
-/* counts.add_kind: n added to `kind` in the map at counts[index] (None stands for an empty map). */
+/*
+ * counts.add_kind: the number n added to `kind` in the map at counts[index] (None stands for an empty map),
+ * with Python's +=; a new map or a new kind holds n itself, as in Python.
+ */
 static int
-add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
+add_kind_number(PyObject *counts, Py_ssize_t index, PyObject *kind, PyObject *n)
 {
-    PyObject *current = PyList_GET_ITEM(counts, index), *number, *old;
+    PyObject *current = PyList_GET_ITEM(counts, index), *old, *sum;
     int rc;
 
     if (current == Py_None) {
-        PyObject *map = Py_BuildValue("{OL}", kind, (long long)n);
+        PyObject *map = PyDict_New();
         if (map == NULL)
             return -1;
+        if (PyDict_SetItem(map, kind, n) < 0) {
+            Py_DECREF(map);
+            return -1;
+        }
         PyList_SET_ITEM(counts, index, map);
         Py_DECREF(current);
         return 0;
@@ -320,22 +355,33 @@ add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
         PyErr_SetString(PyExc_TypeError, "a kinds map must be a dict or None");
         return -1;
     }
-    number = PyLong_FromLongLong((long long)n);
+    /* the map stays alive even if an odd number's + replaces it in counts */
+    Py_INCREF(current);
+    old = PyDict_GetItemWithError(current, kind);
+    if (old == NULL) {
+        rc = PyErr_Occurred() ? -1 : PyDict_SetItem(current, kind, n);
+        Py_DECREF(current);
+        return rc;
+    }
+    Py_INCREF(old);
+    sum = PyNumber_InPlaceAdd(old, n);
+    Py_DECREF(old);
+    rc = sum == NULL ? -1 : PyDict_SetItem(current, kind, sum);
+    Py_XDECREF(sum);
+    Py_DECREF(current);
+    return rc;
+}
+
+/* add_kind_number of an int64 n (a row of a batch) */
+static int
+add_kind(PyObject *counts, Py_ssize_t index, PyObject *kind, int64_t n)
+{
+    PyObject *number = PyLong_FromLongLong((long long)n);
+    int rc;
+
     if (number == NULL)
         return -1;
-    old = PyDict_GetItemWithError(current, kind);
-    if (old != NULL) {
-        PyObject *sum = PyNumber_Add(old, number);
-        Py_DECREF(number);
-        if (sum == NULL)
-            return -1;
-        number = sum;
-    }
-    else if (PyErr_Occurred()) {
-        Py_DECREF(number);
-        return -1;
-    }
-    rc = PyDict_SetItem(current, kind, number);
+    rc = add_kind_number(counts, index, kind, number);
     Py_DECREF(number);
     return rc;
 }
@@ -577,6 +623,169 @@ ns_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     batch_free(&b);
     Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Adding tables (a restore's totals)                                                               */
+
+/* TypeError unless both total and counts are counts lists: checked before every slot is read, as an odd
+ * number's + (Python code) could change either list. */
+static int
+both_counts(PyObject *total, PyObject *counts)
+{
+    return check_counts(total) == NULL || check_counts(counts) == NULL ? -1 : 0;
+}
+
+/* The number slots of counts.add_counts(total, counts): Python's += slot by slot (ints beyond int64,
+ * bools...: exactly Python's result). Both lists are held by the caller. */
+static int
+add_numbers(PyObject *total, PyObject *counts)
+{
+    for (Py_ssize_t i = 0; i < SLOT_BY_KIND; i++) {
+        PyObject *n, *old, *sum;
+        if (both_counts(total, counts) < 0)
+            return -1;
+        n = PyList_GET_ITEM(counts, i);
+        old = PyList_GET_ITEM(total, i);
+        Py_INCREF(n);
+        Py_INCREF(old);
+        sum = PyNumber_InPlaceAdd(old, n);
+        Py_DECREF(n);
+        Py_DECREF(old);
+        if (sum == NULL || PyList_SetItem(total, i, sum) < 0) /* SetItem takes sum, even on error */
+            return -1;
+    }
+    return 0;
+}
+
+/* The kinds maps of counts.add_counts(total, counts): added kind by kind (add_kind_number), so that total
+ * never shares a map of counts. Both lists are held by the caller. */
+static int
+add_maps(PyObject *total, PyObject *counts)
+{
+    for (Py_ssize_t index = SLOT_BY_KIND; index <= SLOT_OBSERVATIONS; index++) {
+        PyObject *kinds, *kind, *n;
+        Py_ssize_t pos = 0, size;
+        if (both_counts(total, counts) < 0)
+            return -1;
+        kinds = PyList_GET_ITEM(counts, index);
+        if (kinds == Py_None)
+            continue;
+        if (!PyDict_Check(kinds)) {
+            PyErr_SetString(PyExc_TypeError, "a kinds map must be a dict or None");
+            return -1;
+        }
+        Py_INCREF(kinds);
+        size = PyDict_GET_SIZE(kinds);
+        while (PyDict_Next(kinds, &pos, &kind, &n)) {
+            int rc;
+            Py_INCREF(kind);
+            Py_INCREF(n);
+            rc = both_counts(total, counts) < 0 ? -1 : add_kind_number(total, index, kind, n);
+            Py_DECREF(kind);
+            Py_DECREF(n);
+            if (rc == 0 && PyDict_GET_SIZE(kinds) != size) {
+                PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+                rc = -1;
+            }
+            if (rc < 0) {
+                Py_DECREF(kinds);
+                return -1;
+            }
+        }
+        Py_DECREF(kinds);
+    }
+    return 0;
+}
+
+/*
+ * totals[ns] += counts (counts checked, both held by the caller): add_table_py's loop body, with one lookup
+ * in the totals, PyDict_SetDefault(totals, ns, *spare): *spare is a zero() made beforehand, which becomes
+ * the counts list of a name server new to the totals (the next entry then gets a new spare). As in Python,
+ * the new list is in the totals before anything is added to it; when the counts' numbers are ints they
+ * become its numbers (0 + n is n), which spares three additions.
+ */
+static int
+add_entry(PyObject *totals, PyObject *ns, PyObject *counts, PyObject **spare)
+{
+    PyObject *total;
+    int rc;
+
+    if (*spare == NULL &&
+        (*spare = new_counts(PyLong_FromLong(0), PyLong_FromLong(0), PyLong_FromLong(0))) == NULL)
+        return -1;
+    total = PyDict_SetDefault(totals, ns, *spare);
+    if (total == NULL)
+        return -1;
+    if (total == *spare) {
+        PyObject *a = PyList_GET_ITEM(counts, SLOT_ANSWERED), *f = PyList_GET_ITEM(counts, SLOT_FAILURES),
+                 *t = PyList_GET_ITEM(counts, SLOT_TIMEOUTS);
+        *spare = NULL; /* its reference is the one held while adding */
+        if (PyLong_CheckExact(a) && PyLong_CheckExact(f) && PyLong_CheckExact(t)) {
+            PyObject *numbers[] = {a, f, t};
+            for (Py_ssize_t i = 0; i < SLOT_BY_KIND; i++) {
+                Py_INCREF(numbers[i]);
+                Py_DECREF(PyList_GET_ITEM(total, i)); /* the 0 of zero() */
+                PyList_SET_ITEM(total, i, numbers[i]);
+            }
+            rc = add_maps(total, counts);
+        }
+        else
+            rc = add_numbers(total, counts) < 0 ? -1 : add_maps(total, counts);
+    }
+    else {
+        if (check_counts(total) == NULL)
+            return -1;
+        Py_INCREF(total);
+        rc = add_numbers(total, counts) < 0 ? -1 : add_maps(total, counts);
+    }
+    Py_DECREF(total);
+    return rc;
+}
+
+PyDoc_STRVAR(add_table_doc,
+"add_table(totals, table) -> None\n--\n\n"
+"state.add_table_py: totals[ns] += counts for every ns, counts of the dict ``table`` (``totals`` is a\n"
+"dict too); a name server new to ``totals`` gets its own lists and maps. TypeError for a value that is not\n"
+"a counts list.");
+
+static PyObject *
+ns_add_table(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *totals, *table, *ns, *counts;
+    PyObject *spare = NULL; /* see add_entry */
+    Py_ssize_t pos = 0, size;
+    int rc = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add_table() takes exactly 2 arguments (totals, table)");
+        return NULL;
+    }
+    totals = args[0];
+    table = args[1];
+    if (!PyDict_Check(totals) || !PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "add_table() needs a dict of totals and a dict of counts");
+        return NULL;
+    }
+    size = PyDict_GET_SIZE(table);
+    while (PyDict_Next(table, &pos, &ns, &counts)) {
+        /* an odd number's + (Python code) could change the table: keep this entry alive */
+        Py_INCREF(ns);
+        Py_INCREF(counts);
+        rc = check_counts(counts) == NULL ? -1 : add_entry(totals, ns, counts, &spare);
+        Py_DECREF(ns);
+        Py_DECREF(counts);
+        if (rc == 0 && PyDict_GET_SIZE(table) != size) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            rc = -1;
+        }
+        if (rc < 0)
+            break;
+    }
+    Py_XDECREF(spare);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1026,14 +1235,15 @@ static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))ns_apply, METH_FASTCALL, apply_doc},
     {"counts_records", (PyCFunction)(void (*)(void))ns_counts_records, METH_FASTCALL, counts_records_doc},
     {"snapshot_records", (PyCFunction)(void (*)(void))ns_snapshot_records, METH_FASTCALL, snapshot_records_doc},
+    {"add_table", (PyCFunction)(void (*)(void))ns_add_table, METH_FASTCALL, add_table_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "processors._state",
-    "The aggregator's per-name-server work (apply, changelog and snapshot records) in C; the Python\n"
-    "functions of processors.state and processors.snapshots are the specification.",
+    "The aggregator's per-name-server work (apply, changelog and snapshot records, a restore's totals) in\n"
+    "C; the Python functions of processors.state and processors.snapshots are the specification.",
     -1,
     methods,
     NULL,

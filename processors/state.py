@@ -4,7 +4,8 @@ No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-st
 (:class:`processors.delta_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
 The Python code is the specification; when built, ``processors/_state.c`` does the per-name-server loops
-(apply straight from the encoded record, changelog and snapshot records) on the same objects.
+(apply straight from the encoded record, changelog and snapshot records, the totals of a restore) on the same
+objects.
 
 What is kept:
 
@@ -66,7 +67,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from sys import intern
 from typing import Any
 
@@ -160,11 +161,28 @@ def counts_records_py(
     return [(prefix + ns.encode(), encode(counts)) for ns, counts in changed.items()]
 
 
-#: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
+def add_table_py(totals: dict[str, Counts], table: Mapping[str, Counts]) -> None:
+    """``totals[ns]`` += ``counts`` for every ``ns, counts`` of ``table``; a name server new to ``totals``
+    gets its own lists and maps (:func:`processors.counts.add_counts` onto :func:`processors.counts.zero`),
+    never the table's."""
+    for ns, counts in table.items():
+        total = totals.get(ns)
+        if total is None:
+            total = totals[ns] = zero()
+        add_counts(total, counts)
+
+
+#: the C transcriptions of :meth:`NsState.apply_record`, :func:`counts_records_py` and
+#: :func:`add_table_py`, when built
 _ext = load_extension("_state", "processors")
 #: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_state_c.py)
 counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Record]] = (
     counts_records_py if _ext is None else _ext.counts_records
+)
+#: :func:`add_table_py`, in C when built (same totals: tests/processors/test_state_c.py); the C version
+#: takes dicts only
+add_table: Callable[[dict[str, Counts], Mapping[str, Counts]], None] = (
+    add_table_py if _ext is None else _ext.add_table
 )
 
 
@@ -462,16 +480,10 @@ class NsState:
         per name server) and expire the old windows."""
         for start in [s for s, w in self.windows.items() if not w]:
             del self.windows[start]
-        totals = self.totals
-        for ns, counts in self._loaded_retired.items():
-            add_counts(totals.setdefault(ns, zero()), counts)
+        add_table(self.totals, self._loaded_retired)
         self._loaded_retired = {}
         for window in self.windows.values():
-            for ns, counts in window.items():
-                total = totals.get(ns)
-                if total is None:
-                    total = totals[ns] = zero()
-                add_counts(total, counts)
+            add_table(self.totals, window)
         if self.windows:
             self.newest = max(self.windows)
         self.expire()

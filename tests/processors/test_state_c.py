@@ -1,6 +1,7 @@
 """``processors._state`` (C) does exactly what its Python specification does: the state after applying
 encoded ns-stats batches (totals, windows, marks, expiry, what is dirty), the changelog records and the
-counts snapshots, byte for byte; and it leaves every damaged batch to the Python path, untouched."""
+counts snapshots, byte for byte, the totals of a restore; and it leaves every damaged batch to the Python
+path, untouched."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from nmsgdns.native import load_extension
 from processors.delta_batch import decode_batch, encode_batch
 from processors.filter_agent import KeyPartitioner, PartitionBatch, WindowClock, filter_container
 from processors.snapshots import SnapshotEncoder, snapshot_records_py
-from processors.state import NsState, counts_records_py, encode_value
+from processors.state import NsState, add_table_py, counts_records_py, encode_value
 from tests.mutations import mutated
 from tests.processors.helpers import raw_containers
 
@@ -190,3 +191,102 @@ def test_snapshot_values_of_any_counts(ns: str, start: int, window: Any, total: 
     encode = SnapshotEncoder(seconds, 1_700_000_000_000)
     args = ({start: {ns: window}}, {ns: total}, encode)
     assert outcome(ext.snapshot_records, *args) == outcome(snapshot_records_py, *args)
+
+
+#: counts of a restore's tables: negative, beyond int64, now and then a bool or a float (Python's + decides)
+NUMBER = st.one_of(
+    SMALL,
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([-1, 2**63 - 1, 2**63, -(2**63) - 1]),
+    st.booleans(),
+    st.floats(-1e20, 1e20),
+)
+#: a kinds map: None, empty or not
+MAP = st.one_of(st.none(), st.dictionaries(KIND_NAMES, NUMBER, max_size=3))
+COUNTS = st.tuples(NUMBER, NUMBER, NUMBER, MAP, MAP).map(list)
+#: few names, so that a table's name servers are often in the totals already, and often not
+TABLE = st.dictionaries(
+    st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::53", "é", ""]), COUNTS, max_size=5
+)
+
+
+def maps_of(totals: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for counts in totals.values() for m in counts[3:] if m is not None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(TABLE, st.lists(TABLE, max_size=3))
+def test_add_table_as_python(totals: dict[str, Any], tables: list[dict[str, Any]]) -> None:
+    """The same totals, value for value and type for type, in the same order; a name server new to the
+    totals gets lists and maps of its own (changing the tables afterwards changes no total); the kind
+    names are the tables' own str objects; the new lists are left out of the cycle collector."""
+    py, c = copy.deepcopy(totals), copy.deepcopy(totals)
+    for table in tables:
+        add_table_py(py, table)
+        ext.add_table(c, table)
+        assert c == py and repr(c) == repr(py)
+    kinds = {id(kind) for t in [totals, *tables] for m in maps_of(t) for kind in m}
+    assert all(id(kind) in kinds for m in maps_of(c) for kind in m)
+    for ns in {ns for table in tables for ns in table} - set(totals):
+        assert not gc.is_tracked(c[ns])
+    tables_maps = {id(m) for table in tables for m in maps_of(table)}
+    assert not any(id(m) in tables_maps for m in maps_of(c))
+    before = copy.deepcopy(c)
+    for table in tables:
+        for counts in table.values():
+            counts[0] = 10**30
+            for m in counts[3:]:
+                if m is not None:
+                    m.update(dict.fromkeys(m, -7), added=1)
+    assert c == before
+
+
+def test_add_table_refuses_what_is_not_counts() -> None:
+    """A value that is not a counts list (a list of 5, its kinds maps dicts or None) is a TypeError, as for
+    apply; so is a totals or a table that is not a dict."""
+    good = [1, 0, 0, None, None]
+    for totals, table in [
+        ({}, {"a": (1, 0, 0, None, None)}),
+        ({}, {"a": [1, 0, 0, None]}),
+        ({}, {"a": [1, 0, 0, ["noopt"], None]}),
+        ({"a": [1, 0]}, {"a": good}),
+        ({"a": [1, 0, 0, None, 3]}, {"a": [1, 0, 0, None, {"noopt": 1}]}),
+        ([], {"a": good}),
+        ({}, [("a", good)]),
+    ]:
+        with pytest.raises(TypeError):
+            ext.add_table(totals, table)
+
+
+#: batches of a few name servers over a few windows, so that expiry leaves retired counts
+RESTORED_ROW = st.tuples(
+    st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::53"]),
+    st.sampled_from([0, 60, 120, 3600, 7200]),
+    SMALL,
+    SMALL,
+    SMALL,
+    st.dictionaries(KIND_NAMES, SMALL, max_size=2),
+    st.dictionaries(KIND_NAMES, SMALL, max_size=2),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(RESTORED_ROW, min_size=1, max_size=6), max_size=5), st.sampled_from([0, 60, 3600]))
+def test_loaded_as_python(batches: list[list[Any]], expires: int) -> None:
+    """A state restored from the changelog of applied batches (retired counts, several windows): the same
+    state after loaded() with either add_table, and the totals of the state that wrote the changelog."""
+    state = NsState(expires)
+    records: list[Any] = []
+    for rows in batches:
+        state.apply(decode_batch(encode_batch(0, rows)))
+        records += state.changelog()
+    restored = []
+    for implementation in (add_table_py, ext.add_table):
+        again = NsState(expires)
+        for key, value in records:
+            again.load(key, value)
+        with mock.patch.object(processors.state, "add_table", implementation):
+            again.loaded()
+        restored.append(state_of(again))
+    assert restored[0] == restored[1]
+    assert restored[0]["totals"] == state.totals
