@@ -4,7 +4,8 @@ No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-st
 (:class:`processors.delta_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
 The Python code is the specification; when built, ``processors/_state.c`` does the per-name-server loops
-(apply straight from the encoded record, changelog and snapshot records) on the same objects.
+(apply straight from the encoded record, changelog and snapshot records, the restore of changelog records) on
+the same objects.
 
 What is kept:
 
@@ -160,7 +161,8 @@ def counts_records_py(
     return [(prefix + ns.encode(), encode(counts)) for ns, counts in changed.items()]
 
 
-#: the C transcriptions of :meth:`NsState.apply_record` and :func:`counts_records_py`, when built
+#: the C transcriptions of :meth:`NsState.apply_record`, :meth:`NsState.load` and :func:`counts_records_py`,
+#: when built
 _ext = load_extension("_state", "processors")
 #: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_state_c.py)
 counts_records: Callable[[bytes, Changed, Callable[[list[Any]], bytes]], list[Record]] = (
@@ -425,7 +427,11 @@ class NsState:
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an
         earlier one, a tombstone deletes it). ValueError for a record this version did not write (an older
-        version's ``T`` record too): its message says to start afresh."""
+        version's ``T`` record too): its message says to start afresh. In C when built, for the W and R
+        records written as :func:`encode_value` writes a plain counts list (``_ext.load``); everything
+        else, and any record the C code leaves to it (returning None, the state untouched), here."""
+        if _ext is not None and _ext.load(self, key, value) is not None:
+            return
         tag = key[:1]
         if tag == RETIRED_TAG:
             ns = key[1:].decode()
