@@ -18,6 +18,9 @@
  *    state is mutated. The window lookup (NsState._window, with its expiry and clock bound), the count of
  *    the rows it refused (NsState._count_outside) and the marks (NsState._mark) stay Python calls: once
  *    per window change and once per record.
+ *  - load(state, key, value): NsState.load of a W or R changelog record whose key and value are exactly
+ *    what this version writes (see its block); None, the state untouched, for anything else (M records,
+ *    odd or damaged ones): NsState.load's Python code then reads it or raises.
  *  - counts_records(prefix, changed, encode_value): state.counts_records_py, the changelog records
  *    of the changed name servers (name server -> counts); values are orjson's compact JSON, written here for the plain cases (ints that
  *    fit int64, None, dicts of printable-ASCII keys that need no escaping) and left to encode_value for
@@ -32,7 +35,7 @@
  *    numbers (ints beyond int64 too); a name server new to the totals gets its own list and maps. A value
  *    that is not a counts list (a list of 5, its kinds maps dicts or None) is a TypeError, as in apply.
  *
- * The counts lists apply and add_table create are untracked by the cycle collector (see add_row): the one
+ * The counts lists apply, load and add_table create are untracked by the cycle collector (see add_row): the one
  * difference from the Python path, invisible to everything but gc.is_tracked() and gc.get_objects().
  *
  * Every read of a record is bounds-checked against the size of its bytes object. Values are fixed-size
@@ -623,6 +626,374 @@ ns_apply(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     batch_free(&b);
     Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Restoring changelog records (NsState.load)                                                       */
+
+/*
+ * load(state, key, value): NsState.load of the W and R records, nearly all of a changelog (a restore reads
+ * ~400k of them per worker: ~1.6 s of Python, mostly orjson's objects and the comprehension that interns
+ * the kind names). Read here: a W key of a start int() reads as this code does (-?digits, the shortest
+ * form, within int64) or an R key, with a strict UTF-8 name server; a tombstone, or a value exactly as
+ * encode_value writes a plain counts list: the version byte, then orjson's compact JSON (no whitespace) of
+ * [int, int, int, null | {str: int, ...}, null | {str: int, ...}], ints in their shortest form within
+ * int64 (no "-0"), strings of strict UTF-8 without raw control characters (JSON forbids them), with the
+ * short escapes (\" \\ \/ \b \f \n \r \t) or \uXXXX outside the surrogates (orjson writes \u00XX for the
+ * other control characters).
+ *
+ * Anything else returns None with the state untouched, and NsState.load decides (reads it or raises its
+ * own error): M records, unknown tags, starts like "+5", " 5", "5_0", "007" or beyond int64, other
+ * versions, damaged values, bools, floats, big ints, surrogate escapes, a state whose tables are not
+ * dicts. So this code raises nothing of its own but MemoryError, and the whole record is parsed before
+ * the state is changed.
+ *
+ * It builds what NsState.load builds: counts lists [a, f, t, map | None, map | None] with None for an
+ * empty map, the kind names interned (sys.intern), a window created if new (setdefault), a tombstone
+ * popping the name server from its window or the retired counts. The lists are untracked by the cycle
+ * collector, as add_row's are (they hold ints, None and dicts of str -> int, which CPython leaves
+ * untracked); the same difference from the Python path as apply's.
+ */
+
+/* the longest JSON string (between its quotes, escapes included) read here; a longer one goes to Python */
+#define JSON_STR_MAX 256
+
+/* JSON being read: p moves past what was read */
+typedef struct {
+    const unsigned char *p, *end;
+} json_t;
+
+/* 1, and past it, when the next byte is c */
+static int
+json_byte(json_t *j, unsigned char c)
+{
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* 1, and past it, when the next bytes are the literal `text` */
+static int
+json_literal(json_t *j, const char *text, Py_ssize_t size)
+{
+    if (j->end - j->p < size || memcmp(j->p, text, (size_t)size) != 0)
+        return 0;
+    j->p += size;
+    return 1;
+}
+
+/* An int in its shortest form (-?(0|[1-9][0-9]*), not "-0") that fits int64 into *n: 1; else 0. What
+ * follows is the caller's to check (a '.' or an 'e' there makes it a float). */
+static int
+json_int(json_t *j, int64_t *n)
+{
+    int negative = json_byte(j, '-');
+    uint64_t u = 0, limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    const unsigned char *digits = j->p;
+
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        unsigned d = (unsigned)(*j->p - '0');
+        if (u > (limit - d) / 10)
+            return 0; /* beyond int64: Python reads it */
+        u = u * 10 + d;
+        j->p++;
+    }
+    if (j->p == digits || (*digits == '0' && (j->p - digits > 1 || negative)))
+        return 0; /* no digits, a leading zero, "-0" */
+    *n = negative ? (int64_t)(0 - u) : (int64_t)u; /* 0 - 2**63 wraps to INT64_MIN */
+    return 1;
+}
+
+/* The value of hex digit c, -1 if it is none */
+static int
+hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * A JSON string as a new str; NULL when it is not read here (no exception set: Python decides) or with an
+ * exception (out of memory). Its text is strict UTF-8 (as orjson requires it); the unescaped text is never
+ * longer than the escaped one, so a JSON_STR_MAX buffer holds it.
+ */
+static PyObject *
+json_str(json_t *j)
+{
+    const unsigned char *start, *p;
+    unsigned char text[JSON_STR_MAX];
+    Py_ssize_t size = 0;
+    int escaped = 0;
+    PyObject *s;
+
+    if (!json_byte(j, '"'))
+        return NULL;
+    start = j->p;
+    for (;;) {
+        if (j->p == j->end || *j->p < 0x20)
+            return NULL; /* not closed, a raw control character */
+        if (*j->p == '"')
+            break;
+        if (*j->p == '\\') {
+            escaped = 1;
+            j->p++; /* the escaped byte is skipped below: \" does not end the string */
+            if (j->p == j->end)
+                return NULL;
+        }
+        j->p++;
+    }
+    if (!escaped) {
+        s = PyUnicode_DecodeUTF8((const char *)start, j->p - start, "strict");
+        j->p++;
+        goto decoded;
+    }
+    if (j->p - start > JSON_STR_MAX)
+        return NULL;
+    for (p = start; p < j->p;) {
+        unsigned code = 0;
+        if (*p != '\\') {
+            text[size++] = *p++;
+            continue;
+        }
+        switch (p[1]) {
+        case '"': case '\\': case '/':
+            text[size++] = p[1];
+            break;
+        case 'b': text[size++] = '\b'; break;
+        case 'f': text[size++] = '\f'; break;
+        case 'n': text[size++] = '\n'; break;
+        case 'r': text[size++] = '\r'; break;
+        case 't': text[size++] = '\t'; break;
+        case 'u':
+            if (j->p - p < 6)
+                return NULL;
+            for (int k = 2; k < 6; k++) {
+                int d = hex_digit(p[k]);
+                if (d < 0)
+                    return NULL;
+                code = code << 4 | (unsigned)d;
+            }
+            if (code >= 0xD800 && code <= 0xDFFF)
+                return NULL; /* a surrogate: pairs and lone ones are orjson's to judge */
+            if (code < 0x80)
+                text[size++] = (unsigned char)code;
+            else if (code < 0x800) {
+                text[size++] = (unsigned char)(0xC0 | code >> 6);
+                text[size++] = (unsigned char)(0x80 | (code & 0x3F));
+            }
+            else {
+                text[size++] = (unsigned char)(0xE0 | code >> 12);
+                text[size++] = (unsigned char)(0x80 | (code >> 6 & 0x3F));
+                text[size++] = (unsigned char)(0x80 | (code & 0x3F));
+            }
+            p += 6;
+            continue;
+        default:
+            return NULL; /* not a JSON escape */
+        }
+        p += 2;
+    }
+    s = PyUnicode_DecodeUTF8((const char *)text, size, "strict");
+    j->p++;
+decoded:
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear();
+    return s;
+}
+
+/*
+ * A kinds map: *map a new dict of interned str -> int, or None for null and for {} (as _counts): 1; 0 when
+ * it is not read here (nothing in *map), -1 with an exception.
+ */
+static int
+json_kinds(json_t *j, PyObject **map)
+{
+    PyObject *kinds;
+
+    if (json_literal(j, "null", 4) || json_literal(j, "{}", 2)) {
+        *map = Py_NewRef(Py_None);
+        return 1;
+    }
+    if (!json_byte(j, '{'))
+        return 0;
+    if ((kinds = PyDict_New()) == NULL)
+        return -1;
+    do {
+        PyObject *kind = json_str(j), *number;
+        int64_t n;
+        int rc;
+        if (kind == NULL)
+            goto fail;
+        PyUnicode_InternInPlace(&kind);
+        if (!json_byte(j, ':') || !json_int(j, &n)) {
+            Py_DECREF(kind);
+            goto fail;
+        }
+        number = PyLong_FromLongLong((long long)n);
+        rc = number == NULL ? -1 : PyDict_SetItem(kinds, kind, number); /* a repeated kind: the last wins */
+        Py_DECREF(kind);
+        Py_XDECREF(number);
+        if (rc < 0)
+            goto fail;
+    } while (json_byte(j, ','));
+    if (json_byte(j, '}')) {
+        *map = kinds;
+        return 1;
+    }
+fail:
+    Py_DECREF(kinds);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* _counts(decode_value(value)) of a plain value: a new counts list, untracked; NULL when it is not read
+ * here (no exception set) or with an exception. */
+static PyObject *
+load_counts(PyObject *value)
+{
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(value);
+    json_t j = {data, data + PyBytes_GET_SIZE(value)};
+    PyObject *counts, *maps[2] = {NULL, NULL};
+    int64_t n[3];
+
+    if (!json_byte(&j, 0x01) || !json_byte(&j, '['))
+        return NULL; /* another version, not a list */
+    for (int i = 0; i < 3; i++)
+        if (!json_int(&j, &n[i]) || !json_byte(&j, ','))
+            return NULL;
+    for (int i = 0; i < 2; i++)
+        if (json_kinds(&j, &maps[i]) <= 0 || !json_byte(&j, i == 0 ? ',' : ']'))
+            goto fail;
+    if (j.p != j.end || (counts = PyList_New(SLOTS)) == NULL)
+        goto fail; /* trailing bytes, out of memory */
+    for (int i = 0; i < 3; i++) {
+        PyObject *number = PyLong_FromLongLong((long long)n[i]);
+        if (number == NULL) {
+            Py_DECREF(counts);
+            goto fail;
+        }
+        PyList_SET_ITEM(counts, i, number);
+    }
+    PyList_SET_ITEM(counts, SLOT_BY_KIND, maps[0]);
+    PyList_SET_ITEM(counts, SLOT_OBSERVATIONS, maps[1]);
+    PyObject_GC_UnTrack(counts); /* as add_row's lists */
+    return counts;
+fail:
+    Py_XDECREF(maps[0]);
+    Py_XDECREF(maps[1]);
+    return NULL;
+}
+
+/* dict.pop(key, None), its result dropped */
+static int
+dict_discard(PyObject *dict, PyObject *key)
+{
+    PyObject *old = PyDict_GetItemWithError(dict, key);
+
+    if (old == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyDict_DelItem(dict, key);
+}
+
+/* the NsState attributes load changes, interned once */
+static PyObject *windows_name, *loaded_retired_name;
+
+PyDoc_STRVAR(load_doc,
+"load(state, key, value) -> True | None\n--\n\n"
+"NsState.load(key, value) of a W or R record (bytes key, bytes value or None) written as encode_value\n"
+"writes a plain counts list: True once loaded. None, with the state untouched, for anything else:\n"
+"NsState.load must decide (load it, or raise ValueError).");
+
+static PyObject *
+ns_load(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *state, *key, *value, *ns = NULL, *counts = NULL, *table = NULL, *start_key = NULL;
+    PyObject *window = NULL, *result = NULL;
+    const unsigned char *k;
+    Py_ssize_t size, at = 1;
+    int64_t start = 0;
+    int rc;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "load() takes exactly 3 arguments (state, key, value)");
+        return NULL;
+    }
+    state = args[0];
+    key = args[1];
+    value = args[2];
+    if (!PyBytes_CheckExact(key) || (value != Py_None && !PyBytes_CheckExact(value)))
+        Py_RETURN_NONE;
+    k = (const unsigned char *)PyBytes_AS_STRING(key);
+    size = PyBytes_GET_SIZE(key);
+    if (size == 0 || (k[0] != 'W' && k[0] != 'R'))
+        Py_RETURN_NONE; /* the mark, an unknown tag */
+    if (windows_name == NULL &&
+        ((windows_name = PyUnicode_InternFromString("windows")) == NULL ||
+         (loaded_retired_name = PyUnicode_InternFromString("_loaded_retired")) == NULL)) {
+        Py_CLEAR(windows_name);
+        return NULL;
+    }
+    if (k[0] == 'W') {
+        /* W<start> <name server>: the first space ends the start (the digits have none) */
+        json_t j = {k + 1, k + size};
+        if (!json_int(&j, &start) || !json_byte(&j, ' '))
+            Py_RETURN_NONE;
+        at = j.p - k;
+    }
+    ns = PyUnicode_DecodeUTF8((const char *)k + at, size - at, "strict");
+    if (ns == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (value != Py_None && (counts = load_counts(value)) == NULL)
+        goto done; /* None, or the exception */
+    table = PyObject_GetAttr(state, k[0] == 'W' ? windows_name : loaded_retired_name);
+    if (table == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            PyErr_Clear();
+        goto done;
+    }
+    if (!PyDict_CheckExact(table))
+        goto done;
+    if (k[0] == 'R')
+        rc = counts == NULL ? dict_discard(table, ns) : PyDict_SetItem(table, ns, counts);
+    else {
+        if ((start_key = PyLong_FromLongLong((long long)start)) == NULL)
+            goto done;
+        window = Py_XNewRef(PyDict_GetItemWithError(table, start_key));
+        if (window == NULL && PyErr_Occurred())
+            goto done;
+        if (window != NULL && !PyDict_CheckExact(window))
+            goto done; /* not read here: Python's setdefault, pop or item assignment decides */
+        if (counts == NULL)
+            rc = window == NULL ? 0 : dict_discard(window, ns); /* a tombstone of a window not there */
+        else {
+            if (window == NULL) { /* windows.setdefault(start, {}) */
+                if ((window = PyDict_New()) == NULL || PyDict_SetItem(table, start_key, window) < 0)
+                    goto done;
+            }
+            rc = PyDict_SetItem(window, ns, counts);
+        }
+    }
+    if (rc == 0)
+        result = Py_NewRef(Py_True);
+done:
+    Py_DECREF(ns);
+    Py_XDECREF(counts);
+    Py_XDECREF(table);
+    Py_XDECREF(start_key);
+    Py_XDECREF(window);
+    if (result == NULL && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+    return result;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1233,6 +1604,7 @@ error:
 
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))ns_apply, METH_FASTCALL, apply_doc},
+    {"load", (PyCFunction)(void (*)(void))ns_load, METH_FASTCALL, load_doc},
     {"counts_records", (PyCFunction)(void (*)(void))ns_counts_records, METH_FASTCALL, counts_records_doc},
     {"snapshot_records", (PyCFunction)(void (*)(void))ns_snapshot_records, METH_FASTCALL, snapshot_records_doc},
     {"add_table", (PyCFunction)(void (*)(void))ns_add_table, METH_FASTCALL, add_table_doc},

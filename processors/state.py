@@ -4,8 +4,8 @@ No Kafka: the aggregator agent (``processors/aggregator.py``) applies each ns-st
 (:class:`processors.delta_batch.DeltaBatch`) here in one tight loop, writes what changed to its
 changelog topic when it commits, and rebuilds a state from that changelog when it is assigned the partition.
 The Python code is the specification; when built, ``processors/_state.c`` does the per-name-server loops
-(apply straight from the encoded record, changelog and snapshot records, the totals of a restore) on the same
-objects.
+(apply straight from the encoded record, changelog and snapshot records, the restore of changelog records
+and its totals) on the same objects.
 
 What is kept:
 
@@ -172,7 +172,7 @@ def add_table_py(totals: dict[str, Counts], table: Mapping[str, Counts]) -> None
         add_counts(total, counts)
 
 
-#: the C transcriptions of :meth:`NsState.apply_record`, :func:`counts_records_py` and
+#: the C transcriptions of :meth:`NsState.apply_record`, :meth:`NsState.load`, :func:`counts_records_py` and
 #: :func:`add_table_py`, when built
 _ext = load_extension("_state", "processors")
 #: :func:`counts_records_py`, in C when built (same bytes: tests/processors/test_state_c.py)
@@ -443,7 +443,11 @@ class NsState:
     def load(self, key: bytes, value: bytes | None) -> None:
         """Restore one changelog record (recovery, in changelog order: a later record of a key replaces an
         earlier one, a tombstone deletes it). ValueError for a record this version did not write (an older
-        version's ``T`` record too): its message says to start afresh."""
+        version's ``T`` record too): its message says to start afresh. In C when built, for the W and R
+        records written as :func:`encode_value` writes a plain counts list (``_ext.load``); everything
+        else, and any record the C code leaves to it (returning None, the state untouched), here."""
+        if _ext is not None and _ext.load(self, key, value) is not None:
+            return
         tag = key[:1]
         if tag == RETIRED_TAG:
             ns = key[1:].decode()

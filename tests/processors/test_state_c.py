@@ -1,12 +1,13 @@
 """``processors._state`` (C) does exactly what its Python specification does: the state after applying
 encoded ns-stats batches (totals, windows, marks, expiry, what is dirty), the changelog records and the
-counts snapshots, byte for byte, the totals of a restore; and it leaves every damaged batch to the Python
-path, untouched."""
+counts snapshots, byte for byte; the state restored from changelog records and its totals; and it leaves every
+damaged batch and every record it does not read to the Python path, untouched."""
 
 from __future__ import annotations
 
 import copy
 import gc
+import sys
 from typing import Any
 from unittest import mock
 
@@ -290,3 +291,208 @@ def test_loaded_as_python(batches: list[list[Any]], expires: int) -> None:
         restored.append(state_of(again))
     assert restored[0] == restored[1]
     assert restored[0]["totals"] == state.totals
+
+
+# --- NsState.load: restoring changelog records ---------------------------------------------------------
+
+#: ints orjson writes (beyond int64 up to 2**64 - 1, which C leaves to Python)
+JSON_INTS = st.one_of(SMALL, INT64, st.integers(-(2**63), 2**64 - 1))
+COUNTS = st.tuples(
+    JSON_INTS, JSON_INTS, JSON_INTS, st.one_of(st.none(), KINDS), st.one_of(st.none(), KINDS)
+).map(list)
+LOAD_STARTS = st.one_of(STARTS, STARTS, st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70))
+
+
+#: JSON's short escapes
+SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "/": "\\/",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+@st.composite
+def json_string(draw: st.DrawFn, text: str) -> str:
+    """``text`` as a JSON string, each character written raw (when JSON allows), as a short escape or as
+    \\uXXXX (surrogate pairs beyond the BMP: C leaves those to Python)."""
+    out = []
+    for ch in text:
+        ways = []
+        if ch >= " " and ch not in '"\\':
+            ways.append(ch)
+        if ch in SHORT_ESCAPES:
+            ways.append(SHORT_ESCAPES[ch])
+        code = ord(ch)
+        if code > 0xFFFF:
+            code -= 0x10000
+            ways.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04X}")
+        else:
+            ways += [f"\\u{code:04x}", f"\\u{code:04X}"]
+        out.append(draw(st.sampled_from(ways)))
+    return '"' + "".join(out) + '"'
+
+
+#: numbers as JSON text: as orjson writes them (PLAIN), or of any size, with leading zeros, and spellings
+#: orjson reads otherwise or not at all (ODD: C leaves all of those to Python)
+PLAIN_NUMBER = JSON_INTS.map(str)
+ODD_NUMBER = st.one_of(
+    st.integers(-(2**80), 2**80).map(str),
+    st.sampled_from(["01", "-01", "00", "007"]),
+    st.sampled_from(["-0", "1.0", "1e2", "-", "+1", "true", "false", "null", '"1"', "[]"]),
+)
+ODD_KIND_NAMES = st.one_of(KIND_NAMES, st.text(max_size=4), st.sampled_from(["\x00", "\U0001f600", "a/b"]))
+#: the one place a hand-written value differs from what encode_value writes, if any
+FLAWS = st.sampled_from(
+    [None] * 5 + ["version", "trailing", "whitespace", "length", "number", "number", "kind number", "kinds"]
+)
+
+
+@st.composite
+def json_kinds(draw: st.DrawFn, odd: bool) -> str:
+    """A kinds map as JSON text: names escaped any way JSON allows, repeated names; ``odd``: with one odd
+    number."""
+    if odd and draw(st.booleans()):
+        return draw(st.sampled_from(["[]", "0", "{,}", '{"a":1,}', '{"a"}']))
+    pairs = draw(st.lists(st.tuples(ODD_KIND_NAMES, PLAIN_NUMBER), min_size=0 if not odd else 1, max_size=3))
+    if odd:
+        pairs[-1] = (pairs[-1][0], draw(ODD_NUMBER))
+    if not pairs and draw(st.booleans()):
+        return "null"
+    return "{" + ",".join(draw(json_string(k)) + ":" + n for k, n in pairs) + "}"
+
+
+@st.composite
+def json_value(draw: st.DrawFn) -> bytes:
+    """A changelog value written by hand: as encode_value writes it but with names escaped otherwise, or
+    with one flaw (another version, whitespace, trailing bytes, another length, an odd number)."""
+    flaw = draw(FLAWS)
+    items = [draw(PLAIN_NUMBER) for _ in range(3)] + [draw(json_kinds(False)) for _ in range(2)]
+    if flaw == "number":
+        items[draw(st.integers(0, 2))] = draw(ODD_NUMBER)
+    elif flaw in ("kind number", "kinds"):
+        items[draw(st.integers(3, 4))] = draw(json_kinds(True))
+    elif flaw == "length":
+        items = items[:4] if draw(st.booleans()) else [*items, "1"]
+    text = "[" + ",".join(items) + "]"
+    if flaw == "whitespace":
+        at = draw(st.integers(1, len(text)))
+        text = text[:at] + draw(st.sampled_from([" ", "\t", "\n", "\r"])) + text[at:]
+    if flaw == "trailing":
+        text += draw(st.sampled_from([" ", "\n", "x", "]", ",1"]))
+    return (draw(st.sampled_from([b"\x02", b"", b"\x00"])) if flaw == "version" else b"\x01") + text.encode()
+
+
+#: window starts int() reads but C leaves to it, or that int() refuses (the last: an Arabic-Indic 1)
+ODD_START_TEXTS = st.sampled_from([b"+5", b" 5", b"5 ", b"5_0", b"007", b"-0", b"", b"x", b"\xd9\xa1"])
+
+
+@st.composite
+def changelog_record(draw: st.DrawFn) -> tuple[bytes, bytes | None]:
+    """A changelog record: mostly W and R records as NsState.changelog writes them, some M records, keys
+    and values written otherwise, and any of them damaged."""
+    ns = draw(NAMES).encode()
+    kind = draw(st.sampled_from(["W", "W", "W", "R", "R", "M", "other"]))
+    if kind == "W":
+        start = draw(st.one_of(LOAD_STARTS.map(lambda n: b"%d" % n), ODD_START_TEXTS))
+        key = b"W" + start + draw(st.sampled_from([b" ", b" ", b" ", b""])) + ns
+    elif kind == "R":
+        key = b"R" + ns
+    elif kind == "M":
+        key = draw(st.sampled_from([b"M", b"M", b"M1"]))
+    else:
+        key = draw(st.sampled_from([b"", b"T", b"X1 a"])) + ns
+    if kind == "M":
+        value = encode_value(draw(st.lists(st.integers(-1, 2**64 - 1), max_size=4)))
+    else:
+        value = draw(st.one_of(COUNTS.map(encode_value), json_value()))
+    value = draw(st.one_of(st.just(value), st.just(value), st.none(), mutated(value)))
+    if draw(st.integers(0, 9)) == 0:
+        key = draw(mutated(key))
+    return key, value
+
+
+@st.composite
+def changelog_records(draw: st.DrawFn) -> list[tuple[bytes, bytes | None]]:
+    """Changelog records, a third of them of a key written before (a new value, or a tombstone)."""
+    records = draw(st.lists(changelog_record(), max_size=10))
+    for i in range(1, len(records)):
+        if draw(st.integers(0, 2)) == 0:
+            records[i] = (records[draw(st.integers(0, i - 1))][0], records[i][1])
+    return records
+
+
+def typed(obj: Any) -> Any:
+    """obj with the type of every item beside it: 1, 1.0 and True are told apart, so are dicts and None."""
+    if isinstance(obj, dict):
+        return type(obj), {typed(k): typed(v) for k, v in obj.items()}
+    if isinstance(obj, set):
+        return type(obj), sorted(map(repr, map(typed, obj)))
+    if isinstance(obj, list | tuple):
+        return type(obj), [typed(v) for v in obj]
+    return type(obj), obj
+
+
+def load_outcome(state: NsState, key: bytes, value: bytes | None) -> Any:
+    """None once loaded, or the type and message of what load raised."""
+    try:
+        state.load(key, value)
+    except Exception as exc:
+        return type(exc), str(exc)
+    return None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changelog_records(), st.sampled_from([0, 60]))
+def test_load_as_python(records: list[tuple[bytes, bytes | None]], expires: int) -> None:
+    """Restoring any changelog records (well-formed, written otherwise, damaged) gives the same state and
+    the same errors with the C path as with the Python one; C either loads a record as Python does or
+    leaves it to Python with the state untouched; and loaded() then gives the same totals."""
+    py, c = NsState(expires), NsState(expires)
+    for key, value in records:
+        before = state_of(c)
+        handled = ext.load(c, key, value)
+        if handled is None:
+            assert state_of(c) == before
+        else:
+            assert handled is True
+            c = NsState(expires)
+            vars(c).update(before)  # undone: NsState.load must take the same path
+        with mock.patch.object(processors.state, "_ext", None):
+            expected = load_outcome(py, key, value)
+        assert load_outcome(c, key, value) == expected
+        assert typed(state_of(c)) == typed(state_of(py))
+    with mock.patch.object(processors.state, "_ext", None):
+        expected = outcome(py.loaded)
+    assert outcome(c.loaded) == expected
+    assert typed(state_of(c)) == typed(state_of(py))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), NAMES, LOAD_STARTS, st.one_of(st.none(), COUNTS)), max_size=8))
+def test_load_reads_what_changelog_writes(records: list[tuple[bool, str, int, Any]]) -> None:
+    """The records NsState writes are read in C (the plain ones: ints within int64), into what Python
+    builds: interned kind names, None for empty maps; and lists left out of the cycle collector."""
+    py, c = NsState(), NsState()
+    for window, ns, start, counts in records:
+        key = processors.state.window_key(start, ns) if window else b"R" + ns.encode()
+        value = None if counts is None else encode_value(counts)
+        plain = (not window or -(2**63) <= start < 2**63) and (
+            counts is None or all(-(2**63) <= n < 2**63 for n in counts[:3])
+        )
+        with mock.patch.object(processors.state, "_ext", None):
+            py.load(key, value)
+        assert (ext.load(c, key, value) is True) == plain
+        if not plain:
+            c.load(key, value)
+        elif counts is not None:
+            loaded = c.windows[start][ns] if window else c._loaded_retired[ns]
+            assert not gc.is_tracked(loaded) and not any(gc.is_tracked(item) for item in loaded)
+        assert typed(state_of(c)) == typed(state_of(py))
+    for counts in [*c._loaded_retired.values(), *(n for w in c.windows.values() for n in w.values())]:
+        for kinds in counts[3:]:
+            assert kinds is None or (kinds and all(k is sys.intern(k) for k in kinds))
