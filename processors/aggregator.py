@@ -103,6 +103,9 @@ POLL_SECONDS = 0.05
 #: a restore's fetch at the changelog's end returns after this many milliseconds (librdkafka's 500 ms
 #: default was half the time of a restore reading a short tail: a standby's, or a checkpoint's)
 END_FETCH_WAIT_MS = 50
+#: changelog partitions a restore reads at once, each with its own consumer (:func:`read_changelog`);
+#: measured: two consumers read two partitions' 224k records in 0.78 s, one consumer in 1.71 s
+READERS = 8
 #: how long a changelog topic just created may take to show its partitions in the metadata
 TOPIC_METADATA_SECONDS = 30.0
 #: how long a changelog partition may take to have a leader when its watermarks are asked
@@ -384,6 +387,40 @@ def changelog_consumer(config: Mapping[str, str], group: str, *, eof: bool = Fal
     )
 
 
+def read_partition(
+    config: Mapping[str, str],
+    topic: str,
+    partition: int,
+    state: NsState,
+    offset: int,
+    halt: Callable[[], bool],
+    group: str,
+) -> int | None:
+    """Load ``partition`` of the changelog ``topic`` from ``offset`` to its end into ``state``, with a
+    consumer of its own; the records read, None if ``halt()`` said so first. Blocking."""
+    records = 0
+    consumer = changelog_consumer(config, group, eof=True)
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        while True:
+            if halt():
+                return None
+            end = False
+            for msg in consumer.consume(10_000, POLL_SECONDS):
+                error = msg.error()
+                if error is None:
+                    state.load(msg.key(), msg.value())
+                    records += 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    end = True
+                else:
+                    raise KafkaException(error)
+            if end:
+                return records
+    finally:
+        consumer.close()
+
+
 def read_changelog(
     config: Mapping[str, str],
     topic: str,
@@ -400,33 +437,38 @@ def read_changelog(
     A partition in ``resume`` is read from the offset given there, on top of the state given there (loaded
     from a checkpoint, ``processors/checkpoint.py``, or a standby's, ``processors/standby.py``); the others
     from their beginning, on a ``new_state()``. ``group``: see :func:`changelog_consumer`.
+
+    Up to :data:`READERS` partitions are read at once, each by its own consumer (:func:`read_partition`):
+    librdkafka keeps one fetch in flight per broker and consumer, so one consumer of several partitions
+    waits for each fetch in turn. A reader's error stops the others and is raised.
     """
     resume = resume or {}
     starts = {p: resume.get(p, (new_state(), OFFSET_BEGINNING)) for p in partitions}
+    failed = threading.Event()
+
+    def halt() -> bool:
+        return stop.is_set() or failed.is_set()
+
+    def read(p: int) -> int | None:
+        state, offset = starts[p]
+        try:
+            return read_partition(config, topic, p, state, offset, halt, group)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max(1, min(len(starts), READERS)), thread_name_prefix="restore"
+    ) as readers:
+        futures = [readers.submit(read, p) for p in starts]
+        read_counts = [future.result() for future in futures]
+    if None in read_counts:
+        return None
     states = {p: state for p, (state, _) in starts.items()}
-    records = 0
-    consumer = changelog_consumer(config, group, eof=True)
-    try:
-        consumer.assign([TopicPartition(topic, p, offset) for p, (_, offset) in starts.items()])
-        remaining = set(states)
-        while remaining:
-            if stop.is_set():
-                return None
-            for msg in consumer.consume(10_000, POLL_SECONDS):
-                error = msg.error()
-                if error is None:
-                    states[msg.partition()].load(msg.key(), msg.value())
-                    records += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(msg.partition())
-                else:
-                    raise KafkaException(error)
-    finally:
-        consumer.close()
     with collector_paused():
         for state in states.values():
             state.loaded()
-    return states, records
+    return states, sum(n for n in read_counts if n is not None)
 
 
 def install(app: faust.App, settings: Settings, counters: AgentCounters, output: Output) -> Aggregation:

@@ -30,7 +30,8 @@ was processed already.
 
 It also commits nothing of the partitions in :attr:`CommitGuardConsumer.held` (the aggregator's, while their
 state is being restored), and stops the transactional producers of partitions given away, which Faust kept
-(:meth:`CommitGuardConsumer._stop_stale_transactions`).
+(:meth:`CommitGuardConsumer._stop_stale_transactions`), and runs seeks in the consumer's thread
+(:meth:`CommitGuardConsumer._seek`).
 """
 
 from __future__ import annotations
@@ -218,6 +219,14 @@ class CommitGuardConsumer(Consumer):
                 self._gap[tp].addi(committed, hole.proven_to)
         self.holes.pop(tp, None)
         return super()._new_offset(tp)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """aiokafka's seek, run in the consumer's own thread. Faust's calls it in the event loop's thread,
+        where it deletes the fetcher's buffered records of the partition while the consumer thread may be
+        reading them: the fetch loop then died of a KeyError in ``fetched_records`` (seen in
+        tests/processors/test_elastic.py, a paused partition sought as it resumed)."""
+        thread: Any = self._thread
+        await thread.call_thread(thread.seek, partition, offset)
 
     def _seek_back(self, tp: TP, committed: int) -> None:
         """Fetch ``tp`` again from ``committed`` (rate-limited); see the module doc."""

@@ -159,7 +159,7 @@ def test_read_changelog_restores_what_was_written(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
     """What the state wrote, flush after flush, read back from a compacted topic: the same state, per
-    partition; and a set stop ends the read."""
+    partition; a set stop ends the read, and so does a record this version cannot read (raised)."""
     topic = new_topic(2, {"cleanup.policy": "compact"}, prefix="test-changelog")
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     states = {p: NsState() for p in (0, 1)}
@@ -198,3 +198,8 @@ def test_read_changelog_restores_what_was_written(
     stopped = threading.Event()
     stopped.set()
     assert read_changelog(config, topic, [0], NsState, stopped, f"{topic}-test") is None
+    # each partition has a reader of its own: one's error ends the read, raised
+    producer.produce(topic, b"\x01[]", b"Znot a key of this version", partition=1)
+    assert producer.flush(30) == 0
+    with pytest.raises(ValueError, match="unknown changelog key"):
+        read_changelog(config, topic, [0, 1], NsState, threading.Event(), f"{topic}-test")
