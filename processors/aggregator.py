@@ -533,6 +533,25 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
     writes: dict[int, concurrent.futures.Future[None]] = {}
 
+    def read_checkpoint(p: int) -> tuple[checkpoint.Header, checkpoint.Image]:
+        """The checkpoint of partition ``p`` in the state dir, decoded; FileNotFoundError, OSError or
+        CheckpointError when there is none usable. Blocking."""
+        assert state_dir is not None
+        with collector_paused():
+            return checkpoint.decode(
+                checkpoint.path(state_dir, changelog.name, p).read_bytes(), changelog.name, p
+            )
+
+    #: the checkpoints in the state dir as the worker started, read and decoded while Faust starts and joins
+    #: the group (2 s and more on the 2-core box) instead of after the first assignment, whose restore takes
+    #: them (:func:`restore_states`); later restores read the files. A file replaced meanwhile (a worker
+    #: sharing the directory) leaves an older image, still true through its offset (or refused)
+    preloads: dict[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]] = {}
+    if state_dir is not None:
+        preloader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-preload")
+        preloads.update((p, preloader.submit(read_checkpoint, p)) for p in range(settings.partitions))
+        preloader.shutdown(wait=False)
+
     def refused(partition: int, reason: str) -> None:
         assert state_dir is not None
         file = checkpoint.path(state_dir, changelog.name, partition)
@@ -544,18 +563,21 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         )
 
     def from_checkpoints(
-        consumer: Consumer, partitions: Iterable[int], committed: Mapping[int, int]
+        consumer: Consumer,
+        partitions: Iterable[int],
+        committed: Mapping[int, int],
+        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
     ) -> tuple[dict[int, tuple[NsState, int]], set[int]]:
-        """States loaded from the usable checkpoints of ``partitions`` in the state dir, with the changelog
-        offset to read on from (``read_changelog``'s ``resume``), and those of them with nothing to read
-        (nobody committed since, the changelog ends at the checkpoint). A missing, stale or damaged file is
-        logged with the reason and left out: its partition is read from the changelog's beginning."""
+        """States loaded from the usable checkpoints of ``partitions`` in the state dir (read already when
+        in ``preloaded``), with the changelog offset to read on from (``read_changelog``'s ``resume``), and
+        those of them with nothing to read (nobody committed since, the changelog ends at the checkpoint). A
+        missing, stale or damaged file is logged with the reason and left out: its partition is read from
+        the changelog's beginning."""
         assert state_dir is not None
         found: dict[int, tuple[checkpoint.Header, checkpoint.Image]] = {}
         for p in partitions:
-            file = checkpoint.path(state_dir, changelog.name, p)
             try:
-                found[p] = checkpoint.decode(file.read_bytes(), changelog.name, p)
+                found[p] = preloaded[p].result() if p in preloaded else read_checkpoint(p)
             except FileNotFoundError:
                 log.info(
                     "ns-stats partition %d: no checkpoint in %s, reading the whole changelog", p, state_dir
@@ -588,11 +610,12 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         restoring: Restoring,
         kept: Mapping[int, tuple[NsState, int]],
         standby: Mapping[int, tuple[NsState, int]],
+        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
     ) -> Restored | None:
         """The kept states still current (the group's committed offset of their partition is still the one
         this worker's last commit of it committed), and the other partitions' states from ``standby``
-        (this worker's standby states, with their changelog offsets), their checkpoints and the changelog
-        (None when the restore was stopped)."""
+        (this worker's standby states, with their changelog offsets), their checkpoints (``preloaded``: read
+        already) and the changelog (None when the restore was stopped)."""
         # a kept state being written to a checkpoint must not change until it is written
         concurrent.futures.wait([writes[p] for p in restoring.partitions if p in writes])
         with offsets_consumer(config, settings.app_id) as consumer:
@@ -607,7 +630,9 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             if rest - set(warm):  # a standby read the changelog: it exists
                 ensure_changelog(rest - set(warm))
             resume, complete = (
-                ({}, set()) if state_dir is None else from_checkpoints(consumer, rest - set(warm), committed)
+                ({}, set())
+                if state_dir is None
+                else from_checkpoints(consumer, rest - set(warm), committed, preloaded)
             )
         with collector_paused():
             for p in complete:
@@ -642,10 +667,11 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         restoring: Restoring,
         kept: Mapping[int, tuple[NsState, int]],
         standby: Mapping[int, tuple[NsState, int]],
+        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
     ) -> None:
         started = time.monotonic()
         try:
-            restored = await asyncio.to_thread(restore_blocking, restoring, kept, standby)
+            restored = await asyncio.to_thread(restore_blocking, restoring, kept, standby, preloaded)
         except Exception as exc:
             await app.crash(exc)
             return
@@ -860,9 +886,11 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             }
             standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic), seeds)
         revoked_ends.clear()
+        preloaded = dict(preloads)  # the first assignment's (see preloads); the others are dropped
+        preloads.clear()
         if mine:
             app.consumer.held.update(TP(settings.stats_topic, p) for p in mine)
-            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept, standby))
+            task = asyncio.ensure_future(restore(aggregation.begin_restore(mine), kept, standby, preloaded))
             restores.add(task)
             task.add_done_callback(restores.discard)
 
