@@ -129,6 +129,9 @@ class Restoring:
     resume: dict[int, int] = field(default_factory=dict)
 
 
+#: a checkpoint being read in a thread (``install``'s preloads)
+CheckpointRead = concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]
+
 #: where a restore's states come from (the ``source`` label of the restore metrics): :class:`Restored`
 RESTORE_SOURCES = ("kept", "standby", "checkpoint", "changelog")
 
@@ -537,16 +540,15 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         """The checkpoint of partition ``p`` in the state dir, decoded; FileNotFoundError, OSError or
         CheckpointError when there is none usable. Blocking."""
         assert state_dir is not None
-        with collector_paused():
-            return checkpoint.decode(
-                checkpoint.path(state_dir, changelog.name, p).read_bytes(), changelog.name, p
-            )
+        return checkpoint.decode(
+            checkpoint.path(state_dir, changelog.name, p).read_bytes(), changelog.name, p
+        )
 
     #: the checkpoints in the state dir as the worker started, read and decoded while Faust starts and joins
     #: the group (2 s and more on the 2-core box) instead of after the first assignment, whose restore takes
     #: them (:func:`restore_states`); later restores read the files. A file replaced meanwhile (a worker
     #: sharing the directory) leaves an older image, still true through its offset (or refused)
-    preloads: dict[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]] = {}
+    preloads: dict[int, CheckpointRead] = {}
     if state_dir is not None:
         preloader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-preload")
         preloads.update((p, preloader.submit(read_checkpoint, p)) for p in range(settings.partitions))
@@ -566,7 +568,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         consumer: Consumer,
         partitions: Iterable[int],
         committed: Mapping[int, int],
-        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
+        preloaded: Mapping[int, CheckpointRead],
     ) -> tuple[dict[int, tuple[NsState, int]], set[int]]:
         """States loaded from the usable checkpoints of ``partitions`` in the state dir (read already when
         in ``preloaded``), with the changelog offset to read on from (``read_changelog``'s ``resume``), and
@@ -610,7 +612,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         restoring: Restoring,
         kept: Mapping[int, tuple[NsState, int]],
         standby: Mapping[int, tuple[NsState, int]],
-        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
+        preloaded: Mapping[int, CheckpointRead],
     ) -> Restored | None:
         """The kept states still current (the group's committed offset of their partition is still the one
         this worker's last commit of it committed), and the other partitions' states from ``standby``
@@ -667,7 +669,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         restoring: Restoring,
         kept: Mapping[int, tuple[NsState, int]],
         standby: Mapping[int, tuple[NsState, int]],
-        preloaded: Mapping[int, concurrent.futures.Future[tuple[checkpoint.Header, checkpoint.Image]]],
+        preloaded: Mapping[int, CheckpointRead],
     ) -> None:
         started = time.monotonic()
         try:
@@ -721,15 +723,26 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             log.info("ns-stats partition %d resumed from offset %d (its state is ready)", p, offset)
         restoring.resume.clear()
 
+    def leaving_offsets(
+        leaving: Mapping[int, tuple[NsState, int]],
+    ) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
+        """The group's committed ns-stats offsets and the changelog's watermarks of the partitions
+        ``leaving`` this worker. Blocking."""
+        with offsets_consumer(config, settings.app_id) as consumer:
+            return (
+                committed_offsets(consumer, settings.stats_topic, leaving),
+                watermarks(consumer, changelog.name, leaving),
+            )
+
     def checkpoint_headers(
         leaving: Mapping[int, tuple[NsState, int]],
+        committed: Mapping[int, int],
+        ends: Mapping[int, tuple[int, int]],
     ) -> list[tuple[NsState, checkpoint.Header]]:
         """The states of ``leaving`` (partition -> state, its last commit offset) that may be written to a
         checkpoint, with their headers: those with no change after the last commit, which the group has
-        committed (so its changelog records went through too). X is the changelog's end now. Blocking."""
-        with offsets_consumer(config, settings.app_id) as consumer:
-            committed = committed_offsets(consumer, settings.stats_topic, leaving)
-            ends = watermarks(consumer, changelog.name, leaving)
+        committed (``committed``: so its changelog records went through too). X is the changelog's end
+        (``ends``: its watermarks, asked as the state left)."""
         headers = []
         for p, (state, last_commit) in sorted(leaving.items()):
             if state.unwritten():
@@ -773,18 +786,35 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
     #: left (one given back is taken back at once: writing it first would hold it up, see ``writes``)
     unwritten: dict[int, tuple[NsState, checkpoint.Header]] = {}
 
-    async def plan_checkpoints(leaving: Mapping[int, tuple[NsState, int]]) -> None:
-        """Note the checkpoints of the states ``leaving`` this worker (:func:`checkpoint_headers`) in
-        ``unwritten``. The changelog's end is asked before this returns: a revocation's new owner writes
-        only after."""
-        if state_dir is None or not leaving:
+    #: with standbys: the changelog's end of each kept state's partition at its revocation, the offset a
+    #: standby seeded with that state reads on from (``processors/standby.py``)
+    revoked_ends: dict[int, int] = {}
+
+    async def note_leaving(leaving: Mapping[int, tuple[NsState, int]], *, revoked: bool) -> None:
+        """For the states ``leaving`` this worker (partition -> state, its last commit offset): note their
+        checkpoints in ``unwritten`` (with ``--state-dir``: :func:`checkpoint_headers`) and, after a
+        revocation with standbys, the changelog's ends of those whose last commit went through (the
+        group's committed offset is that commit's) in ``revoked_ends``, a standby of one of them starts
+        there. The offsets are asked before this returns: a revocation's new owner writes only after."""
+        seeds = revoked and standbys is not None
+        if not leaving or (state_dir is None and not seeds):
             return
         try:
-            headers = await asyncio.to_thread(checkpoint_headers, leaving)
+            committed, ends = await asyncio.to_thread(leaving_offsets, leaving)
         except Exception:
-            log.exception("no checkpoints of ns-stats partitions %s", sorted(leaving))
+            log.exception(
+                "offsets of ns-stats partitions %s unknown: no checkpoints of them, their standbys read from "
+                "the beginning",
+                sorted(leaving),
+            )
             return
-        unwritten.update((header.partition, (state, header)) for state, header in headers)
+        if state_dir is not None:
+            headers = checkpoint_headers(leaving, committed, ends)
+            unwritten.update((header.partition, (state, header)) for state, header in headers)
+        if seeds:
+            revoked_ends.update(
+                (p, ends[p][1]) for p, (_, last_commit) in leaving.items() if committed.get(p) == last_commit
+            )
 
     def write_checkpoints(partitions: Iterable[int]) -> None:
         """Start writing the noted checkpoints of ``partitions`` (in the writer thread)."""
@@ -792,34 +822,6 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         for p in sorted(set(partitions) & set(unwritten)):
             state, header = unwritten.pop(p)
             writes[p] = writer.submit(write_checkpoint, state_dir, state, header)
-
-    #: with standbys: the changelog's end of each kept state's partition at its revocation, the offset a
-    #: standby seeded with that state reads on from (``processors/standby.py``)
-    revoked_ends: dict[int, int] = {}
-
-    async def note_revoked_ends(kept: Mapping[int, tuple[NsState, int]]) -> None:
-        """Note in ``revoked_ends`` the changelog's ends of the ``kept`` partitions (partition -> state, its
-        last commit offset) whose last commit went through (the group's committed offset is that commit's:
-        its changelog records did too), before this returns (as :func:`plan_checkpoints`: no new owner has
-        written yet)."""
-        if standbys is None or not kept:
-            return
-
-        def ends() -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-            with offsets_consumer(config, settings.app_id) as consumer:
-                committed = committed_offsets(consumer, settings.stats_topic, kept)
-                return committed, watermarks(consumer, changelog.name, kept)
-
-        try:
-            committed, bounds = await asyncio.to_thread(ends)
-        except Exception:
-            log.exception(
-                "changelog ends of %s unknown: their standbys read from the beginning", sorted(kept)
-            )
-            return
-        revoked_ends.update(
-            (p, bounds[p][1]) for p, (_, last_commit) in kept.items() if committed.get(p) == last_commit
-        )
 
     @app.on_partitions_revoked.connect
     async def keep_states(sender: Any, revoked: set[TP], **_: Any) -> None:
@@ -830,9 +832,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         mine = {tp.partition for tp in revoked if tp.topic == settings.stats_topic}
         aggregation.keep(mine)
         app.consumer.held.difference_update(TP(settings.stats_topic, p) for p in mine)
-        kept = {p: aggregation.kept[p] for p in mine if p in aggregation.kept}
-        await plan_checkpoints(kept)
-        await note_revoked_ends(kept)
+        await note_leaving({p: aggregation.kept[p] for p in mine if p in aggregation.kept}, revoked=True)
 
     shutdown = app.on_shutdown
 
@@ -843,12 +843,13 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         if state_dir is not None:
             for p in sorted(set(aggregation.states) - set(aggregation.last_commit)):
                 log.info("no checkpoint of ns-stats partition %d: no commit since it was restored", p)
-        await plan_checkpoints(
+        await note_leaving(
             {
                 p: (state, aggregation.last_commit[p])
                 for p, state in aggregation.states.items()
                 if p in aggregation.last_commit
-            }
+            },
+            revoked=False,
         )
         write_checkpoints(list(unwritten))
         await asyncio.to_thread(writer.shutdown)
