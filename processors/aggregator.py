@@ -704,13 +704,6 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 changelog.name,
                 restored.records,
             )
-            # commit now rather than at the next interval: counts of a partition taken over (a failover)
-            # have not moved since its last owner's last commit. All partitions, as Faust's timer commits:
-            # under exactly_once one transaction holds the raw and ns-stats partitions of a number.
-            try:
-                await app.consumer.commit()
-            except Exception:
-                log.exception("commit after the restore failed (the next interval's commit tries again)")
 
     async def resume_paused(restoring: Restoring) -> None:
         """Fetch the partitions paused while they restored again, from the record after the last one that
