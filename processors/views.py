@@ -299,10 +299,12 @@ def install(
     @app.page("/dnsqr/stats/")
     class StatsView(View):
         """This worker's agent counters, and how often its consumer sought back to a record it had not
-        delivered (``processors/commit_guard.py``)."""
+        delivered: a hole under the committed offset, or records fetched but dropped by Faust's fetch loop
+        (``processors/commit_guard.py``)."""
 
         async def get(self, request: Request) -> Response:
             reseeks = getattr(app.consumer, "reseeks", 0)
+            refetches = getattr(app.consumer, "refetches", 0)
             standbys = aggregation.standbys
             return self.json(
                 {
@@ -322,6 +324,7 @@ def install(
                     "states_read": aggregation.read_back,
                     "changelog_records_read": aggregation.changelog_records,
                     "reseeks": reseeks,
+                    "refetches": refetches,
                     "name_servers": sum(len(s.totals) for s in aggregation.states.values()),
                 }
             )

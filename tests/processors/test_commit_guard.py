@@ -15,7 +15,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from processors.app import create_app
-from processors.commit_guard import CommitGuardConsumer
+from processors.commit_guard import CommitGuardConsumer, first_undelivered
 from processors.filter_agent import Redelivery
 from processors.settings import Settings
 
@@ -180,6 +180,89 @@ def test_deliveries_stamped_with_an_older_generation_do_not_count() -> None:
         c = h.consumer
         await c.callback(FakeMessage(RAW, 30, generation_id=GENERATION - 1))
         assert RAW not in c.delivered
+
+    asyncio.run(scenario())
+
+
+def test_first_undelivered_of_a_batch() -> None:
+    batch = [40, 41, 42, 43]
+    assert first_undelivered(batch, None, None) == 40  # nothing delivered: the whole batch
+    assert first_undelivered(batch, 41, 41) == 42  # the loop stopped after 41
+    assert first_undelivered(batch, 43, 43) is None
+    # the flow's suspension cut the hand-over of 42 short, but the loop set its read offset to 42
+    assert first_undelivered(batch, 41, 42) == 42
+    # records under the read offset are dropped by the loop on purpose (delivered before a seek back)
+    assert first_undelivered([30, 31], None, 35) is None
+    assert first_undelivered([30, 31, 36], None, 35) == 36
+
+
+@dataclass
+class FakeRecord:
+    offset: int
+
+
+def test_records_fetched_but_not_delivered_are_fetched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's getmany stops handing over a batch when the flow stops: what it dropped is sought back to,
+    once the loop asks for the next batch; a partition delivered in full or no longer assigned is not."""
+    other, gone = TP("raw", 2), TP("raw", 3)
+    fetched = {RAW: [FakeRecord(o) for o in (7, 8, 9)], other: [FakeRecord(0)], gone: [FakeRecord(5)]}
+
+    async def wait_next_records(self: Any, timeout: float) -> tuple[dict[TP, list[FakeRecord]], None]:
+        return fetched, None
+
+    async def faust_getmany(self: Any, timeout: float) -> Any:
+        await self._wait_next_records(timeout)
+        for tp, offset in ((other, 0), (RAW, 7)):
+            await self.callback(FakeMessage(tp, offset))
+            self._read_offset[tp] = offset
+            yield tp, offset
+        # the flow stopped here: 8 and 9 of RAW, and all of gone, were dropped
+
+    monkeypatch.setattr(FaustConsumer, "_wait_next_records", wait_next_records)
+    monkeypatch.setattr(FaustConsumer, "getmany", faust_getmany)
+
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        rewinds: list[tuple[TP, int]] = []
+
+        async def rewind(tp: TP, offset: int) -> bool:
+            rewinds.append((tp, offset))
+            return True
+
+        c._rewind = rewind  # type: ignore[method-assign]
+        c.assignment = lambda: {RAW, other}  # type: ignore[method-assign]
+        got = []
+        async for item in c.getmany(1.0):
+            got.append(item)
+            assert rewinds == []  # not while the batch is being delivered
+        assert got == [(other, 0), (RAW, 7)]
+        assert rewinds == [(RAW, 8)]
+        assert c.refetches == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_of_an_older_generation_counts_as_undelivered() -> None:
+    """Records delivered before a rebalance do not count for the new generation: the rewind decides by
+    aiokafka's position (a rebalance's seek to the committed offset leaves nothing to rewind)."""
+
+    async def scenario() -> None:
+        h = make_consumer()
+        c = h.consumer
+        await deliver(c, 7)
+        c.app.consumer_generation_id = GENERATION + 1
+        rewinds: list[tuple[TP, int]] = []
+
+        async def rewind(tp: TP, offset: int) -> bool:
+            rewinds.append((tp, offset))
+            return False
+
+        c._rewind = rewind  # type: ignore[method-assign]
+        c.assignment = lambda: {RAW}  # type: ignore[method-assign]
+        await c._refetch_undelivered({RAW: [FakeRecord(7), FakeRecord(8)]})
+        assert rewinds == [(RAW, 7)]
+        assert c.refetches == 0
 
     asyncio.run(scenario())
 
