@@ -78,6 +78,7 @@ class Run:
         **settings: str,
     ) -> None:
         self.bootstrap = bootstrap
+        self.raw_partitions = raw_partitions
         #: of the topics besides raw (ns-stats among them: the workers' ``partitions`` setting agrees)
         self.partitions = partitions
         #: worker settings besides the topics (``DNSQR_<NAME>`` variables)

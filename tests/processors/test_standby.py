@@ -298,7 +298,7 @@ def test_sigkill_of_one_of_two_workers_fails_over_to_the_standby(
     producer.start()
     with producer.stopped_on_failure():
         producer.wait_for(len(expected.containers) // 8, deadline)
-        while run.committed_raw() == 0:  # the states the first worker gives away have a commit
+        while not all(run.committed("stats")):  # the states the first worker gives away have a commit
             assert time.monotonic() < deadline, "nothing committed"
             time.sleep(0.1)
         start_workers(run, 1, tmp_path, deadline)

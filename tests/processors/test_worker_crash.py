@@ -193,14 +193,20 @@ class CliRun(Run):
         time.sleep(1.0)
         return "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-30000:] for _, _, p in self.workers)
 
-    def committed_raw(self) -> int:
-        """Raw-topic records (containers) the group has committed so far (0 before its first commit)."""
+    def committed(self, topic: str) -> list[int]:
+        """The group's committed offset of each partition of the run's ``topic`` ("raw", "stats"; 0 before
+        its first commit)."""
         consumer = Consumer({**self.kafka, "group.id": self.app_id, "enable.auto.commit": False})
         try:
-            wanted = [TopicPartition(self.topics["raw"], p) for p in range(RAW_PARTITIONS)]
-            return sum(max(tp.offset, 0) for tp in consumer.committed(wanted, timeout=10))
+            count = self.raw_partitions if topic == "raw" else self.partitions
+            wanted = [TopicPartition(self.topics[topic], p) for p in range(count)]
+            return [max(tp.offset, 0) for tp in consumer.committed(wanted, timeout=10)]
         finally:
             consumer.close()
+
+    def committed_raw(self) -> int:
+        """Raw-topic records (containers) the group has committed so far (0 before its first commit)."""
+        return sum(self.committed("raw"))
 
 
 @pytest.fixture
