@@ -704,6 +704,13 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 changelog.name,
                 restored.records,
             )
+            # commit now rather than at the next interval: the counts of a partition taken over (a failover,
+            # a restart) have not moved since its last owner's last commit. All partitions, as Faust's timer
+            # commits: under exactly_once one transaction holds the raw and ns-stats partitions of a number.
+            try:
+                await app.consumer.commit()
+            except Exception:
+                log.exception("commit after the restore failed (the next interval's commit tries again)")
 
     async def resume_paused(restoring: Restoring) -> None:
         """Fetch the partitions paused while they restored again, from the record after the last one that
@@ -805,9 +812,17 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             headers = checkpoint_headers(leaving, committed, ends)
             unwritten.update((header.partition, (state, header)) for state, header in headers)
         if seeds:
-            revoked_ends.update(
-                (p, ends[p][1]) for p, (_, last_commit) in leaving.items() if committed.get(p) == last_commit
-            )
+            for p, (_, last_commit) in sorted(leaving.items()):
+                if committed.get(p) == last_commit:
+                    revoked_ends[p] = ends[p][1]
+                else:
+                    log.info(
+                        "ns-stats partition %d left without a standby seed: the group's committed offset %s "
+                        "is not its last commit %d",
+                        p,
+                        committed.get(p),
+                        last_commit,
+                    )
 
     def write_checkpoints(partitions: Iterable[int]) -> None:
         """Start writing the noted checkpoints of ``partitions`` (in the writer thread)."""
