@@ -149,7 +149,7 @@ def compose(settings: Settings, output: Output | None = None, formats: TopicForm
         web_bind=settings.web_host,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.heartbeat_interval,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval,
         # the partition assignor's standbys (processors/standby.py); at least Faust's default of 1, which
         # keeps Faust's own assignor (not round robin: the views' scatter-gather reads its metadata)
         table_standby_replicas=max(settings.standby_replicas, 1),

@@ -108,6 +108,14 @@ def register(subparsers: Any) -> None:
     )
     faust_group.add_argument("--snapshot-interval", type=float, default=DEFAULTS.snapshot_interval)
     faust_group.add_argument(
+        "--commit-interval",
+        type=float,
+        metavar="SECONDS",
+        default=DEFAULTS.commit_interval,
+        help="how often the worker commits its offsets and writes its changed counts to the changelog and "
+        "the counts topic; the counts lag up to this much more (default: %(default)s)",
+    )
+    faust_group.add_argument(
         "--web-host",
         default=DEFAULTS.web_host,
         help="address of the web views and /metrics (default %(default)s; they have no authentication, "
@@ -168,6 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         window_expires_seconds=args.window_expires_seconds,
         window_max_ahead_seconds=args.window_max_ahead_seconds,
         snapshot_interval=args.snapshot_interval,
+        commit_interval=args.commit_interval,
         web_host=args.web_host,
         web_port=args.web_port,
         web_enabled=not args.no_web,

@@ -88,6 +88,16 @@ def test_restore_buffer_flag_and_variable() -> None:
         Settings(restore_buffer_mb=-1).validated()
 
 
+def test_commit_interval_flag_and_variable() -> None:
+    """``--commit-interval`` / ``DNSQR_COMMIT_INTERVAL``: seconds between Faust's commits."""
+    assert command.settings_from_args(parse([])).commit_interval == 0.5
+    settings = command.settings_from_args(parse(["--commit-interval", "2"]))
+    assert create_app(settings).conf.broker_commit_interval == 2.0
+    assert Settings.from_env({"DNSQR_COMMIT_INTERVAL": "0.25"}).commit_interval == 0.25
+    with pytest.raises(ValueError):
+        Settings(commit_interval=0).validated()
+
+
 def test_librdkafka_properties_are_refused() -> None:
     with pytest.raises(SystemExit):
         command.settings_from_args(parse(["--kafka-config", "linger.ms=5"]))
