@@ -93,6 +93,7 @@ from processors.snapshots import state_snapshots
 from processors.standby import Standbys, standby_partitions
 from processors.state import NsState, collector_paused
 from processors.topology import changelog_spec
+from processors.warmup import PROBE_SECONDS, should_probe
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,11 @@ class Aggregation:
         self.restored_name_servers: Counter[str] = Counter()
         #: changelog records read by restores
         self.changelog_records = 0
-        #: the standby states (``--standby-replicas``), kept current by :func:`install`'s thread
+        #: the standby states (``--standby-replicas``, and warm-ups: ``processors/warmup.py``), kept current
+        #: by :func:`install`'s thread
         self.standbys: Standbys | None = None
+        #: rebalances this worker asked for once its warm-ups had caught up (``processors/warmup.py``)
+        self.probes = 0
 
     def new_state(self) -> NsState:
         """An empty state with this worker's expiry and clock bound."""
@@ -525,11 +529,9 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
                 f"{max(partitions)} needs one: give it as many partitions as {settings.stats_topic}"
             )
 
-    #: with --standby-replicas: the states of the partitions this worker is standby for
-    standbys = aggregation.standbys = (
-        Standbys(lambda: changelog_consumer(config, settings.app_id), changelog.name, aggregation.new_state)
-        if settings.standby_replicas
-        else None
+    #: the states of the partitions this worker is standby for: --standby-replicas, and warm-ups
+    standbys = aggregation.standbys = Standbys(
+        lambda: changelog_consumer(config, settings.app_id), changelog.name, aggregation.new_state
     )
     state_dir = settings.state_dir
     #: writes checkpoints one at a time, off the event loop; partition -> its latest write
@@ -796,7 +798,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         revocation with standbys, the changelog's ends of those whose last commit went through (the
         group's committed offset is that commit's) in ``revoked_ends``, a standby of one of them starts
         there. The offsets are asked before this returns: a revocation's new owner writes only after."""
-        seeds = revoked and standbys is not None
+        seeds = revoked and settings.standby_replicas > 0
         if not leaving or (state_dir is None and not seeds):
             return
         try:
@@ -861,8 +863,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         )
         write_checkpoints(list(unwritten))
         await asyncio.to_thread(writer.shutdown)
-        if standbys is not None:
-            await asyncio.to_thread(standbys.close)
+        await asyncio.to_thread(standbys.close)
         await shutdown()
 
     app.on_shutdown = on_shutdown  # type: ignore[method-assign]
@@ -886,14 +887,13 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             unwritten.pop(p, None)
         leaving = {p: state for p, (state, _) in aggregation.kept.items() if p not in mine}
         kept = aggregation.take_kept(mine)
-        standby = {} if standbys is None else standbys.take(mine)
-        if standbys is not None:
-            seeds = {
-                p: (state, revoked_ends[p])
-                for p, state in leaving.items()
-                if p in revoked_ends and not state.unwritten()
-            }
-            standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic), seeds)
+        standby = standbys.take(mine)
+        seeds = {
+            p: (state, revoked_ends[p])
+            for p, state in leaving.items()
+            if p in revoked_ends and not state.unwritten()
+        }
+        standbys.update(standby_partitions(app.assignor.assigned_standbys(), settings.stats_topic), seeds)
         revoked_ends.clear()
         preloaded = dict(preloads)  # the first assignment's (see preloads); the others are dropped
         preloads.clear()
@@ -966,6 +966,32 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
     async def declare_counts_topic() -> None:
         """Create the counts topic when missing, so consumers can subscribe before the first snapshot."""
         await counts_topic.maybe_declare()
+
+    #: the assignment (actives, standbys) this worker last asked to leave (at most one probe per assignment)
+    probed: list[tuple[frozenset[TP], frozenset[TP]]] = []
+
+    @app.timer(PROBE_SECONDS)
+    async def probe_warmups() -> None:
+        """Ask for a rebalance once the standbys this worker holds have caught up and one of them belongs
+        to a member holding more than its share (``processors/warmup.py``): the partition then moves here
+        warm. Not while a restore runs, and once per assignment."""
+        assignor = app.assignor
+        assignment = (frozenset(assignor.assigned_actives()), frozenset(assignor.assigned_standbys()))
+        if aggregation.restoring or (probed and probed[-1] == assignment):
+            return
+        owned = {
+            url: list(topics.get(settings.stats_topic, ()))
+            for url, topics in assignor.external_topic_distribution.items()
+        }
+        partitions = standby_partitions(assignment[1], settings.stats_topic)
+        if should_probe(owned, str(app.conf.canonical_url), partitions, standbys.caught_up(partitions)):
+            probed[:] = [assignment]
+            aggregation.probes += 1
+            log.info(
+                "warm-up: standbys of ns-stats partitions %s caught up, asking for a rebalance",
+                sorted(partitions),
+            )
+            await app.consumer.request_rejoin()
 
     @app.timer(settings.snapshot_interval)
     async def publish_snapshots() -> None:

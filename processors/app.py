@@ -29,6 +29,7 @@ Faust settings chosen here, and why:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -51,6 +52,7 @@ from processors.metrics import DeadLetterTally
 from processors.receipts import worker_name
 from processors.settings import Settings
 from processors.supervisor import BoundedRestarts
+from processors.warmup import WarmupAssignor
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,13 @@ def compose(settings: Settings, output: Output | None = None, formats: TopicForm
         # the partition assignor's standbys (processors/standby.py); at least Faust's default of 1, which
         # keeps Faust's own assignor (not round robin: the views' scatter-gather reads its metadata)
         table_standby_replicas=max(settings.standby_replicas, 1),
+        # Faust's assignor, with warm-ups before an ns-stats partition moves (processors/warmup.py)
+        PartitionAssignor=functools.partial(
+            WarmupAssignor,
+            stats_topic=settings.stats_topic,
+            standby_replicas=settings.standby_replicas,
+            warm_up=settings.warm_up,
+        ),
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_buffer_maxsize=STREAM_BUFFER,
         producer_max_batch_size=512 * 1024,

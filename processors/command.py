@@ -143,6 +143,12 @@ def register(subparsers: Any) -> None:
         "(default: %(default)s)",
     )
     faust_group.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="move an ns-stats partition to a worker that joins as soon as the group rebalances, instead of "
+        "after that worker caught up with its state as a standby (a warm-up; decided by the group's leader)",
+    )
+    faust_group.add_argument(
         "--restore-buffer-mb",
         type=float,
         metavar="MB",
@@ -187,6 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         schema_registry_user=args.schema_registry_user or "",
         schema_registry_password=args.schema_registry_password or "",
         standby_replicas=args.standby_replicas,
+        warm_up=not args.no_warm_up,
         restore_buffer_mb=args.restore_buffer_mb,
         credentials=Credentials.from_args(args),
     ).validated()

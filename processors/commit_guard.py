@@ -311,6 +311,12 @@ class CommitGuardConsumer(Consumer):
         thread: Any = self._thread
         await thread.call_thread(thread.seek, partition, offset)
 
+    async def request_rejoin(self) -> None:
+        """Have the group rebalance: aiokafka's coordinator rejoins at its next poll (a probing rebalance of
+        ``processors/warmup.py``). Run in the consumer's thread, where the coordinator lives."""
+        thread: Any = self._thread
+        await thread.call_thread(lambda: thread._ensure_consumer()._coordinator.request_rejoin())
+
     def _seek_back(self, tp: TP, committed: int) -> None:
         """Fetch ``tp`` again from ``committed`` (rate-limited); see the module doc."""
         hole = self.holes.get(tp)

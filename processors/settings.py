@@ -82,6 +82,10 @@ class Settings:
     #: workers tail its changelog, and a failover prefers one of them; each costs a full copy of the state's
     #: memory. 0: none, a worker taking a partition over reads its changelog (or checkpoint) as before
     standby_replicas: int = 0
+    #: an ns-stats partition leaves a live owner only for a worker that caught up with its state as a standby
+    #: first (``processors/warmup.py``: Kafka Streams' warm-up replicas); False: it moves as soon as Faust's
+    #: assignor balances it, and the new owner reads its changelog then
+    warm_up: bool = True
     #: megabytes of ns-stats records one partition keeps while its state is restored; then the partition is
     #: paused (fetched again from the next record once the state is back), so a long restore under a full
     #: stream holds a bounded amount of memory. 0 pauses at the first record.

@@ -75,8 +75,10 @@ class Tail:
     #: whether the thread's consumer has been assigned the partition for this tail (records fetched for
     #: an earlier tail of the same partition must not reach this one)
     live: bool = False
-    #: changelog records the consumer's position is behind the partition's end (last stable offset)
+    #: changelog records the consumer's position is behind the partition's end (last stable offset), once
+    #: ``measured``
     lag: int = 0
+    measured: bool = False
     #: the state this worker held when it gave the partition away, the changelog through ``offset``, until
     #: it becomes ``state`` (:func:`seeded`)
     seed: NsState | None = None
@@ -124,6 +126,15 @@ class Standbys:
         """Partition -> changelog records its standby is behind, as of the thread's last fetch."""
         with self._lock:
             return {p: tail.lag for p, tail in self._tails.items()}
+
+    def caught_up(self, partitions: Iterable[int]) -> bool:
+        """Whether every one of ``partitions`` is tailed here and its last measured lag was 0 (a warm-up is
+        ready to move: ``processors/warmup.py``)."""
+        with self._lock:
+            tails = [self._tails.get(p) for p in partitions]
+            return all(
+                t is not None and t.live and t.measured and not t.lag and t.seed is None for t in tails
+            )
 
     def update(
         self, partitions: Iterable[int], seeds: Mapping[int, tuple[NsState, int]] | None = None
@@ -250,4 +261,6 @@ class Standbys:
             if end is None or end[1] < 0:
                 continue
             position = end[0] if tp.offset == OFFSET_INVALID else tp.offset  # nothing fetched yet: the start
-            self._tails[tp.partition].lag = max(end[1] - position, 0)
+            tail = self._tails[tp.partition]
+            tail.lag = max(end[1] - position, 0)
+            tail.measured = True

@@ -315,11 +315,13 @@ def install(
                     # ns-stats partitions assigned again whose kept state was current, those taken over
                     # from a standby state (--standby-replicas), those loaded from a checkpoint
                     # (--state-dir), and those read from the changelog's beginning; the changelog records
-                    # those restores read; the partitions this worker is standby for now
+                    # those restores read; the partitions this worker is standby for now (replicas and
+                    # warm-ups), and the rebalances it asked for once its warm-ups caught up
                     "states_kept": aggregation.taken_back,
                     "states_from_standby": aggregation.from_standby,
                     "partitions": sorted(aggregation.states),
                     "standby_partitions": [] if standbys is None else standbys.partitions,
+                    "warm_up_probes": aggregation.probes,
                     "states_from_checkpoint": aggregation.from_checkpoint,
                     "states_read": aggregation.read_back,
                     "changelog_records_read": aggregation.changelog_records,

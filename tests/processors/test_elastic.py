@@ -53,10 +53,17 @@ SEEDED = 800_000
 #: the aggregator's lines when a read of the changelog starts, ends and is stopped (processors/aggregator.py)
 RESTORING = re.compile(r"ns-stats partitions restoring: \[(\d+)")
 READY = re.compile(r"ns-stats partitions ready in ([\d.]+) s")
+#: ...with its sources: seconds, the partitions taken from standby states, the changelog records read
+TAKEN_OVER = re.compile(
+    r"ns-stats partitions ready in ([\d.]+) s \(\d+ name servers\): .* kept \(their state was current\), "
+    r"(\[[\d, ]+\]|none) from standbys, .* \((\d+) changelog records read\)"
+)
 STOPPED = re.compile(r"ns-stats partitions restore stopped after ([\d.]+) s")
 #: a partition paused while it restores (its waiting records reached --restore-buffer-mb), and resumed
 PAUSED = re.compile(r"ns-stats partition (\d+) paused at offset (\d+)")
 RESUMED = re.compile(r"ns-stats partition (\d+) resumed from offset (\d+)")
+#: a worker whose warm-up standbys caught up asks for a rebalance (processors/warmup.py)
+PROBE = re.compile(r"warm-up: standbys of ns-stats partitions .* caught up, asking for a rebalance")
 
 
 class PacedProducer(threading.Thread):
@@ -165,7 +172,9 @@ def test_three_workers_on_eight_partitions_add_one_then_remove_one(
     tmp_path: Path,
 ) -> None:
     """Three workers; a fourth joins a fifth of the way through the input; once it owns partitions and at
-    least half the input is in, one of the first three leaves (SIGTERM), still mid-stream."""
+    least half the input is in, one of the first three leaves (SIGTERM), still mid-stream. The fourth gets
+    its ns-stats partitions warm (processors/warmup.py): standby first, then, once caught up, it asks for the
+    rebalance that moves them, and takes them over from its standby states."""
     deadline = time.monotonic() + BUDGET
     expected = expected_outputs(read_payloads(corpus.path(f"{CASE}.nmsg")) * 12)  # 312 containers, ~31 s
     run = start_run(crash_runs, kafka_bootstrap, new_topic, tmp_path)
@@ -180,7 +189,9 @@ def test_three_workers_on_eight_partitions_add_one_then_remove_one(
         producer.wait_for(total // 5, deadline)
         first = [port for _, port, _ in run.workers]
         added = run.start_worker(tmp_path)
+        added_log = run.workers[-1][2]
         run.wait_group_stable(4)
+        wait_for_line(added_log, READY, deadline)
         joined_at = producer.produced
         producer.wait_for(total // 2, deadline)
         left_at = producer.produced
@@ -198,6 +209,10 @@ def test_three_workers_on_eight_partitions_add_one_then_remove_one(
     stats = {port: stats_of(port) for port in [*first[1:], added]}
     print({port: (s["states_kept"], s["states_read"]) for port, s in stats.items()})
     assert sum(s["states_kept"] for s in stats.values()) > 0, stats
+    log = added_log.read_text(errors="replace")
+    assert PROBE.search(log), "the joiner asked for the rebalance once its warm-ups caught up"
+    taken = TAKEN_OVER.search(log)
+    assert taken and taken.group(2) != "none", "the joiner took its first partitions from standby states"
     run.stop_all_cleanly()
 
 
@@ -244,10 +259,13 @@ def test_a_rebalance_while_restoring(
     processors/commit_guard.py); files and counts stay exact, and no state is lost (the workers left hold
     every name server). The workers keep no records while they restore (``--restore-buffer-mb 0``): a
     partition is paused at its first waiting record and fetched again from the next one once its state is
-    ready, so the exact outputs also show that the pause loses and repeats nothing."""
+    ready, so the exact outputs also show that the pause loses and repeats nothing. Without warm-ups
+    (``--no-warm-up``): the joiner is to read its partitions as their owner, not as a standby."""
     deadline = time.monotonic() + BUDGET
     expected = expected_outputs(read_payloads(corpus.path(f"{CASE}.nmsg")) * 6)  # 156 containers, ~16 s
-    run = start_run(crash_runs, kafka_bootstrap, new_topic, tmp_path, ("--restore-buffer-mb", "0"))
+    run = start_run(
+        crash_runs, kafka_bootstrap, new_topic, tmp_path, ("--restore-buffer-mb", "0", "--no-warm-up")
+    )
     seeded = seed_changelog(run, SEEDED)
     assert not seeded & set(expected.totals), "the synthetic name servers are not the capture's"
     # one worker first, then a second: the first gives half its partitions away (and is made their standby)

@@ -34,6 +34,7 @@ from tests.processors.helpers import read_payloads
 from tests.processors.test_elastic import (
     INTERVAL,
     READY,
+    TAKEN_OVER,
     PacedProducer,
     check_outputs,
     seed_changelog,
@@ -52,14 +53,9 @@ STANDBY = ("--standby-replicas", "1")
 #: thousands of records, a standby's tail a few dozen
 SEEDED = 40_000
 BUDGET = 80.0
-#: the survivor's line once the partitions it took over are ready (processors/aggregator.py)
 #: the standbys log line naming the partitions started from the states the worker gave away
 SEEDED_STANDBY = re.compile(
     r"standby for ns-stats partitions .*; \[([\d, ]+)\] from the states this worker gave"
-)
-TAKEN_OVER = re.compile(
-    r"ns-stats partitions ready in ([\d.]+) s \(\d+ name servers\): .* kept \(their state was current\), "
-    r"(\[[\d, ]+\]|none) from standbys, .* \((\d+) changelog records read\)"
 )
 
 
