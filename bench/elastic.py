@@ -10,7 +10,8 @@ Each scenario runs on its own topics and group:
    ``--change-at`` seconds:
 
    - ``steady``: nothing (the reference for the others);
-   - ``add``: one more worker starts;
+   - ``add``: one more worker starts (it gets its partitions after a warm-up: ``processors/warmup.py``);
+   - ``add-cold``: the same with ``--no-warm-up`` (it gets them at once and reads their changelogs);
    - ``restart``: worker 1 gets SIGTERM and is started again at once;
    - ``kill``: two workers from the start, worker 2 gets SIGKILL (no restart).
 
@@ -62,7 +63,7 @@ from dnsqr_pipeline.job import Stage, stage_kafka, wait_for_assignment, worker_c
 from ingest.bridge import Bridge, IngestConfig
 from processors.settings import Settings
 
-SCENARIOS = ("steady", "add", "restart", "kill")
+SCENARIOS = ("steady", "add", "add-cold", "restart", "kill")
 LOG_DIR = Path(__file__).resolve().parent / "out" / "elastic-logs"
 
 
@@ -183,6 +184,7 @@ class Run:
             processing_guarantee=self.args.processing_guarantee,
             state_dir=None if state_dir is None else state_dir / self.run_id / f"worker-{number}",
             standby_replicas=self.standby_replicas,
+            warm_up=self.scenario != "add-cold",
         )
         argv = worker_command(settings, stage_kafka(self.kafka))
         stage = Stage(f"{self.name}-worker-{number}", argv, LOG_DIR, restarts=0)
@@ -262,7 +264,7 @@ class Run:
     def change(self, notes: list[str]) -> None:
         """The scenario's change of the cluster, ``--change-at`` seconds into the replay."""
         self.changed_at = time.time()
-        if self.scenario == "add":
+        if self.scenario in ("add", "add-cold"):
             self.worker(len(self.stages) + 1)
         elif self.scenario == "restart":
             first = self.stages.pop(0)

@@ -649,6 +649,7 @@ def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence
         *(("--replication-factor", str(settings.replication_factor)) if settings.replication_factor else ()),
         *(("--state-dir", str(settings.state_dir)) if settings.state_dir else ()),
         *(("--standby-replicas", str(settings.standby_replicas)) if settings.standby_replicas else ()),
+        *(() if settings.warm_up else ("--no-warm-up",)),
         *("--web-port", str(free_port())),
         *format_flags,
     )

@@ -52,7 +52,9 @@ Standbys (``--standby-replicas``, ``processors/standby.py``): the partitions Fau
 worker standby for are tailed from the changelog by one thread into states being loaded; when the
 assignment makes one of them active here, the restore takes its state and reads the changelog from the
 standby's offset on (its tail), as after a checkpoint. Preference: a current kept state, a standby's, a
-checkpoint, the whole changelog.
+checkpoint, the whole changelog. Warm-ups (``processors/warmup.py``) are standbys too: a partition meant
+for this worker that its owner keeps until this worker has caught up with it; then :func:`install`'s
+``probe_warmups`` asks for the rebalance that moves it.
 
 Snapshots of what changed go to the counts topic (``schemas/ns_counts.avsc``, ``processors/snapshots.py``)
 from a timer every ``snapshot_interval`` seconds: one per changed (name server, window) since the previous

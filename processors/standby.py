@@ -7,9 +7,11 @@ subscribed topics, tables or not: with ``table_standby_replicas = N`` each parti
 standby members besides its active one (fewer when the group is smaller), carried in the assignment's
 metadata only (not in the Kafka assignment: no table changelog is involved). Its sticky assignment gives a
 partition whose owner left to a member that was its standby (``_find_promotable_standby``), capacity
-permitting: exactly the failover this module is for. So the assignor is used as it is, and
+permitting: exactly the failover this module is for. So the assignor is used as it is (with warm-ups
+added, and its standbys dropped under ``--standby-replicas 0``: ``processors/warmup.py``), and
 :func:`standby_partitions` reads this worker's ns-stats standbys from it after each assignment; the
-changelog partition of ns-stats partition P is P.
+changelog partition of ns-stats partition P is P. A warm-up is tailed like any standby;
+:meth:`Standbys.caught_up` tells when it may move.
 
 A standby's state is a :class:`processors.state.NsState` being loaded (``load()`` of each changelog
 record, ``loaded()`` not yet called), like a state restored from a checkpoint

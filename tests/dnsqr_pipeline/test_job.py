@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dnsqr_pipeline.job import stage_kafka
+from dnsqr_pipeline.job import stage_kafka, worker_command
+from processors.settings import Settings
 
 
 def test_credentials_become_flags_and_the_password_an_environment_variable() -> None:
@@ -38,3 +39,9 @@ def test_other_properties_go_to_the_librdkafka_stages_only() -> None:
     assert got.common == ["--bootstrap-servers", "127.0.0.1:9092"]
     assert got.librdkafka == ["--kafka-config", "socket.timeout.ms=10000"]
     assert got.env == {}
+
+
+def test_a_job_worker_without_warm_ups_gets_the_flag() -> None:
+    flags = stage_kafka({"bootstrap.servers": "127.0.0.1:9092"})
+    assert "--no-warm-up" in worker_command(Settings(warm_up=False), flags)
+    assert "--no-warm-up" not in worker_command(Settings(), flags)

@@ -14,6 +14,7 @@ from dnsqr_kafka.value_formats import RegistryOptions
 from processors import command
 from processors.app import create_app, faust_credentials
 from processors.settings import Settings
+from processors.warmup import WarmupAssignor
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +78,22 @@ def test_standby_replicas_flag_variable_and_faust_setting() -> None:
     assert Settings.from_env({"DNSQR_STANDBY_REPLICAS": "1"}).standby_replicas == 1
     with pytest.raises(ValueError):
         Settings(standby_replicas=-1).validated()
+
+
+def test_warm_up_flag_variable_and_assignor() -> None:
+    """Warm-ups are on unless ``--no-warm-up`` / ``DNSQR_WARM_UP=0``; the app's assignor is the warm-up one,
+    with the worker's settings."""
+    assert command.settings_from_args(parse([])).warm_up
+    settings = command.settings_from_args(parse(["--no-warm-up", "--standby-replicas", "1"]))
+    assert not settings.warm_up
+    assignor = create_app(settings).assignor
+    assert isinstance(assignor, WarmupAssignor)
+    assert (assignor.warm_up, assignor.standby_replicas, assignor.stats_topic) == (
+        False,
+        1,
+        settings.stats_topic,
+    )
+    assert not Settings.from_env({"DNSQR_WARM_UP": "0"}).warm_up
 
 
 def test_restore_buffer_flag_and_variable() -> None:
