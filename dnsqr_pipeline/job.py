@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -320,9 +321,13 @@ def wait_for_assignment(
     kafka: Mapping[str, str], group: str, topic: str, members: int, stages: Sequence[Alive], deadline: float
 ) -> None:
     """Wait until ``group`` is stable with ``members`` members that between them own every partition of
-    ``topic`` (what the group coordinator reports, so it holds for Faust and librdkafka groups alike)."""
+    ``topic``, none more than its share (:func:`balanced`): what the group coordinator reports, so it holds
+    for Faust and librdkafka groups alike. A Faust worker that joined holds nothing at first while it warms
+    up as the standby of the partitions meant for it (``processors/warmup.py``); the group is ready once
+    they moved."""
     admin = admin_client(kafka)
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    seen = "not described yet"
     while True:
         for stage in stages:
             stage.check_alive()
@@ -331,22 +336,33 @@ def wait_for_assignment(
         except KafkaException as exc:  # e.g. the coordinator is still loading: ask again
             log.debug("group %s not described yet: %s", group, exc)
         else:
-            owned = {
-                tp.partition
+            owned = [
+                {tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
                 for m in group_info.members
                 if m.assignment is not None
-                for tp in m.assignment.topic_partitions
-                if tp.topic == topic
-            }
+            ]
+            counts = sorted((len(ps) for ps in owned), reverse=True)
             if (
                 group_info.state == ConsumerGroupState.STABLE
                 and len(group_info.members) == members
-                and len(owned) == partitions
+                and len(set().union(*owned)) == partitions
+                and balanced(counts, partitions)
             ):
                 return
+            seen = f"{group_info.state.name}, {len(group_info.members)} members owning {counts} of them"
         if time.monotonic() > deadline:
-            raise JobError(f"timed out: group {group} does not own the {partitions} partitions of {topic}")
+            raise JobError(
+                f"timed out: group {group} does not own the {partitions} partitions of {topic} with "
+                f"{members} members, none more than its share ({seen})"
+            )
         time.sleep(POLL_SECONDS)
+
+
+def balanced(owned: Sequence[int], partitions: int) -> bool:
+    """Whether no member owns more than ``ceil(partitions / members)`` partitions (``owned``: each member's
+    count): Faust's and librdkafka's assignors balance to that, and a Faust worker warming up is the member
+    short of it while another holds more."""
+    return not owned or max(owned) <= math.ceil(partitions / len(owned))
 
 
 def job_files(output_dir: Path) -> list[Path]:
@@ -650,6 +666,7 @@ def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence
         *(("--state-dir", str(settings.state_dir)) if settings.state_dir else ()),
         *(("--standby-replicas", str(settings.standby_replicas)) if settings.standby_replicas else ()),
         *(() if settings.warm_up else ("--no-warm-up",)),
+        *("--acceptable-recovery-lag", str(settings.acceptable_recovery_lag)),
         *("--web-port", str(free_port())),
         *format_flags,
     )

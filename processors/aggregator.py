@@ -360,20 +360,40 @@ def committed_offsets(consumer: Consumer, topic: str, partitions: Iterable[int])
 
 
 def watermarks(
-    consumer: Consumer, topic: str, partitions: Iterable[int], patience: float = WATERMARK_SECONDS
+    consumer: Consumer,
+    topic: str,
+    partitions: Iterable[int],
+    patience: float = WATERMARK_SECONDS,
+    timeout: float = 10.0,
 ) -> dict[int, tuple[int, int]]:
     """The low and high watermarks of ``partitions`` of ``topic``, asked again for ``patience`` seconds
-    while the broker has no leader for one (a topic just created). Blocking."""
+    while the broker has no leader for one (a topic just created), each ask waiting ``timeout`` seconds at
+    most. Blocking."""
     deadline = time.monotonic() + patience
     while True:
         try:
             return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                for p in partitions
             }
         except KafkaException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def changelog_records(settings: Settings) -> Callable[[Iterable[int]], dict[int, int]]:
+    """The records in changelog partitions (high less low watermark), asked of the broker: how much a new
+    owner of each would read (``processors/warmup.py``'s ``WarmupAssignor``). Blocking, a few seconds at
+    most: it runs in the consumer's thread while the group waits for its assignment."""
+    config = settings.credentials.librdkafka(settings.bootstrap_servers)
+
+    def records(partitions: Iterable[int]) -> dict[int, int]:
+        with offsets_consumer(config, settings.app_id) as consumer:
+            ends = watermarks(consumer, settings.changelog_topic, partitions, patience=0, timeout=2)
+        return {p: high - low for p, (low, high) in ends.items()}
+
+    return records
 
 
 def changelog_consumer(config: Mapping[str, str], group: str, *, eof: bool = False) -> Consumer:
@@ -986,7 +1006,8 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
             for url, topics in assignor.external_topic_distribution.items()
         }
         partitions = standby_partitions(assignment[1], settings.stats_topic)
-        if should_probe(owned, str(app.conf.canonical_url), partitions, standbys.caught_up(partitions)):
+        caught_up = standbys.caught_up(partitions, settings.acceptable_recovery_lag)
+        if should_probe(owned, str(app.conf.canonical_url), partitions, caught_up):
             probed[:] = [assignment]
             aggregation.probes += 1
             log.info(

@@ -161,6 +161,8 @@ def compose(settings: Settings, output: Output | None = None, formats: TopicForm
             stats_topic=settings.stats_topic,
             standby_replicas=settings.standby_replicas,
             warm_up=settings.warm_up,
+            acceptable_lag=settings.acceptable_recovery_lag,
+            changelog_records=aggregator.changelog_records(settings),
         ),
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_buffer_maxsize=STREAM_BUFFER,

@@ -149,6 +149,14 @@ def register(subparsers: Any) -> None:
         "after that worker caught up with its state as a standby (a warm-up; decided by the group's leader)",
     )
     faust_group.add_argument(
+        "--acceptable-recovery-lag",
+        type=int,
+        metavar="RECORDS",
+        default=DEFAULTS.acceptable_recovery_lag,
+        help="a partition whose changelog holds at most this many records moves without a warm-up, and a "
+        "warm-up this close to the changelog's end has caught up (default: %(default)s)",
+    )
+    faust_group.add_argument(
         "--restore-buffer-mb",
         type=float,
         metavar="MB",
@@ -194,6 +202,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         schema_registry_password=args.schema_registry_password or "",
         standby_replicas=args.standby_replicas,
         warm_up=not args.no_warm_up,
+        acceptable_recovery_lag=args.acceptable_recovery_lag,
         restore_buffer_mb=args.restore_buffer_mb,
         credentials=Credentials.from_args(args),
     ).validated()

@@ -86,6 +86,9 @@ class Settings:
     #: first (``processors/warmup.py``: Kafka Streams' warm-up replicas); False: it moves as soon as Faust's
     #: assignor balances it, and the new owner reads its changelog then
     warm_up: bool = True
+    #: a partition whose changelog holds at most this many records moves at once, without a warm-up, and a
+    #: warm-up this close to its changelog's end has caught up (Kafka Streams' ``acceptable.recovery.lag``)
+    acceptable_recovery_lag: int = 10_000
     #: megabytes of ns-stats records one partition keeps while its state is restored; then the partition is
     #: paused (fetched again from the next record once the state is back), so a long restore under a full
     #: stream holds a bounded amount of memory. 0 pauses at the first record.
@@ -138,6 +141,8 @@ class Settings:
             raise ValueError(
                 f"failures format must be one of {FAILURES_FORMATS}, not {self.failures_format!r}"
             )
+        if self.acceptable_recovery_lag < 0:
+            raise ValueError("acceptable_recovery_lag must be 0 or positive")
         if self.standby_replicas < 0:
             raise ValueError("standby_replicas must be 0 (none) or positive")
         if self.restore_buffer_mb < 0:

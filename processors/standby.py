@@ -129,13 +129,14 @@ class Standbys:
         with self._lock:
             return {p: tail.lag for p, tail in self._tails.items()}
 
-    def caught_up(self, partitions: Iterable[int]) -> bool:
-        """Whether every one of ``partitions`` is tailed here and its last measured lag was 0 (a warm-up is
-        ready to move: ``processors/warmup.py``)."""
+    def caught_up(self, partitions: Iterable[int], acceptable_lag: int = 0) -> bool:
+        """Whether every one of ``partitions`` is tailed here and its last measured lag was at most
+        ``acceptable_lag`` records (a warm-up is ready to move: ``processors/warmup.py``)."""
         with self._lock:
             tails = [self._tails.get(p) for p in partitions]
             return all(
-                t is not None and t.live and t.measured and not t.lag and t.seed is None for t in tails
+                t is not None and t.live and t.measured and t.lag <= acceptable_lag and t.seed is None
+                for t in tails
             )
 
     def update(

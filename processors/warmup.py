@@ -16,12 +16,15 @@ The same here, in two halves:
   member it was meant for becomes its standby: its warm-up. If that member is warm for another partition of
   the same old owner, it gets that one instead (Faust picks which partitions leave an owner arbitrarily; the
   swap keeps the counts Faust chose). A partition whose owner left the group is not held back (there is no
-  one to keep it): Faust already prefers a standby for it. With ``--standby-replicas 0`` the leader also
-  drops the standbys Faust computes for its own minimum of one replica, so workers tail warm-ups only.
+  one to keep it): Faust already prefers a standby for it. Nor is one whose changelog holds no more than
+  ``--acceptable-recovery-lag`` records (Kafka Streams' ``acceptable.recovery.lag``, 10,000 by default):
+  reading that little is as quick as a warm-up's hand-over, and a warm-up costs a second rebalance. With
+  ``--standby-replicas 0`` the leader also drops the standbys Faust computes for its own minimum of one
+  replica, so workers tail warm-ups only.
 - **The member** (:func:`should_probe`, asked by the aggregator every :data:`PROBE_SECONDS`). Once every
-  standby it tails has caught up with its changelog and a member holds more ns-stats partitions than
-  ``ceil(partitions / members)``, among them one this member is standby of, it asks the group to
-  rebalance (aiokafka's ``request_rejoin``). In that rebalance it is warm, so the leader lets the
+  standby it tails is within the acceptable lag of its changelog's end and a member holds more ns-stats
+  partitions than ``ceil(partitions / members)``, among them one this member is standby of, it asks the
+  group to rebalance (aiokafka's ``request_rejoin``). In that rebalance it is warm, so the leader lets the
   partition move to it. It asks at most once per assignment, so a leader that moves nothing (another
   member is warm for it, or Faust's capacity keeps it) sees no storm of rebalances.
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,19 +59,32 @@ class Slots:
     standbys: set[int] = field(default_factory=set)
 
 
-def hold_back(previous: Mapping[str, Slots], proposed: Mapping[str, Slots]) -> dict[str, Slots]:
+def moving(previous: Mapping[str, Slots], proposed: Mapping[str, Slots]) -> set[int]:
+    """The partitions ``proposed`` moves from a member still in the group to another one."""
+    owner = {p: m for m in sorted(previous) if m in proposed for p in previous[m].actives}
+    return {p for m, s in proposed.items() for p in s.actives if owner.get(p, m) != m}
+
+
+def hold_back(
+    previous: Mapping[str, Slots],
+    proposed: Mapping[str, Slots],
+    free: Set[int] = frozenset(),
+    replicas: int = 0,
+) -> dict[str, Slots]:
     """The assignment ``proposed`` (member -> slots, every member of the group) with no partition moved from
     a member still in the group to one that was not its standby in ``previous`` (member -> slots of the
-    last generation, as each member reports it; a new member has none): see the module doc. Members and
-    partitions are visited in sorted order, so every leader decides alike."""
+    last generation, as each member reports it; a new member has none), except those in ``free`` (their
+    changelogs are short): see the module doc. An owner that gives a partition away instead of the one
+    Faust chose becomes its standby when there are standby ``replicas``. Members and partitions are
+    visited in sorted order, so every leader decides alike."""
     new = {m: Slots(set(s.actives), set(s.standbys)) for m, s in proposed.items()}
     owner = {p: m for m in sorted(previous) if m in new for p in previous[m].actives}
     for member in sorted(new):
         slots, before = new[member], previous.get(member, Slots())
         for p in sorted(slots.actives - before.actives):
             old = owner.get(p)
-            if old is None or old == member or p in before.standbys:
-                continue  # its owner left, or it stays, or this member is warm for it: it moves
+            if old is None or old == member or p in before.standbys or p in free:
+                continue  # its owner left, or it stays, or this member is warm for it, or it is short
             keeper = new[old]
             swap = next((q for q in sorted(before.standbys & keeper.actives) if owner.get(q) == old), None)
             slots.actives.discard(p)
@@ -78,7 +94,8 @@ def hold_back(previous: Mapping[str, Slots], proposed: Mapping[str, Slots]) -> d
                 slots.standbys.add(p)
             else:
                 keeper.actives.discard(swap)
-                keeper.standbys.add(swap)
+                if replicas:
+                    keeper.standbys.add(swap)
                 slots.actives.add(swap)
                 slots.standbys.discard(swap)
     return new
@@ -104,15 +121,27 @@ def group_topics(partitions_by_topic: Mapping[str, int], stats_topic: str) -> se
 class WarmupAssignor(PartitionAssignor):
     """Faust's assignor, then :func:`hold_back` on the ns-stats group (module doc). ``stats_topic`` names
     it; ``standby_replicas`` is the workers' ``--standby-replicas`` (0: only warm-ups are standbys);
-    ``warm_up`` False (``--no-warm-up``) leaves Faust's assignment as it is."""
+    ``warm_up`` False (``--no-warm-up``) leaves Faust's assignment as it is. ``changelog_records`` gives
+    the records in changelog partitions (blocking; it runs in the consumer's thread, during the group's
+    sync); those with at most ``acceptable_lag`` move at once."""
 
     def __init__(
-        self, app: AppT, replicas: int = 0, *, stats_topic: str, standby_replicas: int, warm_up: bool
+        self,
+        app: AppT,
+        replicas: int = 0,
+        *,
+        stats_topic: str,
+        standby_replicas: int,
+        warm_up: bool,
+        acceptable_lag: int,
+        changelog_records: Callable[[Iterable[int]], Mapping[int, int]],
     ) -> None:
         super().__init__(app, replicas=replicas)
         self.stats_topic = stats_topic
         self.standby_replicas = standby_replicas
         self.warm_up = warm_up
+        self.acceptable_lag = acceptable_lag
+        self.changelog_records = changelog_records
         self._previous: dict[str, Slots] = {}
 
     def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
@@ -140,7 +169,7 @@ class WarmupAssignor(PartitionAssignor):
                 )
                 for m, a in assignments.items()
             }
-            held = hold_back(self._previous, proposed) if self.warm_up else proposed
+            held = self._held_back(proposed) if self.warm_up else proposed
             for member, slots in held.items():
                 moved = proposed[member].actives - slots.actives
                 if moved:
@@ -153,3 +182,17 @@ class WarmupAssignor(PartitionAssignor):
                     assignments[member].actives[topic] = sorted(slots.actives)
                     assignments[member].standbys[topic] = sorted(slots.standbys)
         return super()._global_table_standby_assignments(assignments, partitions_by_topic)
+
+    def _held_back(self, proposed: Mapping[str, Slots]) -> dict[str, Slots]:
+        """:func:`hold_back` of ``proposed``, the partitions with short changelogs free to move. When their
+        lengths cannot be asked, every move waits for a warm-up (a slower move, never a wrong one)."""
+        moves = moving(self._previous, proposed)
+        free: set[int] = set()
+        if moves:
+            try:
+                records = self.changelog_records(moves)
+            except Exception as exc:
+                log.warning("warm-up: changelog lengths of %s unknown, all wait for warm-ups: %s", moves, exc)
+            else:
+                free = {p for p, n in records.items() if n <= self.acceptable_lag}
+        return hold_back(self._previous, proposed, free, self.standby_replicas)

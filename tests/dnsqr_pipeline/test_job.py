@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnsqr_pipeline.job import stage_kafka, worker_command
+from dnsqr_pipeline.job import balanced, stage_kafka, worker_command
 from processors.settings import Settings
 
 
@@ -45,3 +45,12 @@ def test_a_job_worker_without_warm_ups_gets_the_flag() -> None:
     flags = stage_kafka({"bootstrap.servers": "127.0.0.1:9092"})
     assert "--no-warm-up" in worker_command(Settings(warm_up=False), flags)
     assert "--no-warm-up" not in worker_command(Settings(), flags)
+    assert "--acceptable-recovery-lag" in worker_command(Settings(acceptable_recovery_lag=0), flags)
+
+
+def test_a_group_is_balanced_when_no_member_holds_more_than_its_share() -> None:
+    assert balanced([2, 2], 4)
+    assert not balanced([4, 0], 4), "a joiner warming up while the owner keeps its partitions"
+    assert balanced([2, 2, 0], 4), "three members on four partitions: a share is 2"
+    assert not balanced([3, 1], 4)
+    assert balanced([1, 1, 0], 2)

@@ -94,6 +94,12 @@ def test_warm_up_flag_variable_and_assignor() -> None:
         settings.stats_topic,
     )
     assert not Settings.from_env({"DNSQR_WARM_UP": "0"}).warm_up
+    assert command.settings_from_args(parse([])).acceptable_recovery_lag == 10_000
+    lag = command.settings_from_args(parse(["--acceptable-recovery-lag", "0"]))
+    assert lag.acceptable_recovery_lag == create_app(lag).assignor.acceptable_lag == 0
+    assert Settings.from_env({"DNSQR_ACCEPTABLE_RECOVERY_LAG": "5"}).acceptable_recovery_lag == 5
+    with pytest.raises(ValueError):
+        Settings(acceptable_recovery_lag=-1).validated()
 
 
 def test_restore_buffer_flag_and_variable() -> None:
