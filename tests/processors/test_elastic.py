@@ -212,8 +212,9 @@ def test_three_workers_on_eight_partitions_add_one_then_remove_one(
     assert sum(s["states_kept"] for s in stats.values()) > 0, stats
     log = added_log.read_text(errors="replace")
     assert PROBE.search(log), "the joiner asked for the rebalance once its warm-ups caught up"
-    taken = TAKEN_OVER.search(log)
-    assert taken and taken.group(2) != "none", "the joiner took its first partitions from standby states"
+    # a partition whose changelog is empty has nothing to warm up and moves at once
+    taken = [m.group(2) for m in TAKEN_OVER.finditer(log)]
+    assert any(p != "none" for p in taken), f"the joiner took partitions from standby states: {taken}"
     run.stop_all_cleanly()
 
 
