@@ -84,17 +84,28 @@ _METADATA_LAG = (
 )
 
 
+#: ``fetch.wait.max.ms`` of the job's consumers (:func:`job_consumer`)
+JOB_FETCH_WAIT_MS = 10
+#: how long a read to the end waits for more in one call: the partition-end events come within a fetch
+#: wait, and a batch call returns only when full or after its timeout
+READ_POLL_SECONDS = 0.05
+
+
 def job_consumer(
     kafka: Mapping[str, str], purpose: str, *, group: str | None = None, **extra: object
 ) -> Consumer:
     """A consumer for the job's own reads: no auto-commit, a throw-away group unless ``group`` is given,
-    and librdkafka's log lines in Python logging (a broker that is down for a moment is no news to the
-    user of a job that copes with it)."""
+    librdkafka's log lines in Python logging (a broker that is down for a moment is no news to the user of
+    a job that copes with it), and short fetch waits. These consumers read to the end of what is there,
+    and librdkafka sends a consumer's other requests (metadata, watermarks) to a broker only once its
+    fetch there returns: with the default 500 ms long poll, the end offsets of 4 partitions took 2.0 s
+    instead of 0.06 s, and each of a job's reads of the counts topic 3.5 s."""
     return Consumer(
         {
             **kafka,
             "group.id": group or f"dnsqr-run-{purpose}-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "fetch.wait.max.ms": JOB_FETCH_WAIT_MS,
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
             **extra,
         }
@@ -116,7 +127,7 @@ def data_after(kafka: Mapping[str, str], topic: str, positions: Sequence[TopicPa
         waiting = {tp.partition for tp in positions}
         deadline = time.monotonic() + 10
         while waiting and time.monotonic() < deadline:
-            msg = probe.poll(0.5)
+            msg = probe.poll(READ_POLL_SECONDS)
             if msg is None:
                 continue
             if msg.error() is None:
@@ -143,7 +154,7 @@ def count_records(kafka: Mapping[str, str], topic: str, start: Offsets | None = 
         while waiting:
             if time.monotonic() > deadline:
                 raise CompletionError(f"timed out counting the records of {topic}")
-            for msg in consumer.consume(10_000, 0.5):
+            for msg in consumer.consume(10_000, READ_POLL_SECONDS):
                 err = msg.error()
                 if err is None:
                     count += 1

@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, TopicPartition
 
 from dnsqr_kafka.value_formats import COUNTS_SCHEMA
-from dnsqr_pipeline.completion import CompletionError, end_offsets, job_consumer
+from dnsqr_pipeline.completion import READ_POLL_SECONDS, CompletionError, end_offsets, job_consumer
 from dnsqr_schemas.value_format import ValueFormat
 
 #: the counts topic's values without a registry
@@ -74,7 +74,7 @@ class LatestCounts:
                     f"timed out reading the counts topic {self.topic} "
                     f"(partitions {sorted(set(self._next) - ended)} did not reach their end)"
                 )
-            for msg in consumer.consume(10_000, 0.5):
+            for msg in consumer.consume(10_000, READ_POLL_SECONDS):
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
