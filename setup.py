@@ -33,6 +33,7 @@ EXTENSIONS = (
     "processors._failure_record",
     "processors._deltas",
     "processors._state",
+    "processors._frozen_window",
 )
 
 #: Source directory of a package whose directory is not its name (pyproject.toml's package-dir).

@@ -82,7 +82,11 @@ def topic_records(bootstrap: str, topic: str) -> int:
 
 
 def run_once(
-    args: argparse.Namespace, rule: EdnsFilter, registry: RegistryOptions | None, embedded: bool
+    args: argparse.Namespace,
+    rule: EdnsFilter,
+    registry: RegistryOptions | None,
+    embedded: bool,
+    hot_windows: int,
 ) -> tuple[float, bool]:
     """One job over the input; prints its figures and returns (records/s end to end, output exact)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +103,7 @@ def run_once(
             keep_topics=bool(args.bootstrap_servers),
             schema_registry=registry,
             embedded_registry=embedded,
+            hot_windows=hot_windows,
         )
         # the worker's app id: per run on a given broker, the contract's on an embedded one (job.py)
         app_id = f"{DEFAULT_APP_ID}-run-{cfg.run_id}" if args.bootstrap_servers else DEFAULT_APP_ID
@@ -128,7 +133,10 @@ def run_once(
                 or f".run-{cfg.run_id}." in t
             ]
             delete_topics(admin, ours, bootstrap=args.bootstrap_servers)
-        print(f"worker peak RSS {rss.peak_kb / 1024:,.0f} MB (largest of {args.workers})")
+        print(
+            f"worker peak RSS {rss.peak_kb / 1024:,.0f} MB (largest of {args.workers}; "
+            f"--hot-windows {hot_windows})"
+        )
     records = sum(result.ingest.records_in.values())
     lost = rule.selected - result.sink_records
     if result.startup is not None:
@@ -167,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         "without it first, and the ratio of the medians is printed",
     )
     p.add_argument("--rounds", type=int, default=1, help="runs of each variant (default 1)")
+    p.add_argument(
+        "--hot-windows",
+        default="2",
+        help="the workers' --hot-windows; several, comma-separated, are variants run in turn (e.g. 2,0: "
+        "windows frozen or not), and each one's median rate is printed",
+    )
     args = p.parse_args(argv)
 
     rule = EdnsFilter()
@@ -176,17 +190,28 @@ def main(argv: list[str] | None = None) -> int:
                 rule.select(payload)
     embedded = args.schema_registry == "embedded"
     registry = RegistryOptions(args.schema_registry) if args.schema_registry and not embedded else None
-    variants = [("schemaless", None, False)]
+    formats = [("schemaless", None, False)]
     if args.schema_registry:
-        variants.append(("registry", registry, embedded))
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        formats.append(("registry", registry, embedded))
+    hot = [int(n) for n in args.hot_windows.split(",")]
+    variants = [
+        (name if len(hot) == 1 else f"{name} hot {n}", options, embed, n)
+        for name, options, embed in formats
+        for n in hot
+    ]
+    rates: dict[str, list[float]] = {name: [] for name, _, _, _ in variants}
     exact = True
     for _ in range(args.rounds):
-        for name, options, embed in variants:
-            rate, ok = run_once(args, rule, options, embed)
+        for name, options, embed, n in variants:
+            rate, ok = run_once(args, rule, options, embed, n)
             rates[name].append(rate)
             exact &= ok
-    if args.schema_registry:
+    if len(hot) > 1:
+        print(
+            f"records/s, median of {args.rounds}: "
+            + ", ".join(f"{name} {statistics.median(rs):,.0f}" for name, rs in rates.items())
+        )
+    if args.schema_registry and len(hot) == 1:
         plain, framed = (statistics.median(rates[name]) for name in ("schemaless", "registry"))
         print(
             f"records/s, median of {args.rounds}: schemaless {plain:,.0f}, registry {framed:,.0f} "

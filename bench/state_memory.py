@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-seconds", type=int, default=3600)
     p.add_argument("--expires", type=int, default=7 * 86400)
     p.add_argument("--commit-every", type=int, default=100, help="ns-stats records between commits")
+    p.add_argument(
+        "--hot-windows", type=int, default=2, help="the worker's --hot-windows (0: freeze no window)"
+    )
     args = p.parse_args(argv)
     records = ns_stats_records(args.input, 10**12, args.group, args.partitions, args.window_seconds)
-    states = {part: NsState(args.expires) for part in range(args.partitions)}
+    states = {part: NsState(args.expires, hot_windows=args.hot_windows) for part in range(args.partitions)}
     gc.collect()
     before = rss_bytes()
     started = time.process_time()
@@ -58,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     grown = rss_bytes() - before
     names = sum(len(s.totals) for s in states.values())
-    entries = sum(len(w) for s in states.values() for w in s.windows.values())
-    windows = max(len(s.windows) for s in states.values())
+    entries = sum(len(w) for s in states.values() for w in s.all_windows().values())
+    windows = max(len(s.all_windows()) for s in states.values())
+    frozen = max(len(s.frozen) for s in states.values())
     print(
         f"{args.input.name}: {len(records)} ns-stats records applied in {spent:.1f} s CPU; "
-        f"{names} name servers, {windows} windows, {entries} (name server, window) entries; "
+        f"{names} name servers, {windows} windows ({frozen} frozen), {entries} (name server, window) "
+        f"entries; "
         f"RSS +{grown / 2**20:.0f} MiB = {grown / max(entries, 1):.0f} bytes per entry, "
         f"{grown / max(names, 1):.0f} per name server"
     )

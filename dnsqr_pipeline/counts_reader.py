@@ -56,6 +56,8 @@ class LatestCounts:
     def read(self, timeout: float = 60.0) -> Mapping[str, dict[str, Any]]:
         """Read on to the end of every partition as it is now; {name server: ``NsCountValues``}, a live
         view that the next read updates (a copy of ~500k entries per read would cost more than the read).
+        :class:`CompletionError` once ``timeout`` seconds pass without a record or a partition's end (a
+        stall, not a long read: 1.6M snapshots take ~60 s to decode on the 2-core box).
 
         Each call assigns the partitions again at the offsets it has reached, so that every partition
         reports its end anew (librdkafka reports an end once per arrival there) and a partition with
@@ -71,10 +73,13 @@ class LatestCounts:
         while len(ended) < len(self._next):
             if time.monotonic() > deadline:
                 raise CompletionError(
-                    f"timed out reading the counts topic {self.topic} "
+                    f"reading the counts topic {self.topic}: nothing came for {timeout:.0f} s "
                     f"(partitions {sorted(set(self._next) - ended)} did not reach their end)"
                 )
-            for msg in consumer.consume(10_000, READ_POLL_SECONDS):
+            messages = consumer.consume(10_000, READ_POLL_SECONDS)
+            if messages:
+                deadline = time.monotonic() + timeout
+            for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

@@ -143,6 +143,8 @@ class JobConfig:
     #: measures throughput with every stage running rather than the stages' start-up (benchmarks); a job
     #: otherwise ingests while the workers start, which finishes sooner
     wait_for_stages: bool = False
+    #: the workers' ``--hot-windows``: windows kept as Python objects, older idle ones frozen
+    hot_windows: int = Settings.hot_windows
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -418,6 +420,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             partitions=cfg.partitions,
             replication_factor=cfg.replication_factor or 0,
             processing_guarantee=cfg.processing_guarantee,
+            hot_windows=cfg.hot_windows,
         )
         created = _create_job_topics(kafka, topics, settings, cfg.replication_factor)
         if external and not cfg.keep_topics:
@@ -667,6 +670,7 @@ def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence
         *(("--standby-replicas", str(settings.standby_replicas)) if settings.standby_replicas else ()),
         *(() if settings.warm_up else ("--no-warm-up",)),
         *("--acceptable-recovery-lag", str(settings.acceptable_recovery_lag)),
+        *("--hot-windows", str(settings.hot_windows)),
         *("--web-port", str(free_port())),
         *format_flags,
     )

@@ -177,10 +177,17 @@ class Aggregation:
     """
 
     def __init__(
-        self, expires: int, max_ahead: int | None = None, *, marks: bool, restore_buffer: int | None = None
+        self,
+        expires: int,
+        max_ahead: int | None = None,
+        *,
+        marks: bool,
+        restore_buffer: int | None = None,
+        hot_windows: int = 0,
     ) -> None:
         self.expires = expires
         self.max_ahead = max_ahead
+        self.hot_windows = hot_windows
         self.restore_buffer = restore_buffer
         #: partitions paused because their waiting records reached ``restore_buffer``, since start
         self.pauses = 0
@@ -216,8 +223,8 @@ class Aggregation:
         self.probes = 0
 
     def new_state(self) -> NsState:
-        """An empty state with this worker's expiry and clock bound."""
-        return NsState(self.expires, self.max_ahead)
+        """An empty state with this worker's expiry, clock bound and hot windows."""
+        return NsState(self.expires, self.max_ahead, hot_windows=self.hot_windows)
 
     @property
     def late_deltas(self) -> int:
@@ -510,6 +517,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         settings.window_max_ahead_seconds,
         marks=exactly_once,
         restore_buffer=settings.restore_buffer_bytes,
+        hot_windows=settings.hot_windows,
     )
     stats = app.topic(
         settings.stats_topic,

@@ -19,12 +19,15 @@ Faust settings chosen here, and why:
   assignor computes standbys for ns-stats with it (``processors/standby.py``), and with 0 and no tables
   Faust would use a round-robin assignor instead, whose assignments carry no worker URLs
   (``processors/scatter_gather.py`` needs them). Standbys are tailed only with ``--standby-replicas`` > 0.
-- Consumer: low session timeout and heartbeat interval so a group join (tests, restarts) takes seconds, and
-  a fetch size large enough for containers of ~1000 records. At most :data:`STREAM_BUFFER` events wait in
-  an agent's buffer (Faust's default is 4096): a raw event is a whole container (~300 KB), so a worker
-  behind its input would hold up to a gigabyte of prefetched containers; a few batches of the filter agent
-  (``BATCH_CONTAINERS``) keep it busy as well. The consumer class is the commit guard
-  (``processors/commit_guard.py``).
+- Consumer: low session timeout and heartbeat interval so a group join (tests, restarts) takes seconds.
+  Prefetched input is most of a busy worker's memory besides its state, so it is bounded: at most
+  :data:`STREAM_BUFFER` events wait in an agent's buffer (Faust's default is 4096: a raw event is a whole
+  container, ~300 KB, so a worker behind its input would hold up to a gigabyte), one batch of the filter
+  agent (``BATCH_CONTAINERS``); and a fetch takes at most :data:`FETCH_BYTES` per partition (a container
+  of ~1000 records is ~300 KB; the broker returns a larger record whole anyway). With 8 MB and 256 events
+  a worker's fetched and buffered input held ~200 MB at its peak (``memray`` on issue #20's week of
+  windows); with 2 MB and 16 events its peak RSS there was 583-620 MB instead of 748 (docs/design.md).
+  The consumer class is the commit guard (``processors/commit_guard.py``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ from processors.warmup import WarmupAssignor
 log = logging.getLogger(__name__)
 
 #: Faust's ``stream_buffer_maxsize``: events prefetched per agent (see the module doc)
-STREAM_BUFFER = 256
+STREAM_BUFFER = 16
+#: aiokafka's ``max_partition_fetch_bytes`` (Faust's ``consumer_max_fetch_size``; see the module doc)
+FETCH_BYTES = 2 * 1024 * 1024
 
 
 def faust_credentials(credentials: Credentials) -> Any:
@@ -164,7 +169,7 @@ def compose(settings: Settings, output: Output | None = None, formats: TopicForm
             acceptable_lag=settings.acceptable_recovery_lag,
             changelog_records=aggregator.changelog_records(settings),
         ),
-        consumer_max_fetch_size=8 * 1024 * 1024,
+        consumer_max_fetch_size=FETCH_BYTES,
         stream_buffer_maxsize=STREAM_BUFFER,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=1_000_000,

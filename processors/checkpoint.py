@@ -39,7 +39,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,9 @@ class Header:
 class Image:
     """A changelog partition through some offset, as :meth:`NsState.load` leaves it before ``loaded()``."""
 
-    #: window start -> {name server -> counts}: the live ``W`` records
-    windows: dict[int, dict[str, Counts]]
+    #: window start -> {name server -> counts}: the live ``W`` records (frozen windows too, when taken
+    #: from a state: :func:`install` needs dicts)
+    windows: dict[int, Mapping[str, Counts]]
     #: name server -> counts: the live ``R`` records
     retired: dict[str, Counts]
     #: ``[base, *applied offsets]``: the ``M`` record
@@ -104,7 +105,8 @@ def image_of(state: NsState) -> Image:
         raise ValueError("the state has changes its changelog does not have yet")
     single: dict[str, Counts] = {}  # the one live window's counts of most name servers
     several: dict[str, list[Counts]] = {}
-    for window in state.windows.values():
+    windows = state.all_windows()
+    for window in windows.values():
         for ns, counts in window.items():
             if ns in several:
                 several[ns].append(counts)
@@ -123,13 +125,15 @@ def image_of(state: NsState) -> Image:
         counts = retired_counts(total, live)
         if counts is not None:
             retired[ns] = counts
-    return Image(dict(state.windows), retired, [state.base, *sorted(state.applied_offsets)])
+    return Image(windows, retired, [state.base, *sorted(state.applied_offsets)])
 
 
 def install(state: NsState, image: Image) -> None:
     """Give the new ``state`` what :meth:`NsState.load` of the records ``image`` stands for gives: more
-    records may be loaded on top, then ``loaded()`` as after any changelog read."""
-    state.windows = image.windows
+    records may be loaded on top, then ``loaded()`` as after any changelog read. The image's dicts become
+    the state's (a decoded file's are its own; :func:`processors.standby.seeded` copies a state's); a
+    frozen window is thawed."""
+    state.windows = {start: w if isinstance(w, dict) else dict(w) for start, w in image.windows.items()}
     state._loaded_retired = image.retired
     state.base, state.applied_offsets = image.mark[0], set(image.mark[1:])
 

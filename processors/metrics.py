@@ -238,17 +238,20 @@ def map_bytes(entries: Mapping[str, Counts], sample: int = SIZE_SAMPLE) -> int:
 
 
 def state_size(state: NsState, sample: int = SIZE_SAMPLE) -> dict[str, tuple[int, int]]:
-    """(keys, approximate bytes of memory) of a state's ``totals`` and of its ``windows`` together.
+    """(keys, approximate bytes of memory) of a state's ``totals``, of its ``windows`` together and of its
+    frozen windows together.
 
     Windows dominate: a name server seen in several windows has one entry in each.
     """
     windows = list(state.windows.values())
+    frozen = list(state.frozen.values())
     return {
         "totals": (len(state.totals), map_bytes(state.totals, sample)),
         "windows": (
             sum(len(w) for w in windows),
             sys.getsizeof(state.windows) + sum(map_bytes(w, sample) for w in windows),
         ),
+        "frozen_windows": (sum(len(w) for w in frozen), sum(w.nbytes for w in frozen)),
     }
 
 
@@ -408,7 +411,7 @@ class WorkerCollector(Collector):
         keys = GaugeMetricFamily(
             "dnsqr_worker_state_keys",
             "entries of the aggregator's state, per ns-stats partition held here: name servers (totals) and "
-            "(window, name server) pairs (windows)",
+            "(window, name server) pairs (windows: Python objects; frozen_windows: compact, read-only)",
             labels=["partition", "map"],
         )
         size = GaugeMetricFamily(

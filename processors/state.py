@@ -12,6 +12,13 @@ What is kept:
 - ``totals``: name server -> counts since the state began; never expires.
 - ``windows``: window start -> {name server -> counts}, tumbling windows of record time, freed by stream
   time (below). A delta outside the live windows counts in the totals only.
+- ``frozen``: window start -> :class:`processors.frozen_window.FrozenWindow`, the same counts read-only in
+  ~50 bytes an entry instead of ~250. :meth:`NsState.changelog` freezes every window outside the newest
+  ``hot_windows`` that no delta reached since its previous call; a delta for a frozen window thaws it back
+  into ``windows`` first. A window is in one of the two, never both; :meth:`NsState.all_windows` gives
+  them together, for readers. Replaying a capture in record order keeps a few windows hot and all others
+  frozen; records shuffled over weeks keep thawing windows and hold them as dicts, which is correct but
+  costs today's memory (``thaws`` counts them).
 - the mark (exactly_once only): which records of this ns-stats partition were applied, by offset: every
   offset below ``base``, and the offsets in ``applied_offsets`` (at or above it). A record the mark holds
   is skipped. At each commit of offset C (every record below C processed) ``base`` moves up to C and the
@@ -67,7 +74,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from sys import intern
 from typing import Any
 
@@ -87,6 +94,7 @@ from processors.counts import (
     zero,
 )
 from processors.delta_batch import DeltaBatch, decode_batch
+from processors.frozen_window import FrozenWindow
 
 #: (key, value) of a changelog or counts-topic record; a None value is a tombstone
 Record = tuple[bytes, bytes | None]
@@ -130,6 +138,11 @@ def _counts(value: list[Any]) -> Counts:
                 raise ValueError(f"damaged counts in the changelog: {value!r}")
             value[i] = {intern(kind): n for kind, n in kinds.items()} if kinds else None
     return value
+
+
+def decode_counts(data: bytes) -> Counts:
+    """A counts list from its changelog value (:func:`encode_value` of one); ValueError when damaged."""
+    return _counts(decode_value(data))
 
 
 def window_key(start: int, name_server: str) -> bytes:
@@ -206,16 +219,26 @@ class NsState:
 
     ``expires``: windows starting this many seconds or more before stream time are freed (0: never).
     ``max_ahead``: a window starting more than this many seconds after ``clock()`` is early (None: no bound).
+    ``hot_windows``: the newest this many windows are never frozen (0: no window is; module doc).
     """
 
     def __init__(
-        self, expires: int = 0, max_ahead: int | None = None, clock: Callable[[], float] = time.time
+        self,
+        expires: int = 0,
+        max_ahead: int | None = None,
+        clock: Callable[[], float] = time.time,
+        hot_windows: int = 0,
     ) -> None:
         self.expires = expires
         self.max_ahead = max_ahead
         self.clock = clock
+        self.hot_windows = hot_windows
         self.totals: dict[str, Counts] = {}
         self.windows: dict[int, dict[str, Counts]] = {}
+        self.frozen: dict[int, FrozenWindow] = {}
+        #: frozen windows thawed by a delta for them, and windows frozen, since the state began
+        self.thaws = 0
+        self.freezes = 0
         #: the mark: offsets below ``base`` and those in ``applied_offsets`` were applied (exactly_once)
         self.base = 0
         self.applied_offsets: set[int] = set()
@@ -347,6 +370,11 @@ class NsState:
         window = self.windows.get(start)
         if window is not None:
             return window
+        frozen = self.frozen.pop(start, None)
+        if frozen is not None:
+            self.thaws += 1
+            window = self.windows[start] = frozen.thaw()
+            return window
         if self._expired(start) or (self.max_ahead is not None and start > self.clock() + self.max_ahead):
             return None
         window = self.windows[start] = {}
@@ -376,14 +404,37 @@ class NsState:
     def expire(self) -> None:
         """Free the windows that are too old (their changelog keys get tombstones; their last changes are
         still published by the next :meth:`take_snapshot_changes`)."""
-        for start in [s for s in self.windows if self._expired(s)]:
-            names = self._freed[start] = list(self.windows.pop(start))
-            self._dirty_retired.update(dict.fromkeys(names))
-            self._dirty_windows.pop(start, None)
+        for held in (self.windows, self.frozen):
+            for start in [s for s in held if self._expired(s)]:
+                names = self._freed[start] = list(held.pop(start))
+                self._dirty_retired.update(dict.fromkeys(names))
+                self._dirty_windows.pop(start, None)
+
+    def all_windows(self) -> dict[int, Mapping[str, Counts]]:
+        """Every live window, frozen or not: window start -> {name server -> counts}. A frozen window's
+        counts are new lists at each read: readers must not change them."""
+        return {**self.frozen, **self.windows}
+
+    def freeze(self, idle: Iterable[int]) -> None:
+        """Freeze the windows of ``idle`` (starts) that are not among the newest :attr:`hot_windows`
+        (module doc); a window too big for a :class:`FrozenWindow` stays as it is."""
+        if not self.hot_windows or len(self.windows) <= self.hot_windows:
+            return
+        hot = set(sorted(self.windows)[-self.hot_windows :])
+        for start in idle:
+            window = self.windows.get(start)
+            if window is None or start in hot:
+                continue
+            frozen = FrozenWindow.freeze(counts_records(b"", window, encode_value), decode_counts)
+            if frozen is not None:
+                del self.windows[start]
+                self.frozen[start] = frozen
+                self.freezes += 1
 
     def changelog(self) -> list[Record]:
         """One changelog record per key changed since the previous call, then forget that they changed."""
         records: list[Record] = []
+        idle = [start for start in self.windows if start not in self._dirty_windows]
         for start, changed in self._dirty_windows.items():
             records += counts_records(WINDOW_TAG + b"%d " % start, changed, encode_value)
         for start, names in self._freed.items():
@@ -395,6 +446,7 @@ class NsState:
         self._dirty_retired = {}
         self._dirty_mark = False
         self._freed = {}
+        self.freeze(idle)
         return records
 
     def unwritten(self) -> bool:
@@ -406,9 +458,9 @@ class NsState:
         """The R records of the name servers whose retired counts changed: values, then tombstones."""
         retired: Changed = {}
         held: list[Record] = []
-        windows = list(self.windows.values())
+        windows = list(self.all_windows().values())
         for ns in self._dirty_retired:
-            counts = retired_counts(self.totals[ns], [w[ns] for w in windows if ns in w])
+            counts = retired_counts(self.totals[ns], [c for w in windows if (c := w.get(ns)) is not None])
             if counts is None:
                 held.append((RETIRED_TAG + ns.encode(), None))
             else:
@@ -446,6 +498,8 @@ class NsState:
         version's ``T`` record too): its message says to start afresh. In C when built, for the W and R
         records written as :func:`encode_value` writes a plain counts list (``_ext.load``); everything
         else, and any record the C code leaves to it (returning None, the state untouched), here."""
+        if self.frozen:  # not while restoring, but load() on top of a state that froze must find its windows
+            self.thaw_all()
         if _ext is not None and _ext.load(self, key, value) is not None:
             return
         tag = key[:1]
@@ -478,6 +532,13 @@ class NsState:
             raise ValueError(
                 f"unknown changelog key {key[:40]!r}, not written by this version: {START_AFRESH}"
             )
+
+    def thaw_all(self) -> None:
+        """Thaw every frozen window back into :attr:`windows`."""
+        for start, frozen in self.frozen.items():
+            self.windows[start] = frozen.thaw()
+        self.thaws += len(self.frozen)
+        self.frozen = {}
 
     def loaded(self) -> None:
         """After the last :meth:`load`: drop emptied windows, compute the totals (R + the sum of the windows,

@@ -60,7 +60,7 @@ def rows(aggregation: Aggregation, scope: str) -> Iterable[Row]:
             for ns, counts in state.totals.items():
                 yield ns, None, counts
         else:
-            for start, window in state.windows.items():
+            for start, window in state.all_windows().items():
                 for ns, counts in window.items():
                     yield ns, start, counts
 
@@ -177,14 +177,18 @@ def worst(
         kind=filters.kind,
     )
     axis = window_axis(
-        max((max(s.windows) for s in states if s.windows), default=None), filters, window_seconds
+        max((max(s.all_windows()) for s in states if s.windows or s.frozen), default=None),
+        filters,
+        window_seconds,
     )
     out = []
     for ns, _, counts in picked:
         state = next(s for s in states if ns in s.totals)
+        windows = state.all_windows()
         series: list[tuple[int, int] | None] = []
         for start in axis:
-            c = state.windows.get(start, {}).get(ns)
+            window = windows.get(start)
+            c = None if window is None else window.get(ns)
             series.append(None if c is None else (c[FAILURES], c[ANSWERED]))
         out.append(
             WorstRow(
@@ -203,7 +207,7 @@ def window_axis(newest: int | None, filters: Filters, window_seconds: int) -> li
 
 def held_range(aggregation: Aggregation, window_seconds: int) -> tuple[int, int] | None:
     """Record time the windows held cover: the start of the oldest, the end of the newest."""
-    starts = [start for state in list(aggregation.states.values()) for start in state.windows]
+    starts = [start for state in list(aggregation.states.values()) for start in state.all_windows()]
     return (min(starts), max(starts) + window_seconds) if starts else None
 
 
@@ -312,6 +316,10 @@ def install(
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,
+                    # windows held frozen now, and frozen windows thawed by a late record, of the states
+                    # held now (processors/state.py)
+                    "frozen_windows": sum(len(s.frozen) for s in aggregation.states.values()),
+                    "window_thaws": sum(s.thaws for s in aggregation.states.values()),
                     # ns-stats partitions assigned again whose kept state was current, those taken over
                     # from a standby state (--standby-replicas), those loaded from a checkpoint
                     # (--state-dir), and those read from the changelog's beginning; the changelog records

@@ -59,8 +59,12 @@ def loaded_from(data: bytes, later: list[Record] = ()) -> NsState:  # type: igno
     return state
 
 
-def test_a_checkpoint_loads_as_its_changelog() -> None:
-    state, records = busy_state(1, 60)
+@pytest.mark.parametrize("hot_windows", [0, 1])
+def test_a_checkpoint_loads_as_its_changelog(hot_windows: int) -> None:
+    state, records = busy_state(1, 60, NsState(EXPIRES, hot_windows=hot_windows))
+    state.apply(batch(row("192.0.2.1", state.newest, 1)), 1000)  # the other windows idle for an interval
+    records += state.changelog()
+    assert bool(state.frozen) == bool(hot_windows), "frozen windows are in the image too"
     assert state.late_deltas and any(k[:1] == b"R" for k, _ in records), "the case has retired counts"
     data = checkpoint.encode(header(), checkpoint.image_of(state))
     full = restored(records, EXPIRES)

@@ -12,6 +12,7 @@ import pytest
 
 from dnsqr_kafka.value_formats import RegistryOptions
 from processors import command
+from processors.aggregator import Aggregation
 from processors.app import create_app, faust_credentials
 from processors.settings import Settings
 from processors.warmup import WarmupAssignor
@@ -100,6 +101,19 @@ def test_warm_up_flag_variable_and_assignor() -> None:
     assert Settings.from_env({"DNSQR_ACCEPTABLE_RECOVERY_LAG": "5"}).acceptable_recovery_lag == 5
     with pytest.raises(ValueError):
         Settings(acceptable_recovery_lag=-1).validated()
+
+
+def test_hot_windows_flag_and_variable() -> None:
+    """``--hot-windows`` / ``DNSQR_HOT_WINDOWS``: 2 by default, 0 freezes none; the aggregator's states
+    take it."""
+    assert command.settings_from_args(parse([])).hot_windows == 2
+    settings = command.settings_from_args(parse(["--hot-windows", "0"]))
+    assert settings.hot_windows == 0
+    assert Settings.from_env({"DNSQR_HOT_WINDOWS": "5"}).hot_windows == 5
+    with pytest.raises(ValueError, match="hot_windows"):
+        Settings(hot_windows=-1).validated()
+    aggregation = Aggregation(0, marks=False, hot_windows=3)
+    assert aggregation.new_state().hot_windows == 3
 
 
 def test_restore_buffer_flag_and_variable() -> None:

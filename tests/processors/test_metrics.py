@@ -102,7 +102,8 @@ def test_agents_counts_reach_the_exposition_and_the_state_the_timers() -> None:
     name_servers = {ns for (_, value), _, _ in stats for ns in decode_batch(value).name_servers}
     assert sum(n for (_, part), (n, _) in state.sizes.items() if part == "totals") == len(name_servers)
     assert {p for p, _ in state.sizes} == set(parts.aggregation.states)
-    assert all(nbytes > 0 for _, nbytes in state.sizes.values())
+    assert all(nbytes > 0 for n, nbytes in state.sizes.values() if n)
+    assert all(state.sizes[p, "frozen_windows"] == (0, 0) for p in parts.aggregation.states)  # none idle
     kinds = Counter(decode_failure(v)["kind"] for (_, v), _, _ in out.sent[parts.settings.failures_topic])
     assert state.kinds == kinds
     assert state.jumps.top == []  # one walk is only a baseline

@@ -326,8 +326,11 @@ IMPLEMENTATIONS = ["python"] + (["c"] if processors.state._ext is not None else 
 class Worker:
     """One ns-stats partition's state as the aggregator drives it, with what it published and wrote."""
 
-    def __init__(self, expires: int, max_ahead: int, marks: bool, implementation: str) -> None:
+    def __init__(
+        self, expires: int, max_ahead: int, marks: bool, implementation: str, hot_windows: int = 0
+    ) -> None:
         self.expires, self.max_ahead, self.marks, self.c = expires, max_ahead, marks, implementation == "c"
+        self.hot_windows = hot_windows
         self.state = self.new_state()
         self.changelog: list[Record] = []
         #: name server -> its newest published totals, decoded from the counts topic's values
@@ -336,7 +339,7 @@ class Worker:
         self.offset = 0
 
     def new_state(self) -> NsState:
-        return NsState(self.expires, self.max_ahead, clock=lambda: NOW)
+        return NsState(self.expires, self.max_ahead, clock=lambda: NOW, hot_windows=self.hot_windows)
 
     def apply(self, data: bytes, offset: int) -> None:
         mark = offset if self.marks else None
@@ -361,11 +364,30 @@ class Worker:
             assert snap["expired_through"] == self.state.expired_through()
             self.published[key.decode()] = snap["total"]
 
-    def commit(self) -> None:
+    def commit(self) -> list[Record]:
+        """The aggregator's commit; the changelog records it wrote."""
         self.state.committed(self.offset)
         self.tick()
-        self.changelog += self.state.changelog()
+        records = self.state.changelog()
+        self.changelog += records
         self.uncommitted = []
+        return records
+
+    def step(self, step: str) -> list[Record]:
+        """One of :data:`STEPS`' steps between records; the changelog records a commit in it wrote."""
+        records: list[Record] = []
+        if step == "tick":
+            self.tick()
+        elif step == "commit":
+            records = self.commit()
+        elif step == "expire":
+            self.state.expire()
+        elif step == "crash":
+            self.crash()
+        elif step == "restart":
+            records = self.commit()
+            self.restore()
+        return records
 
     def restore(self) -> None:
         self.state = self.new_state()
@@ -412,17 +434,7 @@ def test_published_totals_equal_the_state_whatever_the_record_times(
             sums[ns].update(answered=answered, failures=failures, timeouts=timeouts)
             sums[ns].update({f"k:{k}": n for k, n in by_kind.items()})
             early += start > NOW + max_ahead
-        if step == "tick":
-            worker.tick()
-        elif step == "commit":
-            worker.commit()
-        elif step == "expire":
-            worker.state.expire()
-        elif step == "crash":
-            worker.crash()
-        elif step == "restart":
-            worker.commit()
-            worker.restore()
+        worker.step(step)
     worker.commit()
     state = worker.state
     expected = totals_of(sums)
@@ -445,3 +457,83 @@ def test_published_totals_equal_the_state_whatever_the_record_times(
         assert state.early_deltas == early
         if not expires:
             assert state.late_deltas == 0
+
+
+def windows_of(state: NsState) -> dict[int, dict[str, Any]]:
+    """Every live window of ``state`` as dicts, frozen or not."""
+    return {start: dict(window) for start, window in state.all_windows().items()}
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@settings(max_examples=150, deadline=None)
+@given(STEPS, st.sampled_from([0, 3600, 30 * DAY]), st.sampled_from([0, DAY]), st.booleans())
+def test_frozen_windows_change_nothing_a_reader_sees(
+    implementation: str, steps: list[tuple[list[DeltaRow], str]], expires: int, max_ahead: int, marks: bool
+) -> None:
+    """The same steps on a state that freezes every idle window but the newest (``hot_windows=1``) and on
+    one that freezes none: every commit writes the same changelog records, every tick publishes the same
+    totals, and the windows, totals and late and early deltas end equal; a restore from either changelog
+    gives the same state again."""
+    frozen = Worker(expires, max_ahead, marks, implementation, hot_windows=1)
+    plain = Worker(expires, max_ahead, marks, implementation)
+    for rows, step in steps:
+        frozen.feed(rows)
+        plain.feed(rows)
+        assert sorted(frozen.step(step)) == sorted(plain.step(step))
+        assert frozen.published == plain.published
+        assert windows_of(frozen.state) == windows_of(plain.state)
+    assert sorted(frozen.commit()) == sorted(plain.commit())
+    assert frozen.published == plain.published
+    assert not plain.state.frozen
+    for a, b in ((frozen.state, plain.state),):
+        assert a.totals == b.totals
+        assert windows_of(a) == windows_of(b)
+        assert (a.late_deltas, a.early_deltas, a.newest) == (b.late_deltas, b.early_deltas, b.newest)
+    frozen.restore()
+    assert frozen.state.totals == plain.state.totals
+    assert windows_of(frozen.state) == windows_of(plain.state)
+
+
+def test_an_idle_window_outside_the_newest_freezes_and_a_late_delta_thaws_it() -> None:
+    state = NsState(hot_windows=1)
+    state.apply(batch(row(NS1, 0, 1, noopt=1), row(NS2, 0, 2), row(NS1, 3600, 1)))
+    state.changelog()
+    assert state.frozen == {} and set(state.windows) == {0, 3600}  # both changed in this interval
+    state.apply(batch(row(NS2, 3600, 1)))
+    records = state.changelog()
+    assert set(state.frozen) == {0} and set(state.windows) == {3600}
+    assert records == [(b"W3600 " + NS2.encode(), encode_value([1, 1, 0, None, None]))]
+    assert state.freezes == 1
+    assert state.all_windows()[0] == {NS1: [1, 1, 0, {"noopt": 1}, None], NS2: [2, 2, 0, None, None]}
+    state.apply(batch(row(NS2, 0, 1)))  # late for window 0: thawed, then counted in it
+    assert state.thaws == 1 and not state.frozen
+    assert state.windows[0][NS2] == [3, 3, 0, None, None]
+    assert state.changelog() == [(b"W0 " + NS2.encode(), encode_value([3, 3, 0, None, None]))]
+    assert not state.frozen  # changed in that interval ...
+    assert state.changelog() == []
+    assert set(state.frozen) == {0}  # ... and idle in the next
+
+
+def test_freezing_a_window_too_big_for_32_bit_offsets_keeps_it_a_dict() -> None:
+    state = NsState(hot_windows=1)
+    state.apply(batch(row(NS1, 0, 1), row(NS1, 3600, 1)))
+    state.changelog()
+    with mock.patch("processors.frozen_window.MAX_BUFFER", 4):
+        state.changelog()
+    assert set(state.windows) == {0, 3600} and not state.frozen
+
+
+def test_expiry_frees_frozen_windows_and_writes_their_retired_counts() -> None:
+    state = NsState(expires=7200, hot_windows=1)
+    state.apply(batch(row(NS1, 0, 1), row(NS2, 0, 1)))
+    state.apply(batch(row(NS1, 3600, 2)))
+    state.changelog()
+    state.apply(batch(row(NS1, 3600, 1)))
+    state.changelog()
+    assert set(state.frozen) == {0}
+    state.apply(batch(row(NS1, 7200, 1)))  # frees window 0 (frozen)
+    records = dict(state.changelog())
+    assert set(state.all_windows()) == {3600, 7200}
+    assert records[b"W0 " + NS1.encode()] is None and records[b"W0 " + NS2.encode()] is None
+    assert decode_value(records[b"R" + NS1.encode()]) == [1, 1, 0, None, None]
+    assert decode_value(records[b"R" + NS2.encode()]) == [1, 1, 0, None, None]

@@ -1,0 +1,146 @@
+"""A frozen window: one window of an ns-stats partition's state, read-only, in a few flat buffers.
+
+No Kafka. Why: a week of hourly windows holds millions of (name server, window) entries, and as Python
+objects each costs ~250 bytes (a dict entry, its name's ``str``, a counts list, often a kinds map;
+docs/design.md, "Aggregation"). Only the newest windows take deltas while a capture is replayed in record
+order, so :class:`processors.state.NsState` freezes the others: a window no delta reached for a whole
+commit interval, outside the newest few, becomes a :class:`FrozenWindow` (Kafka Streams' and Flink's answer
+is the same split: hot entries as objects, the rest serialized, there in RocksDB, here in memory). A delta
+for a frozen window thaws it back into a dict first (:meth:`FrozenWindow.thaw`).
+
+Layout: the entries sorted by the UTF-8 bytes of their name server, then
+
+- ``names``: those bytes, one after the other; ``name_ends[i]`` is where entry ``i``'s name ends;
+- ``values``: each entry's counts as its changelog value (``processors.state.encode_value``: a version
+  byte and orjson's JSON of the counts list), one after the other; ``value_ends[i]`` likewise.
+
+About 50 bytes an entry on the high-cardinality bench files (a name of ~14 bytes, a value of ~25, two
+4-byte offsets), against ~250 as objects. A lookup is a binary search over the names: :func:`find_py`, in
+C when built (``processors/_frozen_window.c``, held to it by ``tests/processors/test_frozen_window.py``).
+Reads give new counts lists each time: changing one changes nothing in the window.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Callable, Iterator, Mapping
+from itertools import accumulate
+
+from nmsgdns.native import implementation, load_extension
+from processors.counts import Counts
+
+#: the largest buffer an offset of ``name_ends`` or ``value_ends`` reaches ('I': 32 bits)
+MAX_BUFFER = 2**32 - 1
+
+
+class _Names:
+    """Entry ``i``'s name server bytes, as a sequence for :mod:`bisect`."""
+
+    def __init__(self, names: bytes, ends: array) -> None:
+        self.names, self.ends = names, ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.names[self.ends[i - 1] if i else 0 : self.ends[i]]
+
+
+def find_py(names: bytes, ends: array, key: bytes) -> int:
+    """The index of the entry named ``key`` in the sorted ``names`` ending at ``ends``; -1 when absent."""
+    seq = _Names(names, ends)
+    i = bisect.bisect_left(seq, key)
+    return i if i < len(seq) and seq[i] == key else -1
+
+
+_ext = load_extension("_frozen_window", "processors")
+#: :func:`find_py`, in C when built
+find: Callable[[bytes, array, bytes], int] = find_py if _ext is None else _ext.find
+#: which :func:`find` runs
+IMPLEMENTATION = implementation(_ext)
+
+
+class FrozenWindow(Mapping[str, Counts]):
+    """One window's counts by name server, read-only and compact (module doc). Build it with
+    :meth:`freeze`; ``encode`` and ``decode`` are the changelog value codec (``processors/state.py``)."""
+
+    __slots__ = ("decode", "name_ends", "names", "value_ends", "values")
+
+    def __init__(
+        self,
+        names: bytes,
+        name_ends: array,
+        values: bytes,
+        value_ends: array,
+        decode: Callable[[bytes], Counts],
+    ) -> None:
+        self.names, self.name_ends = names, name_ends
+        self.values, self.value_ends = values, value_ends
+        self.decode = decode
+
+    @classmethod
+    def freeze(
+        cls,
+        records: list[tuple[bytes, bytes | None]],
+        decode: Callable[[bytes], Counts],
+    ) -> FrozenWindow | None:
+        """The frozen window of ``records``, (name server bytes, encoded counts) of one window's entries
+        (``processors.state.counts_records`` with an empty prefix gives them); None when its buffers would
+        be too long for 32-bit offsets (the window then stays a dict)."""
+        records.sort()
+        keys = [key for key, _ in records]
+        values = [value for _, value in records]
+        names, encoded = b"".join(keys), b"".join(values)  # type: ignore[arg-type]
+        if len(names) > MAX_BUFFER or len(encoded) > MAX_BUFFER:
+            return None
+        return cls(
+            names,
+            array("I", accumulate(map(len, keys))),
+            encoded,
+            array("I", accumulate(map(len, values))),  # type: ignore[arg-type]
+            decode,
+        )
+
+    def __len__(self) -> int:
+        return len(self.name_ends)
+
+    def _name(self, i: int) -> bytes:
+        return self.names[self.name_ends[i - 1] if i else 0 : self.name_ends[i]]
+
+    def _value(self, i: int) -> Counts:
+        return self.decode(self.values[self.value_ends[i - 1] if i else 0 : self.value_ends[i]])
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._name(i).decode() for i in range(len(self)))
+
+    def __getitem__(self, ns: str) -> Counts:
+        i = find(self.names, self.name_ends, ns.encode())
+        if i < 0:
+            raise KeyError(ns)
+        return self._value(i)
+
+    def __contains__(self, ns: object) -> bool:
+        return isinstance(ns, str) and find(self.names, self.name_ends, ns.encode()) >= 0
+
+    def get(self, ns: str, default: Counts | None = None) -> Counts | None:  # type: ignore[override]
+        i = find(self.names, self.name_ends, ns.encode())
+        return default if i < 0 else self._value(i)
+
+    def items(self) -> Iterator[tuple[str, Counts]]:  # type: ignore[override]
+        """Every (name server, counts), in name order; new lists each time."""
+        return ((self._name(i).decode(), self._value(i)) for i in range(len(self)))
+
+    def thaw(self) -> dict[str, Counts]:
+        """The window as the dict it was frozen from (new lists)."""
+        return dict(self.items())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its four buffers."""
+        return (
+            len(self.names)
+            + len(self.values)
+            + self.name_ends.itemsize * len(self.name_ends)
+            + self.value_ends.itemsize * len(self.value_ends)
+        )
