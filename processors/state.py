@@ -432,7 +432,8 @@ class NsState:
                 self.freezes += 1
 
     def changelog(self) -> list[Record]:
-        """One changelog record per key changed since the previous call, then forget that they changed."""
+        """One changelog record per key changed since the previous call, then forget that they changed and
+        freeze the windows no delta reached since the previous call (:meth:`freeze`)."""
         records: list[Record] = []
         idle = [start for start in self.windows if start not in self._dirty_windows]
         for start, changed in self._dirty_windows.items():
