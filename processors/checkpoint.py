@@ -84,7 +84,7 @@ class Image:
     """A changelog partition through some offset, as :meth:`NsState.load` leaves it before ``loaded()``."""
 
     #: window start -> {name server -> counts}: the live ``W`` records (frozen windows too, when taken
-    #: from a state: :func:`install` needs dicts)
+    #: from a state; :func:`install` thaws them)
     windows: dict[int, Mapping[str, Counts]]
     #: name server -> counts: the live ``R`` records
     retired: dict[str, Counts]

@@ -34,6 +34,11 @@ from processors.counts import Counts
 MAX_BUFFER = 2**32 - 1
 
 
+def _item(buffer: bytes, ends: array, i: int) -> bytes:
+    """Entry ``i`` of ``buffer``, whose entries end at ``ends``."""
+    return buffer[ends[i - 1] if i else 0 : ends[i]]
+
+
 class _Names:
     """Entry ``i``'s name server bytes, as a sequence for :mod:`bisect`."""
 
@@ -44,7 +49,7 @@ class _Names:
         return len(self.ends)
 
     def __getitem__(self, i: int) -> bytes:
-        return self.names[self.ends[i - 1] if i else 0 : self.ends[i]]
+        return _item(self.names, self.ends, i)
 
 
 def find_py(names: bytes, ends: array, key: bytes) -> int:
@@ -63,7 +68,7 @@ IMPLEMENTATION = implementation(_ext)
 
 class FrozenWindow(Mapping[str, Counts]):
     """One window's counts by name server, read-only and compact (module doc). Build it with
-    :meth:`freeze`; ``encode`` and ``decode`` are the changelog value codec (``processors/state.py``)."""
+    :meth:`freeze`; ``decode`` reads one changelog value (``processors.state.decode_counts``)."""
 
     __slots__ = ("decode", "name_ends", "names", "value_ends", "values")
 
@@ -106,10 +111,10 @@ class FrozenWindow(Mapping[str, Counts]):
         return len(self.name_ends)
 
     def _name(self, i: int) -> bytes:
-        return self.names[self.name_ends[i - 1] if i else 0 : self.name_ends[i]]
+        return _item(self.names, self.name_ends, i)
 
     def _value(self, i: int) -> Counts:
-        return self.decode(self.values[self.value_ends[i - 1] if i else 0 : self.value_ends[i]])
+        return self.decode(_item(self.values, self.value_ends, i))
 
     def __iter__(self) -> Iterator[str]:
         return (self._name(i).decode() for i in range(len(self)))
