@@ -46,6 +46,7 @@ HEADERS = [
     "schemas/avro.h",
     "dnsqr_kafka/murmur2.h",
     "processors/counts.h",
+    "processors/frozen_search.h",
 ]
 
 

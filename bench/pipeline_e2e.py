@@ -86,7 +86,7 @@ def run_once(
     rule: EdnsFilter,
     registry: RegistryOptions | None,
     embedded: bool,
-    hot_windows: int,
+    hot: tuple[int, int],
 ) -> tuple[float, bool]:
     """One job over the input; prints its figures and returns (records/s end to end, output exact)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +103,8 @@ def run_once(
             keep_topics=bool(args.bootstrap_servers),
             schema_registry=registry,
             embedded_registry=embedded,
-            hot_windows=hot_windows,
+            hot_windows=hot[0],
+            hot_totals=hot[1],
         )
         # the worker's app id: per run on a given broker, the contract's on an embedded one (job.py)
         app_id = f"{DEFAULT_APP_ID}-run-{cfg.run_id}" if args.bootstrap_servers else DEFAULT_APP_ID
@@ -135,7 +136,7 @@ def run_once(
             delete_topics(admin, ours, bootstrap=args.bootstrap_servers)
         print(
             f"worker peak RSS {rss.peak_kb / 1024:,.0f} MB (largest of {args.workers}; "
-            f"--hot-windows {hot_windows})"
+            f"--hot-windows {hot[0]} --hot-totals {hot[1]})"
         )
     records = sum(result.ingest.records_in.values())
     lost = rule.selected - result.sink_records
@@ -181,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the workers' --hot-windows; several, comma-separated, are variants run in turn (e.g. 2,0: "
         "windows frozen or not), and each one's median rate is printed",
     )
+    p.add_argument(
+        "--hot-totals",
+        default=str(JobConfig.hot_totals),
+        help="the workers' --hot-totals; several, comma-separated, are variants too (each with each "
+        "--hot-windows)",
+    )
     args = p.parse_args(argv)
 
     rule = EdnsFilter()
@@ -193,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     formats = [("schemaless", None, False)]
     if args.schema_registry:
         formats.append(("registry", registry, embedded))
-    hot = [int(n) for n in args.hot_windows.split(",")]
+    hot = [(int(w), int(t)) for w in args.hot_windows.split(",") for t in args.hot_totals.split(",")]
     variants = [
-        (name if len(hot) == 1 else f"{name} hot {n}", options, embed, n)
+        (name if len(hot) == 1 else f"{name} hot {w}/{t}", options, embed, (w, t))
         for name, options, embed in formats
-        for n in hot
+        for w, t in hot
     ]
     rates: dict[str, list[float]] = {name: [] for name, _, _, _ in variants}
     exact = True

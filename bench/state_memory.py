@@ -5,7 +5,11 @@ For each input, the ns-stats records the filter agent would send for the whole f
 worker applies them (``apply_record``, the C path when built), with the changelog and the snapshot
 changes taken every ``--commit-every`` records as commits and ticks take them. Reported: the process's
 RSS growth while applying (``/proc/self/status`` VmRSS, after ``gc.collect()``), the name servers, the
-(name server, window) entries, and the bytes per entry and per name server.
+(name server, window) entries, and the bytes per entry and per name server; then the state's own account
+of its parts (``processors.metrics.state_size``: the frozen buffers exactly, the dicts estimated).
+
+The ns-stats records are built in a child process: building them in this one would leave its freed
+memory to the allocator, which the state then reuses without growing the RSS (a figure too low).
 
     python bench/make_big.py --records 2000000 --name-servers 1000000 --zipf 0.8 --time-span-days 7 \\
         --out bench/out/week-hc.nmsg
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bench.state_bench import ns_stats_records
+from processors.metrics import state_size
 from processors.state import NsState
 
 
@@ -45,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hot-windows", type=int, default=2, help="the worker's --hot-windows (0: freeze no window)"
     )
+    p.add_argument("--hot-totals", type=int, default=0, help="the worker's --hot-totals (0: freeze none)")
     args = p.parse_args(argv)
-    records = ns_stats_records(args.input, 10**12, args.group, args.partitions, args.window_seconds)
-    states = {part: NsState(args.expires, hot_windows=args.hot_windows) for part in range(args.partitions)}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
+        records = child.submit(
+            ns_stats_records, args.input, 10**12, args.group, args.partitions, args.window_seconds
+        ).result()
+    states = {
+        part: NsState(args.expires, hot_windows=args.hot_windows, hot_totals=args.hot_totals)
+        for part in range(args.partitions)
+    }
     gc.collect()
     before = rss_bytes()
     started = time.process_time()
@@ -70,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         f"entries; "
         f"RSS +{grown / 2**20:.0f} MiB = {grown / max(entries, 1):.0f} bytes per entry, "
         f"{grown / max(names, 1):.0f} per name server"
+    )
+    parts: dict[str, list[int]] = {}
+    for state in states.values():
+        for part, (keys, size) in state_size(state).items():
+            parts.setdefault(part, [0, 0])
+            parts[part][0] += keys
+            parts[part][1] += size
+    print(
+        "  the state's account: "
+        + ", ".join(f"{part} {keys} entries {size / 2**20:.0f} MiB" for part, (keys, size) in parts.items())
+        + f"; in all {sum(size for _, size in parts.values()) / max(entries, 1):.0f} bytes per entry"
     )
     return 0
 

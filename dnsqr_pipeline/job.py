@@ -145,6 +145,8 @@ class JobConfig:
     wait_for_stages: bool = False
     #: the workers' ``--hot-windows``: windows kept as Python objects, older idle ones frozen
     hot_windows: int = Settings.hot_windows
+    #: the workers' ``--hot-totals``: name servers per partition whose totals stay Python objects
+    hot_totals: int = Settings.hot_totals
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -421,6 +423,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             replication_factor=cfg.replication_factor or 0,
             processing_guarantee=cfg.processing_guarantee,
             hot_windows=cfg.hot_windows,
+            hot_totals=cfg.hot_totals,
         )
         created = _create_job_topics(kafka, topics, settings, cfg.replication_factor)
         if external and not cfg.keep_topics:
@@ -671,6 +674,7 @@ def worker_command(settings: Settings, flags: StageKafka, format_flags: Sequence
         *(() if settings.warm_up else ("--no-warm-up",)),
         *("--acceptable-recovery-lag", str(settings.acceptable_recovery_lag)),
         *("--hot-windows", str(settings.hot_windows)),
+        *("--hot-totals", str(settings.hot_totals)),
         *("--web-port", str(free_port())),
         *format_flags,
     )

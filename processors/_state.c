@@ -5,7 +5,7 @@
  * adding them to the state, writing the changelog values and the counts snapshots cost ~8 s of CPU of a
  * ~25 s worker run in Python, nearly all of it per-row interpreter work (dict and list building, one
  * orjson or Avro call per key). These functions do the same work on the SAME Python objects the rest of
- * the code reads (NsState.totals, windows, the changed name servers; counts lists [answered, failures, timeouts,
+ * the code reads (NsState.hot_totals, windows, the changed name servers; counts lists [answered, failures, timeouts,
  * by_kind dict | None, observations dict | None]), so views, metrics and recovery are unchanged.
  *
  * The Python functions are the specification (tests/processors/test_state_c.py holds these to them):
@@ -48,6 +48,7 @@
 
 #include "../nmsgdns/varint.h"
 #include "counts.h" /* SLOT_* of a counts list */
+#include "frozen_search.h"
 
 #define NS_STATS_VERSION 1
 /* a changelog value or a snapshot longer than this goes to the Python fallback */
@@ -476,24 +477,99 @@ count_outside(PyObject *state, PyObject *start, Py_ssize_t rows)
     return r == NULL ? -1 : 0;
 }
 
+/* The name buffers of NsState.frozen_totals (a FrozenWindow), held while an apply runs */
+typedef struct {
+    Py_buffer names, ends;
+    int held;
+} frozen_names_t;
+
+static int
+frozen_names_get(frozen_names_t *f, PyObject *frozen)
+{
+    PyObject *names = PyObject_GetAttrString(frozen, "names"), *ends = NULL;
+    int rc = -1;
+
+    if (names == NULL || (ends = PyObject_GetAttrString(frozen, "name_ends")) == NULL)
+        goto done;
+    if (PyObject_GetBuffer(names, &f->names, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (PyObject_GetBuffer(ends, &f->ends, PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&f->names);
+        goto done;
+    }
+    f->held = 1;
+    if (f->ends.itemsize != 4 || f->ends.format == NULL || strcmp(f->ends.format, "I") != 0) {
+        PyErr_SetString(PyExc_TypeError, "FrozenWindow.name_ends must be an array('I')");
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(names);
+    Py_XDECREF(ends);
+    return rc;
+}
+
+static void
+frozen_names_release(frozen_names_t *f)
+{
+    if (f->held) {
+        PyBuffer_Release(&f->ends);
+        PyBuffer_Release(&f->names);
+        f->held = 0;
+    }
+}
+
+/*
+ * NsState.apply's `total = totals.get(ns)` then `self._thaw_total(ns)` when the state has frozen totals
+ * (`frozen`: their names): a name server missing from the hot totals but frozen has its totals put there,
+ * in Python, before add_row finds them; one frozen or not is looked up here, without the call. It never
+ * removes a hot entry, so the rows' borrowed counts lists stay valid, and nothing merges during an apply,
+ * so the buffers do too.
+ */
+static int
+thaw_total(PyObject *state, PyObject *totals, frozen_names_t *frozen, PyObject *ns)
+{
+    const char *key;
+    Py_ssize_t key_len, found;
+    PyObject *r;
+
+    if (PyDict_GetItemWithError(totals, ns) != NULL)
+        return 0;
+    if (PyErr_Occurred() || (key = PyUnicode_AsUTF8AndSize(ns, &key_len)) == NULL)
+        return -1;
+    found = frozen_search((const char *)frozen->names.buf, frozen->names.len, (const uint32_t *)frozen->ends.buf,
+                          frozen->ends.len / 4, key, key_len);
+    if (found < 0)
+        return found == -1 ? 0 : -1;
+    r = PyObject_CallMethod(state, "_thaw_total", "(O)", ns);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 /* The rows of a parsed batch added to state (NsState.apply's loops). */
 static int
 apply_rows(PyObject *state, batch_t *b)
 {
     PyObject *totals = NULL, *windows = NULL, *dirty_retired = NULL, *dirty_windows = NULL, *changed = NULL;
-    PyObject *outside = NULL;
+    PyObject *outside = NULL, *frozen_totals = NULL;
     PyObject *window = NULL, *dirty = NULL, *changed_names = NULL, *key = NULL; /* of the current window */
     PyObject **row_totals = PyMem_Calloc((size_t)b->rows * 2, sizeof(PyObject *));
     PyObject **row_windows = row_totals + b->rows;
     int64_t current = 0;
     Py_ssize_t refused = 0; /* rows of the current window start that count in the totals only */
-    int have_current = 0, rc = -1;
+    int have_current = 0, has_frozen_totals, rc = -1;
+    frozen_names_t frozen = {.held = 0};
 
     if (row_totals == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    if ((totals = state_attr(state, "totals", &PyDict_Type)) == NULL ||
+    if ((frozen_totals = PyObject_GetAttrString(state, "frozen_totals")) == NULL)
+        goto done;
+    has_frozen_totals = frozen_totals != Py_None;
+    if (has_frozen_totals && frozen_names_get(&frozen, frozen_totals) < 0)
+        goto done;
+    if ((totals = state_attr(state, "hot_totals", &PyDict_Type)) == NULL ||
         (windows = state_attr(state, "windows", &PyDict_Type)) == NULL ||
         (dirty_retired = state_attr(state, "_dirty_retired", &PyDict_Type)) == NULL ||
         (dirty_windows = state_attr(state, "_dirty_windows", &PyDict_Type)) == NULL ||
@@ -505,7 +581,8 @@ apply_rows(PyObject *state, batch_t *b)
         int64_t start = packed(b->starts, row), a = packed(b->answered, row), f = packed(b->failures, row),
                 t = packed(b->timeouts, row);
 
-        if ((row_totals[row] = add_row(totals, ns, a, f, t)) == NULL)
+        if ((has_frozen_totals && thaw_total(state, totals, &frozen, ns) < 0) ||
+            (row_totals[row] = add_row(totals, ns, a, f, t)) == NULL)
             goto done;
         if (!have_current || start != current) {
             /* a new window: NsState._window, in Python (it may create the window and expire others) */
@@ -568,6 +645,8 @@ apply_rows(PyObject *state, batch_t *b)
         goto done;
     rc = 0;
 done:
+    frozen_names_release(&frozen);
+    Py_XDECREF(frozen_totals);
     Py_XDECREF(totals);
     Py_XDECREF(windows);
     Py_XDECREF(dirty_retired);

@@ -184,10 +184,12 @@ class Aggregation:
         marks: bool,
         restore_buffer: int | None = None,
         hot_windows: int = 0,
+        hot_totals: int = 0,
     ) -> None:
         self.expires = expires
         self.max_ahead = max_ahead
         self.hot_windows = hot_windows
+        self.hot_totals = hot_totals
         self.restore_buffer = restore_buffer
         #: partitions paused because their waiting records reached ``restore_buffer``, since start
         self.pauses = 0
@@ -223,8 +225,8 @@ class Aggregation:
         self.probes = 0
 
     def new_state(self) -> NsState:
-        """An empty state with this worker's expiry, clock bound and hot windows."""
-        return NsState(self.expires, self.max_ahead, hot_windows=self.hot_windows)
+        """An empty state with this worker's expiry, clock bound, hot windows and hot totals budget."""
+        return NsState(self.expires, self.max_ahead, hot_windows=self.hot_windows, hot_totals=self.hot_totals)
 
     @property
     def late_deltas(self) -> int:
@@ -518,6 +520,7 @@ def install(app: faust.App, settings: Settings, counters: AgentCounters, output:
         marks=exactly_once,
         restore_buffer=settings.restore_buffer_bytes,
         hot_windows=settings.hot_windows,
+        hot_totals=settings.hot_totals,
     )
     stats = app.topic(
         settings.stats_topic,

@@ -115,6 +115,16 @@ def register(subparsers: Any) -> None:
         "~250 bytes per name server and window); a late record thaws its window; 0 = freeze none "
         "(default: %(default)s)",
     )
+    faust_group.add_argument(
+        "--hot-totals",
+        type=int,
+        default=DEFAULTS.hot_totals,
+        metavar="N",
+        help="keep the totals of at most about N name servers per ns-stats partition as Python objects "
+        "(~300 bytes each); beyond, freeze the oldest outside the hot windows into compact read-only "
+        "buffers (~55 bytes), at some CPU each time one freezes or thaws; 0 = no bound "
+        "(default: %(default)s)",
+    )
     faust_group.add_argument("--snapshot-interval", type=float, default=DEFAULTS.snapshot_interval)
     faust_group.add_argument(
         "--commit-interval",
@@ -199,6 +209,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         window_expires_seconds=args.window_expires_seconds,
         window_max_ahead_seconds=args.window_max_ahead_seconds,
         hot_windows=args.hot_windows,
+        hot_totals=args.hot_totals,
         snapshot_interval=args.snapshot_interval,
         commit_interval=args.commit_interval,
         web_host=args.web_host,

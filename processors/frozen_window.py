@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Callable, Iterator, Mapping
-from itertools import accumulate
+from itertools import accumulate, chain, pairwise
 
 from nmsgdns.native import implementation, load_extension
 from processors.counts import Counts
@@ -59,16 +59,63 @@ def find_py(names: bytes, ends: array, key: bytes) -> int:
     return i if i < len(seq) and seq[i] == key else -1
 
 
+def _records(names: bytes, name_ends: array, values: bytes, value_ends: array) -> list[tuple[bytes, bytes]]:
+    """Every (name, value) of a frozen window's buffers, in order."""
+    name_spans, value_spans = pairwise(chain((0,), name_ends)), pairwise(chain((0,), value_ends))
+    return [(names[a:b], values[c:d]) for (a, b), (c, d) in zip(name_spans, value_spans, strict=True)]
+
+
+def merge_py(
+    names: bytes,
+    name_ends: array,
+    values: bytes,
+    value_ends: array,
+    drop: list[bytes],
+    add: list[tuple[bytes, bytes]],
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """The buffers of a frozen window (``names`` .. ``value_ends``) without its entries named in ``drop``
+    and with the (name, value) records of ``add``, in name order (an added record replaces an entry of its
+    name): (names, name_ends, values, value_ends), the ends as the bytes of an ``array('I')``.
+    ``drop`` and ``add`` are sorted by name, without repeats (ValueError else); OverflowError when the
+    buffers would be too long for 32-bit offsets."""
+    for sequence in (drop, [name for name, _ in add]):
+        if any(a >= b for a, b in pairwise(sequence)):
+            raise ValueError("merge: drop and add must be sorted, without repeats")
+    dropped = set(drop).union(name for name, _ in add)
+    records = [r for r in _records(names, name_ends, values, value_ends) if r[0] not in dropped] + add
+    records.sort()
+    keys = [key for key, _ in records]
+    encoded = [value for _, value in records]
+    if sum(map(len, keys)) > MAX_BUFFER or sum(map(len, encoded)) > MAX_BUFFER:
+        raise OverflowError("merge: the buffers would pass 32-bit offsets")
+    return (
+        b"".join(keys),
+        array("I", accumulate(map(len, keys))).tobytes(),
+        b"".join(encoded),
+        array("I", accumulate(map(len, encoded))).tobytes(),
+    )
+
+
 _ext = load_extension("_frozen_window", "processors")
 #: :func:`find_py`, in C when built
 find: Callable[[bytes, array, bytes], int] = find_py if _ext is None else _ext.find
+#: :func:`merge_py`, in C when built (same buffers: tests/processors/test_frozen_window.py)
+merge: Callable[
+    [bytes, array, bytes, array, list[bytes], list[tuple[bytes, bytes]]], tuple[bytes, bytes, bytes, bytes]
+] = merge_py if _ext is None else _ext.merge
 #: which :func:`find` runs
 IMPLEMENTATION = implementation(_ext)
 
 
+def _ends(data: bytes) -> array:
+    ends = array("I")
+    ends.frombytes(data)
+    return ends
+
+
 class FrozenWindow(Mapping[str, Counts]):
     """One window's counts by name server, read-only and compact (module doc). Build it with
-    :meth:`freeze`; ``decode`` reads one changelog value (``processors.state.decode_counts``)."""
+    :meth:`freeze`; ``decode`` reads one value (``processors.state.thaw_counts``)."""
 
     __slots__ = ("decode", "name_ends", "names", "value_ends", "values")
 
@@ -135,6 +182,18 @@ class FrozenWindow(Mapping[str, Counts]):
     def items(self) -> Iterator[tuple[str, Counts]]:  # type: ignore[override]
         """Every (name server, counts), in name order; new lists each time."""
         return ((self._name(i).decode(), self._value(i)) for i in range(len(self)))
+
+    def merged(self, drop: list[bytes], add: list[tuple[bytes, bytes]]) -> FrozenWindow | None:
+        """A new frozen window: this one without the entries named in ``drop`` and with the (name server
+        bytes, encoded counts) records of ``add`` (:func:`merge`; both sorted, without repeats); None when
+        its buffers would be too long for 32-bit offsets."""
+        try:
+            names, name_ends, values, value_ends = merge(
+                self.names, self.name_ends, self.values, self.value_ends, drop, add
+            )
+        except OverflowError:
+            return None
+        return FrozenWindow(names, _ends(name_ends), values, _ends(value_ends), self.decode)
 
     def thaw(self) -> dict[str, Counts]:
         """The window as the dict it was frozen from (new lists)."""

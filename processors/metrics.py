@@ -238,15 +238,19 @@ def map_bytes(entries: Mapping[str, Counts], sample: int = SIZE_SAMPLE) -> int:
 
 
 def state_size(state: NsState, sample: int = SIZE_SAMPLE) -> dict[str, tuple[int, int]]:
-    """(keys, approximate bytes of memory) of a state's ``totals``, of its ``windows`` together and of its
-    frozen windows together.
+    """(keys, approximate bytes of memory) of a state's hot totals, of its frozen totals (``hot_totals`` and
+    ``frozen_totals``: a name server thawed is in both), of its ``windows`` together and of its frozen
+    windows together.
 
     Windows dominate: a name server seen in several windows has one entry in each.
     """
     windows = list(state.windows.values())
     frozen = list(state.frozen.values())
     return {
-        "totals": (len(state.totals), map_bytes(state.totals, sample)),
+        "totals": (len(state.hot_totals), map_bytes(state.hot_totals, sample)),
+        "frozen_totals": (
+            (0, 0) if state.frozen_totals is None else (len(state.frozen_totals), state.frozen_totals.nbytes)
+        ),
         "windows": (
             sum(len(w) for w in windows),
             sys.getsizeof(state.windows) + sum(map_bytes(w, sample) for w in windows),
@@ -410,8 +414,9 @@ class WorkerCollector(Collector):
         yield lag
         keys = GaugeMetricFamily(
             "dnsqr_worker_state_keys",
-            "entries of the aggregator's state, per ns-stats partition held here: name servers (totals) and "
-            "(window, name server) pairs (windows: Python objects; frozen_windows: compact, read-only)",
+            "entries of the aggregator's state, per ns-stats partition held here: name servers (totals: "
+            "Python objects; frozen_totals: compact, read-only) and (window, name server) pairs (windows, "
+            "frozen_windows)",
             labels=["partition", "map"],
         )
         size = GaugeMetricFamily(

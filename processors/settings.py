@@ -59,6 +59,10 @@ class Settings:
     #: delta reached for a commit interval are frozen into flat buffers (~50 instead of ~250 bytes a
     #: (name server, window); state.py). 0: freeze none
     hot_windows: int = 2
+    #: a budget of name servers per ns-stats partition whose totals stay Python objects (~300 bytes each);
+    #: beyond a quarter more, the oldest outside the hot windows are frozen (~55 bytes) down to three
+    #: quarters of it, at ~5 us of CPU each time one freezes or thaws (state.py). 0: no budget
+    hot_totals: int = 500_000
     #: how often the aggregator publishes snapshots of changed name servers to the counts topic
     snapshot_interval: float = 1.0
     #: how often Faust commits (each commit also writes the changed counts to the changelog and the counts
@@ -143,6 +147,8 @@ class Settings:
             raise ValueError("window_max_ahead_seconds must be 0 or positive")
         if self.hot_windows < 0:
             raise ValueError("hot_windows must be 0 (freeze none) or positive")
+        if self.hot_totals < 0:
+            raise ValueError("hot_totals must be 0 (no budget) or positive")
         if self.failures_format not in FAILURES_FORMATS:
             raise ValueError(
                 f"failures format must be one of {FAILURES_FORMATS}, not {self.failures_format!r}"

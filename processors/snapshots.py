@@ -126,7 +126,7 @@ def state_snapshots(state: NsState, window_seconds: int, snapshot_time_ms: int |
     only (a few: late and early deltas, written in Python)."""
     encode = SnapshotEncoder(window_seconds, snapshot_time_ms, state.expired_through())
     changed, outside = state.take_snapshot_changes()
-    records = snapshot_records(changed, state.totals, encode)
+    records = snapshot_records(changed, state.hot_totals, encode)  # changed, so hot
     records += [(ns.encode(), encode(ns, None, None, total)) for ns, total in outside.items()]
     return records
 

@@ -9,7 +9,16 @@ and its totals) on the same objects.
 
 What is kept:
 
-- ``totals``: name server -> counts since the state began; never expires.
+- ``totals``: name server -> counts since the state began; never expires. A :class:`Totals` view of two
+  parts: ``hot_totals``, a dict, and ``frozen_totals``, a :class:`processors.frozen_window.FrozenWindow`
+  (~55 bytes a name server instead of ~300: on a feed of millions of name servers the totals are most of
+  the state). A name server thawed into ``hot_totals`` hides its entry in ``frozen_totals``; a delta for a
+  frozen name server thaws it first (:meth:`NsState._thaw_total`). With a budget (``hot_totals``, 0: none),
+  :meth:`NsState.changelog` freezes hot totals once there are a quarter more than the budget, oldest
+  first (by creation or thaw), down to three quarters of it (:meth:`NsState.merge_totals`, which merges
+  them into new frozen buffers); never those of a name server in the newest ``hot_windows`` windows or
+  waiting for a snapshot. Freezing and thawing cost CPU (~5 us a name server each time, most of it
+  creating and freeing the Python objects), so the budget is a memory bound, not a goal.
 - ``windows``: window start -> {name server -> counts}, tumbling windows of record time, freed by stream
   time (below). A delta outside the live windows counts in the totals only.
 - ``frozen``: window start -> :class:`processors.frozen_window.FrozenWindow`, the same counts read-only in
@@ -145,6 +154,14 @@ def decode_counts(data: bytes) -> Counts:
     return _counts(decode_value(data))
 
 
+def thaw_counts(data: bytes) -> Counts:
+    """A counts list from a value :func:`encode_value` wrote in this process (a frozen entry's): orjson
+    alone, ~0.4 us instead of :func:`decode_counts`' ~2 us of checks meant for values read from Kafka
+    (orjson's own key cache shares the kind names, as interning does)."""
+    value: Counts = orjson.loads(data[1:])
+    return value
+
+
 def window_key(start: int, name_server: str) -> bytes:
     return WINDOW_TAG + b"%d " % start + name_server.encode()
 
@@ -219,7 +236,8 @@ class NsState:
 
     ``expires``: windows starting this many seconds or more before stream time are freed (0: never).
     ``max_ahead``: a window starting more than this many seconds after ``clock()`` is early (None: no bound).
-    ``hot_windows``: the newest this many windows are never frozen (0: no window is; module doc).
+    ``hot_windows``: the newest this many windows are never frozen (0: no window is). ``hot_totals``: the
+    budget of totals kept as Python objects (0: no bound; module doc).
     """
 
     def __init__(
@@ -228,12 +246,23 @@ class NsState:
         max_ahead: int | None = None,
         clock: Callable[[], float] = time.time,
         hot_windows: int = 0,
+        hot_totals: int = 0,
     ) -> None:
         self.expires = expires
         self.max_ahead = max_ahead
         self.clock = clock
         self.hot_windows = hot_windows
-        self.totals: dict[str, Counts] = {}
+        self.hot_totals_budget = hot_totals
+        #: the totals (module doc): read them through :attr:`totals`
+        self.hot_totals: dict[str, Counts] = {}
+        self.frozen_totals: FrozenWindow | None = None
+        #: name servers of ``hot_totals`` that ``frozen_totals`` holds too (thawed from it)
+        self._shadowed: set[str] = set()
+        #: a merge is tried at the next changelog() once ``len(hot_totals)`` reaches this
+        self._next_merge = hot_totals + hot_totals // 4
+        #: frozen totals thawed by a delta, and merges of hot totals into the frozen ones, since it began
+        self.total_thaws = 0
+        self.merges = 0
         self.windows: dict[int, dict[str, Counts]] = {}
         self.frozen: dict[int, FrozenWindow] = {}
         #: frozen windows thawed by a delta for them, and windows frozen, since the state began
@@ -303,7 +332,8 @@ class NsState:
         mark holds it (applied already)."""
         if offset is not None and not self._mark(offset):
             return False
-        totals = self.totals
+        totals = self.hot_totals
+        frozen_totals = self.frozen_totals
         dirty_retired = self._dirty_retired
         outside = self._outside
         current: int | None = None
@@ -321,6 +351,8 @@ class NsState:
         ):
             # the slots ANSWERED, FAILURES, TIMEOUTS by their numbers: this loop runs per row
             total = totals.get(ns)
+            if total is None and frozen_totals is not None:
+                total = self._thaw_total(ns)
             if total is None:
                 total = totals[ns] = [answered, failures, timeouts, None, None]
             else:
@@ -363,6 +395,32 @@ class NsState:
                 if window is not None:
                     add_kind(window[ns], index, kind, n)
         return True
+
+    @property
+    def totals(self) -> Totals:
+        """Every name server's totals, hot or frozen (module doc)."""
+        return Totals(self)
+
+    def total_of(self, ns: str) -> Counts:
+        """The totals of ``ns`` (KeyError if none): the hot list itself, or a frozen entry's new list."""
+        total = self.hot_totals.get(ns)
+        if total is not None:
+            return total
+        if self.frozen_totals is None:
+            raise KeyError(ns)
+        return self.frozen_totals[ns]
+
+    def _thaw_total(self, ns: str) -> Counts | None:
+        """The frozen totals of ``ns`` put in ``hot_totals`` (where a delta can add to them) and given;
+        None when none are frozen. The C apply calls it for a name server missing from ``hot_totals``."""
+        if self.frozen_totals is None:
+            return None
+        total = self.frozen_totals.get(ns)
+        if total is not None:
+            self.hot_totals[ns] = total
+            self._shadowed.add(ns)
+            self.total_thaws += 1
+        return total
 
     def _window(self, start: int) -> dict[str, Counts] | None:
         """The window starting at ``start``, created if new; None when it is freed (late) or too far ahead of
@@ -425,7 +483,7 @@ class NsState:
             window = self.windows.get(start)
             if window is None or start in hot:
                 continue
-            frozen = FrozenWindow.freeze(counts_records(b"", window, encode_value), decode_counts)
+            frozen = FrozenWindow.freeze(counts_records(b"", window, encode_value), thaw_counts)
             if frozen is not None:
                 del self.windows[start]
                 self.frozen[start] = frozen
@@ -448,7 +506,53 @@ class NsState:
         self._dirty_mark = False
         self._freed = {}
         self.freeze(idle)
+        if self.hot_totals_budget and len(self.hot_totals) >= self._next_merge:
+            self.merge_totals()
         return records
+
+    def merge_totals(self) -> None:
+        """Freeze the oldest hot totals (by creation or thaw; module doc) down to three quarters of the
+        budget, but none of a name server in the newest :attr:`hot_windows` windows or waiting for a
+        snapshot: merge them into :attr:`frozen_totals`. When fewer than a quarter of the budget may
+        freeze, none is, and the next try waits for that many more hot totals."""
+        budget = self.hot_totals_budget
+        hot = self.hot_totals
+        newest = sorted(self.windows)[-self.hot_windows :] if self.hot_windows else []
+        # the maps of the name servers that stay: looked up, not copied into a set (a try that finds
+        # nothing to freeze walks every hot name server, millions on a restored one-window state)
+        held = [*(self.windows[start] for start in newest), self._outside, *self._changed.values()]
+        wanted = len(hot) - (budget - budget // 4)
+        names: list[str] = []
+        for ns in hot:
+            for names_held in held:
+                if ns in names_held:
+                    break
+            else:
+                names.append(ns)
+                if len(names) == wanted:
+                    break
+        if len(names) < budget // 4 or not names:
+            self._next_merge = len(hot) + max(budget // 4, 1)
+            return
+        names.sort()  # str order is their UTF-8 bytes' order: the records come out sorted
+        records = counts_records(b"", {ns: hot[ns] for ns in names}, encode_value)
+        frozen = self.frozen_totals
+        if frozen is None:
+            merged = FrozenWindow.freeze(records, thaw_counts)
+        else:
+            # the frozen entries of name servers thawed and staying hot are stale; the records replace
+            # those of the others
+            hidden = sorted(ns.encode() for ns in self._shadowed.difference(names))
+            merged = frozen.merged(hidden, records)
+        if merged is None:  # too big for 32-bit offsets: stays as it is
+            self._next_merge = len(hot) + max(budget // 4, 1)
+            return
+        for ns in names:
+            del hot[ns]
+        self.frozen_totals = merged
+        self._shadowed = set()  # every hot name server's frozen entry was left out
+        self._next_merge = budget + budget // 4
+        self.merges += 1
 
     def unwritten(self) -> bool:
         """Whether keys changed since the last :meth:`changelog` (a checkpoint is an image of the changelog:
@@ -461,7 +565,7 @@ class NsState:
         held: list[Record] = []
         windows = list(self.all_windows().values())
         for ns in self._dirty_retired:
-            counts = retired_counts(self.totals[ns], [c for w in windows if (c := w.get(ns)) is not None])
+            counts = retired_counts(self.total_of(ns), [c for w in windows if (c := w.get(ns)) is not None])
             if counts is None:
                 held.append((RETIRED_TAG + ns.encode(), None))
             else:
@@ -474,7 +578,7 @@ class NsState:
         outside the live windows only; then forget that they changed. The specification of what the counts
         topic receives (``processors/snapshots.py`` encodes it)."""
         changed, outside = self.take_snapshot_changes()
-        totals = self.totals
+        totals = self.hot_totals  # they were changed, so they are hot
         out: list[tuple[str, int | None, Counts | None, Counts]] = []
         for start, names in changed.items():
             out += [(ns, start, window, totals[ns]) for ns, window in names.items()]
@@ -499,7 +603,8 @@ class NsState:
         version's ``T`` record too): its message says to start afresh. In C when built, for the W and R
         records written as :func:`encode_value` writes a plain counts list (``_ext.load``); everything
         else, and any record the C code leaves to it (returning None, the state untouched), here."""
-        if self.frozen:  # not while restoring, but load() on top of a state that froze must find its windows
+        # not while restoring, but load() on top of a state that froze must find its windows and totals
+        if self.frozen or self.frozen_totals is not None:
             self.thaw_all()
         if _ext is not None and _ext.load(self, key, value) is not None:
             return
@@ -535,21 +640,61 @@ class NsState:
             )
 
     def thaw_all(self) -> None:
-        """Thaw every frozen window back into :attr:`windows`."""
+        """Thaw every frozen window back into :attr:`windows`, and the frozen totals into ``hot_totals``."""
         for start, frozen in self.frozen.items():
             self.windows[start] = frozen.thaw()
         self.thaws += len(self.frozen)
         self.frozen = {}
+        if self.frozen_totals is not None:
+            for ns, total in self.frozen_totals.items():
+                self.hot_totals.setdefault(ns, total)
+            self.frozen_totals, self._shadowed = None, set()
 
     def loaded(self) -> None:
         """After the last :meth:`load`: drop emptied windows, compute the totals (R + the sum of the windows,
         per name server) and expire the old windows."""
         for start in [s for s, w in self.windows.items() if not w]:
             del self.windows[start]
-        add_table(self.totals, self._loaded_retired)
+        add_table(self.hot_totals, self._loaded_retired)
         self._loaded_retired = {}
         for window in self.windows.values():
-            add_table(self.totals, window)
+            add_table(self.hot_totals, window)
         if self.windows:
             self.newest = max(self.windows)
         self.expire()
+
+
+class Totals(Mapping[str, Counts]):
+    """The totals of an :class:`NsState`, hot and frozen, as one read-only mapping (module doc). It reads the
+    state's parts at each call, so it stays true across merges. Hot counts are the state's own lists, frozen
+    ones new lists at each read: readers must not change them."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: NsState) -> None:
+        self.state = state
+
+    def __len__(self) -> int:
+        s = self.state
+        frozen = 0 if s.frozen_totals is None else len(s.frozen_totals) - len(s._shadowed)
+        return len(s.hot_totals) + frozen
+
+    def __getitem__(self, ns: str) -> Counts:
+        return self.state.total_of(ns)
+
+    def __contains__(self, ns: object) -> bool:
+        s = self.state
+        return ns in s.hot_totals or (s.frozen_totals is not None and ns in s.frozen_totals)
+
+    def __iter__(self) -> Iterator[str]:
+        hot, frozen = self.state.hot_totals, self.state.frozen_totals
+        yield from list(hot)
+        if frozen is not None:
+            yield from (ns for ns in frozen if ns not in hot)
+
+    def items(self) -> Iterator[tuple[str, Counts]]:  # type: ignore[override]
+        """The hot totals, then the frozen ones they do not hide."""
+        hot, frozen = self.state.hot_totals, self.state.frozen_totals
+        yield from list(hot.items())
+        if frozen is not None:
+            yield from ((ns, total) for ns, total in frozen.items() if ns not in hot)

@@ -316,10 +316,14 @@ def install(
                     "replayed_stats": aggregation.replayed,
                     "late_deltas": aggregation.late_deltas,
                     "early_deltas": aggregation.early_deltas,
-                    # windows held frozen now, and frozen windows thawed by a late record, of the states
-                    # held now (processors/state.py)
+                    # windows held frozen now, and frozen windows thawed by a late record; name servers
+                    # whose totals are frozen now, frozen totals thawed by a record, and merges of hot
+                    # totals into the frozen ones; of the states held now (processors/state.py)
                     "frozen_windows": sum(len(s.frozen) for s in aggregation.states.values()),
                     "window_thaws": sum(s.thaws for s in aggregation.states.values()),
+                    "frozen_totals": sum(len(s.frozen_totals or ()) for s in aggregation.states.values()),
+                    "total_thaws": sum(s.total_thaws for s in aggregation.states.values()),
+                    "total_merges": sum(s.merges for s in aggregation.states.values()),
                     # ns-stats partitions assigned again whose kept state was current, those taken over
                     # from a standby state (--standby-replicas), those loaded from a checkpoint
                     # (--state-dir), and those read from the changelog's beginning; the changelog records

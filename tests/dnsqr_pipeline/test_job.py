@@ -46,8 +46,9 @@ def test_a_job_worker_without_warm_ups_gets_the_flag() -> None:
     assert "--no-warm-up" in worker_command(Settings(warm_up=False), flags)
     assert "--no-warm-up" not in worker_command(Settings(), flags)
     assert "--acceptable-recovery-lag" in worker_command(Settings(acceptable_recovery_lag=0), flags)
-    command = worker_command(Settings(hot_windows=0), flags)
+    command = worker_command(Settings(hot_windows=0, hot_totals=25_000), flags)
     assert command[command.index("--hot-windows") + 1] == "0"
+    assert command[command.index("--hot-totals") + 1] == "25000"
 
 
 def test_a_group_is_balanced_when_no_member_holds_more_than_its_share() -> None:

@@ -116,6 +116,17 @@ def test_hot_windows_flag_and_variable() -> None:
     assert aggregation.new_state().hot_windows == 3
 
 
+def test_hot_totals_flag_and_variable() -> None:
+    """``--hot-totals`` / ``DNSQR_HOT_TOTALS``: 500,000 name servers by default, 0 for no budget; the
+    aggregator's states take it."""
+    assert command.settings_from_args(parse([])).hot_totals == 500_000
+    assert command.settings_from_args(parse(["--hot-totals", "0"])).hot_totals == 0
+    assert Settings.from_env({"DNSQR_HOT_TOTALS": "25000"}).hot_totals == 25_000
+    with pytest.raises(ValueError, match="hot_totals"):
+        Settings(hot_totals=-1).validated()
+    assert Aggregation(0, marks=False, hot_totals=7).new_state().hot_totals_budget == 7
+
+
 def test_restore_buffer_flag_and_variable() -> None:
     """``--restore-buffer-mb`` / ``DNSQR_RESTORE_BUFFER_MB``: megabytes, 0 pauses at the first record."""
     assert command.settings_from_args(parse([])).restore_buffer_bytes == 64 * 2**20

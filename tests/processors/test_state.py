@@ -330,7 +330,7 @@ class Worker:
         self, expires: int, max_ahead: int, marks: bool, implementation: str, hot_windows: int = 0
     ) -> None:
         self.expires, self.max_ahead, self.marks, self.c = expires, max_ahead, marks, implementation == "c"
-        self.hot_windows = hot_windows
+        self.hot_windows = hot_windows  # with a budget of 1 hot totals: they freeze at every commit that can
         self.state = self.new_state()
         self.changelog: list[Record] = []
         #: name server -> its newest published totals, decoded from the counts topic's values
@@ -339,7 +339,13 @@ class Worker:
         self.offset = 0
 
     def new_state(self) -> NsState:
-        return NsState(self.expires, self.max_ahead, clock=lambda: NOW, hot_windows=self.hot_windows)
+        return NsState(
+            self.expires,
+            self.max_ahead,
+            clock=lambda: NOW,
+            hot_windows=self.hot_windows,
+            hot_totals=1 if self.hot_windows else 0,
+        )
 
     def apply(self, data: bytes, offset: int) -> None:
         mark = offset if self.marks else None
@@ -470,10 +476,10 @@ def windows_of(state: NsState) -> dict[int, dict[str, Any]]:
 def test_frozen_windows_change_nothing_a_reader_sees(
     implementation: str, steps: list[tuple[list[DeltaRow], str]], expires: int, max_ahead: int, marks: bool
 ) -> None:
-    """The same steps on a state that freezes every idle window but the newest (``hot_windows=1``) and on
-    one that freezes none: every commit writes the same changelog records, every tick publishes the same
-    totals, and the windows, totals and late and early deltas end equal; a restore from either changelog
-    gives the same state again."""
+    """The same steps on a state that freezes every idle window but the newest (``hot_windows=1``), and
+    the totals of every name server outside it at every commit, and on one that freezes none: every commit
+    writes the same changelog records, every tick publishes the same totals, and the windows, totals and
+    late and early deltas end equal; a restore from either changelog gives the same state again."""
     frozen = Worker(expires, max_ahead, marks, implementation, hot_windows=1)
     plain = Worker(expires, max_ahead, marks, implementation)
     for rows, step in steps:
@@ -484,7 +490,7 @@ def test_frozen_windows_change_nothing_a_reader_sees(
         assert windows_of(frozen.state) == windows_of(plain.state)
     assert sorted(frozen.commit()) == sorted(plain.commit())
     assert frozen.published == plain.published
-    assert not plain.state.frozen
+    assert not plain.state.frozen and plain.state.frozen_totals is None
     for a, b in ((frozen.state, plain.state),):
         assert a.totals == b.totals
         assert windows_of(a) == windows_of(b)
@@ -537,3 +543,46 @@ def test_expiry_frees_frozen_windows_and_writes_their_retired_counts() -> None:
     assert records[b"W0 " + NS1.encode()] is None and records[b"W0 " + NS2.encode()] is None
     assert decode_value(records[b"R" + NS1.encode()]) == [1, 1, 0, None, None]
     assert decode_value(records[b"R" + NS2.encode()]) == [1, 1, 0, None, None]
+
+
+def test_totals_over_the_budget_freeze_oldest_first_and_a_delta_thaws_one() -> None:
+    state = NsState(hot_windows=1, hot_totals=2)
+    state.apply(batch(row(NS1, 0, 1, noopt=1), row(NS2, 0, 2), row("192.0.2.3", 0, 1)))
+    state.snapshots()
+    state.changelog()
+    assert state.frozen_totals is None  # over the budget, but all three are in the newest window
+    state.apply(batch(row(NS2, 3600, 1), row("192.0.2.4", 3600, 1)))
+    state.snapshots()
+    state.changelog()  # NS1 and .3 left the newest window: frozen, down to the budget
+    assert state.merges == 1 and sorted(state.frozen_totals or {}) == sorted([NS1, "192.0.2.3"])
+    assert set(state.hot_totals) == {NS2, "192.0.2.4"}
+    assert len(state.totals) == 4 and NS1 in state.totals and "192.0.2.9" not in state.totals
+    assert state.totals[NS1] == [1, 1, 0, {"noopt": 1}, None]
+    state.apply(batch(row(NS1, 7200, 2, noopt=2)))  # thawed, then added to
+    assert state.total_thaws == 1 and state.hot_totals[NS1] == [3, 3, 0, {"noopt": 3}, None]
+    assert len(state.totals) == 4 and sorted(state.totals) == sorted([NS1, NS2, "192.0.2.3", "192.0.2.4"])
+    assert [snap[3] for snap in state.snapshots() if snap[0] == NS1] == [[3, 3, 0, {"noopt": 3}, None]]
+    state.changelog()  # three hot: the oldest outside the newest window (NS2) freezes; NS1's stale entry goes
+    assert state.merges == 2 and set(state.hot_totals) == {"192.0.2.4", NS1}
+    assert dict(state.totals.items()) == {
+        NS1: [3, 3, 0, {"noopt": 3}, None],
+        NS2: [3, 3, 0, None, None],
+        "192.0.2.3": [1, 1, 0, None, None],
+        "192.0.2.4": [1, 1, 0, None, None],
+    }
+    assert len(state.totals) == 4 and sorted(state.frozen_totals or {}) == sorted([NS2, "192.0.2.3"])
+
+
+def test_a_merge_that_cannot_freeze_a_quarter_of_the_budget_waits_for_that_many_more() -> None:
+    state = NsState(hot_windows=1, hot_totals=8)
+    state.apply(batch(*(row(f"198.51.100.{i}", 0, 1) for i in range(10))))
+    state.changelog()  # ten hot totals, all in the newest window: none may freeze
+    assert state.merges == 0 and state._next_merge == 10 + 2
+    state.apply(batch(row("198.51.100.10", 0, 1)))
+    state.changelog()  # eleven: not tried
+    assert state.merges == 0 and state._next_merge == 12
+    state.apply(batch(row(NS1, 3600, 1), row(NS2, 3600, 1)))
+    state.snapshots()
+    state.changelog()  # thirteen: the seven oldest of window 0 freeze, down to three quarters of the budget
+    assert state.merges == 1 and len(state.hot_totals) == 6
+    assert sorted(state.frozen_totals or {}) == sorted(f"198.51.100.{i}" for i in range(7))

@@ -78,7 +78,7 @@ def snapshots(state: NsState, implementation: Any) -> Any:
     """The encoded snapshots of the windows changed, and the totals changed outside them."""
     encode = SnapshotEncoder(60, 1_700_000_000_000, state.expired_through())
     changed, outside = state.take_snapshot_changes()
-    return outcome(implementation, changed, state.totals, encode), outside
+    return outcome(implementation, changed, state.hot_totals, encode), outside
 
 
 def fixed_clock() -> float:
@@ -86,9 +86,13 @@ def fixed_clock() -> float:
     return 0.0
 
 
-def run_both(ops: list[tuple[Any, ...]], expires: int) -> None:
-    """Each op on a Python state and a C state; after each, the same state and the same records."""
-    py, c = NsState(expires, 10**6, clock=fixed_clock), NsState(expires, 10**6, clock=fixed_clock)
+def run_both(ops: list[tuple[Any, ...]], expires: int, hot_windows: int = 0) -> None:
+    """Each op on a Python state and a C state; after each, the same state and the same records. With
+    ``hot_windows``, each changelog freezes what it can, totals too (a budget of 1)."""
+    py, c = (
+        NsState(expires, 10**6, clock=fixed_clock, hot_windows=hot_windows, hot_totals=hot_windows)
+        for _ in "pc"
+    )
     for op in ops:
         if op[0] == "apply":
             data = encode_batch(0, op[1])
@@ -103,9 +107,11 @@ def run_both(ops: list[tuple[Any, ...]], expires: int) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(OPS, st.sampled_from([0, 60, 3600]))
-def test_same_state_changelog_and_snapshots_as_python(ops: list[tuple[Any, ...]], expires: int) -> None:
-    run_both(ops, expires)
+@given(OPS, st.sampled_from([0, 60, 3600]), st.sampled_from([0, 1]))
+def test_same_state_changelog_and_snapshots_as_python(
+    ops: list[tuple[Any, ...]], expires: int, hot_windows: int
+) -> None:
+    run_both(ops, expires, hot_windows)
 
 
 def test_realistic_batches() -> None:
@@ -290,7 +296,7 @@ def test_loaded_as_python(batches: list[list[Any]], expires: int) -> None:
             again.loaded()
         restored.append(state_of(again))
     assert restored[0] == restored[1]
-    assert restored[0]["totals"] == state.totals
+    assert restored[0]["hot_totals"] == state.totals
 
 
 # --- NsState.load: restoring changelog records ---------------------------------------------------------
