@@ -518,6 +518,11 @@ class NsState:
         budget = self.hot_totals_budget
         hot = self.hot_totals
         newest = sorted(self.windows)[-self.hot_windows :] if self.hot_windows else []
+        # every name server of the newest windows is hot (a delta thawed it): when one of them alone holds
+        # nearly all hot ones, none may freeze, which a restored one-window state sees at once
+        if len(hot) - max((len(self.windows[start]) for start in newest), default=0) < max(budget // 4, 1):
+            self._next_merge = len(hot) + max(budget // 4, 1)
+            return
         # the maps of the name servers that stay: looked up, not copied into a set (a try that finds
         # nothing to freeze walks every hot name server, millions on a restored one-window state)
         held = [*(self.windows[start] for start in newest), self._outside, *self._changed.values()]
