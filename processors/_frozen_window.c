@@ -100,6 +100,38 @@ put_end(char *out, Py_ssize_t at, Py_ssize_t end)
 }
 
 /*
+ * The names of `list` (merge's drop: bytes; with `names_size`, its add: (name, value) records, whose sizes
+ * are summed) sorted, without repeats; TypeError or ValueError, naming the argument `what`, else.
+ */
+static int
+check_sorted(PyObject *list, const char *what, Py_ssize_t *names_size, Py_ssize_t *values_size)
+{
+    const char *prev = NULL;
+    Py_ssize_t prev_len = 0;
+
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list); k++) {
+        PyObject *name = PyList_GET_ITEM(list, k), *value;
+        if (names_size != NULL) {
+            if (record_of(name, &name, &value) < 0)
+                return -1;
+            *names_size += PyBytes_GET_SIZE(name);
+            *values_size += PyBytes_GET_SIZE(value);
+        }
+        else if (!PyBytes_Check(name)) {
+            PyErr_Format(PyExc_TypeError, "merge: %s must hold bytes", what);
+            return -1;
+        }
+        if (k && frozen_compare(prev, prev_len, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)) >= 0) {
+            PyErr_Format(PyExc_ValueError, "merge: %s must be sorted by name, without repeats", what);
+            return -1;
+        }
+        prev = PyBytes_AS_STRING(name);
+        prev_len = PyBytes_GET_SIZE(name);
+    }
+    return 0;
+}
+
+/*
  * merge_py: walks the window's entries, the sorted names to drop and the sorted records to add together,
  * once, copying each kept entry's bytes into buffers sized for the most they can hold, then cut to size.
  */
@@ -109,34 +141,9 @@ merge_entries(window_t *w, PyObject *drop, PyObject *add)
     Py_ssize_t nd = PyList_GET_SIZE(drop), na = PyList_GET_SIZE(add), names_max = 0, values_max = 0;
     Py_ssize_t i = 0, d = 0, a = 0, count = 0, names_len = 0, values_len = 0;
     PyObject *names = NULL, *name_ends = NULL, *values = NULL, *value_ends = NULL, *name, *value;
-    const char *prev_add = NULL, *prev_drop = NULL;
-    Py_ssize_t prev_add_len = 0, prev_drop_len = 0;
 
-    for (Py_ssize_t k = 0; k < nd; k++) {
-        PyObject *key = PyList_GET_ITEM(drop, k);
-        if (!PyBytes_Check(key)) {
-            PyErr_SetString(PyExc_TypeError, "merge: drop must hold bytes");
-            return NULL;
-        }
-        if (k && frozen_compare(prev_drop, prev_drop_len, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) >= 0) {
-            PyErr_SetString(PyExc_ValueError, "merge: drop must be sorted, without repeats");
-            return NULL;
-        }
-        prev_drop = PyBytes_AS_STRING(key);
-        prev_drop_len = PyBytes_GET_SIZE(key);
-    }
-    for (Py_ssize_t k = 0; k < na; k++) {
-        if (record_of(PyList_GET_ITEM(add, k), &name, &value) < 0)
-            return NULL;
-        if (k && frozen_compare(prev_add, prev_add_len, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)) >= 0) {
-            PyErr_SetString(PyExc_ValueError, "merge: add must be sorted by name, without repeats");
-            return NULL;
-        }
-        prev_add = PyBytes_AS_STRING(name);
-        prev_add_len = PyBytes_GET_SIZE(name);
-        names_max += PyBytes_GET_SIZE(name);
-        values_max += PyBytes_GET_SIZE(value);
-    }
+    if (check_sorted(drop, "drop", NULL, NULL) < 0 || check_sorted(add, "add", &names_max, &values_max) < 0)
+        return NULL;
     names_max += w->n ? (Py_ssize_t)w->name_ends[w->n - 1] : 0;
     values_max += w->n ? (Py_ssize_t)w->value_ends[w->n - 1] : 0;
     if ((names = PyBytes_FromStringAndSize(NULL, names_max)) == NULL ||
